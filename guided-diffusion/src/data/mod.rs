@@ -1,0 +1,1 @@
+//! Images and data sets: the reference's folder loader and Fashion-MNIST.

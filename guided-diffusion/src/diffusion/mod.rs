@@ -1,0 +1,1 @@
+//! The Gaussian diffusion process: schedules, respacing, q/p distributions, losses, samplers.

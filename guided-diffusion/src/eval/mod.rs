@@ -1,0 +1,1 @@
+//! Evaluation metrics: FID, sFID, Inception Score, precision and recall.

@@ -1,0 +1,1 @@
+//! Guidance terms passed to samplers as values (classifier guidance, none, ...).

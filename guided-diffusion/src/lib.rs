@@ -1,0 +1,21 @@
+//! Guided diffusion (ADM, Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image
+//! Synthesis") in Rust, numerically matching the reference openai/guided-diffusion.
+//!
+//! Layers, data flowing down only:
+//! - [`sample`], [`train`], [`eval`]: the loops users run.
+//! - [`diffusion`], [`guidance`]: the Gaussian diffusion process (schedules, respacing, losses,
+//!   DDPM/DDIM samplers) and the guidance terms a sampler takes as a value.
+//! - [`models`]: the ADM UNet, the super-resolution UNet and the noisy-image classifier.
+//! - [`checkpoint`], [`data`]: weights in and out (.pt, safetensors), images and data sets.
+pub mod checkpoint;
+pub mod data;
+pub mod diffusion;
+pub mod error;
+pub mod eval;
+pub mod guidance;
+pub mod models;
+pub mod sample;
+pub mod train;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use error::{Error, Result};

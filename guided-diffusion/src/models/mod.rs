@@ -1,0 +1,1 @@
+//! The ADM networks: UNet, super-resolution UNet and the noisy-image classifier.

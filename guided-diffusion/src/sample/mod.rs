@@ -1,0 +1,1 @@
+//! Sampling loops users run: batching, per-sample seeds, output images.

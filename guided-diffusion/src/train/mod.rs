@@ -1,0 +1,1 @@
+//! Training loops: diffusion models and noisy classifiers, EMA, checkpoints.
