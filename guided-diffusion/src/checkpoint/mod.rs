@@ -121,3 +121,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes a network's state dict to safetensors with its config embedded (plus `extra`
+/// metadata such as a training step), atomically.
+pub fn write_model(
+    path: impl AsRef<Path>,
+    tensors: &HashMap<String, Tensor>,
+    config: &NetConfig,
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let mut meta = extra.clone();
+    meta.insert(CONFIG_KEY.to_string(), config.to_json().to_string());
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(path, tensors, &meta)
+}
