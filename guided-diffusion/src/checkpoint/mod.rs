@@ -8,6 +8,7 @@
 //! - [`write_safetensors`] writes atomically (temporary file, then rename).
 mod pt;
 mod st;
+pub mod infer;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -134,4 +135,33 @@ pub fn write_model(
     meta.insert(CONFIG_KEY.to_string(), config.to_json().to_string());
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(path, tensors, &meta)
+}
+
+/// The metadata of a safetensors file (reads only the header); empty for a `.pt`.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let path = path.as_ref();
+    if detect_format(path)? != Format::Safetensors {
+        return Ok(HashMap::new());
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        bail!("{}: safetensors header of {n} bytes is implausibly large", path.display());
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::msg(format!("{}: bad safetensors header: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, val) in m {
+            if let Some(s) = val.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
