@@ -1,0 +1,83 @@
+//! Model benchmarks: forward and forward+backward time per call, images/s and GFLOP-free
+//! throughput for the small Fashion-MNIST configuration and (with `GD_BENCH_BIG=1`) the released
+//! 64x64 ImageNet configuration. Run with `cargo bench -p guided-diffusion --bench models`.
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use guided_diffusion::models::{ModelFlags, Net, NetConfig};
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f(); // warm-up
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let net = Net::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let (c, s) = match &cfg {
+        NetConfig::UNet(u) => (u.in_channels, u.image_size),
+        _ => unreachable!(),
+    };
+    let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    let x = Tensor::randn(0f32, 1.0, (batch, c, s, s), &dev).unwrap();
+    let t = Tensor::new(vec![500f32; batch], &dev).unwrap();
+    let y = Tensor::new(vec![1u32; batch], &dev).unwrap();
+    let y = cfg_classes(&cfg).then_some(y);
+    let fwd = time(reps, || {
+        net.forward(&x, &t, y.as_ref(), None).unwrap();
+    });
+    let fb = time(reps, || {
+        let out = net.forward(&x, &t, y.as_ref(), None).unwrap();
+        out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    });
+    println!(
+        "{name:<28} params {:>9}  batch {batch:>3}  forward {:>8.1} ms ({:>7.1} img/s)  fwd+bwd {:>8.1} ms ({:>7.1} img/s)",
+        params,
+        fwd * 1e3,
+        batch as f64 / fwd,
+        fb * 1e3,
+        batch as f64 / fb
+    );
+}
+
+fn cfg_classes(cfg: &NetConfig) -> bool {
+    matches!(cfg, NetConfig::UNet(u) if u.num_classes.is_some())
+}
+
+fn main() {
+    let mut small = ModelFlags::script_defaults();
+    small.image_size = 32;
+    small.in_channels = 1;
+    small.num_channels = 32;
+    small.num_res_blocks = 1;
+    small.channel_mult = "1,2,2".into();
+    small.attention_resolutions = "8".into();
+    small.num_head_channels = 32;
+    small.class_cond = true;
+    small.num_classes = 10;
+    small.learn_sigma = true;
+    small.resblock_updown = true;
+    bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 3);
+    let mut mid = small.clone();
+    mid.num_channels = 64;
+    mid.num_res_blocks = 2;
+    bench("32x32 64ch 2 res blocks", NetConfig::UNet(mid.to_config().unwrap()), 8, 3);
+    if std::env::var("GD_BENCH_BIG").is_ok() {
+        let mut f = ModelFlags::script_defaults();
+        f.attention_resolutions = "32,16,8".into();
+        f.class_cond = true;
+        f.learn_sigma = true;
+        f.num_channels = 192;
+        f.num_head_channels = 64;
+        f.num_res_blocks = 3;
+        f.resblock_updown = true;
+        f.use_new_attention_order = true;
+        bench("imagenet64 (released)", NetConfig::UNet(f.to_config().unwrap()), 1, 1);
+    }
+}
