@@ -8,22 +8,37 @@
 //! - [`schedule`]: beta schedules. [`respace`]: `space_timesteps`.
 //! - [`gaussian`]: [`GaussianDiffusion`] (arrays, timestep map, q/posterior/p_mean_variance).
 //! - [`config`]: [`DiffusionConfig`], the flags of `create_gaussian_diffusion`.
+//! - [`likelihood`]: normal KL, discretized Gaussian log-likelihood.
+//! - [`training`]: training losses, VB terms, bits per dim.
+//! - [`sampling`]: DDPM / DDIM / DDIM-reverse steps and loops. [`noise`]: noise sources.
+//! - [`schedule_sampler`]: timestep samplers for training.
 use candle_core::Tensor;
 
 use crate::Result;
 
 pub mod config;
 pub mod gaussian;
+pub mod likelihood;
+pub mod noise;
 pub mod respace;
+pub mod sampling;
 pub mod schedule;
+pub mod schedule_sampler;
+pub mod training;
 
 pub use config::DiffusionConfig;
 pub use gaussian::{
     mean_flat, DiffusionArrays, GaussianDiffusion, LossType, ModelMeanType, ModelVarType, PMeanVariance,
     ProcessKind,
 };
+pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use respace::space_timesteps;
+pub use sampling::{Ddim, Ddpm, SampleOptions, Sampler, StepCallback, StepInfo, StepOutput};
 pub use schedule::{get_named_beta_schedule, NoiseSchedule};
+pub use schedule_sampler::{
+    create_named_schedule_sampler, LossSecondMomentResampler, ScheduleSampler, UniformSampler,
+};
+pub use training::{BpdTerms, TrainingLosses, VbTerms};
 
 /// The denoising network as a function: `(x_t [N, C, H, W] f32, t [N] f32) -> output`, where `t`
 /// is what the model sees (the original timestep of a respaced process, rescaled to 0..1000 if
