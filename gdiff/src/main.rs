@@ -1,4 +1,59 @@
-//! `gdiff`: the command line of guided diffusion (filled in by the command-line issue).
+//! `gdiff`: the command line of guided diffusion. The reference scripts' jobs as subcommands
+//! with the reference's flags (`image_sample.py` + `classifier_sample.py` = `sample`,
+//! `super_res_sample.py` = `super-res`), plus checkpoint conversion and inspection.
+mod cli;
+mod commands;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gdiff", version, about = "Guided diffusion (ADM) in Rust: sample, convert, inspect")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample images, with classifier guidance when --classifier_path is given
+    /// (image_sample.py and classifier_sample.py)
+    Sample(commands::sample::SampleArgs),
+    /// Upsample low-resolution samples with a super-resolution model (super_res_sample.py)
+    SuperRes(commands::super_res::SuperResArgs),
+    /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
+    Convert(commands::convert::ConvertArgs),
+    /// Print a checkpoint's config, parameter count and keys
+    Inspect(commands::inspect::InspectArgs),
+}
+
+fn run() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    // A flag given twice keeps its last value, so explicit flags override a preset's.
+    let mut cmd = Cli::command().args_override_self(true);
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for n in names {
+        cmd = cmd.mut_subcommand(n, |s| s.args_override_self(true));
+    }
+    let sub = argv.get(1).cloned().unwrap_or_default();
+    let accepts = |flag: &str| {
+        cmd.find_subcommand(&sub)
+            .map(|s| s.get_arguments().any(|a| a.get_long() == Some(flag)))
+            .unwrap_or(false)
+    };
+    let argv = cli::presets::expand(argv.clone(), accepts).map_err(anyhow::Error::msg)?;
+    let matches = cmd.clone().try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Command::Sample(a) => commands::sample::run(&a),
+        Command::SuperRes(a) => commands::super_res::run(&a),
+        Command::Convert(a) => commands::convert::run(&a),
+        Command::Inspect(a) => commands::inspect::run(&a),
+    }
+}
+
 fn main() {
-    println!("gdiff {}", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,1 +1,167 @@
-//! Weights in and out: PyTorch `.pt` state-dict zips (parsed, never executed) and safetensors.
+//! Weights in and out: PyTorch `.pt` state-dict zips as released (parsed, never executed),
+//! and safetensors with our model config embedded in the metadata.
+//!
+//! - [`read`] loads every tensor of a file by its reference parameter name, casting f16/bf16/f64
+//!   weights to f32; the format is detected from the file's first bytes.
+//! - [`verify`] builds a network against a state dict and reports missing, unexpected and
+//!   mis-shaped keys together with the flag that most likely differs.
+//! - [`write_safetensors`] writes atomically (temporary file, then rename).
+mod pt;
+mod st;
+pub mod infer;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::models::NetConfig;
+use crate::{bail, Error, Result};
+
+pub use st::write_safetensors;
+
+/// Metadata key under which our checkpoints carry the network config
+/// (`{"builder": ..., "kwargs": {...}}` JSON).
+pub const CONFIG_KEY: &str = "gdiff.model_config";
+
+/// The tensors of a checkpoint by name, plus its safetensors metadata (empty for `.pt`).
+#[derive(Debug, Clone, Default)]
+pub struct StateDict {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl StateDict {
+    /// The config embedded by [`write_safetensors`] callers, if any.
+    pub fn embedded_config(&self) -> Result<Option<NetConfig>> {
+        match self.metadata.get(CONFIG_KEY) {
+            None => Ok(None),
+            Some(s) => {
+                let v: serde_json::Value = serde_json::from_str(s).map_err(|e| {
+                    Error::msg(format!("metadata {CONFIG_KEY} is not valid JSON: {e}"))
+                })?;
+                Ok(Some(NetConfig::from_json(&v)?))
+            }
+        }
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_params(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+}
+
+/// File formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `torch.save` zip archive (the released `.pt` checkpoints).
+    TorchZip,
+    Safetensors,
+}
+
+/// Detects the format from the first bytes: a zip starts with `PK\x03\x04`; safetensors with an
+/// 8-byte little-endian header length followed by `{`.
+pub fn detect_format(path: &Path) -> Result<Format> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 9];
+    let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+    if n >= 4 && &head[..4] == b"PK\x03\x04" {
+        return Ok(Format::TorchZip);
+    }
+    if n == 9 && head[8] == b'{' {
+        return Ok(Format::Safetensors);
+    }
+    if n >= 2 && head[0] == 0x80 {
+        bail!(
+            "{}: a legacy (pre-1.6, non-zip) torch pickle; re-save it with torch.save in the \
+             zip format or convert it to safetensors",
+            path.display()
+        );
+    }
+    bail!("{}: neither a PyTorch .pt zip nor a safetensors file", path.display())
+}
+
+/// Reads every tensor of a `.pt` or `.safetensors` file, as f32 on `device`.
+pub fn read(path: impl AsRef<Path>, device: &Device) -> Result<StateDict> {
+    let path = path.as_ref();
+    let mut sd = match detect_format(path)? {
+        Format::TorchZip => pt::read(path)?,
+        Format::Safetensors => st::read(path)?,
+    };
+    for (name, t) in sd.tensors.iter_mut() {
+        let cast = match t.dtype() {
+            DType::F32 => t.clone(),
+            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            other => bail!(
+                "{}: tensor {name} has dtype {other:?}; expected floating-point weights",
+                path.display()
+            ),
+        };
+        *t = cast.to_device(device)?;
+    }
+    Ok(sd)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Writes a network's state dict to safetensors with its config embedded (plus `extra`
+/// metadata such as a training step), atomically.
+pub fn write_model(
+    path: impl AsRef<Path>,
+    tensors: &HashMap<String, Tensor>,
+    config: &NetConfig,
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let mut meta = extra.clone();
+    meta.insert(CONFIG_KEY.to_string(), config.to_json().to_string());
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(path, tensors, &meta)
+}
+
+/// The metadata of a safetensors file (reads only the header); empty for a `.pt`.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let path = path.as_ref();
+    if detect_format(path)? != Format::Safetensors {
+        return Ok(HashMap::new());
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        bail!("{}: safetensors header of {n} bytes is implausibly large", path.display());
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::msg(format!("{}: bad safetensors header: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, val) in m {
+            if let Some(s) = val.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    Ok(out)
+}

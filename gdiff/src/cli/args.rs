@@ -1,0 +1,192 @@
+//! The reference scripts' flags, by their own names (`--num_channels 192`, `--class_cond True`),
+//! grouped as the scripts group them. Every flag is optional here so that resolution can tell
+//! "not given" (take the preset's, the embedded config's or the reference default) from "given".
+use clap::Args;
+
+/// Booleans as the reference's `str2bool`: yes/true/t/y/1, no/false/f/n/0.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    guided_diffusion::models::flags::parse_bool(s, "flag").map_err(|_| {
+        format!("{s:?} is not a boolean: use True/False, yes/no or 1/0")
+    })
+}
+
+/// Network flags of `create_model` / `sr_create_model` (`model_and_diffusion_defaults`).
+#[derive(Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct ModelArgs {
+    /// Image side in pixels [default: 64]
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Base channel count [default: 128]
+    #[arg(long)]
+    pub num_channels: Option<usize>,
+    /// Residual blocks per resolution [default: 2]
+    #[arg(long)]
+    pub num_res_blocks: Option<usize>,
+    /// Attention heads [default: 4]
+    #[arg(long)]
+    pub num_heads: Option<usize>,
+    /// Heads in the decoder, -1 = num_heads [default: -1]
+    #[arg(long, allow_negative_numbers = true)]
+    pub num_heads_upsample: Option<i64>,
+    /// Channels per head, -1 = use num_heads [default: -1]
+    #[arg(long, allow_negative_numbers = true)]
+    pub num_head_channels: Option<i64>,
+    /// Resolutions with attention, e.g. "32,16,8" [default: 16,8]
+    #[arg(long)]
+    pub attention_resolutions: Option<String>,
+    /// Channel multipliers per level, e.g. "1,2,3,4"; "" = by image size [default: ""]
+    #[arg(long)]
+    pub channel_mult: Option<String>,
+    /// Dropout probability [default: 0.0]
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Class-conditional model [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub class_cond: Option<bool>,
+    /// Gradient checkpointing (training; no effect on outputs) [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub use_checkpoint: Option<bool>,
+    /// AdaGN scale-shift conditioning [default: True]
+    #[arg(long, value_parser = parse_bool)]
+    pub use_scale_shift_norm: Option<bool>,
+    /// BigGAN-style residual up/down-sampling [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub resblock_updown: Option<bool>,
+    /// Accepted for compatibility; inference runs in float32 [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub use_fp16: Option<bool>,
+    /// QKV split before heads (QKVAttention) instead of the legacy order [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub use_new_attention_order: Option<bool>,
+    /// Predict the variance too (2x output channels) [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub learn_sigma: Option<bool>,
+    /// Number of classes of a class-conditional model (the reference hard-codes 1000)
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Image channels (the reference hard-codes 3)
+    #[arg(long)]
+    pub in_channels: Option<usize>,
+    /// JSON file with the network's constructor arguments ({"builder", "kwargs"} or kwargs)
+    #[arg(long)]
+    pub model_config: Option<std::path::PathBuf>,
+}
+
+/// Flags of `create_gaussian_diffusion`.
+#[derive(Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct DiffusionArgs {
+    /// Steps of the training process [default: 1000]
+    #[arg(long)]
+    pub diffusion_steps: Option<usize>,
+    /// linear or cosine [default: linear]
+    #[arg(long)]
+    pub noise_schedule: Option<String>,
+    /// Sampling steps: "250", "10,15,20" or "ddim25"; "" = all [default: ""]
+    #[arg(long)]
+    pub timestep_respacing: Option<String>,
+    /// RESCALED_KL loss [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub use_kl: Option<bool>,
+    /// The model predicts x_0 instead of the noise [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub predict_xstart: Option<bool>,
+    /// Feed the model t * 1000 / T [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub rescale_timesteps: Option<bool>,
+    /// RESCALED_MSE loss [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub rescale_learned_sigmas: Option<bool>,
+    /// FIXED_SMALL instead of FIXED_LARGE variance without learn_sigma [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub sigma_small: Option<bool>,
+}
+
+/// Flags of `create_classifier` plus the guidance scale.
+#[derive(Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct ClassifierArgs {
+    /// Noisy-image classifier checkpoint; guidance is on when given
+    #[arg(long)]
+    pub classifier_path: Option<std::path::PathBuf>,
+    /// Guidance scale [default: 1.0]
+    #[arg(long)]
+    pub classifier_scale: Option<f64>,
+    /// Accepted for compatibility; inference runs in float32 [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub classifier_use_fp16: Option<bool>,
+    /// Classifier base channels [default: 128]
+    #[arg(long)]
+    pub classifier_width: Option<usize>,
+    /// Classifier residual blocks per resolution [default: 2]
+    #[arg(long)]
+    pub classifier_depth: Option<usize>,
+    /// Classifier attention resolutions [default: 32,16,8]
+    #[arg(long)]
+    pub classifier_attention_resolutions: Option<String>,
+    /// [default: True]
+    #[arg(long, value_parser = parse_bool)]
+    pub classifier_use_scale_shift_norm: Option<bool>,
+    /// [default: True]
+    #[arg(long, value_parser = parse_bool)]
+    pub classifier_resblock_updown: Option<bool>,
+    /// adaptive, attention, spatial or spatial_v2 [default: attention]
+    #[arg(long)]
+    pub classifier_pool: Option<String>,
+    /// JSON file with the classifier's constructor arguments
+    #[arg(long)]
+    pub classifier_config: Option<std::path::PathBuf>,
+}
+
+/// What every sampling command shares.
+#[derive(Args, Debug, Clone)]
+#[command(rename_all = "snake_case")]
+pub struct SamplingArgs {
+    /// Diffusion model checkpoint (.pt or .safetensors) [default: the built-in model]
+    #[arg(long)]
+    pub model_path: Option<std::path::PathBuf>,
+    /// Clamp the x_0 prediction to [-1, 1]
+    #[arg(long, value_parser = parse_bool, default_value = "True")]
+    pub clip_denoised: bool,
+    /// Number of images to produce
+    #[arg(long, default_value_t = 10000)]
+    pub num_samples: usize,
+    /// Images per model call
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// DDIM instead of ancestral (DDPM) sampling
+    #[arg(long, value_parser = parse_bool, default_value = "False")]
+    pub use_ddim: bool,
+    /// DDIM stochasticity (0 = deterministic)
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Labels to sample, cycled over the samples, e.g. "3,7" [default: random]
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Seed; sample i gets the same noise whatever the batch size [default: random]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// x_T for every sample: a float32 NCHW .npy
+    #[arg(long)]
+    pub init_noise: Option<std::path::PathBuf>,
+    /// Output .npz (arr_0 uint8 NHWC, arr_1 int64 labels) [default: samples_{N}x{H}x{W}x3.npz]
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+    /// PNG grid of the samples [default: beside the npz]
+    #[arg(long)]
+    pub grid: Option<std::path::PathBuf>,
+    /// Do not write the PNG grid
+    #[arg(long)]
+    pub no_grid: bool,
+    /// Fill the flags of a released checkpoint family: imagenet64, imagenet128, imagenet256,
+    /// imagenet256-uncond, imagenet512, upsample64-256, upsample128-512, lsun
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// No progress bar
+    #[arg(long)]
+    pub quiet: bool,
+    /// cpu, or cuda / cuda:N (with the cuda build feature)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}

@@ -1,0 +1,86 @@
+//! `gdiff convert IN OUT.safetensors`: re-save a checkpoint (a released `.pt` or any
+//! safetensors) as safetensors with its model config — and optionally the diffusion config —
+//! embedded, after checking that the config fits every weight.
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::Args;
+use guided_diffusion::checkpoint;
+use guided_diffusion::models::{Net, NetConfig};
+
+use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
+use crate::cli::resolve;
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct ConvertArgs {
+    /// Input checkpoint (.pt or .safetensors)
+    pub input: PathBuf,
+    /// Output .safetensors
+    pub output: PathBuf,
+    /// What the checkpoint holds: model, super-res or classifier
+    #[arg(long, default_value = "model")]
+    pub kind: String,
+    /// Output side of a super-resolution model
+    #[arg(long)]
+    pub large_size: Option<usize>,
+    /// Input side of a super-resolution model
+    #[arg(long)]
+    pub small_size: Option<usize>,
+    /// A preset's flags (see `gdiff sample --help`)
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
+}
+
+pub fn run(a: &ConvertArgs) -> Result<()> {
+    if !a.input.exists() {
+        bail!("{}: no such file", a.input.display());
+    }
+    if a.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("{}: the output must be a .safetensors file", a.output.display());
+    }
+    let cfg = match a.kind.as_str() {
+        "model" => NetConfig::UNet(resolve::unet_config(&a.model, Some(&a.input))?),
+        "super-res" => NetConfig::SuperRes(resolve::super_res_config(
+            &a.model,
+            a.large_size.unwrap_or(256),
+            a.small_size.unwrap_or(64),
+            Some(&a.input),
+        )?),
+        "classifier" => {
+            let image_size = a.model.image_size.unwrap_or(64);
+            NetConfig::Classifier(resolve::classifier_config(&a.classifier, image_size, a.model.num_classes, &a.input)?)
+        }
+        k => bail!("--kind {k:?}: expected model, super-res or classifier"),
+    };
+    let sd = checkpoint::read(&a.input, &Device::Cpu)?;
+    // Fails with the mismatch report if the config does not fit.
+    Net::from_tensors(&cfg, sd.tensors.clone(), &a.input.display().to_string(), &Device::Cpu)?;
+    let mut extra = HashMap::new();
+    if !matches!(cfg, NetConfig::Classifier(_)) {
+        let (_, base) = resolve::embedded(&a.input)?;
+        let learn = match &cfg {
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.learns_sigma(),
+            NetConfig::Classifier(_) => false,
+        };
+        let d = resolve::diffusion_config(&a.diffusion, base, learn)?;
+        extra.insert(resolve::DIFFUSION_KEY.to_string(), serde_json::to_string(&d)?);
+    }
+    checkpoint::write_model(&a.output, &sd.tensors, &cfg, &extra)?;
+    println!(
+        "wrote {} ({}, {} tensors, {} parameters)",
+        a.output.display(),
+        cfg.builder(),
+        sd.tensors.len(),
+        sd.num_params()
+    );
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Typed network configurations with the reference constructors' keyword names and defaults.
+//!
+//! [`UNetConfig`] mirrors `unet.UNetModel.__init__` (and `SuperResModel`, which takes the same
+//! arguments), [`EncoderConfig`] mirrors `unet.EncoderUNetModel.__init__`. Both deserialize from
+//! the `kwargs` object of a reference model description, with the constructor's defaults for any
+//! missing key. [`NetConfig`] ties a config to the constructor ("builder") that consumes it and is
+//! what travels inside our safetensors checkpoints. The script-flag constructors
+//! (`create_model`, `create_classifier`, `sr_create_model`) live in [`super::flags`].
+use serde::{Deserialize, Serialize};
+
+use crate::{bail, Result};
+
+fn default_dropout() -> f64 {
+    0.0
+}
+fn default_channel_mult() -> Vec<f64> {
+    vec![1.0, 2.0, 4.0, 8.0]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_dims() -> usize {
+    2
+}
+fn default_one() -> usize {
+    1
+}
+fn default_minus_one() -> i64 {
+    -1
+}
+
+/// Arguments of `UNetModel` / `SuperResModel`. `attention_resolutions` are downsample factors
+/// (`ds`), as the constructor takes them; `channel_mult` may hold fractions (the 512x512 model
+/// uses 0.5), channels are `int(mult * model_channels)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UNetConfig {
+    pub image_size: usize,
+    pub in_channels: usize,
+    pub model_channels: usize,
+    pub out_channels: usize,
+    pub num_res_blocks: usize,
+    pub attention_resolutions: Vec<usize>,
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default = "default_channel_mult")]
+    pub channel_mult: Vec<f64>,
+    #[serde(default = "default_true")]
+    pub conv_resample: bool,
+    #[serde(default = "default_dims")]
+    pub dims: usize,
+    #[serde(default)]
+    pub num_classes: Option<usize>,
+    #[serde(default)]
+    pub use_checkpoint: bool,
+    #[serde(default)]
+    pub use_fp16: bool,
+    #[serde(default = "default_one")]
+    pub num_heads: usize,
+    #[serde(default = "default_minus_one")]
+    pub num_head_channels: i64,
+    #[serde(default = "default_minus_one")]
+    pub num_heads_upsample: i64,
+    #[serde(default)]
+    pub use_scale_shift_norm: bool,
+    #[serde(default)]
+    pub resblock_updown: bool,
+    #[serde(default)]
+    pub use_new_attention_order: bool,
+}
+
+/// The classifier's output head (`pool` argument of `EncoderUNetModel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    Adaptive,
+    Attention,
+    Spatial,
+    SpatialV2,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "adaptive" => Pool::Adaptive,
+            "attention" => Pool::Attention,
+            "spatial" => Pool::Spatial,
+            "spatial_v2" => Pool::SpatialV2,
+            _ => bail!(
+                "unknown classifier pool {s:?}: expected adaptive, attention, spatial or spatial_v2"
+            ),
+        })
+    }
+}
+
+fn default_pool() -> Pool {
+    Pool::Adaptive
+}
+
+/// Arguments of `EncoderUNetModel` (the noise-aware classifier).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    pub image_size: usize,
+    pub in_channels: usize,
+    pub model_channels: usize,
+    pub out_channels: usize,
+    pub num_res_blocks: usize,
+    pub attention_resolutions: Vec<usize>,
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default = "default_channel_mult")]
+    pub channel_mult: Vec<f64>,
+    #[serde(default = "default_true")]
+    pub conv_resample: bool,
+    #[serde(default = "default_dims")]
+    pub dims: usize,
+    #[serde(default)]
+    pub use_checkpoint: bool,
+    #[serde(default)]
+    pub use_fp16: bool,
+    #[serde(default = "default_one")]
+    pub num_heads: usize,
+    #[serde(default = "default_minus_one")]
+    pub num_head_channels: i64,
+    #[serde(default = "default_minus_one")]
+    pub num_heads_upsample: i64,
+    #[serde(default)]
+    pub use_scale_shift_norm: bool,
+    #[serde(default)]
+    pub resblock_updown: bool,
+    #[serde(default)]
+    pub use_new_attention_order: bool,
+    #[serde(default = "default_pool")]
+    pub pool: Pool,
+}
+
+/// The structural arguments shared by the UNet and the encoder (their trunks are identical).
+#[derive(Debug, Clone)]
+pub(crate) struct TrunkConfig {
+    pub in_channels: usize,
+    pub model_channels: usize,
+    pub num_res_blocks: usize,
+    pub attention_resolutions: Vec<usize>,
+    pub dropout: f64,
+    pub channel_mult: Vec<f64>,
+    pub conv_resample: bool,
+    pub num_heads: usize,
+    pub num_head_channels: i64,
+    pub use_scale_shift_norm: bool,
+    pub resblock_updown: bool,
+    pub use_new_attention_order: bool,
+}
+
+impl TrunkConfig {
+    /// `int(mult * model_channels)` for every level.
+    pub fn level_channels(&self) -> Vec<usize> {
+        self.channel_mult.iter().map(|m| (m * self.model_channels as f64) as usize).collect()
+    }
+
+    pub fn validate(&self, image_size: usize, dims: usize) -> Result<()> {
+        if dims != 2 {
+            bail!("dims={dims}: only 2-D images are supported (the released ADM models are 2-D)");
+        }
+        if self.channel_mult.is_empty() {
+            bail!("channel_mult is empty: expected at least one level, e.g. \"1,2,3,4\"");
+        }
+        if self.model_channels == 0 {
+            bail!("model_channels (--num_channels) must be positive");
+        }
+        for (i, ch) in self.level_channels().into_iter().enumerate() {
+            if ch == 0 || ch % 32 != 0 {
+                bail!(
+                    "channel_mult[{i}]={} with model_channels={} gives {ch} channels: GroupNorm(32) \
+                     needs a positive multiple of 32",
+                    self.channel_mult[i],
+                    self.model_channels
+                );
+            }
+        }
+        let down = 1usize << (self.channel_mult.len() - 1);
+        if image_size % down != 0 {
+            bail!(
+                "image_size={image_size} is not divisible by {down} (2^(levels-1) for \
+                 channel_mult of {} levels)",
+                self.channel_mult.len()
+            );
+        }
+        if self.num_head_channels == 0 || self.num_head_channels < -1 {
+            bail!("num_head_channels={}: expected -1 or a positive number", self.num_head_channels);
+        }
+        if self.num_head_channels == -1 && self.num_heads == 0 {
+            bail!("num_heads must be positive when num_head_channels is -1");
+        }
+        Ok(())
+    }
+}
+
+impl UNetConfig {
+    pub(crate) fn trunk(&self) -> TrunkConfig {
+        TrunkConfig {
+            in_channels: self.in_channels,
+            model_channels: self.model_channels,
+            num_res_blocks: self.num_res_blocks,
+            attention_resolutions: self.attention_resolutions.clone(),
+            dropout: self.dropout,
+            channel_mult: self.channel_mult.clone(),
+            conv_resample: self.conv_resample,
+            num_heads: self.num_heads,
+            num_head_channels: self.num_head_channels,
+            use_scale_shift_norm: self.use_scale_shift_norm,
+            resblock_updown: self.resblock_updown,
+            use_new_attention_order: self.use_new_attention_order,
+        }
+    }
+
+    /// `num_heads_upsample`, with the reference's `-1 -> num_heads`.
+    pub fn heads_upsample(&self) -> usize {
+        if self.num_heads_upsample == -1 {
+            self.num_heads
+        } else {
+            self.num_heads_upsample as usize
+        }
+    }
+
+    /// Whether the model predicts a variance too (`learn_sigma`: twice the input channels).
+    pub fn learns_sigma(&self) -> bool {
+        self.out_channels == 2 * self.in_channels
+    }
+}
+
+impl EncoderConfig {
+    pub(crate) fn trunk(&self) -> TrunkConfig {
+        TrunkConfig {
+            in_channels: self.in_channels,
+            model_channels: self.model_channels,
+            num_res_blocks: self.num_res_blocks,
+            attention_resolutions: self.attention_resolutions.clone(),
+            dropout: self.dropout,
+            channel_mult: self.channel_mult.clone(),
+            conv_resample: self.conv_resample,
+            num_heads: self.num_heads,
+            num_head_channels: self.num_head_channels,
+            use_scale_shift_norm: self.use_scale_shift_norm,
+            resblock_updown: self.resblock_updown,
+            use_new_attention_order: self.use_new_attention_order,
+        }
+    }
+}
+
+/// A network configuration together with the reference constructor it feeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetConfig {
+    /// `unet.UNetModel`
+    UNet(UNetConfig),
+    /// `unet.SuperResModel` (same arguments; the input is doubled internally).
+    SuperRes(UNetConfig),
+    /// `unet.EncoderUNetModel`
+    Classifier(EncoderConfig),
+}
+
+impl NetConfig {
+    /// The reference constructor's qualified name.
+    pub fn builder(&self) -> &'static str {
+        match self {
+            NetConfig::UNet(_) => "unet.UNetModel",
+            NetConfig::SuperRes(_) => "unet.SuperResModel",
+            NetConfig::Classifier(_) => "unet.EncoderUNetModel",
+        }
+    }
+
+    pub fn image_size(&self) -> usize {
+        match self {
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.image_size,
+            NetConfig::Classifier(c) => c.image_size,
+        }
+    }
+
+    /// The constructor's keyword arguments as a JSON object.
+    pub fn kwargs(&self) -> serde_json::Value {
+        match self {
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => serde_json::to_value(c),
+            NetConfig::Classifier(c) => serde_json::to_value(c),
+        }
+        .expect("configs serialize")
+    }
+
+    /// `{"builder": ..., "kwargs": {...}}`, the form embedded in our checkpoints.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "builder": self.builder(), "kwargs": self.kwargs() })
+    }
+
+    /// Builds a config from a constructor name and its keyword arguments. Accepts the direct
+    /// constructors (`unet.UNetModel`, `unet.SuperResModel`, `unet.EncoderUNetModel`, with or
+    /// without the `unet.` prefix) and the script builders (`script_util.create_model`,
+    /// `script_util.create_classifier`, `script_util.sr_create_model`), which take the
+    /// reference's command-line flags.
+    pub fn from_builder(builder: &str, kwargs: &serde_json::Value) -> Result<Self> {
+        let name = builder.rsplit('.').next().unwrap_or(builder);
+        let what = format!("kwargs of {builder}");
+        Ok(match name {
+            "UNetModel" => NetConfig::UNet(from_kwargs(kwargs, &what)?),
+            "SuperResModel" => NetConfig::SuperRes(from_kwargs(kwargs, &what)?),
+            "EncoderUNetModel" => NetConfig::Classifier(from_kwargs(kwargs, &what)?),
+            "create_model" => {
+                let f: super::flags::ModelFlags = from_kwargs(kwargs, &what)?;
+                NetConfig::UNet(f.to_config()?)
+            }
+            "create_classifier" => {
+                let f: super::flags::ClassifierFlags = from_kwargs(kwargs, &what)?;
+                NetConfig::Classifier(f.to_config()?)
+            }
+            "sr_create_model" => {
+                let f: super::flags::SuperResFlags = from_kwargs(kwargs, &what)?;
+                NetConfig::SuperRes(f.to_config()?)
+            }
+            _ => bail!(
+                "unknown model builder {builder:?}: expected unet.UNetModel, unet.SuperResModel, \
+                 unet.EncoderUNetModel, script_util.create_model, script_util.create_classifier \
+                 or script_util.sr_create_model"
+            ),
+        })
+    }
+
+    /// Parses `{"builder": ..., "kwargs": {...}}` (extra keys such as the golden files' key
+    /// lists are ignored).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let builder = v.get("builder").and_then(|b| b.as_str()).ok_or_else(|| {
+            crate::Error::msg("model description has no \"builder\" string".to_string())
+        })?;
+        let kwargs = v
+            .get("kwargs")
+            .ok_or_else(|| crate::Error::msg("model description has no \"kwargs\" object"))?;
+        Self::from_builder(builder, kwargs)
+    }
+
+    /// Reads a model description file (`{"builder", "kwargs"}` JSON).
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            crate::Error::msg(format!("{}: not valid JSON: {e}", path.display()))
+        })?;
+        Self::from_json(&v).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
+    }
+
+    /// Validates the structural arguments (group-norm channel multiples, sizes, heads).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.trunk().validate(c.image_size, c.dims),
+            NetConfig::Classifier(c) => {
+                c.trunk().validate(c.image_size, c.dims)?;
+                if c.pool == Pool::Attention && c.num_head_channels == -1 {
+                    bail!("pool=attention needs num_head_channels != -1 (the reference asserts it)");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn from_kwargs<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
+    serde_json::from_value(v.clone()).map_err(|e| crate::Error::msg(format!("{what}: {e}")))
+}

@@ -1,0 +1,197 @@
+//! The small building blocks of the ADM networks, with the reference's numerics and
+//! parameter names: GroupNorm32, 3x3 / 1x1 convolutions, linear layers, the sinusoidal timestep
+//! embedding, dropout.
+//!
+//! Parameters are requested from a `candle_nn::VarBuilder` with PyTorch's default
+//! initialisation as hints, so the same constructors serve loading (hints ignored), fresh
+//! training (a `VarMap` applies them) and checkpoint verification (see `checkpoint::verify`).
+//! Constructors only use view operations on the weights they get (`squeeze`, never `reshape`),
+//! so verification can hand out zero-sized broadcast placeholders.
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::Result;
+
+/// PyTorch's default init for conv / linear weights: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
+fn torch_uniform(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `GroupNorm32(32, channels)`: 32 groups, eps 1e-5, affine, computed in float32.
+#[derive(Debug, Clone)]
+pub struct GroupNorm32 {
+    inner: candle_nn::GroupNorm,
+}
+
+impl GroupNorm32 {
+    pub const GROUPS: usize = 32;
+    pub const EPS: f64 = 1e-5;
+
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let inner = candle_nn::GroupNorm::new(weight, bias, channels, Self::GROUPS, Self::EPS)?;
+        Ok(GroupNorm32 { inner })
+    }
+
+    /// Normalises `[N, C, ...]` in float32 and casts back to the input dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return Ok(self.inner.forward(x)?);
+        }
+        Ok(self.inner.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+    }
+
+    /// `silu(GN(x))`, the pair that opens every block.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(x)?.silu()?)
+    }
+
+    /// `GN(x) * (1 + scale) + shift` (AdaGN), `scale`/`shift` broadcast from `[N, C, 1, 1]`.
+    pub fn forward_scale_shift(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        let h = self.forward(x)?;
+        Ok(h.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+    }
+}
+
+/// A 2-D convolution (`nn.Conv2d`) with bias, square kernel.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        zero_init: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let fan_in = cin * kernel * kernel;
+        let (wi, bi) = if zero_init {
+            (Init::Const(0.0), Init::Const(0.0))
+        } else {
+            (torch_uniform(fan_in), torch_uniform(fan_in))
+        };
+        let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", wi)?;
+        let bias = vb.get_with_hints(cout, "bias", bi)?;
+        Ok(Conv2d { weight, bias, stride, padding })
+    }
+
+    /// 3x3, padding 1, stride 1 (`conv_nd(2, cin, cout, 3, padding=1)`).
+    pub fn k3(cin: usize, cout: usize, zero_init: bool, vb: VarBuilder) -> Result<Self> {
+        Self::new(cin, cout, 3, 1, 1, zero_init, vb)
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let b = self.bias.reshape((1, (), 1, 1))?;
+        Ok(y.broadcast_add(&b)?)
+    }
+}
+
+/// A kernel-size-1 convolution over `[N, C, T]` (`conv_nd(1, cin, cout, 1)`), or over
+/// `[N, C, H, W]` (2-D 1x1), computed as a matrix product.
+#[derive(Debug, Clone)]
+pub struct Conv1x1 {
+    /// `[cout, cin]`
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1x1 {
+    /// `dims` = 1 for `conv_nd(1, ...)` (weight `[cout, cin, 1]`), 2 for a 2-D 1x1 conv
+    /// (weight `[cout, cin, 1, 1]`).
+    pub fn new(cin: usize, cout: usize, dims: usize, zero_init: bool, vb: VarBuilder) -> Result<Self> {
+        let (wi, bi) = if zero_init {
+            (Init::Const(0.0), Init::Const(0.0))
+        } else {
+            (torch_uniform(cin), torch_uniform(cin))
+        };
+        let weight = if dims == 1 {
+            vb.get_with_hints((cout, cin, 1), "weight", wi)?.squeeze(2)?
+        } else {
+            vb.get_with_hints((cout, cin, 1, 1), "weight", wi)?.squeeze(3)?.squeeze(2)?
+        };
+        let bias = vb.get_with_hints(cout, "bias", bi)?;
+        Ok(Conv1x1 { weight, bias })
+    }
+
+    /// `[N, Cin, T] -> [N, Cout, T]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.broadcast_matmul(x)?;
+        Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)
+    }
+
+    /// `[N, Cin, H, W] -> [N, Cout, H, W]`
+    pub fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let y = self.forward(&x.reshape((n, c, h * w))?)?;
+        Ok(y.reshape((n, (), h, w))?)
+    }
+}
+
+/// `nn.Linear` with PyTorch's default init.
+pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    let weight = vb.get_with_hints((cout, cin), "weight", torch_uniform(cin))?;
+    let bias = vb.get_with_hints(cout, "bias", torch_uniform(cin))?;
+    Ok(candle_nn::Linear::new(weight, Some(bias)))
+}
+
+/// `nn.Embedding` (init N(0, 1) as PyTorch).
+pub fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Tensor> {
+    Ok(vb.get_with_hints((n, dim), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?)
+}
+
+/// The sinusoidal timestep embedding of the reference (`nn.timestep_embedding`):
+/// `freqs = exp(-ln(10000) * arange(half) / half)` in float32, `args = t[:, None] * freqs`,
+/// `[cos(args), sin(args)]` — cosine first — and a zero column for odd `dim`.
+/// `t` may be fractional (rescaled timesteps).
+pub fn timestep_embedding(t: &Tensor, dim: usize, device: &Device) -> Result<Tensor> {
+    let ts: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let half = dim / 2;
+    // Same float32 operation order as `-math.log(10000) * arange(half, float32) / half`.
+    let neg_log = -(10000f64.ln() as f32);
+    let freqs: Vec<f32> =
+        (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
+    let mut out = Vec::with_capacity(ts.len() * dim);
+    for &tv in &ts {
+        out.extend(freqs.iter().map(|&f| (tv * f).cos()));
+        out.extend(freqs.iter().map(|&f| (tv * f).sin()));
+        if dim % 2 == 1 {
+            out.push(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(out, (ts.len(), dim), device)?)
+}
+
+/// Inverted dropout, active only in training.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    Ok(candle_nn::ops::dropout(x, p as f32)?)
+}
+
+/// Softmax over the last dimension, computed in float32 (differentiable).
+pub fn softmax_last_f32(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    // Softmax is shift invariant: the detached max changes no gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?.to_dtype(dtype)?)
+}
