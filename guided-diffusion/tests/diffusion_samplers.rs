@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use guided_diffusion::diffusion::likelihood::discretized_gaussian_log_likelihood;
 use guided_diffusion::diffusion::{
-    mean_flat, Ddim, Ddpm, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
-    NoiseSchedule, NoiseSource, ProcessKind, ReplayNoise, SampleOptions, Sampler, SeededNoise, StepInfo,
+    mean_flat, Ddim, Ddpm, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType, ModelVarType, NoiseSchedule,
+    NoiseSource, ProcessKind, ReplayNoise, SampleOptions, Sampler, SeededNoise, StepInfo,
 };
 use guided_diffusion::guidance::{classifier_log_prob_grad, ClassifierGuidance, Guidance, NoGuidance};
 use guided_diffusion::Result;
@@ -22,7 +22,18 @@ fn randn(seed: u64, shape: &[usize]) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn replay(n: usize, shape: &[usize], seed: u64) -> (ReplayNoise, Vec<Tensor>) {
@@ -83,7 +94,9 @@ fn ddim_recovers_point_mass_on_respaced_process_with_callbacks() {
         seen.push((s.index, s.t, s.t_model, max_diff(s.pred_xstart, &c)));
         Ok(())
     };
-    let out = d.ddim_sample_loop(&model, &x_t, &SampleOptions::default(), 0.0, &mut noise, Some(&mut cb)).unwrap();
+    let out = d
+        .ddim_sample_loop(&model, &x_t, &SampleOptions::default(), 0.0, &mut noise, Some(&mut cb))
+        .unwrap();
     assert_eq!(noise.used(), 25, "DDIM draws one noise per step even with eta = 0");
     assert!(max_diff(&out, &c) < 1e-4, "{}", max_diff(&out, &c));
     assert_eq!(seen.len(), 25);
@@ -108,17 +121,53 @@ fn ddpm_loop_draws_one_noise_per_step_and_is_deterministic_per_seed() {
     };
     let x_t = randn(5, &[2, 3, 4, 4]);
     let (mut noise, _) = replay(10, &[2, 3, 4, 4], 7);
-    let a = d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut noise, None).unwrap();
+    let a = d
+        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut noise, None)
+        .unwrap();
     assert_eq!(noise.used(), 10);
     let (mut fewer, _) = replay(9, &[2, 3, 4, 4], 7);
-    assert!(d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut fewer, None).is_err());
+    assert!(d
+        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut fewer, None)
+        .is_err());
     let (mut again, _) = replay(10, &[2, 3, 4, 4], 7);
-    let b = d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut again, None).unwrap();
+    let b = d
+        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut again, None)
+        .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
     // Seeded end to end: the same seed gives the same images.
-    let s1 = d.sample(&model, &mut Ddpm, &[2, 3, 4, 4], &dev(), &SampleOptions::default(), &mut SeededNoise::new(3), None).unwrap();
-    let s2 = d.sample(&model, &mut Ddpm, &[2, 3, 4, 4], &dev(), &SampleOptions::default(), &mut SeededNoise::new(3), None).unwrap();
-    let s3 = d.sample(&model, &mut Ddpm, &[2, 3, 4, 4], &dev(), &SampleOptions::default(), &mut SeededNoise::new(4), None).unwrap();
+    let s1 = d
+        .sample(
+            &model,
+            &mut Ddpm,
+            &[2, 3, 4, 4],
+            &dev(),
+            &SampleOptions::default(),
+            &mut SeededNoise::new(3),
+            None,
+        )
+        .unwrap();
+    let s2 = d
+        .sample(
+            &model,
+            &mut Ddpm,
+            &[2, 3, 4, 4],
+            &dev(),
+            &SampleOptions::default(),
+            &mut SeededNoise::new(3),
+            None,
+        )
+        .unwrap();
+    let s3 = d
+        .sample(
+            &model,
+            &mut Ddpm,
+            &[2, 3, 4, 4],
+            &dev(),
+            &SampleOptions::default(),
+            &mut SeededNoise::new(4),
+            None,
+        )
+        .unwrap();
     assert_eq!(max_diff(&s1, &s2), 0.0);
     assert!(max_diff(&s1, &s3) > 1e-3);
 }
@@ -131,10 +180,18 @@ fn ddpm_step_matches_formula() {
     let x = randn(11, &[2, 3, 4, 4]);
     for t in [vec![0, 0], vec![30, 30], vec![0, 49]] {
         let (mut noise, draws) = replay(1, &[2, 3, 4, 4], 12);
-        let out = d.p_sample(&model, &x, &t, &SampleOptions::default(), &mut noise).unwrap();
+        let out = d
+            .p_sample(&model, &x, &t, &SampleOptions::default(), &mut noise)
+            .unwrap();
         let p = d.p_mean_variance(&model, &x, &t, true, None).unwrap();
         let mask = d.extract(|i| if i == 0 { 0.0 } else { 1.0 }, &t, &x).unwrap();
-        let want = (&p.mean + mask.broadcast_mul(&(&p.log_variance * 0.5).unwrap().exp().unwrap()).unwrap().mul(&draws[0]).unwrap()).unwrap();
+        let want = (&p.mean
+            + mask
+                .broadcast_mul(&(&p.log_variance * 0.5).unwrap().exp().unwrap())
+                .unwrap()
+                .mul(&draws[0])
+                .unwrap())
+        .unwrap();
         assert_eq!(max_diff(&out.sample, &want), 0.0);
         if t == vec![0, 0] {
             assert_eq!(max_diff(&out.sample, &p.mean), 0.0);
@@ -151,7 +208,10 @@ fn ddim_eta_step_and_reverse_ode() {
     let x = randn(21, &[2, 3, 4, 4]);
     let t = vec![30, 30];
     let (mut noise, draws) = replay(1, &[2, 3, 4, 4], 22);
-    let opts = SampleOptions { clip_denoised: false, ..Default::default() };
+    let opts = SampleOptions {
+        clip_denoised: false,
+        ..Default::default()
+    };
     let out = d.ddim_sample(&model, &x, &t, &opts, 0.7, &mut noise).unwrap();
     let a = d.arrays();
     let (ab, abp) = (a.alphas_cumprod[30], a.alphas_cumprod_prev[30]);
@@ -193,7 +253,10 @@ fn ddim_eta_step_and_reverse_ode() {
         println!("DDIM reverse/forward reconstruction error ({n} steps): {err:e}");
         errs.push(err);
     }
-    assert!(errs[0] < 0.15 && errs[1] < errs[0] / 3.0 && errs[2] < errs[1] / 3.0 && errs[2] < 1e-2, "{errs:?}");
+    assert!(
+        errs[0] < 0.15 && errs[1] < errs[0] / 3.0 && errs[2] < errs[1] / 3.0 && errs[2] < 1e-2,
+        "{errs:?}"
+    );
 }
 
 /// A test guidance: a fixed gradient, recording the timesteps it is given.
@@ -219,8 +282,14 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     };
     let x = (randn(31, &[2, 3, 4, 4]) * 1.5).unwrap();
     let g = (randn(32, &[2, 3, 4, 4]) * 0.05).unwrap();
-    let guide = ConstGrad { g: g.clone(), seen: RefCell::new(vec![]) };
-    let opts = SampleOptions { guidance: &guide, ..Default::default() };
+    let guide = ConstGrad {
+        g: g.clone(),
+        seen: RefCell::new(vec![]),
+    };
+    let opts = SampleOptions {
+        guidance: &guide,
+        ..Default::default()
+    };
     let t = vec![6, 0];
 
     // DDPM: mean + variance * g, same noise.
@@ -229,7 +298,13 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     let p = d.p_mean_variance(&model, &x, &t, true, None).unwrap();
     let mean = (&p.mean + (&p.variance * &g).unwrap()).unwrap();
     let mask = d.extract(|i| if i == 0 { 0.0 } else { 1.0 }, &t, &x).unwrap();
-    let want = (mean + mask.broadcast_mul(&(&p.log_variance * 0.5).unwrap().exp().unwrap()).unwrap().mul(&draws[0]).unwrap()).unwrap();
+    let want = (mean
+        + mask
+            .broadcast_mul(&(&p.log_variance * 0.5).unwrap().exp().unwrap())
+            .unwrap()
+            .mul(&draws[0])
+            .unwrap())
+    .unwrap();
     assert_eq!(max_diff(&out.sample, &want), 0.0);
     // The guidance saw the original timesteps.
     assert_eq!(guide.seen.borrow()[0], vec![d.timestep_map()[6] as f32, 0.0]);
@@ -242,7 +317,15 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     let eps = (eps - ab.affine(-1.0, 1.0).unwrap().sqrt().unwrap().broadcast_mul(&g).unwrap()).unwrap();
     let pred = d.predict_xstart_from_eps(&x, &t, &eps).unwrap();
     assert_eq!(max_diff(&out.pred_xstart, &pred), 0.0);
-    let max_abs = pred.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let max_abs = pred
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(max_abs > 1.0, "guided pred_xstart is not re-clipped ({max_abs})");
     // At t = 0 (alpha_bar_prev = 1) the DDIM sample is the guided pred_xstart.
     let s0 = out.sample.get(1).unwrap();
@@ -250,7 +333,19 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
 
     // No guidance: plain p_mean_variance.
     let (mut n3, _) = replay(1, &[2, 3, 4, 4], 34);
-    let plain = d.ddim_sample(&model, &x, &t, &SampleOptions { guidance: &NoGuidance, ..Default::default() }, 0.0, &mut n3).unwrap();
+    let plain = d
+        .ddim_sample(
+            &model,
+            &x,
+            &t,
+            &SampleOptions {
+                guidance: &NoGuidance,
+                ..Default::default()
+            },
+            0.0,
+            &mut n3,
+        )
+        .unwrap();
     assert_eq!(max_diff(&plain.pred_xstart, &p.pred_xstart), 0.0);
 }
 
@@ -271,8 +366,22 @@ fn guidance_can_replace_the_model_output() {
     for sampler in [&mut Ddpm as &mut dyn Sampler, &mut Ddim { eta: 0.3 }] {
         let (mut n1, _) = replay(1, &[1, 3, 4, 4], 42);
         let (mut n2, _) = replay(1, &[1, 3, 4, 4], 42);
-        let a = sampler.step(&d, &model, &x, &[40], &SampleOptions { guidance: &Doubled, ..Default::default() }, &mut n1).unwrap();
-        let b = sampler.step(&d, &doubled, &x, &[40], &SampleOptions::default(), &mut n2).unwrap();
+        let a = sampler
+            .step(
+                &d,
+                &model,
+                &x,
+                &[40],
+                &SampleOptions {
+                    guidance: &Doubled,
+                    ..Default::default()
+                },
+                &mut n1,
+            )
+            .unwrap();
+        let b = sampler
+            .step(&d, &doubled, &x, &[40], &SampleOptions::default(), &mut n2)
+            .unwrap();
         assert_eq!(max_diff(&a.sample, &b.sample), 0.0);
     }
 }
@@ -299,7 +408,10 @@ fn classifier_gradient_matches_analytic_linear_classifier() {
     let expected_w = p.matmul(&wmat).unwrap();
     let idx = Tensor::new(&[0u32, 4, 2], &dev()).unwrap();
     let wy = wmat.index_select(&idx, 0).unwrap();
-    let want = ((wy - expected_w).unwrap() * 3.0).unwrap().reshape((n, c, h, w)).unwrap();
+    let want = ((wy - expected_w).unwrap() * 3.0)
+        .unwrap()
+        .reshape((n, c, h, w))
+        .unwrap();
     let err = max_diff(&grad, &want);
     assert!(err < 1e-6, "{err}");
     assert_eq!(seen_t.borrow()[0], vec![10.0, 500.0, 999.0]);
@@ -335,7 +447,8 @@ fn training_losses_are_differentiable_with_stop_gradient_on_the_mean() {
     let g_loss = losses.loss.mean_all().unwrap().backward().unwrap();
     let g_mse = mse.mean_all().unwrap().backward().unwrap();
     let g_vb = vb.mean_all().unwrap().backward().unwrap();
-    let val = |gs: &candle_core::backprop::GradStore, v: &Var| gs.get(v.as_tensor()).map(|g| g.to_scalar::<f32>().unwrap());
+    let val =
+        |gs: &candle_core::backprop::GradStore, v: &Var| gs.get(v.as_tensor()).map(|g| g.to_scalar::<f32>().unwrap());
     // mean parameters: only the MSE term
     for p in [&a, &b] {
         let (gl, gm) = (val(&g_loss, p).unwrap(), val(&g_mse, p).unwrap());
@@ -353,9 +466,16 @@ fn training_losses_are_differentiable_with_stop_gradient_on_the_mean() {
     let x_t = d.q_sample(&x0, &t, &noise).unwrap();
     let ts = d.model_timesteps(&t, &dev()).unwrap();
     let out = model(&x_t, &ts).unwrap();
-    let frozen = Tensor::cat(&[&out.narrow(1, 0, 3).unwrap().detach(), &out.narrow(1, 3, 3).unwrap()], 1).unwrap();
+    let frozen = Tensor::cat(
+        &[&out.narrow(1, 0, 3).unwrap().detach(), &out.narrow(1, 3, 3).unwrap()],
+        1,
+    )
+    .unwrap();
     let p = d.p_mean_variance_from_output(&frozen, &x_t, &t, false, None).unwrap();
-    let nll = discretized_gaussian_log_likelihood(&x0, &p.mean, &(&p.log_variance * 0.5).unwrap()).unwrap().neg().unwrap();
+    let nll = discretized_gaussian_log_likelihood(&x0, &p.mean, &(&p.log_variance * 0.5).unwrap())
+        .unwrap()
+        .neg()
+        .unwrap();
     let nll0 = mean_flat(&nll).unwrap().to_vec1::<f32>().unwrap()[0] / std::f32::consts::LN_2;
     let vb0 = vb.to_vec1::<f32>().unwrap()[0];
     assert!((nll0 - vb0).abs() <= 1e-5 * vb0.abs(), "{nll0} vs {vb0}");
@@ -394,7 +514,11 @@ fn loss_types_and_targets() {
     let kl = GaussianDiffusion::spaced(
         guided_diffusion::diffusion::get_named_beta_schedule(NoiseSchedule::Linear, 500),
         &(0..500).collect(),
-        ProcessKind { model_var_type: ModelVarType::LearnedRange, loss_type: LossType::Kl, ..Default::default() },
+        ProcessKind {
+            model_var_type: ModelVarType::LearnedRange,
+            loss_type: LossType::Kl,
+            ..Default::default()
+        },
     )
     .unwrap();
     let k = kl.training_losses(&model, &x0, &t, &noise).unwrap();
@@ -404,7 +528,10 @@ fn loss_types_and_targets() {
     for mean_type in [ModelMeanType::StartX, ModelMeanType::PreviousX, ModelMeanType::Epsilon] {
         let d = GaussianDiffusion::new(
             guided_diffusion::diffusion::get_named_beta_schedule(NoiseSchedule::Linear, 500),
-            ProcessKind { model_mean_type: mean_type, ..Default::default() },
+            ProcessKind {
+                model_mean_type: mean_type,
+                ..Default::default()
+            },
         )
         .unwrap();
         let m = |x: &Tensor, _: &Tensor| -> Result<Tensor> { Ok((x * 0.7)?) };
@@ -425,9 +552,8 @@ fn loss_types_and_targets() {
 fn calc_bpd_loop_terms() {
     let d = cosine(20, "", true);
     let base = gaussian_data_model(d.clone(), 0.5);
-    let model = move |x: &Tensor, t: &Tensor| -> Result<Tensor> {
-        Ok(Tensor::cat(&[&base(x, t)?, &x.zeros_like()?], 1)?)
-    };
+    let model =
+        move |x: &Tensor, t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[&base(x, t)?, &x.zeros_like()?], 1)?) };
     let x0 = (randn(81, &[2, 3, 4, 4]) * 0.5).unwrap().clamp(-1f32, 1f32).unwrap();
     let (mut noise, _) = replay(20, &[2, 3, 4, 4], 82);
     let bpd = d.calc_bpd_loop(&model, &x0, true, &mut noise).unwrap();

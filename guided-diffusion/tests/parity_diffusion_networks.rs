@@ -49,7 +49,12 @@ fn parity_p_mean_variance() {
         let out = d.p_mean_variance(&model, x, &t, clip, None).unwrap();
         let pre = format!("call{n}");
         let ts = seen.borrow().clone().unwrap();
-        assert_close(&format!("{pre}.model_timesteps"), &ts, case.get(&format!("out.{pre}.model_timesteps")), 0.0);
+        assert_close(
+            &format!("{pre}.model_timesteps"),
+            &ts,
+            case.get(&format!("out.{pre}.model_timesteps")),
+            0.0,
+        );
         for (key, got) in [
             ("mean", &out.mean),
             ("variance", &out.variance),
@@ -75,11 +80,20 @@ fn run_losses_case(name: &str) {
         let d = build(&call["diffusion"]);
         let losses = d.training_losses(&model, x_start, &t, noise).unwrap();
         let mut checked = 0;
-        for (term, got) in [("loss", Some(&losses.loss)), ("mse", losses.mse.as_ref()), ("vb", losses.vb.as_ref())] {
+        for (term, got) in [
+            ("loss", Some(&losses.loss)),
+            ("mse", losses.mse.as_ref()),
+            ("vb", losses.vb.as_ref()),
+        ] {
             let key = format!("out.call{n}.{term}");
             if case.has(&key) {
                 let got = got.unwrap_or_else(|| panic!("{name} call{n}: no {term} term"));
-                assert_close(&format!("{name}.call{n}.{term}"), got, case.get(&key), case.atol(&format!("call{n}.{term}")));
+                assert_close(
+                    &format!("{name}.call{n}.{term}"),
+                    got,
+                    case.get(&key),
+                    case.atol(&format!("call{n}.{term}")),
+                );
                 let want = case.get(&key).to_vec1::<f32>().unwrap();
                 println!("    got {:?} want {want:?}", got.to_vec1::<f32>().unwrap());
                 checked += 1;
@@ -126,18 +140,26 @@ fn run_sample_case(name: &str) {
         guidance: guided.as_ref(),
     };
     let mut sampler: Box<dyn Sampler> = match p["method"].as_str().unwrap() {
-        "ddim" => Box::new(Ddim { eta: p["eta"].as_f64().unwrap() }),
+        "ddim" => Box::new(Ddim {
+            eta: p["eta"].as_f64().unwrap(),
+        }),
         "ddpm" => Box::new(Ddpm),
         m => panic!("unknown method {m}"),
     };
     let steps = d.num_timesteps();
-    let mut replay = case.has("in.injected_noise").then(|| ReplayNoise::from_stacked(case.get("in.injected_noise")).unwrap());
+    let mut replay = case
+        .has("in.injected_noise")
+        .then(|| ReplayNoise::from_stacked(case.get("in.injected_noise")).unwrap());
     // Without injected noise only DDIM with eta = 0 is replayable: its draws are multiplied by 0.
     let mut seeded = SeededNoise::new(0);
     let noise: &mut dyn NoiseSource = match replay.as_mut() {
         Some(r) => r,
         None => {
-            assert_eq!(p["eta"].as_f64(), Some(0.0), "{name}: stochastic case without injected noise");
+            assert_eq!(
+                p["eta"].as_f64(),
+                Some(0.0),
+                "{name}: stochastic case without injected noise"
+            );
             &mut seeded
         }
     };
@@ -150,7 +172,16 @@ fn run_sample_case(name: &str) {
         Ok(())
     };
     let started = std::time::Instant::now();
-    let sample = d.sample_loop(&model, sampler.as_mut(), case.get("in.x_T"), &opts, noise, Some(&mut cb)).unwrap();
+    let sample = d
+        .sample_loop(
+            &model,
+            sampler.as_mut(),
+            case.get("in.x_T"),
+            &opts,
+            noise,
+            Some(&mut cb),
+        )
+        .unwrap();
     println!("{name}: {steps} steps in {:.1?}", started.elapsed());
     if let Some(r) = &replay {
         assert_eq!(r.used(), steps, "one noise draw per step");
@@ -158,19 +189,37 @@ fn run_sample_case(name: &str) {
     }
     assert_eq!(t_spaced, case.get("out.t_spaced").to_vec1::<i64>().unwrap(), "t_spaced");
     assert_eq!(t_model, case.get("out.t_model").to_vec1::<i64>().unwrap(), "t_model");
-    assert_close(&format!("{name}.sample"), &sample, case.get("out.sample"), case.atol("sample"));
+    assert_close(
+        &format!("{name}.sample"),
+        &sample,
+        case.get("out.sample"),
+        case.atol("sample"),
+    );
     if case.has("out.steps_sample") {
         let s = Tensor::stack(&samples, 0).unwrap();
         let px = Tensor::stack(&preds, 0).unwrap();
-        assert_close(&format!("{name}.steps_sample"), &s, case.get("out.steps_sample"), case.atol("steps_sample"));
-        assert_close(&format!("{name}.steps_pred_xstart"), &px, case.get("out.steps_pred_xstart"), case.atol("steps_pred_xstart"));
+        assert_close(
+            &format!("{name}.steps_sample"),
+            &s,
+            case.get("out.steps_sample"),
+            case.atol("steps_sample"),
+        );
+        assert_close(
+            &format!("{name}.steps_pred_xstart"),
+            &px,
+            case.get("out.steps_pred_xstart"),
+            case.atol("steps_pred_xstart"),
+        );
     }
     // uint8 images: at most 1 level, on at most 1% of the elements (truncation boundary).
     let img = to_uint8_nhwc(&sample);
     let (max_level, n_diff, total) = uint8_diff(&img, case.get("out.sample_uint8_nhwc"));
     println!("{name}.sample_uint8_nhwc: max level diff {max_level}, {n_diff} of {total} elements differ");
     assert!(max_level <= 1, "{name}: uint8 differs by {max_level} levels");
-    assert!(n_diff * 100 <= total, "{name}: {n_diff} of {total} uint8 elements differ (> 1%)");
+    assert!(
+        n_diff * 100 <= total,
+        "{name}: {n_diff} of {total} uint8 elements differ (> 1%)"
+    );
 }
 
 #[test]

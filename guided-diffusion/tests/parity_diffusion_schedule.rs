@@ -52,7 +52,13 @@ fn parity_schedule_arrays() {
         let name = s["name"].as_str().unwrap();
         let cfg = schedule_config(&case, name);
         let raw = get_named_beta_schedule(cfg.noise_schedule, cfg.steps);
-        let r = assert_f64_close(&format!("{name}.raw_betas"), &raw, &case.f64s(&format!("out.{name}.raw_betas")), RTOL, ATOL);
+        let r = assert_f64_close(
+            &format!("{name}.raw_betas"),
+            &raw,
+            &case.f64s(&format!("out.{name}.raw_betas")),
+            RTOL,
+            ATOL,
+        );
         println!("{name}.raw_betas: max rel diff {r:e}");
         let d = cfg.build().unwrap();
         assert_eq!(d.num_timesteps(), cfg.steps);
@@ -78,11 +84,19 @@ fn parity_respacing_timestep_maps_and_arrays() {
         let mut cfg = schedule_config(&case, base);
 
         let sorted: Vec<usize> = space_timesteps(cfg.steps, respacing).unwrap().into_iter().collect();
-        assert_eq!(sorted, case.usizes(&format!("{prefix}.space_timesteps_sorted")), "{prefix} space_timesteps");
+        assert_eq!(
+            sorted,
+            case.usizes(&format!("{prefix}.space_timesteps_sorted")),
+            "{prefix} space_timesteps"
+        );
 
         cfg.timestep_respacing = respacing.to_string();
         let d = cfg.build().unwrap();
-        assert_eq!(d.timestep_map(), case.usizes(&format!("{prefix}.timestep_map")).as_slice(), "{prefix} map");
+        assert_eq!(
+            d.timestep_map(),
+            case.usizes(&format!("{prefix}.timestep_map")).as_slice(),
+            "{prefix} map"
+        );
         assert_eq!(d.original_num_steps(), cfg.steps);
         let a = d.arrays();
         for (arr, got) in [
@@ -125,11 +139,26 @@ fn parity_q_sample_and_posterior() {
     let (mean, var, logvar) = d.q_mean_variance(x_start, &t).unwrap();
     assert_close("q_mean", &mean, case.get("out.q_mean"), case.atol("q_mean"));
     assert_close("q_variance", &var, case.get("out.q_variance"), case.atol("q_variance"));
-    assert_close("q_log_variance", &logvar, case.get("out.q_log_variance"), case.atol("q_log_variance"));
+    assert_close(
+        "q_log_variance",
+        &logvar,
+        case.get("out.q_log_variance"),
+        case.atol("q_log_variance"),
+    );
 
     let (pm, pv, plv) = d.q_posterior_mean_variance(x_start, &x_t, &t).unwrap();
-    assert_close("posterior_mean", &pm, case.get("out.posterior_mean"), case.atol("posterior_mean"));
-    assert_close("posterior_variance", &pv, case.get("out.posterior_variance"), case.atol("posterior_variance"));
+    assert_close(
+        "posterior_mean",
+        &pm,
+        case.get("out.posterior_mean"),
+        case.atol("posterior_mean"),
+    );
+    assert_close(
+        "posterior_variance",
+        &pv,
+        case.get("out.posterior_variance"),
+        case.atol("posterior_variance"),
+    );
     assert_close(
         "posterior_log_variance_clipped",
         &plv,

@@ -54,7 +54,11 @@ impl DiffusionConfig {
             LossType::Mse
         };
         ProcessKind {
-            model_mean_type: if self.predict_xstart { ModelMeanType::StartX } else { ModelMeanType::Epsilon },
+            model_mean_type: if self.predict_xstart {
+                ModelMeanType::StartX
+            } else {
+                ModelMeanType::Epsilon
+            },
             model_var_type: if self.learn_sigma {
                 ModelVarType::LearnedRange
             } else if self.sigma_small {

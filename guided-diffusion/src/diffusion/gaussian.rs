@@ -139,7 +139,14 @@ impl DiffusionArrays {
             .map(|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i]))
             .collect();
         let posterior_log_variance_clipped: Vec<f64> = (0..n)
-            .map(|i| if i == 0 { posterior_variance[1] } else { posterior_variance[i] }.ln())
+            .map(|i| {
+                if i == 0 {
+                    posterior_variance[1]
+                } else {
+                    posterior_variance[i]
+                }
+                .ln()
+            })
             .collect();
         let posterior_mean_coef1 = (0..n)
             .map(|i| betas[i] * alphas_cumprod_prev[i].sqrt() / (1.0 - alphas_cumprod[i]))
@@ -194,7 +201,12 @@ impl GaussianDiffusion {
     pub fn new(betas: Vec<f64>, kind: ProcessKind) -> Result<Self> {
         let n = betas.len();
         let arrays = DiffusionArrays::from_betas(betas)?;
-        Ok(Self { arrays, kind, timestep_map: (0..n).collect(), original_num_steps: n })
+        Ok(Self {
+            arrays,
+            kind,
+            timestep_map: (0..n).collect(),
+            original_num_steps: n,
+        })
     }
 
     /// The reference's `SpacedDiffusion(use_timesteps, betas=base_betas)`: keeps the given
@@ -224,7 +236,12 @@ impl GaussianDiffusion {
             }
         }
         let arrays = DiffusionArrays::from_betas(new_betas)?;
-        Ok(Self { arrays, kind, timestep_map, original_num_steps })
+        Ok(Self {
+            arrays,
+            kind,
+            timestep_map,
+            original_num_steps,
+        })
     }
 
     pub fn arrays(&self) -> &DiffusionArrays {
@@ -265,7 +282,10 @@ impl GaussianDiffusion {
 
     pub(crate) fn check_t(&self, t: &[usize]) -> Result<()> {
         if let Some(&bad) = t.iter().find(|&&i| i >= self.num_timesteps()) {
-            bail!("timestep {bad} out of range for a {}-step process", self.num_timesteps());
+            bail!(
+                "timestep {bad} out of range for a {}-step process",
+                self.num_timesteps()
+            );
         }
         Ok(())
     }
@@ -292,19 +312,29 @@ impl GaussianDiffusion {
     pub fn q_mean_variance(&self, x_start: &Tensor, t: &[usize]) -> Result<(Tensor, Tensor, Tensor)> {
         let a = &self.arrays;
         let mean = self.ex(&a.sqrt_alphas_cumprod, t, x_start)?.broadcast_mul(x_start)?;
-        let variance = self.extract(|i| 1.0 - a.alphas_cumprod[i], t, x_start)?.broadcast_as(x_start.shape())?;
-        let log_variance = self.ex(&a.log_one_minus_alphas_cumprod, t, x_start)?.broadcast_as(x_start.shape())?;
+        let variance = self
+            .extract(|i| 1.0 - a.alphas_cumprod[i], t, x_start)?
+            .broadcast_as(x_start.shape())?;
+        let log_variance = self
+            .ex(&a.log_one_minus_alphas_cumprod, t, x_start)?
+            .broadcast_as(x_start.shape())?;
         Ok((mean, variance, log_variance))
     }
 
     /// Sample x_t ~ q(x_t | x_0) with the given standard normal `noise`.
     pub fn q_sample(&self, x_start: &Tensor, t: &[usize], noise: &Tensor) -> Result<Tensor> {
         if noise.shape() != x_start.shape() {
-            bail!("q_sample: noise shape {:?} != x_start shape {:?}", noise.shape(), x_start.shape());
+            bail!(
+                "q_sample: noise shape {:?} != x_start shape {:?}",
+                noise.shape(),
+                x_start.shape()
+            );
         }
         let a = &self.arrays;
         let lhs = self.ex(&a.sqrt_alphas_cumprod, t, x_start)?.broadcast_mul(x_start)?;
-        let rhs = self.ex(&a.sqrt_one_minus_alphas_cumprod, t, x_start)?.broadcast_mul(noise)?;
+        let rhs = self
+            .ex(&a.sqrt_one_minus_alphas_cumprod, t, x_start)?
+            .broadcast_mul(noise)?;
         Ok((lhs + rhs)?)
     }
 
@@ -316,13 +346,19 @@ impl GaussianDiffusion {
         t: &[usize],
     ) -> Result<(Tensor, Tensor, Tensor)> {
         if x_start.shape() != x_t.shape() {
-            bail!("q_posterior: x_start {:?} and x_t {:?} differ in shape", x_start.shape(), x_t.shape());
+            bail!(
+                "q_posterior: x_start {:?} and x_t {:?} differ in shape",
+                x_start.shape(),
+                x_t.shape()
+            );
         }
         let a = &self.arrays;
         let mean = (self.ex(&a.posterior_mean_coef1, t, x_t)?.broadcast_mul(x_start)?
             + self.ex(&a.posterior_mean_coef2, t, x_t)?.broadcast_mul(x_t)?)?;
         let var = self.ex(&a.posterior_variance, t, x_t)?.broadcast_as(x_t.shape())?;
-        let logvar = self.ex(&a.posterior_log_variance_clipped, t, x_t)?.broadcast_as(x_t.shape())?;
+        let logvar = self
+            .ex(&a.posterior_log_variance_clipped, t, x_t)?
+            .broadcast_as(x_t.shape())?;
         Ok((mean, var, logvar))
     }
 
@@ -396,9 +432,16 @@ impl GaussianDiffusion {
                 let f = |i: usize| if i == 0 { a.posterior_variance[1] } else { a.betas[i] };
                 (self.extract(f, t, x)?, self.extract(|i| f(i).ln(), t, x)?)
             } else {
-                (self.ex(&a.posterior_variance, t, x)?, self.ex(&a.posterior_log_variance_clipped, t, x)?)
+                (
+                    self.ex(&a.posterior_variance, t, x)?,
+                    self.ex(&a.posterior_log_variance_clipped, t, x)?,
+                )
             };
-            (model_output.clone(), var.broadcast_as(x.shape())?, logvar.broadcast_as(x.shape())?)
+            (
+                model_output.clone(),
+                var.broadcast_as(x.shape())?,
+                logvar.broadcast_as(x.shape())?,
+            )
         };
 
         let process_xstart = |p: Tensor| -> Result<Tensor> {
@@ -422,7 +465,12 @@ impl GaussianDiffusion {
                 (self.q_posterior_mean_variance(&pred, x, t)?.0, pred)
             }
         };
-        Ok(PMeanVariance { mean, variance, log_variance, pred_xstart })
+        Ok(PMeanVariance {
+            mean,
+            variance,
+            log_variance,
+            pred_xstart,
+        })
     }
 
     /// x_0 = sqrt(1/ab) x_t - sqrt(1/ab - 1) eps.

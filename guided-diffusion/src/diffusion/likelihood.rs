@@ -11,7 +11,10 @@ pub fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Ten
     let a = (logvar2.broadcast_add(&Tensor::new(-1f32, logvar2.device())?.to_dtype(logvar2.dtype())?)?)
         .broadcast_sub(logvar1)?;
     let b = a.broadcast_add(&logvar1.broadcast_sub(logvar2)?.exp()?)?;
-    let c = mean1.broadcast_sub(mean2)?.sqr()?.broadcast_mul(&logvar2.neg()?.exp()?)?;
+    let c = mean1
+        .broadcast_sub(mean2)?
+        .sqr()?
+        .broadcast_mul(&logvar2.neg()?.exp()?)?;
     Ok((b.broadcast_add(&c)? * 0.5)?)
 }
 

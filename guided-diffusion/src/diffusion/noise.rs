@@ -25,13 +25,17 @@ pub struct SeededNoise {
 
 impl SeededNoise {
     pub fn new(seed: u64) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed) }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 }
 
 impl NoiseSource for SeededNoise {
     fn randn(&mut self, shape: &Shape, device: &Device) -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.elem_count()).map(|_| StandardNormal.sample(&mut self.rng)).collect();
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|_| StandardNormal.sample(&mut self.rng))
+            .collect();
         Ok(Tensor::from_vec(v, shape.clone(), &Device::Cpu)?.to_device(device)?)
     }
 }
@@ -52,7 +56,9 @@ impl ReplayNoise {
     /// Split a `[K, ...]` tensor into K draws along dim 0.
     pub fn from_stacked(stacked: &Tensor) -> Result<Self> {
         let k = stacked.dim(0)?;
-        let draws = (0..k).map(|i| stacked.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
+        let draws = (0..k)
+            .map(|i| stacked.get(i))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self::new(draws))
     }
 
@@ -70,10 +76,19 @@ impl ReplayNoise {
 impl NoiseSource for ReplayNoise {
     fn randn(&mut self, shape: &Shape, device: &Device) -> Result<Tensor> {
         let Some(t) = self.draws.get(self.next) else {
-            bail!("ReplayNoise exhausted: draw {} asked, only {} recorded", self.next, self.draws.len());
+            bail!(
+                "ReplayNoise exhausted: draw {} asked, only {} recorded",
+                self.next,
+                self.draws.len()
+            );
         };
         if t.shape() != shape {
-            bail!("ReplayNoise draw {}: recorded shape {:?}, asked {:?}", self.next, t.shape(), shape);
+            bail!(
+                "ReplayNoise draw {}: recorded shape {:?}, asked {:?}",
+                self.next,
+                t.shape(),
+                shape
+            );
         }
         self.next += 1;
         Ok(t.to_device(device)?)

@@ -17,7 +17,9 @@ pub fn space_timesteps(num_timesteps: usize, section_counts: &str) -> Result<BTr
     }
     if let Some(rest) = spec.strip_prefix("ddim") {
         let desired: usize = rest.trim().parse().map_err(|_| {
-            crate::Error::msg(format!("invalid respacing {section_counts:?}: expected \"ddimN\" with N a positive integer"))
+            crate::Error::msg(format!(
+                "invalid respacing {section_counts:?}: expected \"ddimN\" with N a positive integer"
+            ))
         })?;
         return ddim_timesteps(num_timesteps, desired);
     }
@@ -61,7 +63,11 @@ pub fn space_timesteps_sections(num_timesteps: usize, counts: &[usize]) -> Resul
                 "cannot divide section {i} of {size} steps into {count} (respacing {counts:?} of {num_timesteps} steps)"
             );
         }
-        let frac_stride = if count <= 1 { 1.0 } else { (size - 1) as f64 / (count - 1) as f64 };
+        let frac_stride = if count <= 1 {
+            1.0
+        } else {
+            (size - 1) as f64 / (count - 1) as f64
+        };
         let mut cur_idx = 0.0f64;
         for _ in 0..count {
             all.insert(start_idx + cur_idx.round_ties_even() as usize);

@@ -29,7 +29,11 @@ pub struct SampleOptions<'a> {
 
 impl Default for SampleOptions<'_> {
     fn default() -> Self {
-        Self { clip_denoised: true, denoised_fn: None, guidance: &NoGuidance }
+        Self {
+            clip_denoised: true,
+            denoised_fn: None,
+            guidance: &NoGuidance,
+        }
     }
 }
 
@@ -148,7 +152,12 @@ impl GaussianDiffusion {
         let eps = (eps - coef.broadcast_mul(gradient)?)?;
         let pred_xstart = self.predict_xstart_from_eps(x, t, &eps)?;
         let (mean, _, _) = self.q_posterior_mean_variance(&pred_xstart, x, t)?;
-        Ok(PMeanVariance { mean, variance: p.variance.clone(), log_variance: p.log_variance.clone(), pred_xstart })
+        Ok(PMeanVariance {
+            mean,
+            variance: p.variance.clone(),
+            log_variance: p.log_variance.clone(),
+            pred_xstart,
+        })
     }
 
     /// `[N, 1, ...]` mask: 1 where t != 0 (no noise is added at the last step).
@@ -176,7 +185,10 @@ impl GaussianDiffusion {
         };
         let std = (&out.log_variance * 0.5)?.exp()?;
         let sample = (mean + mask.broadcast_mul(&std)?.mul(&eps)?)?;
-        Ok(StepOutput { sample, pred_xstart: out.pred_xstart })
+        Ok(StepOutput {
+            sample,
+            pred_xstart: out.pred_xstart,
+        })
     }
 
     /// One DDIM step (`ddim_sample`, Eq. 12 of the DDIM paper) with the guidance gradient applied
@@ -207,7 +219,10 @@ impl GaussianDiffusion {
         let mean_pred = (out.pred_xstart.broadcast_mul(&ab_prev.sqrt()?)? + c_eps.broadcast_mul(&eps)?)?;
         let mask = self.nonzero_mask(t, x)?;
         let sample = (mean_pred + mask.mul(&sigma)?.broadcast_mul(&z)?)?;
-        Ok(StepOutput { sample, pred_xstart: out.pred_xstart })
+        Ok(StepOutput {
+            sample,
+            pred_xstart: out.pred_xstart,
+        })
     }
 
     /// One step of the DDIM reverse ODE (`ddim_reverse_sample`, eta = 0): x_t -> x_{t+1}.
@@ -224,7 +239,10 @@ impl GaussianDiffusion {
         let ab_next = self.extract(|i| self.arrays().alphas_cumprod_next[i], t, x)?;
         let mean_pred = (out.pred_xstart.broadcast_mul(&ab_next.sqrt()?)?
             + ab_next.affine(-1.0, 1.0)?.sqrt()?.broadcast_mul(&eps)?)?;
-        Ok(StepOutput { sample: mean_pred, pred_xstart: out.pred_xstart })
+        Ok(StepOutput {
+            sample: mean_pred,
+            pred_xstart: out.pred_xstart,
+        })
     }
 
     /// Run `sampler` from `x_start_noise` (x_T) over t = T-1 .. 0; returns the final sample.
