@@ -414,12 +414,12 @@ fn schedule_samplers() {
 
     let mut s = LossSecondMomentResampler::new(4);
     // Not warmed up: uniform.
-    s.update_with_losses(&[0, 1, 2], &[1.0, 1.0, 1.0]);
+    s.update_with_losses(&[0, 1, 2], &[1.0, 1.0, 1.0]).unwrap();
     assert!(!s.warmed_up());
     assert_eq!(s.weights(), vec![1.0; 4]);
     // Fill 10 losses per t: t gets loss (t+1), except t=3 whose history later shifts.
     for _ in 0..10 {
-        s.update_with_losses(&[0, 1, 2, 3], &[1.0, 2.0, 3.0, 4.0]);
+        s.update_with_losses(&[0, 1, 2, 3], &[1.0, 2.0, 3.0, 4.0]).unwrap();
     }
     assert!(s.warmed_up());
     let w = s.weights();
@@ -432,7 +432,11 @@ fn schedule_samplers() {
     }
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     // The oldest loss is shifted out.
-    s.update_with_losses(&[3], &[40.0]);
+    s.update_with_losses(&[3], &[40.0]).unwrap();
+    assert!(s.update_with_losses(&[4], &[1.0]).is_err());
+    assert!(s.update_with_losses(&[1, 2], &[1.0]).is_err());
+    assert!(UniformSampler::new(4).update_with_losses(&[9], &[1.0]).is_err());
+    assert_eq!(UniformSampler::new(0).sample(3, &mut rng).0.len(), 0);
     let w2 = s.weights();
     assert!(w2[3] > w[3]);
     // Importance weights are 1 / (T p_t).

@@ -12,12 +12,18 @@ pub trait ScheduleSampler {
     fn weights(&self) -> Vec<f64>;
 
     /// Record the losses observed at timesteps `ts` (loss-aware samplers); others ignore them.
-    fn update_with_losses(&mut self, _ts: &[usize], _losses: &[f64]) {}
+    /// Errors on a length mismatch or a timestep out of range.
+    fn update_with_losses(&mut self, ts: &[usize], losses: &[f64]) -> Result<()> {
+        check_update(self.weights().len(), ts, losses)
+    }
 
     /// Draw `batch_size` timesteps with p = w / sum(w); returns them and their importance weights
     /// `1 / (T p_t)` (as numpy's `choice`: inverse CDF of a uniform draw).
     fn sample(&self, batch_size: usize, rng: &mut dyn RngCore) -> (Vec<usize>, Vec<f32>) {
         let w = self.weights();
+        if w.is_empty() {
+            return (vec![], vec![]);
+        }
         let total: f64 = w.iter().sum();
         let p: Vec<f64> = w.iter().map(|x| x / total).collect();
         let mut cdf = Vec::with_capacity(p.len());
@@ -41,6 +47,16 @@ pub trait ScheduleSampler {
         }
         (ts, weights)
     }
+}
+
+fn check_update(num_timesteps: usize, ts: &[usize], losses: &[f64]) -> Result<()> {
+    if ts.len() != losses.len() {
+        bail!("{} timesteps but {} losses", ts.len(), losses.len());
+    }
+    if let Some(&bad) = ts.iter().find(|&&t| t >= num_timesteps) {
+        bail!("timestep {bad} out of range for {num_timesteps} timesteps");
+    }
+    Ok(())
 }
 
 /// `create_named_schedule_sampler`: `"uniform"` or `"loss-second-moment"`.
@@ -120,7 +136,8 @@ impl ScheduleSampler for LossSecondMomentResampler {
         w
     }
 
-    fn update_with_losses(&mut self, ts: &[usize], losses: &[f64]) {
+    fn update_with_losses(&mut self, ts: &[usize], losses: &[f64]) -> Result<()> {
+        check_update(self.loss_counts.len(), ts, losses)?;
         for (&t, &loss) in ts.iter().zip(losses) {
             let count = self.loss_counts[t];
             let hist = &mut self.loss_history[t];
@@ -132,5 +149,6 @@ impl ScheduleSampler for LossSecondMomentResampler {
                 self.loss_counts[t] += 1;
             }
         }
+        Ok(())
     }
 }
