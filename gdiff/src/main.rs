@@ -41,14 +41,26 @@ fn run() -> anyhow::Result<()> {
             .unwrap_or(false)
     };
     let argv = cli::presets::expand(argv.clone(), accepts).map_err(anyhow::Error::msg)?;
-    let matches = cmd.clone().try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = cmd.clone().try_get_matches_from(argv).unwrap_or_else(|e| clap_exit(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| clap_exit(e));
     match cli.command {
         Command::Sample(a) => commands::sample::run(&a),
         Command::SuperRes(a) => commands::super_res::run(&a),
         Command::Convert(a) => commands::convert::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),
     }
+}
+
+/// Help and version as clap prints them; usage errors as one line.
+fn clap_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit()
+    }
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    eprintln!("error: {line} (see gdiff --help)");
+    std::process::exit(2)
 }
 
 fn main() {

@@ -192,3 +192,24 @@ fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
+
+#[test]
+fn pt_writer_round_trips_through_the_pt_reader() {
+    let dir = tempdir();
+    let sd = checkpoint::read(golden("model_unet_b.safetensors"), &Device::Cpu).unwrap();
+    let path = dir.join("unet_b.pt");
+    checkpoint::write_pt(&path, &sd.tensors).unwrap();
+    assert_eq!(checkpoint::detect_format(&path).unwrap(), checkpoint::Format::TorchZip);
+    let back = checkpoint::read(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.tensors.len(), sd.tensors.len());
+    for (k, v) in &sd.tensors {
+        let w = &back.tensors[k];
+        assert_eq!(v.dims(), w.dims(), "{k}");
+        assert_eq!(support::max_abs_diff(v, w), 0.0, "{k}");
+    }
+    let net = Net::load(golden("model_unet_b.json"), &path, &Device::Cpu).unwrap();
+    let case = Case::load("unet_b_forward");
+    let t = case.get("in.timesteps").to_dtype(DType::F32).unwrap();
+    let out = net.forward(&case.get("in.x"), &t, None, None).unwrap();
+    assert_close("unet_b from our .pt", &out, &case.get("out.out"), case.atol("out"));
+}

@@ -147,7 +147,7 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub model_path: Option<std::path::PathBuf>,
     /// Clamp the x_0 prediction to [-1, 1]
-    #[arg(long, value_parser = parse_bool, default_value = "True")]
+    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "True")]
     pub clip_denoised: bool,
     /// Number of images to produce
     #[arg(long, default_value_t = 10000)]
@@ -156,7 +156,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// DDIM instead of ancestral (DDPM) sampling
-    #[arg(long, value_parser = parse_bool, default_value = "False")]
+    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "False")]
     pub use_ddim: bool,
     /// DDIM stochasticity (0 = deterministic)
     #[arg(long, default_value_t = 0.0)]

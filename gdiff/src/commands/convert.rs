@@ -1,6 +1,6 @@
-//! `gdiff convert IN OUT.safetensors`: re-save a checkpoint (a released `.pt` or any
-//! safetensors) as safetensors with its model config — and optionally the diffusion config —
-//! embedded, after checking that the config fits every weight.
+//! `gdiff convert IN OUT`: re-save a checkpoint (a released `.pt` or any safetensors) as
+//! safetensors with its model and diffusion configs embedded, after checking that the config
+//! fits every weight — or back to a PyTorch `.pt` state dict (which carries no config).
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ use crate::cli::resolve;
 pub struct ConvertArgs {
     /// Input checkpoint (.pt or .safetensors)
     pub input: PathBuf,
-    /// Output .safetensors
+    /// Output .safetensors (config embedded) or .pt (PyTorch state dict)
     pub output: PathBuf,
     /// What the checkpoint holds: model, super-res or classifier
     #[arg(long, default_value = "model")]
@@ -44,9 +44,11 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     if !a.input.exists() {
         bail!("{}: no such file", a.input.display());
     }
-    if a.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!("{}: the output must be a .safetensors file", a.output.display());
-    }
+    let to_pt = match a.output.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => false,
+        Some("pt") | Some("pth") => true,
+        _ => bail!("{}: the output must be a .safetensors or a .pt file", a.output.display()),
+    };
     let cfg = match a.kind.as_str() {
         "model" => NetConfig::UNet(resolve::unet_config(&a.model, Some(&a.input))?),
         "super-res" => NetConfig::SuperRes(resolve::super_res_config(
@@ -74,7 +76,11 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         let d = resolve::diffusion_config(&a.diffusion, base, learn)?;
         extra.insert(resolve::DIFFUSION_KEY.to_string(), serde_json::to_string(&d)?);
     }
-    checkpoint::write_model(&a.output, &sd.tensors, &cfg, &extra)?;
+    if to_pt {
+        checkpoint::write_pt(&a.output, &sd.tensors)?;
+    } else {
+        checkpoint::write_model(&a.output, &sd.tensors, &cfg, &extra)?;
+    }
     println!(
         "wrote {} ({}, {} tensors, {} parameters)",
         a.output.display(),

@@ -7,6 +7,7 @@
 //!   mis-shaped keys together with the flag that most likely differs.
 //! - [`write_safetensors`] writes atomically (temporary file, then rename).
 mod pt;
+mod pt_write;
 mod st;
 pub mod infer;
 pub mod verify;
@@ -19,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::models::NetConfig;
 use crate::{bail, Error, Result};
 
+pub use pt_write::write_pt;
 pub use st::write_safetensors;
 
 /// Metadata key under which our checkpoints carry the network config
