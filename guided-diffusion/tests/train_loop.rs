@@ -28,7 +28,7 @@ struct ToyData {
 }
 
 impl ToyData {
-    fn new() -> Arc<dyn Dataset> {
+    fn shared() -> Arc<dyn Dataset> {
         let mut rng = guided_diffusion::data::rng::stream(99, 0, 0);
         let xs = (0..64).map(|_| std::array::from_fn(|_| rng.gen_range(-1.0f32..1.0))).collect();
         Arc::new(Self { xs, classes: ClassList::new(vec!["a".into(), "b".into()]) })
@@ -119,7 +119,7 @@ fn config(dir: &Path, max_steps: u64) -> TrainConfig {
 fn loader(seed: u64) -> Loader {
     let mut lc = LoaderConfig::new(4, seed);
     lc.workers = 2;
-    Loader::new(ToyData::new(), lc).unwrap()
+    Loader::new(ToyData::shared(), lc).unwrap()
 }
 
 fn new_loop(dir: &Path, max_steps: u64) -> TrainLoop<ToyObjective> {

@@ -301,7 +301,7 @@ impl<O: Objective> TrainLoop<O> {
         let start_step = self.step;
         while self.cfg.max_steps.is_none_or(|m| self.step < m) {
             let batch = data.next_batch()?;
-            let eval_now = self.cfg.eval_interval > 0 && self.step % self.cfg.eval_interval == 0;
+            let eval_now = self.cfg.eval_interval > 0 && self.step.is_multiple_of(self.cfg.eval_interval);
             self.run_step(&batch)?;
             if eval_now {
                 if let Some(v) = val.as_deref_mut() {
@@ -312,7 +312,7 @@ impl<O: Objective> TrainLoop<O> {
             steps_since += 1;
             self.logger.logkv("step", self.step as f64);
             self.logger.logkv("samples", (self.step * global_batch) as f64);
-            if self.step % self.cfg.log_interval == 0 {
+            if self.step.is_multiple_of(self.cfg.log_interval) {
                 let secs = t0.elapsed().as_secs_f64();
                 if secs > 0.0 {
                     self.logger.logkv("steps_per_sec", steps_since as f64 / secs);
@@ -321,11 +321,11 @@ impl<O: Objective> TrainLoop<O> {
                 t0 = Instant::now();
                 steps_since = 0;
             }
-            if self.step % self.cfg.save_interval == 0 {
+            if self.step.is_multiple_of(self.cfg.save_interval) {
                 self.save()?;
             }
         }
-        if self.step > start_step && self.step % self.cfg.save_interval != 0 {
+        if self.step > start_step && !self.step.is_multiple_of(self.cfg.save_interval) {
             self.save()?;
         }
         Ok(())
