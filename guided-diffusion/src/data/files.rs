@@ -1,0 +1,126 @@
+//! The reference's image-folder conventions (`image_datasets.py`): which files count as images,
+//! how labels come from file names, and how files are sharded across ranks.
+//!
+//! - Listing: entries of a directory in sorted (byte-wise) order; a name with a `.` whose
+//!   extension is jpg/jpeg/png/gif (any case) is an image, otherwise a directory is descended
+//!   into. So `a.png` comes before `a/` contents exactly as the reference's `sorted(listdir)`.
+//! - Label: the file name up to its first `_` (`n01440764_10026.JPEG` -> `n01440764`; a name
+//!   without `_` is its own class, extension included, as in the reference). Class names are
+//!   sorted and numbered from 0.
+//! - Sharding: rank `r` of `w` keeps `files[r::w]`.
+use std::path::{Path, PathBuf};
+
+use crate::{bail, Error, Result};
+
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "gif"];
+
+/// All image files under `dir`, recursively, in the reference's order.
+pub fn list_image_files_recursively(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let mut out = Vec::new();
+    list_into(dir, &mut out)?;
+    Ok(out)
+}
+
+fn list_into(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        names.push(entry.file_name());
+    }
+    // Python sorts str by code point; for UTF-8 names byte order is the same.
+    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    for name in names {
+        let full = dir.join(&name);
+        let name_s = name.to_string_lossy();
+        let ext = name_s.rsplit('.').next().unwrap_or("").to_lowercase();
+        if name_s.contains('.') && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            out.push(full);
+        } else if full.is_dir() {
+            list_into(&full, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The class name of an image file: its file name up to the first `_`.
+pub fn class_name_of(path: &Path) -> String {
+    let base = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    base.split('_').next().unwrap_or("").to_string()
+}
+
+/// Sorted class names of `files` and each file's class index.
+pub fn labels_from_file_names(files: &[PathBuf]) -> (ClassList, Vec<usize>) {
+    let names: Vec<String> = files.iter().map(|p| class_name_of(p)).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    let classes = ClassList { names: sorted };
+    let labels = names.iter().map(|n| classes.index_of(n).unwrap_or(0)).collect();
+    (classes, labels)
+}
+
+/// Rank `rank` of `world_size` keeps `items[rank::world_size]` (the reference's `shard`).
+pub fn shard<T: Clone>(items: &[T], rank: usize, world_size: usize) -> Result<Vec<T>> {
+    if world_size == 0 || rank >= world_size {
+        bail!("invalid shard: rank {rank} of world size {world_size}");
+    }
+    Ok(items.iter().skip(rank).step_by(world_size).cloned().collect())
+}
+
+/// Class names in index order; saved beside checkpoints so a sampler maps indices back to names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassList {
+    pub names: Vec<String>,
+}
+
+impl ClassList {
+    pub fn new(names: Vec<String>) -> Self {
+        Self { names }
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok().or_else(|| {
+            // Lists loaded from disk need not be sorted (e.g. Fashion-MNIST's label order).
+            self.names.iter().position(|n| n == name)
+        })
+    }
+    /// `["name0", "name1", ...]` as JSON text (also the checkpoint metadata value `classes`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.names).unwrap_or_else(|_| "[]".into())
+    }
+    pub fn from_json(text: &str) -> Result<Self> {
+        let names: Vec<String> = serde_json::from_str(text)
+            .map_err(|e| Error::msg(format!("class list: expected a JSON array of strings: {e}")))?;
+        Ok(Self { names })
+    }
+    /// Writes the JSON list to `path` (temp file + rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomic(path.as_ref(), self.to_json().as_bytes())
+    }
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Writes `bytes` to `path.tmp`, syncs it, then renames it over `path`, so a reader never sees a
+/// half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

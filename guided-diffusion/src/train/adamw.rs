@@ -1,0 +1,146 @@
+//! AdamW exactly as PyTorch's `torch.optim.AdamW` (single-tensor path, no amsgrad), the
+//! optimizer of the reference's `TrainLoop` and `classifier_train.py`.
+//!
+//! Per parameter with a gradient `g` (its own step counter `t`, incremented first):
+//! ```text
+//! p   <- p * (1 - lr * weight_decay)                  (decoupled weight decay)
+//! m   <- m + (1 - beta1) * (g - m)                    (torch's lerp, weight < 0.5 branch)
+//! v   <- v * beta2 + ((1 - beta2) * g) * g            (addcmul)
+//! den <- sqrt(v) / sqrt(1 - beta2^t) + eps
+//! p   <- p - (lr / (1 - beta1^t)) * (m / den)         (addcdiv)
+//! ```
+//! Parameters without a gradient are left alone and keep their step count, as PyTorch.
+//!
+//! Why not `candle_nn::AdamW`: it computes the same quantity but in another order
+//! (`m_hat / (sqrt(v_hat) + eps)` with `v_hat = v / (1 - beta2^t)`, multiplication by reciprocals,
+//! one global step counter), which rounds differently, and its moments are private so they
+//! cannot be saved for a resume. Defaults are PyTorch's (lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+//! weight_decay 1e-2); the reference passes its own `--lr` and `--weight_decay` (default 0.0).
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use super::params::{Grads, ParamSet};
+use crate::{bail, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+    }
+}
+
+/// Moments of one parameter.
+#[derive(Debug, Clone)]
+pub struct AdamState {
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    pub step: u64,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// In [`ParamSet`] order.
+    state: Vec<AdamState>,
+}
+
+impl AdamW {
+    pub fn new(params: &ParamSet, config: AdamWConfig) -> Result<Self> {
+        let state = params
+            .vars()
+            .iter()
+            .map(|v| {
+                Ok(AdamState { exp_avg: v.as_tensor().zeros_like()?, exp_avg_sq: v.as_tensor().zeros_like()?, step: 0 })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, state })
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.config.lr
+    }
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+    pub fn state(&self) -> &[AdamState] {
+        &self.state
+    }
+
+    /// One update of every parameter that has a gradient.
+    pub fn step(&mut self, params: &ParamSet, grads: &Grads) -> Result<()> {
+        if grads.grads.len() != params.len() || self.state.len() != params.len() {
+            bail!("optimizer: {} gradients / {} states for {} parameters", grads.grads.len(), self.state.len(), params.len());
+        }
+        let c = self.config;
+        for ((var, g), st) in params.vars().iter().zip(&grads.grads).zip(self.state.iter_mut()) {
+            let Some(g) = g else { continue };
+            st.step += 1;
+            let t = st.step as i32;
+            let mut p = var.as_tensor().clone();
+            if c.weight_decay != 0.0 {
+                p = p.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
+            }
+            let m = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
+            let v = (st.exp_avg_sq.affine(c.beta2, 0.0)? + (g.affine(1.0 - c.beta2, 0.0)? * g)?)?;
+            let bias_correction1 = 1.0 - c.beta1.powi(t);
+            let bias_correction2 = 1.0 - c.beta2.powi(t);
+            let step_size = c.lr / bias_correction1;
+            let bc2_sqrt = Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
+            let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
+            let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
+            var.set(&p)?;
+            st.exp_avg = m;
+            st.exp_avg_sq = v;
+        }
+        Ok(())
+    }
+
+    /// `exp_avg.NAME`, `exp_avg_sq.NAME`, `step.NAME` (i64 scalar) tensors for a checkpoint.
+    pub fn state_tensors(&self, params: &ParamSet) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(3 * self.state.len());
+        for (name, st) in params.names().iter().zip(&self.state) {
+            out.push((format!("exp_avg.{name}"), st.exp_avg.clone()));
+            out.push((format!("exp_avg_sq.{name}"), st.exp_avg_sq.clone()));
+            out.push((format!("step.{name}"), Tensor::new(&[st.step as i64], &candle_core::Device::Cpu)?));
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`AdamW::state_tensors`] wrote; `source` names the file in errors.
+    pub fn load_state_tensors(&mut self, params: &ParamSet, t: &HashMap<String, Tensor>, source: &str) -> Result<()> {
+        let mut state = Vec::with_capacity(params.len());
+        for (name, var) in params.names().iter().zip(params.vars()) {
+            let get = |k: String| -> Result<Tensor> {
+                match t.get(&k) {
+                    Some(v) => Ok(v.clone()),
+                    None => bail!("{source}: missing optimizer tensor {k}"),
+                }
+            };
+            let m = get(format!("exp_avg.{name}"))?;
+            let v = get(format!("exp_avg_sq.{name}"))?;
+            if m.dims() != var.dims() || v.dims() != var.dims() {
+                bail!("{source}: optimizer state of {name} has shape {:?}, parameter {:?}", m.dims(), var.dims());
+            }
+            let step = get(format!("step.{name}"))?.flatten_all()?.to_vec1::<i64>()?;
+            let step = match step.as_slice() {
+                [s] if *s >= 0 => *s as u64,
+                _ => bail!("{source}: step.{name} must hold one non-negative integer"),
+            };
+            state.push(AdamState {
+                exp_avg: m.to_dtype(var.dtype())?.to_device(var.device())?,
+                exp_avg_sq: v.to_dtype(var.dtype())?.to_device(var.device())?,
+                step,
+            });
+        }
+        self.state = state;
+        Ok(())
+    }
+}

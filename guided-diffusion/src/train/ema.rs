@@ -1,0 +1,50 @@
+//! Exponential moving averages of the parameters, one per `--ema_rate`
+//! (`ema <- rate * ema + (1 - rate) * param` after every optimizer step that was taken, as the
+//! reference's `update_ema`: `targ.mul_(rate).add_(src, alpha=1 - rate)`).
+use candle_core::Tensor;
+
+use super::params::ParamSet;
+use crate::{bail, Result};
+
+pub struct Ema {
+    pub rate: f64,
+    /// In [`ParamSet`] order.
+    pub params: Vec<Tensor>,
+}
+
+impl Ema {
+    /// Starts as a copy of the current parameters (the reference's `copy.deepcopy`).
+    pub fn new(rate: f64, params: &ParamSet) -> Result<Self> {
+        let params = params.tensors().iter().map(|t| t.copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { rate, params })
+    }
+
+    pub fn update(&mut self, params: &ParamSet) -> Result<()> {
+        for (e, p) in self.params.iter_mut().zip(params.vars()) {
+            *e = (e.affine(self.rate, 0.0)? + p.as_tensor().affine(1.0 - self.rate, 0.0)?)?;
+        }
+        Ok(())
+    }
+
+    /// The rate as it appears in file names (`ema_0.9999_000500`), Python's `str(float)`.
+    pub fn rate_str(&self) -> String {
+        format!("{}", self.rate)
+    }
+}
+
+/// Parses `--ema_rate` (`"0.9999"` or `"0.9999,0.999"`); an empty string means no EMA.
+pub fn parse_ema_rates(s: &str) -> Result<Vec<f64>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(vec![]);
+    }
+    s.split(',')
+        .map(|x| {
+            let v: f64 = x.trim().parse().map_err(|_| crate::Error::msg(format!("--ema_rate: {x:?} is not a number")))?;
+            if !(0.0..=1.0).contains(&v) {
+                bail!("--ema_rate: {v} is outside [0, 1]");
+            }
+            Ok(v)
+        })
+        .collect()
+}

@@ -1,0 +1,104 @@
+//! AdamW against PyTorch's formula: a numpy float32 re-enactment of torch's op sequence
+//! (tools/make_adamw_fixture.py) and a hand-computed first step; EMA updates by hand; state
+//! round trip; `--ema_rate` parsing.
+use candle_core::{Device, Tensor, Var};
+use guided_diffusion::train::params::{Grads, ParamSet};
+use guided_diffusion::train::{parse_ema_rates, AdamW, AdamWConfig, Ema};
+
+fn one_param(values: &[f32]) -> ParamSet {
+    let v = Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap();
+    ParamSet::new(vec![("w".into(), v)]).unwrap()
+}
+
+fn grads_of(g: &[f32]) -> Grads {
+    Grads { grads: vec![Some(Tensor::new(g, &Device::Cpu).unwrap())] }
+}
+
+fn vec_of(t: &Tensor) -> Vec<f32> {
+    t.to_vec1::<f32>().unwrap()
+}
+
+fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[test]
+fn train_adamw_matches_pytorch_formula_fixture() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/adamw/adamw_steps.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for case in fx["cases"].as_array().unwrap() {
+        let params = one_param(&f32s(&case["param0"]));
+        let cfg = AdamWConfig {
+            lr: case["lr"].as_f64().unwrap(),
+            weight_decay: case["weight_decay"].as_f64().unwrap(),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        let mut opt = AdamW::new(&params, cfg).unwrap();
+        for (i, (g, want)) in case["grads"].as_array().unwrap().iter().zip(case["steps"].as_array().unwrap()).enumerate() {
+            opt.step(&params, &grads_of(&f32s(g))).unwrap();
+            let got = vec_of(params.vars()[0].as_tensor());
+            let exp = f32s(&want["param"]);
+            for (a, b) in got.iter().zip(&exp) {
+                // Same IEEE float32 operations in the same order: bit-identical.
+                assert_eq!(a.to_bits(), b.to_bits(), "lr {} step {i}: {got:?} vs {exp:?}", cfg.lr);
+            }
+            assert_eq!(vec_of(&opt.state()[0].exp_avg), f32s(&want["exp_avg"]));
+            assert_eq!(opt.state()[0].step, i as u64 + 1);
+        }
+    }
+}
+
+#[test]
+fn train_adamw_first_step_by_hand() {
+    // Step 1, no decay: m_hat = g, v_hat = g^2, so p1 = p0 - lr * g / (|g| + eps) ~ p0 - lr * sign(g).
+    let params = one_param(&[1.0, -2.0, 0.5]);
+    let mut opt = AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.0, ..Default::default() }).unwrap();
+    opt.step(&params, &grads_of(&[0.3, -4.0, 0.0])).unwrap();
+    let p = vec_of(params.vars()[0].as_tensor());
+    assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6 && p[2] == 0.5, "{p:?}");
+    // Decoupled decay: with a zero gradient only p *= (1 - lr * wd).
+    let params = one_param(&[2.0]);
+    let mut opt = AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() }).unwrap();
+    opt.step(&params, &grads_of(&[0.0])).unwrap();
+    assert!((vec_of(params.vars()[0].as_tensor())[0] - 1.9).abs() < 1e-6);
+    // No gradient: untouched, step count unchanged (as PyTorch).
+    opt.step(&params, &Grads { grads: vec![None] }).unwrap();
+    assert_eq!(opt.state()[0].step, 1);
+}
+
+#[test]
+fn train_adamw_state_round_trip() {
+    let params = one_param(&[0.1, 0.2]);
+    let mut a = AdamW::new(&params, AdamWConfig::default()).unwrap();
+    a.step(&params, &grads_of(&[1.0, -1.0])).unwrap();
+    let saved: std::collections::HashMap<_, _> = a.state_tensors(&params).unwrap().into_iter().collect();
+    let mut b = AdamW::new(&params, AdamWConfig::default()).unwrap();
+    b.load_state_tensors(&params, &saved, "test").unwrap();
+    assert_eq!(b.state()[0].step, 1);
+    assert_eq!(vec_of(&b.state()[0].exp_avg_sq), vec_of(&a.state()[0].exp_avg_sq));
+    let mut missing = saved.clone();
+    missing.remove("exp_avg.w");
+    let e = b.load_state_tensors(&params, &missing, "opt000001.safetensors").err().unwrap().to_string();
+    assert!(e.contains("opt000001.safetensors") && e.contains("exp_avg.w"), "{e}");
+}
+
+#[test]
+fn train_ema_update_by_hand() {
+    let params = one_param(&[1.0, 2.0]);
+    let mut ema = Ema::new(0.9, &params).unwrap();
+    params.vars()[0].set(&Tensor::new(&[3.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
+    ema.update(&params).unwrap();
+    // 0.9 * 1 + 0.1 * 3 = 1.2; 0.9 * 2 + 0.1 * 0 = 1.8
+    let v = vec_of(&ema.params[0]);
+    assert!((v[0] - 1.2).abs() < 1e-6 && (v[1] - 1.8).abs() < 1e-6, "{v:?}");
+    ema.update(&params).unwrap();
+    let v = vec_of(&ema.params[0]);
+    assert!((v[0] - 1.38).abs() < 1e-6 && (v[1] - 1.62).abs() < 1e-6, "{v:?}");
+    assert_eq!(Ema::new(0.9999, &params).unwrap().rate_str(), "0.9999");
+    assert_eq!(parse_ema_rates("0.9999,0.999").unwrap(), [0.9999, 0.999]);
+    assert_eq!(parse_ema_rates("").unwrap(), Vec::<f64>::new());
+    assert!(parse_ema_rates("0.9,x").unwrap_err().to_string().contains("--ema_rate"));
+    assert!(parse_ema_rates("1.5").is_err());
+}
