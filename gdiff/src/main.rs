@@ -7,7 +7,7 @@ mod commands;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gdiff", version, about = "Guided diffusion (ADM) in Rust: sample, convert, inspect")]
+#[command(name = "gdiff", version, about = "Guided diffusion (ADM) in Rust: sample, train, evaluate, convert, inspect")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +20,12 @@ enum Command {
     Sample(commands::sample::SampleArgs),
     /// Upsample low-resolution samples with a super-resolution model (super_res_sample.py)
     SuperRes(commands::super_res::SuperResArgs),
+    /// Train a diffusion model (image_train.py)
+    Train(commands::train::TrainArgs),
+    /// Train a super-resolution model (super_res_train.py)
+    TrainSuperRes(commands::train::TrainSuperResArgs),
+    /// Train a noise-aware classifier for guidance (classifier_train.py)
+    TrainClassifier(commands::train::TrainClassifierArgs),
     /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
     Convert(commands::convert::ConvertArgs),
     /// Print a checkpoint's config, parameter count and keys
@@ -46,6 +52,9 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Sample(a) => commands::sample::run(&a),
         Command::SuperRes(a) => commands::super_res::run(&a),
+        Command::Train(a) => commands::train::run_train(&a),
+        Command::TrainSuperRes(a) => commands::train::run_train_super_res(&a),
+        Command::TrainClassifier(a) => commands::train::run_train_classifier(&a),
         Command::Convert(a) => commands::convert::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),
     }

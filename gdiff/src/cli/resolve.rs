@@ -10,8 +10,7 @@ use guided_diffusion::models::{ClassifierFlags, EncoderConfig, ModelFlags, NetCo
 
 use super::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
 
-/// Metadata key of the diffusion config in our checkpoints.
-pub const DIFFUSION_KEY: &str = "gdiff.diffusion_config";
+pub use checkpoint::DIFFUSION_KEY;
 
 /// A config file: `{"builder": ..., "kwargs": {...}}`, or bare kwargs of `default_builder`.
 pub fn read_config_file(path: &Path, default_builder: &str) -> Result<NetConfig> {
@@ -221,20 +220,33 @@ pub fn classifier_config(c: &ClassifierArgs, image_size: usize, num_classes: Opt
             Ok(e)
         }
         Some(other) => bail!("the classifier config describes a {}, not an EncoderUNetModel", other.builder()),
-        None => {
-            let mut f = ClassifierFlags::script_defaults();
-            f.image_size = image_size;
-            if let Some(n) = num_classes {
-                f.num_classes = n;
-            }
-            macro_rules! set {
-                ($($field:ident),*) => { $( if let Some(v) = &c.$field { f.$field = v.clone(); } )* };
-            }
-            set!(classifier_use_fp16, classifier_width, classifier_depth, classifier_attention_resolutions,
-                 classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool);
-            Ok(f.to_config()?)
-        }
+        None => classifier_config_from_flags(c, image_size, num_classes, 3, None),
     }
+}
+
+/// `create_classifier` from flags alone (plus `in_channels` and `channel_mult` extensions).
+pub fn classifier_config_from_flags(
+    c: &ClassifierArgs,
+    image_size: usize,
+    num_classes: Option<usize>,
+    in_channels: usize,
+    channel_mult: Option<&str>,
+) -> Result<EncoderConfig> {
+    let mut f = ClassifierFlags::script_defaults();
+    f.image_size = image_size;
+    f.in_channels = in_channels;
+    if let Some(n) = num_classes {
+        f.num_classes = n;
+    }
+    if let Some(m) = channel_mult {
+        f.channel_mult = m.to_string();
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = &c.$field { f.$field = v.clone(); } )* };
+    }
+    set!(classifier_use_fp16, classifier_width, classifier_depth, classifier_attention_resolutions,
+         classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool);
+    Ok(f.to_config()?)
 }
 
 /// The diffusion config: the checkpoint's own (if any), then the flags; `learn_sigma` always

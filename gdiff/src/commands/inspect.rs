@@ -10,6 +10,7 @@ use guided_diffusion::checkpoint;
 use crate::cli::resolve;
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub struct InspectArgs {
     /// A .pt or .safetensors checkpoint
     pub file: PathBuf,

@@ -3,3 +3,4 @@ pub mod convert;
 pub mod inspect;
 pub mod sample;
 pub mod super_res;
+pub mod train;

@@ -27,6 +27,10 @@ pub use st::write_safetensors;
 /// (`{"builder": ..., "kwargs": {...}}` JSON).
 pub const CONFIG_KEY: &str = "gdiff.model_config";
 
+/// Metadata key of the diffusion config (`create_gaussian_diffusion` kwargs JSON) in our
+/// checkpoints, so sampling needs no diffusion flags either.
+pub const DIFFUSION_KEY: &str = "gdiff.diffusion_config";
+
 /// The tensors of a checkpoint by name, plus its safetensors metadata (empty for `.pt`).
 #[derive(Debug, Clone, Default)]
 pub struct StateDict {

@@ -17,6 +17,20 @@ pub trait ScheduleSampler {
         check_update(self.weights().len(), ts, losses)
     }
 
+    /// The sampler's learned state as a flat vector (empty for stateless samplers), so a
+    /// resumed training run continues with the same distribution.
+    fn state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+
+    /// Restores [`ScheduleSampler::state`].
+    fn load_state(&mut self, state: &[f64]) -> Result<()> {
+        if !state.is_empty() {
+            bail!("this schedule sampler has no state, got {} values", state.len());
+        }
+        Ok(())
+    }
+
     /// Draw `batch_size` timesteps with p = w / sum(w); returns them and their importance weights
     /// `1 / (T p_t)` (as numpy's `choice`: inverse CDF of a uniform draw).
     fn sample(&self, batch_size: usize, rng: &mut dyn RngCore) -> (Vec<usize>, Vec<f32>) {
@@ -134,6 +148,27 @@ impl ScheduleSampler for LossSecondMomentResampler {
             *x = *x / total * (1.0 - self.uniform_prob) + self.uniform_prob / n as f64;
         }
         w
+    }
+
+    /// History (`T x history_per_term`, row-major) followed by the per-t counts.
+    fn state(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.loss_history.iter().flatten().copied().collect();
+        v.extend(self.loss_counts.iter().map(|&c| c as f64));
+        v
+    }
+
+    fn load_state(&mut self, state: &[f64]) -> Result<()> {
+        let (t, h) = (self.loss_counts.len(), self.history_per_term);
+        if state.len() != t * (h + 1) {
+            bail!("loss-second-moment state has {} values; expected {}", state.len(), t * (h + 1));
+        }
+        for (i, row) in self.loss_history.iter_mut().enumerate() {
+            row.copy_from_slice(&state[i * h..(i + 1) * h]);
+        }
+        for (i, c) in self.loss_counts.iter_mut().enumerate() {
+            *c = (state[t * h + i] as usize).min(h);
+        }
+        Ok(())
     }
 
     fn update_with_losses(&mut self, ts: &[usize], losses: &[f64]) -> Result<()> {

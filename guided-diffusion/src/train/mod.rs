@@ -6,6 +6,7 @@
 //! - [`adamw`]: PyTorch's AdamW, with saveable state.
 //! - [`ema`]: EMA copies per `--ema_rate`.
 //! - [`objective`]: the [`Objective`] trait, step context and the reference's `log_loss_dict`.
+//! - [`objectives`]: the diffusion loss and the noisy classifier's cross-entropy.
 //! - [`trainer`]: [`TrainLoop`] (micro-batches, lr anneal, NaN skipping, save/resume).
 //! - [`ckpt`]: checkpoint names, atomic safetensors with metadata, latest-checkpoint lookup.
 //! - [`logger`]: `log.txt` / `progress.csv` as the reference's logger.
@@ -16,6 +17,7 @@ pub mod dist;
 pub mod ema;
 pub mod logger;
 pub mod objective;
+pub mod objectives;
 pub mod params;
 pub mod trainer;
 
@@ -24,5 +26,6 @@ pub use dist::{Distributed, SingleProcess};
 pub use ema::{parse_ema_rates, Ema};
 pub use logger::{resolve_log_dir, Logger};
 pub use objective::{randn, Losses, Objective, StepContext};
+pub use objectives::{ClassifierObjective, DiffusionObjective};
 pub use params::{Grads, ParamSet};
 pub use trainer::{MicroScaling, StepOutcome, TrainConfig, TrainLoop};

@@ -63,6 +63,9 @@ pub struct TrainConfig {
     pub config_json: String,
     /// Where checkpoints go (normally the log directory).
     pub checkpoint_dir: PathBuf,
+    /// Extra metadata written into every checkpoint (e.g. the model and diffusion configs, so
+    /// the files load without flags).
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 impl TrainConfig {
@@ -83,6 +86,7 @@ impl TrainConfig {
             max_consecutive_nonfinite: 10,
             config_json: "{}".into(),
             checkpoint_dir: checkpoint_dir.into(),
+            metadata: std::collections::HashMap::new(),
         }
     }
 }
@@ -332,7 +336,7 @@ impl<O: Objective> TrainLoop<O> {
     }
 
     fn base_metadata(&self, kind: &str) -> std::collections::HashMap<String, String> {
-        let mut m = std::collections::HashMap::new();
+        let mut m = self.cfg.metadata.clone();
         m.insert(meta::KIND.into(), kind.into());
         m.insert(meta::STEP.into(), self.step.to_string());
         m.insert(meta::CONFIG.into(), self.cfg.config_json.clone());

@@ -1,0 +1,265 @@
+//! `gdiff train`, `gdiff train-super-res` and `gdiff train-classifier`: `image_train.py`,
+//! `super_res_train.py` and `classifier_train.py` with the reference's flags and defaults, plus
+//! `--log_dir`, `--seed` and `--max_steps`. Checkpoints embed the model and diffusion configs,
+//! so `gdiff sample --model_path <log_dir>/ema_0.9999_XXXXXX.safetensors` needs no model flags.
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::DType;
+use candle_nn::{VarBuilder, VarMap};
+use clap::Args;
+use guided_diffusion::checkpoint::{CONFIG_KEY, DIFFUSION_KEY};
+use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
+use guided_diffusion::diffusion::create_named_schedule_sampler;
+use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::train::{
+    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Logger, MicroScaling, Objective,
+    ParamSet, TrainConfig, TrainLoop,
+};
+
+use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
+use crate::cli::{output, resolve};
+
+/// Flags every training command shares.
+#[derive(Args, Debug, Clone)]
+#[command(rename_all = "snake_case")]
+pub struct CommonTrainArgs {
+    /// A folder of images (label = file-name prefix before the first "_"), or fashion-mnist
+    #[arg(long)]
+    pub data_dir: String,
+    /// uniform or loss-second-moment
+    #[arg(long, default_value = "uniform")]
+    pub schedule_sampler: String,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batch for gradient accumulation; -1 = the whole batch
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub microbatch: i64,
+    #[arg(long, default_value_t = 10)]
+    pub log_interval: u64,
+    #[arg(long, default_value_t = 10000)]
+    pub save_interval: u64,
+    /// A model*.safetensors to resume from [default: the latest in --log_dir]
+    #[arg(long)]
+    pub resume_checkpoint: Option<PathBuf>,
+    /// Where logs and checkpoints go [default: $OPENAI_LOGDIR, else a time-stamped directory]
+    #[arg(long)]
+    pub log_dir: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many steps (the reference runs until killed unless the lr anneals)
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Accepted for compatibility; training runs in float32
+    #[arg(long, value_parser = parse_bool)]
+    pub use_fp16: Option<bool>,
+    /// Accepted for compatibility
+    #[arg(long)]
+    pub fp16_scale_growth: Option<f64>,
+    /// Data-loading threads
+    #[arg(long, default_value_t = 2)]
+    pub data_workers: usize,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct TrainArgs {
+    /// Linear learning-rate anneal to 0 over this many steps (0 = constant); also ends training
+    #[arg(long, default_value_t = 0)]
+    pub lr_anneal_steps: u64,
+    /// EMA rates, comma-separated
+    #[arg(long, default_value = "0.9999")]
+    pub ema_rate: String,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct TrainSuperResArgs {
+    #[arg(long, default_value_t = 256)]
+    pub large_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub small_size: usize,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct TrainClassifierArgs {
+    /// Validation images (same layout as --data_dir)
+    #[arg(long)]
+    pub val_data_dir: Option<String>,
+    /// Train on noised images x_t (the noise-aware classifier)
+    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "True")]
+    pub noised: bool,
+    #[arg(long, default_value_t = 150000)]
+    pub iterations: u64,
+    /// Linear lr anneal over --iterations
+    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "False")]
+    pub anneal_lr: bool,
+    #[arg(long, default_value_t = 5)]
+    pub eval_interval: u64,
+    /// Image side (shared with the diffusion flags in the reference)
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    /// Number of classes [default: those of the data]
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Image channels
+    #[arg(long, default_value_t = 3)]
+    pub in_channels: usize,
+    /// Channel multipliers (the reference derives them from the image size)
+    #[arg(long)]
+    pub channel_mult: Option<String>,
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+fn open_loader(c: &CommonTrainArgs, data_dir: &str, image_size: usize, channels: usize, class_cond: bool, random_crop: bool, batch: usize, seed: u64, device: &candle_core::Device) -> Result<Loader> {
+    let mut spec = DataSpec::new(data_dir, image_size);
+    spec.class_cond = class_cond;
+    spec.random_crop = random_crop;
+    spec.channels = channels;
+    let ds = open_dataset(&spec)?;
+    let mut cfg = LoaderConfig::new(batch, seed);
+    cfg.workers = c.data_workers;
+    cfg.device = device.clone();
+    Ok(Loader::new(ds, cfg)?)
+}
+
+fn data_classes(c: &CommonTrainArgs, image_size: usize, channels: usize) -> Result<Option<usize>> {
+    let mut spec = DataSpec::new(&c.data_dir, image_size);
+    spec.class_cond = true;
+    spec.channels = channels;
+    Ok(open_dataset(&spec)?.classes().map(|l| l.len()))
+}
+
+fn train_config(c: &CommonTrainArgs, batch: usize, lr: f64, log_dir: &std::path::Path, net: &NetConfig) -> Result<TrainConfig> {
+    let mut tc = TrainConfig::new(batch, lr, log_dir);
+    tc.microbatch = if c.microbatch <= 0 { 0 } else { c.microbatch as usize };
+    tc.weight_decay = c.weight_decay;
+    tc.log_interval = c.log_interval;
+    tc.save_interval = c.save_interval;
+    tc.seed = c.seed;
+    tc.max_steps = c.max_steps;
+    tc.config_json = net.to_json().to_string();
+    tc.metadata.insert(CONFIG_KEY.into(), net.to_json().to_string());
+    Ok(tc)
+}
+
+fn run_loop<O: Objective>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: Loader, mut val: Option<Loader>) -> Result<()> {
+    if let Some(p) = lp.resume(c.resume_checkpoint.as_deref())? {
+        eprintln!("resumed from {} at step {}", p.display(), lp.step());
+    }
+    lp.set_classes(data.classes());
+    lp.run(&mut data, val.as_mut().map(|v| v as &mut dyn BatchSource))?;
+    Ok(())
+}
+
+/// `image_train.py` (and, with `small_size`, `super_res_train.py`).
+fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
+    let c = &a.common;
+    let device = output::device(&c.device)?;
+    let mut margs = a.model.clone();
+    let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
+    let channels = margs.in_channels.unwrap_or(3);
+    if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none() {
+        margs.num_classes = data_classes(c, image_size, channels)?;
+    }
+    let net_cfg = match small {
+        None => NetConfig::UNet(resolve::unet_config(&margs, None)?),
+        Some((l, s)) => NetConfig::SuperRes(resolve::super_res_config(&margs, l, s, None)?),
+    };
+    let (ucfg, learn) = match &net_cfg {
+        NetConfig::UNet(u) | NetConfig::SuperRes(u) => (u.clone(), u.learns_sigma()),
+        NetConfig::Classifier(_) => unreachable!(),
+    };
+    let dcfg = resolve::diffusion_config(&a.diffusion, None, learn)?;
+    let diffusion = dcfg.build()?;
+    let varmap = VarMap::new();
+    let net = Net::new(&net_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let params = ParamSet::from_varmap(&varmap);
+    let log_dir = resolve_log_dir(c.log_dir.as_deref());
+    let logger = Logger::open(&log_dir, 0)?;
+    let mut tc = train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
+    tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
+    tc.micro_scaling = MicroScaling::SumOfMicroMeans;
+    tc.ema_rates = parse_ema_rates(&a.ema_rate)?;
+    if a.lr_anneal_steps > 0 {
+        tc.anneal_steps = a.lr_anneal_steps;
+        tc.max_steps = Some(c.max_steps.map_or(a.lr_anneal_steps, |m| m.min(a.lr_anneal_steps)));
+    }
+    let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
+    let objective = DiffusionObjective { net, diffusion, sampler, small_size: small.map(|(_, s)| s) };
+    let data = open_loader(c, &c.data_dir, image_size, ucfg.in_channels, ucfg.num_classes.is_some(), false, tc.batch_size, c.seed, &device)?;
+    run_loop(TrainLoop::new(tc, params, objective, logger)?, c, data, None)
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<()> {
+    train_diffusion(a, None)
+}
+
+pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
+    if a.small_size == 0 || a.large_size % a.small_size != 0 {
+        bail!("--small_size {} must divide --large_size {}", a.small_size, a.large_size);
+    }
+    train_diffusion(&a.train, Some((a.large_size, a.small_size)))
+}
+
+/// `classifier_train.py`.
+pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
+    let c = &a.common;
+    let device = output::device(&c.device)?;
+    let num_classes = match a.num_classes {
+        Some(n) => Some(n),
+        None => data_classes(c, a.image_size, a.in_channels)?,
+    };
+    let mut cargs = a.classifier.clone();
+    cargs.classifier_path = None;
+    let cfg = resolve::classifier_config_from_flags(&cargs, a.image_size, num_classes, a.in_channels, a.channel_mult.as_deref())?;
+    let net_cfg = NetConfig::Classifier(cfg.clone());
+    let dcfg = resolve::diffusion_config(&a.diffusion, None, false)?;
+    let diffusion = dcfg.build()?;
+    let varmap = VarMap::new();
+    let net = Net::new(&net_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let params = ParamSet::from_varmap(&varmap);
+    let log_dir = resolve_log_dir(c.log_dir.as_deref());
+    let logger = Logger::open(&log_dir, 0)?;
+    let mut tc = train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
+    tc.micro_scaling = MicroScaling::BatchMean;
+    tc.ema_rates = vec![];
+    tc.eval_interval = a.eval_interval;
+    tc.max_steps = Some(c.max_steps.map_or(a.iterations, |m| m.min(a.iterations)));
+    if a.anneal_lr {
+        tc.anneal_steps = a.iterations;
+    }
+    let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
+    let objective = ClassifierObjective { net, diffusion, sampler, noised: a.noised };
+    let data = open_loader(c, &c.data_dir, a.image_size, a.in_channels, true, true, tc.batch_size, c.seed, &device)?;
+    let val = match &a.val_data_dir {
+        Some(v) => {
+            let mut l = open_loader(c, v, a.image_size, a.in_channels, true, false, tc.batch_size, c.seed ^ 0x5eed, &device)?;
+            l.seek(0)?;
+            Some(l)
+        }
+        None => None,
+    };
+    run_loop(TrainLoop::new(tc, params, objective, logger)?, c, data, val)
+}

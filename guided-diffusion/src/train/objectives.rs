@@ -1,0 +1,176 @@
+//! The two objectives the reference trains: the diffusion loss (`training_losses` with a
+//! schedule sampler, for the UNet and the super-resolution UNet) and the noisy-image
+//! classifier's cross-entropy (`classifier_train.py`). Both draw every random number from the
+//! step's stream, so a resumed run continues identically.
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, D};
+
+use super::objective::{randn, Losses, Objective, StepContext};
+use crate::data::Batch;
+use crate::diffusion::{GaussianDiffusion, ScheduleSampler};
+use crate::models::Net;
+use crate::{bail, Result};
+
+const SAMPLER_STATE: &str = "schedule_sampler";
+
+fn sampler_state(s: &dyn ScheduleSampler) -> Result<Vec<(String, Tensor)>> {
+    let v = s.state();
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![(SAMPLER_STATE.to_string(), Tensor::new(v, &candle_core::Device::Cpu)?)])
+}
+
+fn load_sampler_state(s: &mut dyn ScheduleSampler, state: &HashMap<String, Tensor>) -> Result<()> {
+    match state.get(SAMPLER_STATE) {
+        Some(t) => s.load_state(&t.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+        None => Ok(()),
+    }
+}
+
+/// `[n]` f32 tensor of `values` on the batch's device.
+fn vec_tensor(values: &[f32], like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::new(values, like.device())?)
+}
+
+/// The diffusion training objective: `t ~ schedule sampler`, `noise ~ N(0, I)`,
+/// `training_losses(model, x_0, t, noise)`; loss-aware samplers are fed the per-t losses.
+pub struct DiffusionObjective {
+    pub net: Net,
+    pub diffusion: GaussianDiffusion,
+    pub sampler: Box<dyn ScheduleSampler>,
+    /// Super-resolution: the low-resolution side; the conditioning image is the batch
+    /// area-downsampled to it (`F.interpolate(mode="area")`, as `super_res_train.py`).
+    pub small_size: Option<usize>,
+}
+
+impl DiffusionObjective {
+    fn class_conditional(&self) -> bool {
+        match &self.net {
+            Net::UNet(m) => m.config().num_classes.is_some(),
+            Net::SuperRes(m) => m.config().num_classes.is_some(),
+            Net::Classifier(_) => false,
+        }
+    }
+}
+
+impl Objective for DiffusionObjective {
+    fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<Losses> {
+        let x0 = &batch.images;
+        let n = batch.len();
+        let (t, weights) = self.sampler.sample(n, &mut *ctx.rng);
+        let noise = randn(ctx.rng, x0.dims(), x0.device())?;
+        let y = if self.class_conditional() {
+            match &batch.labels {
+                Some(l) => Some(l.clone()),
+                None => bail!("the model is class-conditional but the data has no labels (file names need a class prefix)"),
+            }
+        } else {
+            None
+        };
+        let low_res = match self.small_size {
+            Some(s) => {
+                let (_, _, h, _) = x0.dims4()?;
+                if s == 0 || h % s != 0 {
+                    bail!("--small_size {s} must divide --large_size {h}");
+                }
+                Some(x0.avg_pool2d(h / s)?)
+            }
+            None => None,
+        };
+        self.net.set_training(ctx.train);
+        let net = &self.net;
+        let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, y.as_ref(), low_res.as_ref());
+        let tl = self.diffusion.training_losses(&model, x0, &t, &noise)?;
+        self.net.set_training(false);
+        if ctx.train {
+            let losses: Vec<f64> = tl.loss.to_dtype(DType::F64)?.to_vec1()?;
+            self.sampler.update_with_losses(&t, &losses)?;
+        }
+        let mut terms = vec![("loss".to_string(), tl.loss.detach())];
+        if let Some(m) = &tl.mse {
+            terms.push(("mse".into(), m.detach()));
+        }
+        if let Some(v) = &tl.vb {
+            terms.push(("vb".into(), v.detach()));
+        }
+        Ok(Losses {
+            weights: Some(vec_tensor(&weights, x0)?),
+            loss: tl.loss,
+            terms,
+            timesteps: Some((t.iter().map(|&v| v as i64).collect(), self.diffusion.num_timesteps())),
+        })
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        sampler_state(self.sampler.as_ref())
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        load_sampler_state(self.sampler.as_mut(), state)
+    }
+}
+
+/// The noisy classifier's objective: with `noised`, `t ~ schedule sampler` and
+/// `x_t = q_sample(x_0, t)`; cross-entropy of `classifier(x_t, t)` against the labels, and
+/// top-1 / top-5 accuracy (`{train,val}_loss`, `_acc@1`, `_acc@5`).
+pub struct ClassifierObjective {
+    pub net: Net,
+    pub diffusion: GaussianDiffusion,
+    pub sampler: Box<dyn ScheduleSampler>,
+    pub noised: bool,
+}
+
+impl Objective for ClassifierObjective {
+    fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<Losses> {
+        let Some(labels) = &batch.labels else {
+            bail!("classifier training needs labels (file names need a class prefix before '_')");
+        };
+        let n = batch.len();
+        let (x, t) = if self.noised {
+            let (t, _) = self.sampler.sample(n, &mut *ctx.rng);
+            let noise = randn(ctx.rng, batch.images.dims(), batch.images.device())?;
+            (self.diffusion.q_sample(&batch.images, &t, &noise)?, t)
+        } else {
+            (batch.images.clone(), vec![0; n])
+        };
+        // classifier_train.py passes the raw timesteps (no respacing map, no rescaling).
+        let t_model = Tensor::from_iter(t.iter().map(|&v| v as f32), x.device())?;
+        self.net.set_training(ctx.train);
+        let logits = self.net.forward(&x, &t_model, None, None);
+        self.net.set_training(false);
+        let logits = logits?;
+        let labels = labels.to_dtype(DType::U32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let loss = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        let prefix = if ctx.train { "train" } else { "val" };
+        let mut terms = vec![(format!("{prefix}_loss"), loss.detach())];
+        for k in [1usize, 5] {
+            terms.push((format!("{prefix}_acc@{k}"), top_k_hits(&logits, &labels, k)?));
+        }
+        Ok(Losses {
+            loss,
+            weights: None,
+            terms,
+            timesteps: self.noised.then(|| (t.iter().map(|&v| v as i64).collect(), self.diffusion.num_timesteps())),
+        })
+    }
+}
+
+/// 1.0 where the label is among the `k` largest logits, else 0.0 (`compute_top_k`).
+pub fn top_k_hits(logits: &Tensor, labels: &Tensor, k: usize) -> Result<Tensor> {
+    let l: Vec<Vec<f32>> = logits.detach().to_dtype(DType::F32)?.to_vec2()?;
+    let y: Vec<u32> = labels.to_vec1()?;
+    let hits: Vec<f32> = l
+        .iter()
+        .zip(&y)
+        .map(|(row, &c)| {
+            let target = row[c as usize];
+            // Rank = number of logits strictly above the target's.
+            let above = row.iter().filter(|&&v| v > target).count();
+            if above < k { 1.0 } else { 0.0 }
+        })
+        .collect();
+    vec_tensor(&hits, logits)
+}
