@@ -2,8 +2,8 @@
 //! falling on real data, and resume = uninterrupted run with the diffusion objective.
 mod support;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use guided_diffusion::data::{open_dataset, DataSpec, Loader, LoaderConfig};
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
 use guided_diffusion::models::{ModelFlags, Net, NetConfig};
@@ -12,7 +12,8 @@ use support::{golden, Case};
 
 fn trainable(cfg: &NetConfig) -> (Net, VarMap) {
     let vm = VarMap::new();
-    let net = Net::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let vb = guided_diffusion::models::init::seeded_var_builder(&vm, 11, &Device::Cpu);
+    let net = Net::new(cfg, vb).unwrap();
     (net, vm)
 }
 

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::DType;
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use clap::Args;
 use guided_diffusion::checkpoint::{CONFIG_KEY, DIFFUSION_KEY};
 use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
 use guided_diffusion::diffusion::create_named_schedule_sampler;
+use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::{
     parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Logger, MicroScaling, Objective,
@@ -194,7 +194,7 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let dcfg = resolve::diffusion_config(&a.diffusion, None, learn)?;
     let diffusion = dcfg.build()?;
     let varmap = VarMap::new();
-    let net = Net::new(&net_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
     let params = ParamSet::from_varmap(&varmap);
     let log_dir = resolve_log_dir(c.log_dir.as_deref());
     let logger = Logger::open(&log_dir, 0)?;
@@ -238,7 +238,7 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let dcfg = resolve::diffusion_config(&a.diffusion, None, false)?;
     let diffusion = dcfg.build()?;
     let varmap = VarMap::new();
-    let net = Net::new(&net_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
     let params = ParamSet::from_varmap(&varmap);
     let log_dir = resolve_log_dir(c.log_dir.as_deref());
     let logger = Logger::open(&log_dir, 0)?;

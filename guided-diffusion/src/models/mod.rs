@@ -10,6 +10,7 @@ pub mod attention;
 pub mod classifier;
 pub mod config;
 pub mod flags;
+pub mod init;
 pub mod layers;
 pub mod resblock;
 pub mod trunk;
