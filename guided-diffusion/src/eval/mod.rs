@@ -1,1 +1,20 @@
 //! Evaluation metrics: FID, sFID, Inception Score, precision and recall.
+//!
+//! The Rust counterpart of the reference's `evaluations/evaluator.py`, without TensorFlow:
+//! - [`npz`]: reading `.npz` batches (images streamed, statistics whole) with errors that name
+//!   the file and key;
+//! - [`features`]: image batches, feature matrices and the [`FeatureExtractor`] trait that the
+//!   Inception network (and any other extractor) implements;
+//! - [`stats`], [`frechet`], [`inception_score`], [`manifold`]: the metric math in `f64`
+//!   (f32/f16 for the pairwise distances, as the reference);
+pub mod features;
+pub mod frechet;
+pub mod inception_score;
+pub mod manifold;
+pub mod npz;
+pub mod stats;
+
+pub use features::{ExtractedFeatures, FeatureExtractor, FeatureMatrix, ImageBatch};
+pub use frechet::{frechet_distance, FrechetOutcome, SqrtmMethod};
+pub use manifold::{DistancePrecision, ManifoldEstimator};
+pub use stats::{FidStatistics, MomentAccumulator};
