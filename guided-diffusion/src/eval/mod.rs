@@ -7,8 +7,10 @@
 //!   Inception network (and any other extractor) implements;
 //! - [`stats`], [`frechet`], [`inception_score`], [`manifold`]: the metric math in `f64`
 //!   (f32/f16 for the pairwise distances, as the reference);
+//! - [`inception`]: Inception-v3 as pytorch-fid's FID variant, in candle.
 pub mod features;
 pub mod frechet;
+pub mod inception;
 pub mod inception_score;
 pub mod manifold;
 pub mod npz;
