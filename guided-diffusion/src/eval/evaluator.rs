@@ -45,7 +45,8 @@ impl Default for EvalOptions {
     }
 }
 
-/// Progress of a stage: `(stage, done, total)` in images (or rows).
+/// Progress of a stage: `(stage, done, total)`; stages are "reference batch", "sample batch"
+/// (counted in images, or rows of features) and "precision/recall" (0 then 1).
 pub type ProgressFn<'a> = dyn FnMut(&str, usize, usize) + 'a;
 
 /// Activations of one batch: everything kept for the metrics.
@@ -99,9 +100,15 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Reads and checks a batch, returning its activations.
-    pub fn read_activations(&self, npz: &NpzFile, want_logits: bool, progress: &mut ProgressFn<'_>) -> Result<Activations> {
+    pub fn read_activations(
+        &self,
+        npz: &NpzFile,
+        want_logits: bool,
+        stage: &str,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Activations> {
         match self.source {
-            Source::Images(ex) => self.image_activations(ex, npz, want_logits, progress),
+            Source::Images(ex) => self.image_activations(ex, npz, want_logits, stage, progress),
             Source::Features => {
                 let pool = read_matrix(npz, "pool")?;
                 let mut pool_stats = MomentAccumulator::new(pool.cols);
@@ -133,7 +140,7 @@ impl<'a> Evaluator<'a> {
                 } else {
                     None
                 };
-                progress("features", pool.rows, pool.rows);
+                progress(stage, pool.rows, pool.rows);
                 Ok(Activations { pool, pool_stats, spatial_stats, logits })
             }
         }
@@ -144,6 +151,7 @@ impl<'a> Evaluator<'a> {
         ex: &dyn FeatureExtractor,
         npz: &NpzFile,
         want_logits: bool,
+        stage: &str,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Activations> {
         let p = npz.path().display().to_string();
@@ -161,7 +169,7 @@ impl<'a> Evaluator<'a> {
         let mut spatial_stats: Option<MomentAccumulator> = None;
         let mut logits: Option<FeatureMatrix> = None;
         let mut done = 0;
-        progress("images", 0, total);
+        progress(stage, 0, total);
         npz.for_each_batch("arr_0", self.options.batch_size, |shape, data| {
             let batch = ImageBatch::new(shape, data)?;
             let f = ex.extract(&batch)?;
@@ -176,7 +184,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
             done += batch.n;
-            progress("images", done, total);
+            progress(stage, done, total);
             Ok(())
         })?;
         let pool_stats = pool_stats.expect("at least one batch");
@@ -204,9 +212,9 @@ impl<'a> Evaluator<'a> {
     pub fn evaluate(&self, reference: &Path, samples: &Path, progress: &mut ProgressFn<'_>) -> Result<EvalResults> {
         let ref_npz = NpzFile::open(reference)?;
         let sample_npz = NpzFile::open(samples)?;
-        let ref_acts = self.read_activations(&ref_npz, false, progress)?;
+        let ref_acts = self.read_activations(&ref_npz, false, "reference batch", progress)?;
         let (ref_stats, ref_spatial, ref_how) = self.read_statistics(&ref_npz, &ref_acts)?;
-        let sample_acts = self.read_activations(&sample_npz, true, progress)?;
+        let sample_acts = self.read_activations(&sample_npz, true, "sample batch", progress)?;
         let (sample_stats, sample_spatial, sample_how) = self.read_statistics(&sample_npz, &sample_acts)?;
 
         let o = &self.options;
