@@ -15,6 +15,7 @@ are committed (small). Subcommands, each needing only what it imports:
 
     python tools/eval_fixtures.py metrics npz
     python tools/eval_fixtures.py inception
+    python tools/eval_fixtures.py bench   # prints the constants of tests/eval_bench.rs
 """
 import json
 import os
@@ -261,16 +262,7 @@ def cmd_npz():
 
 def synthetic_values(key, shape):
     """Same as guided_diffusion::eval::inception::synthetic::synthetic_values."""
-    n = int(np.prod(shape))
-    h = np.uint64(0xCBF29CE484222325)
-    with np.errstate(over="ignore"):
-        for b in key.encode():
-            h = np.uint64(h ^ np.uint64(b)) * np.uint64(0x100000001B3)
-        z = h + (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    u = uniforms(key, int(np.prod(shape)))
     if key.endswith(".conv.weight"):
         s = np.sqrt(6.0 / np.prod(shape[1:]))
         v = -s + 2 * s * u
@@ -370,9 +362,32 @@ def cmd_inception():
     print("spatial mean", float(arrays["tf_reference_spatial"].mean()), "logits std", float(arrays["tf_reference_logits"].std()))
 
 
+def uniforms(key, n):
+    """Same as guided_diffusion::eval::inception::synthetic::uniforms."""
+    h = np.uint64(0xCBF29CE484222325)
+    with np.errstate(over="ignore"):
+        for b in key.encode():
+            h = np.uint64(h ^ np.uint64(b)) * np.uint64(0x100000001B3)
+        z = h + (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def cmd_bench():
+    """Prints the scipy FID constants of tests/eval_bench.rs (2048-d generated features)."""
+    n, d = 3000, 2048
+    a = (uniforms("bench_a", n * d).reshape(n, d) - 0.5).astype(np.float32)
+    b = ((uniforms("bench_b", n * d).reshape(n, d) - 0.5) * 1.1 + 0.01).astype(np.float32)
+    for rows in (3000, 1000):
+        (m1, s1), (m2, s2) = stats(a[:rows]), stats(b[:rows])
+        print(rows, repr(frechet(m1, s1, m2, s2)[0]))
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    cmds = {"metrics": cmd_metrics, "npz": cmd_npz, "inception": cmd_inception}
+    cmds = {"metrics": cmd_metrics, "npz": cmd_npz, "inception": cmd_inception, "bench": cmd_bench}
     if len(sys.argv) < 2 or any(a not in cmds for a in sys.argv[1:]):
         sys.exit(__doc__)
     for a in sys.argv[1:]:
