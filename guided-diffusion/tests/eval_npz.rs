@@ -10,7 +10,11 @@ fn expected() -> serde_json::Value {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -38,12 +42,20 @@ fn eval_npz_streams_images_in_batches() {
 #[test]
 fn eval_npz_reads_float_variants() {
     let want = floats(&expected()["feats"]);
-    for (file, tol) in [("fortran_f64.npz", 1e-15), ("bigendian_f4.npz", 1e-6), ("v2_header.npz", 1e-6), ("float16.npz", 1e-3)] {
+    for (file, tol) in [
+        ("fortran_f64.npz", 1e-15),
+        ("bigendian_f4.npz", 1e-6),
+        ("v2_header.npz", 1e-6),
+        ("float16.npz", 1e-3),
+    ] {
         let npz = NpzFile::open(format!("{DIR}/{file}")).unwrap();
         let a = npz.read_f64("arr_0").unwrap();
         assert_eq!(a.shape, [7, 3], "{file}");
         for (x, y) in a.data.iter().zip(&want) {
-            assert!((x - y).abs() <= tol * y.abs().max(1.0), "{file}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{file}: {x} vs {y}"
+            );
         }
         // streaming gives the same rows, Fortran order included
         let mut rows = Vec::new();
@@ -52,7 +64,11 @@ fn eval_npz_reads_float_variants() {
             Ok(())
         })
         .unwrap();
-        assert_eq!(rows, a.data.iter().map(|&v| v as f32).collect::<Vec<_>>(), "{file}");
+        assert_eq!(
+            rows,
+            a.data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            "{file}"
+        );
     }
 }
 
@@ -60,18 +76,35 @@ fn err_of(file: &str, key: &str) -> String {
     let path = format!("{DIR}/{file}");
     match NpzFile::open(&path) {
         Err(e) => e.to_string(),
-        Ok(npz) => npz.for_each_batch(key, 4, |_, _| Ok(())).unwrap_err().to_string(),
+        Ok(npz) => npz
+            .for_each_batch(key, 4, |_, _| Ok(()))
+            .unwrap_err()
+            .to_string(),
     }
 }
 
 #[test]
 fn eval_npz_errors_name_file_and_key() {
     let e = err_of("bad_missing_arr0.npz", "arr_0");
-    assert!(e.contains("bad_missing_arr0.npz") && e.contains("'arr_0'") && e.contains("missing") && e.contains("images"), "{e}");
+    assert!(
+        e.contains("bad_missing_arr0.npz")
+            && e.contains("'arr_0'")
+            && e.contains("missing")
+            && e.contains("images"),
+        "{e}"
+    );
     let e = err_of("bad_dtype.npz", "arr_0");
-    assert!(e.contains("bad_dtype.npz") && e.contains("'arr_0'") && e.contains("unsupported dtype '<U2'"), "{e}");
+    assert!(
+        e.contains("bad_dtype.npz")
+            && e.contains("'arr_0'")
+            && e.contains("unsupported dtype '<U2'"),
+        "{e}"
+    );
     let e = err_of("not_a_zip.npz", "arr_0");
-    assert!(e.contains("not_a_zip.npz") && e.contains("not a readable .npz"), "{e}");
+    assert!(
+        e.contains("not_a_zip.npz") && e.contains("not a readable .npz"),
+        "{e}"
+    );
     let e = err_of("does_not_exist.npz", "arr_0");
     assert!(e.contains("does_not_exist.npz"), "{e}");
 }

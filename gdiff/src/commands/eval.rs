@@ -51,16 +51,31 @@ pub struct EvalArgs {
     #[arg(long)]
     pub features: bool,
     /// Images per forward pass
-    #[arg(long = "batch_size", visible_alias = "batch-size", value_name = "N", default_value_t = 64)]
+    #[arg(
+        long = "batch_size",
+        visible_alias = "batch-size",
+        value_name = "N",
+        default_value_t = 64
+    )]
     pub batch_size: usize,
     /// Write the results as JSON to this file (through a temporary file and a rename)
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Input resizing and scaling convention of the Inception network
-    #[arg(long = "input_convention", visible_alias = "input-convention", value_enum, default_value = "tf")]
+    #[arg(
+        long = "input_convention",
+        visible_alias = "input-convention",
+        value_enum,
+        default_value = "tf"
+    )]
     pub input_convention: ConventionArg,
     /// Arithmetic of the precision/recall pairwise distances
-    #[arg(long = "pr_distance", visible_alias = "pr-distance", value_enum, default_value = "f16")]
+    #[arg(
+        long = "pr_distance",
+        visible_alias = "pr-distance",
+        value_enum,
+        default_value = "f16"
+    )]
     pub pr_distance: PrDistanceArg,
     /// How tr(sqrtm(S1·S2)) is computed for FID/sFID
     #[arg(long, value_enum, default_value = "schur")]
@@ -103,9 +118,11 @@ impl Bars {
             if self.enabled {
                 let b = indicatif::ProgressBar::new(total as u64);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {elapsed_precise} (eta {eta})")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:40}] {pos}/{len} {elapsed_precise} (eta {eta})",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 b.set_prefix(stage.to_string());
                 self.bar = Some(b);
@@ -160,9 +177,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
              .pt or .safetensors) to evaluate images, or --features for npz files of precomputed features"
         ),
     };
-    let mut bars = Bars { enabled: !args.no_progress, stage: String::new(), bar: None };
-    let results = Evaluator::new(source, options)
-        .evaluate(&args.ref_batch, &args.sample_batch, &mut |s, d, t| bars.update(s, d, t));
+    let mut bars = Bars {
+        enabled: !args.no_progress,
+        stage: String::new(),
+        bar: None,
+    };
+    let results = Evaluator::new(source, options).evaluate(
+        &args.ref_batch,
+        &args.sample_batch,
+        &mut |s, d, t| bars.update(s, d, t),
+    );
     bars.finish();
     let results = results?;
     eprintln!("Computing evaluations...");

@@ -81,7 +81,10 @@ fn check_2d(npz: &NpzFile, key: &str) -> Result<(usize, usize)> {
     let h = npz.header(key)?;
     match h.shape.as_slice() {
         &[n, d] if n > 0 && d > 0 => Ok((n, d)),
-        s => bail!("{}: array '{key}': expected a non-empty 2-d [N, D] feature array, got shape {s:?}", npz.path().display()),
+        s => bail!(
+            "{}: array '{key}': expected a non-empty 2-d [N, D] feature array, got shape {s:?}",
+            npz.path().display()
+        ),
     }
 }
 
@@ -89,7 +92,11 @@ fn read_matrix(npz: &NpzFile, key: &str) -> Result<FeatureMatrix> {
     let (n, d) = check_2d(npz, key)?;
     let h = npz.header(key)?;
     if !h.dtype.is_float() {
-        bail!("{}: array '{key}': expected float features, got dtype {}", npz.path().display(), h.dtype.name());
+        bail!(
+            "{}: array '{key}': expected float features, got dtype {}",
+            npz.path().display(),
+            h.dtype.name()
+        );
     }
     FeatureMatrix::new(n, d, npz.read_f32(key)?.data)
 }
@@ -141,7 +148,12 @@ impl<'a> Evaluator<'a> {
                     None
                 };
                 progress(stage, pool.rows, pool.rows);
-                Ok(Activations { pool, pool_stats, spatial_stats, logits })
+                Ok(Activations {
+                    pool,
+                    pool_stats,
+                    spatial_stats,
+                    logits,
+                })
             }
         }
     }
@@ -173,14 +185,20 @@ impl<'a> Evaluator<'a> {
         npz.for_each_batch("arr_0", self.options.batch_size, |shape, data| {
             let batch = ImageBatch::new(shape, data)?;
             let f = ex.extract(&batch)?;
-            pool_stats.get_or_insert_with(|| MomentAccumulator::new(f.pool.cols)).update(&f.pool)?;
+            pool_stats
+                .get_or_insert_with(|| MomentAccumulator::new(f.pool.cols))
+                .update(&f.pool)?;
             pool.append(&f.pool)?;
             if let Some(s) = &f.spatial {
-                spatial_stats.get_or_insert_with(|| MomentAccumulator::new(s.cols)).update(s)?;
+                spatial_stats
+                    .get_or_insert_with(|| MomentAccumulator::new(s.cols))
+                    .update(s)?;
             }
             if want_logits {
                 if let Some(l) = &f.logits {
-                    logits.get_or_insert_with(FeatureMatrix::default).append(l)?;
+                    logits
+                        .get_or_insert_with(FeatureMatrix::default)
+                        .append(l)?;
                 }
             }
             done += batch.n;
@@ -188,34 +206,62 @@ impl<'a> Evaluator<'a> {
             Ok(())
         })?;
         let pool_stats = pool_stats.expect("at least one batch");
-        Ok(Activations { pool, pool_stats, spatial_stats, logits })
+        Ok(Activations {
+            pool,
+            pool_stats,
+            spatial_stats,
+            logits,
+        })
     }
 
     /// `(pool statistics, spatial statistics, description)`, from the npz when it has `mu`
     /// (as the reference's `read_statistics`), else from the activations.
-    pub fn read_statistics(&self, npz: &NpzFile, acts: &Activations) -> Result<(FidStatistics, Option<FidStatistics>, String)> {
+    pub fn read_statistics(
+        &self,
+        npz: &NpzFile,
+        acts: &Activations,
+    ) -> Result<(FidStatistics, Option<FidStatistics>, String)> {
         if npz.contains("mu") {
             let pool = FidStatistics::from_npz(npz, "mu", "sigma")?;
             let (spatial, how) = if npz.contains("mu_s") {
-                (Some(FidStatistics::from_npz(npz, "mu_s", "sigma_s")?), "precomputed (mu, sigma, mu_s, sigma_s)")
+                (
+                    Some(FidStatistics::from_npz(npz, "mu_s", "sigma_s")?),
+                    "precomputed (mu, sigma, mu_s, sigma_s)",
+                )
             } else {
-                (acts.spatial_stats.as_ref().map(|a| a.finish()).transpose()?, "precomputed (mu, sigma); spatial computed")
+                (
+                    acts.spatial_stats
+                        .as_ref()
+                        .map(|a| a.finish())
+                        .transpose()?,
+                    "precomputed (mu, sigma); spatial computed",
+                )
             };
             return Ok((pool, spatial, how.to_string()));
         }
         let pool = acts.pool_stats.finish()?;
-        let spatial = acts.spatial_stats.as_ref().map(|a| a.finish()).transpose()?;
+        let spatial = acts
+            .spatial_stats
+            .as_ref()
+            .map(|a| a.finish())
+            .transpose()?;
         Ok((pool, spatial, "computed".to_string()))
     }
 
     /// The whole evaluation of `samples` against `reference`.
-    pub fn evaluate(&self, reference: &Path, samples: &Path, progress: &mut ProgressFn<'_>) -> Result<EvalResults> {
+    pub fn evaluate(
+        &self,
+        reference: &Path,
+        samples: &Path,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<EvalResults> {
         let ref_npz = NpzFile::open(reference)?;
         let sample_npz = NpzFile::open(samples)?;
         let ref_acts = self.read_activations(&ref_npz, false, "reference batch", progress)?;
         let (ref_stats, ref_spatial, ref_how) = self.read_statistics(&ref_npz, &ref_acts)?;
         let sample_acts = self.read_activations(&sample_npz, true, "sample batch", progress)?;
-        let (sample_stats, sample_spatial, sample_how) = self.read_statistics(&sample_npz, &sample_acts)?;
+        let (sample_stats, sample_spatial, sample_how) =
+            self.read_statistics(&sample_npz, &sample_acts)?;
 
         let o = &self.options;
         let mut details = EvalDetails {
@@ -239,7 +285,9 @@ impl<'a> Evaluator<'a> {
             Some(l) => Some(inception_score_from_logits(l, o.is_split_size)?),
             None => {
                 details.inception_score_unavailable = Some(match self.source {
-                    Source::Images(ex) if !ex.has_logits() => "the extractor has no classifier head (weights without fc.weight)".into(),
+                    Source::Images(ex) if !ex.has_logits() => {
+                        "the extractor has no classifier head (weights without fc.weight)".into()
+                    }
                     Source::Images(_) => "the extractor returned no logits".into(),
                     Source::Features => format!("{} has no 'logits' array", samples.display()),
                 });
@@ -266,6 +314,13 @@ impl<'a> Evaluator<'a> {
         progress("precision/recall", 0, 1);
         let (precision, recall) = est.precision_recall(&ref_acts.pool, &sample_acts.pool)?;
         progress("precision/recall", 1, 1);
-        Ok(EvalResults { inception_score, fid: fid.distance, sfid, precision, recall, details })
+        Ok(EvalResults {
+            inception_score,
+            fid: fid.distance,
+            sfid,
+            precision,
+            recall,
+            details,
+        })
     }
 }

@@ -67,18 +67,34 @@ pub struct FrechetOutcome {
 fn count_zero_rows(m: MatRef<'_, f64>, by_column: bool) -> usize {
     let n = m.nrows();
     (0..n)
-        .filter(|&i| (0..n).all(|j| if by_column { m[(j, i)] == 0.0 } else { m[(i, j)] == 0.0 }))
+        .filter(|&i| {
+            (0..n).all(|j| {
+                if by_column {
+                    m[(j, i)] == 0.0
+                } else {
+                    m[(i, j)] == 0.0
+                }
+            })
+        })
         .count()
 }
 
 /// `tr(sqrtm(s1 · s2))` for square symmetric `s1`, `s2` of equal size.
-pub fn trace_sqrt_product(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, method: SqrtmMethod) -> Result<TraceSqrt> {
+pub fn trace_sqrt_product(
+    s1: MatRef<'_, f64>,
+    s2: MatRef<'_, f64>,
+    method: SqrtmMethod,
+) -> Result<TraceSqrt> {
     let n = s1.nrows();
     if s1.ncols() != n || s2.nrows() != n || s2.ncols() != n {
         bail!("sqrtm: covariances must be square and of equal size");
     }
     if (0..n).any(|i| (0..n).any(|j| !s1[(i, j)].is_finite() || !s2[(i, j)].is_finite())) {
-        return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true });
+        return Ok(TraceSqrt {
+            trace: f64::NAN,
+            max_imag: 0.0,
+            singular: true,
+        });
     }
     match method {
         SqrtmMethod::SchurEigenvalues => {
@@ -86,7 +102,13 @@ pub fn trace_sqrt_product(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, method: Sqrt
             faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, s1, s2, 1.0, parallelism());
             let eig = match p.eigenvalues() {
                 Ok(e) => e,
-                Err(_) => return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true }),
+                Err(_) => {
+                    return Ok(TraceSqrt {
+                        trace: f64::NAN,
+                        max_imag: 0.0,
+                        singular: true,
+                    })
+                }
             };
             let mut trace = 0.0;
             let mut max_imag: f64 = 0.0;
@@ -103,34 +125,67 @@ pub fn trace_sqrt_product(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, method: Sqrt
             }
             let structural = count_zero_rows(s1, false).max(count_zero_rows(s2, true));
             let singular = !finite || zeros.max(structural) >= 2;
-            Ok(TraceSqrt { trace, max_imag, singular })
+            Ok(TraceSqrt {
+                trace,
+                max_imag,
+                singular,
+            })
         }
         SqrtmMethod::Symmetric => {
-            let e1 = s1
-                .self_adjoint_eigen(faer::Side::Lower)
-                .map_err(|_| crate::Error::msg("sqrtm: eigen-decomposition of sigma did not converge"))?;
+            let e1 = s1.self_adjoint_eigen(faer::Side::Lower).map_err(|_| {
+                crate::Error::msg("sqrtm: eigen-decomposition of sigma did not converge")
+            })?;
             let u = e1.U();
             let s = e1.S();
             // sqrt(S1) = U diag(sqrt(max(s, 0))) Uᵀ
             let us = Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * s[j].max(0.0).sqrt());
             let mut r1 = Mat::<f64>::zeros(n, n);
-            faer::linalg::matmul::matmul(r1.as_mut(), Accum::Replace, us.as_ref(), u.transpose(), 1.0, parallelism());
+            faer::linalg::matmul::matmul(
+                r1.as_mut(),
+                Accum::Replace,
+                us.as_ref(),
+                u.transpose(),
+                1.0,
+                parallelism(),
+            );
             let mut t = Mat::<f64>::zeros(n, n);
-            faer::linalg::matmul::matmul(t.as_mut(), Accum::Replace, r1.as_ref(), s2, 1.0, parallelism());
+            faer::linalg::matmul::matmul(
+                t.as_mut(),
+                Accum::Replace,
+                r1.as_ref(),
+                s2,
+                1.0,
+                parallelism(),
+            );
             let mut m = Mat::<f64>::zeros(n, n);
-            faer::linalg::matmul::matmul(m.as_mut(), Accum::Replace, t.as_ref(), r1.as_ref(), 1.0, parallelism());
+            faer::linalg::matmul::matmul(
+                m.as_mut(),
+                Accum::Replace,
+                t.as_ref(),
+                r1.as_ref(),
+                1.0,
+                parallelism(),
+            );
             let ev = m
                 .self_adjoint_eigenvalues(faer::Side::Lower)
                 .map_err(|_| crate::Error::msg("sqrtm: eigen-decomposition did not converge"))?;
             let trace = ev.iter().map(|l| l.max(0.0).sqrt()).sum();
             let max_imag = ev.iter().map(|l| (-l).max(0.0).sqrt()).fold(0.0, f64::max);
-            Ok(TraceSqrt { trace, max_imag, singular: false })
+            Ok(TraceSqrt {
+                trace,
+                max_imag,
+                singular: false,
+            })
         }
     }
 }
 
 /// The reference's Fréchet distance with its `eps` fallback and imaginary-part check.
-pub fn frechet_distance(a: &FidStatistics, b: &FidStatistics, method: SqrtmMethod) -> Result<FrechetOutcome> {
+pub fn frechet_distance(
+    a: &FidStatistics,
+    b: &FidStatistics,
+    method: SqrtmMethod,
+) -> Result<FrechetOutcome> {
     if a.dim() != b.dim() {
         bail!(
             "Fréchet distance: mean vectors have different lengths ({} and {}); were the two batches \
@@ -150,13 +205,22 @@ pub fn frechet_distance(a: &FidStatistics, b: &FidStatistics, method: SqrtmMetho
             "warning: fid calculation produces singular product; adding {FID_EPS:e} to diagonal of cov estimates"
         );
         eps_fallback = true;
-        let add_eps = |s: MatRef<'_, f64>| Mat::<f64>::from_fn(n, n, |i, j| s[(i, j)] + if i == j { FID_EPS } else { 0.0 });
+        let add_eps = |s: MatRef<'_, f64>| {
+            Mat::<f64>::from_fn(n, n, |i, j| s[(i, j)] + if i == j { FID_EPS } else { 0.0 })
+        };
         let s1 = add_eps(a.sigma_ref());
         let s2 = add_eps(b.sigma_ref());
         ts = trace_sqrt_product(s1.as_ref(), s2.as_ref(), method)?;
     }
     if ts.max_imag > IMAG_ATOL {
-        bail!("Fréchet distance: Imaginary component {} (sqrtm of the covariance product)", ts.max_imag);
+        bail!(
+            "Fréchet distance: Imaginary component {} (sqrtm of the covariance product)",
+            ts.max_imag
+        );
     }
-    Ok(FrechetOutcome { distance: diff2 + tr1 + tr2 - 2.0 * ts.trace, eps_fallback, max_imag: ts.max_imag })
+    Ok(FrechetOutcome {
+        distance: diff2 + tr1 + tr2 - 2.0 * ts.trace,
+        eps_fallback,
+        max_imag: ts.max_imag,
+    })
 }

@@ -24,8 +24,12 @@ pub fn log_softmax(logits: &FeatureMatrix) -> Vec<f64> {
 }
 
 /// Inception Score from class log-probabilities (`rows × classes`, row-major).
-pub fn inception_score_from_log_probs(log_p: &[f64], classes: usize, split_size: usize) -> Result<f64> {
-    if classes == 0 || log_p.is_empty() || log_p.len() % classes != 0 {
+pub fn inception_score_from_log_probs(
+    log_p: &[f64],
+    classes: usize,
+    split_size: usize,
+) -> Result<f64> {
+    if classes == 0 || log_p.is_empty() || !log_p.len().is_multiple_of(classes) {
         bail!("Inception Score: need at least one row of class probabilities");
     }
     if split_size == 0 {

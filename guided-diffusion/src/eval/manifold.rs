@@ -53,7 +53,11 @@ impl ManifoldEstimator {
     }
 
     fn to_device(&self, m: &FeatureMatrix, start: usize, end: usize) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&m.data[start * m.cols..end * m.cols], (end - start, m.cols), &self.device)?)
+        Ok(Tensor::from_slice(
+            &m.data[start * m.cols..end * m.cols],
+            (end - start, m.cols),
+            &self.device,
+        )?)
     }
 
     fn distances_f32(u: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -170,14 +174,20 @@ impl ManifoldEstimator {
             }
         }
         let frac = |status: &[bool], n: usize, k: usize| -> Vec<f64> {
-            (0..k).map(|kk| (0..n).filter(|&i| status[i * k + kk]).count() as f64 / n as f64).collect()
+            (0..k)
+                .map(|kk| (0..n).filter(|&i| status[i * k + kk]).count() as f64 / n as f64)
+                .collect()
         };
         Ok((frac(&status_2, n2, k1), frac(&status_1, n1, k2)))
     }
 
     /// `(precision, recall)` for the first neighbourhood size, as the reference's
     /// `compute_prec_recall(activations_ref, activations_sample)`.
-    pub fn precision_recall(&self, reference: &FeatureMatrix, samples: &FeatureMatrix) -> Result<(f64, f64)> {
+    pub fn precision_recall(
+        &self,
+        reference: &FeatureMatrix,
+        samples: &FeatureMatrix,
+    ) -> Result<(f64, f64)> {
         let r1 = self.manifold_radii(reference)?;
         let r2 = self.manifold_radii(samples)?;
         let (p, r) = self.evaluate_pr(reference, &r1, samples, &r2)?;

@@ -101,7 +101,10 @@ fn ctx(path: &Path, key: &str, what: impl std::fmt::Display) -> Error {
 fn open_archive(path: &Path) -> Result<zip::ZipArchive<BufReader<File>>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     zip::ZipArchive::new(BufReader::new(f)).map_err(|e| {
-        Error::msg(format!("{}: not a readable .npz (zip) archive: {e}", path.display()))
+        Error::msg(format!(
+            "{}: not a readable .npz (zip) archive: {e}",
+            path.display()
+        ))
     })
 }
 
@@ -112,7 +115,10 @@ impl NpzFile {
         let mut keys = Vec::new();
         for name in archive.file_names() {
             let name = name.map_err(|e| {
-                Error::msg(format!("{}: unreadable member name in .npz archive: {e}", path.display()))
+                Error::msg(format!(
+                    "{}: unreadable member name in .npz archive: {e}",
+                    path.display()
+                ))
             })?;
             if let Some(k) = name.strip_suffix(".npy") {
                 keys.push(k.to_string());
@@ -138,7 +144,10 @@ impl NpzFile {
         ctx(
             &self.path,
             key,
-            format!("missing from the archive (it holds: {})", self.keys.join(", ")),
+            format!(
+                "missing from the archive (it holds: {})",
+                self.keys.join(", ")
+            ),
         )
     }
 
@@ -182,8 +191,15 @@ impl NpzFile {
             let bytes = read_exact_vec(r, h.numel() * h.dtype.size())
                 .map_err(|e| ctx(&self.path, key, e))?;
             let data = conv(h, &bytes);
-            let data = if h.fortran_order { fortran_to_c(&h.shape, &data) } else { data };
-            Ok(NpyArray { shape: h.shape.clone(), data })
+            let data = if h.fortran_order {
+                fortran_to_c(&h.shape, &data)
+            } else {
+                data
+            };
+            Ok(NpyArray {
+                shape: h.shape.clone(),
+                data,
+            })
         })
     }
 
@@ -199,7 +215,10 @@ impl NpzFile {
         let batch_rows = batch_rows.max(1);
         let header = self.header(key)?;
         if header.shape.is_empty() {
-            bail!("{}: array '{key}': is a scalar, expected an array with a first axis", self.path.display());
+            bail!(
+                "{}: array '{key}': is a scalar, expected an array with a first axis",
+                self.path.display()
+            );
         }
         if header.fortran_order {
             let arr = self.read_f32(key)?;
@@ -218,7 +237,11 @@ impl NpzFile {
             while start < h.rows() {
                 let n = batch_rows.min(h.rows() - start);
                 let bytes = read_exact_vec(r, n * row_bytes).map_err(|e| {
-                    ctx(&self.path, key, format!("{e} (at entry {start} of {})", h.rows()))
+                    ctx(
+                        &self.path,
+                        key,
+                        format!("{e} (at entry {start} of {})", h.rows()),
+                    )
                 })?;
                 let mut shape = h.shape.clone();
                 shape[0] = n;
@@ -275,7 +298,9 @@ fn dict_value<'a>(text: &'a str, key: &str) -> std::result::Result<&'a str, Stri
         .or_else(|| text.find(&pat_dq).map(|p| p + pat_dq.len()))
         .ok_or_else(|| format!("npy header lacks '{key}': {text}"))?;
     let rest = text[pos..].trim_start();
-    let rest = rest.strip_prefix(':').ok_or_else(|| format!("malformed npy header: {text}"))?;
+    let rest = rest
+        .strip_prefix(':')
+        .ok_or_else(|| format!("malformed npy header: {text}"))?;
     Ok(rest.trim_start())
 }
 
@@ -285,10 +310,16 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
     let quote = d.chars().next().filter(|c| *c == '\'' || *c == '"');
     let descr = match quote {
         Some(q) => {
-            let end = d[1..].find(q).ok_or_else(|| format!("malformed descr in npy header: {text}"))?;
+            let end = d[1..]
+                .find(q)
+                .ok_or_else(|| format!("malformed descr in npy header: {text}"))?;
             d[1..1 + end].to_string()
         }
-        None => return Err(format!("unsupported dtype (structured or object array): {text}")),
+        None => {
+            return Err(format!(
+                "unsupported dtype (structured or object array): {text}"
+            ))
+        }
     };
     let (big_endian, dtype) = parse_descr(&descr)?;
     // fortran_order
@@ -302,8 +333,12 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
     };
     // shape
     let s = dict_value(text, "shape")?;
-    let s = s.strip_prefix('(').ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
-    let end = s.find(')').ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
+    let s = s
+        .strip_prefix('(')
+        .ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
+    let end = s
+        .find(')')
+        .ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
     let shape = s[..end]
         .split(',')
         .map(str::trim)
@@ -311,7 +346,13 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
         .map(|t| t.trim_end_matches('L').parse::<usize>())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| format!("malformed shape in npy header: {text}"))?;
-    Ok(NpyHeader { descr, dtype, big_endian, fortran_order, shape })
+    Ok(NpyHeader {
+        descr,
+        dtype,
+        big_endian,
+        fortran_order,
+        shape,
+    })
 }
 
 fn parse_descr(descr: &str) -> std::result::Result<(bool, NpyDtype), String> {
@@ -331,7 +372,11 @@ fn parse_descr(descr: &str) -> std::result::Result<(bool, NpyDtype), String> {
         "f2" => NpyDtype::F16,
         "f4" => NpyDtype::F32,
         "f8" => NpyDtype::F64,
-        _ => return Err(format!("unsupported dtype '{descr}' (expected an integer or float type)")),
+        _ => {
+            return Err(format!(
+                "unsupported dtype '{descr}' (expected an integer or float type)"
+            ))
+        }
     };
     let big = order == '>' || (order == '=' && cfg!(target_endian = "big"));
     Ok((big && dtype.size() > 1, dtype))
@@ -347,7 +392,11 @@ fn decode<T>(h: &NpyHeader, bytes: &[u8], conv: impl Fn(f64) -> T) -> Vec<T> {
                 .chunks_exact($n)
                 .map(|c| {
                     let a: [u8; $n] = c.try_into().unwrap();
-                    let v = if be { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) };
+                    let v = if be {
+                        <$t>::from_be_bytes(a)
+                    } else {
+                        <$t>::from_le_bytes(a)
+                    };
                     conv(v as f64)
                 })
                 .collect()
@@ -367,7 +416,11 @@ fn decode<T>(h: &NpyHeader, bytes: &[u8], conv: impl Fn(f64) -> T) -> Vec<T> {
             .chunks_exact(2)
             .map(|c| {
                 let a = [c[0], c[1]];
-                let bits = if be { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) };
+                let bits = if be {
+                    u16::from_be_bytes(a)
+                } else {
+                    u16::from_le_bytes(a)
+                };
                 conv(half::f16::from_bits(bits).to_f64())
             })
             .collect(),
@@ -410,18 +463,26 @@ mod tests {
 
     #[test]
     fn parses_headers() {
-        let h = parse_header_dict("{'descr': '|u1', 'fortran_order': False, 'shape': (10, 64, 64, 3), }")
-            .unwrap();
+        let h = parse_header_dict(
+            "{'descr': '|u1', 'fortran_order': False, 'shape': (10, 64, 64, 3), }",
+        )
+        .unwrap();
         assert_eq!(h.dtype, NpyDtype::U8);
         assert_eq!(h.shape, vec![10, 64, 64, 3]);
-        let h = parse_header_dict("{'descr': '>f8', 'fortran_order': True, 'shape': (7,), }").unwrap();
+        let h =
+            parse_header_dict("{'descr': '>f8', 'fortran_order': True, 'shape': (7,), }").unwrap();
         assert!(h.big_endian && h.fortran_order);
         assert_eq!(h.shape, vec![7]);
-        let h = parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (), }").unwrap();
+        let h =
+            parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (), }").unwrap();
         assert!(h.shape.is_empty());
-        assert!(parse_header_dict("{'descr': '<U5', 'fortran_order': False, 'shape': (3,), }").is_err());
-        assert!(parse_header_dict("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }")
-            .is_err());
+        assert!(
+            parse_header_dict("{'descr': '<U5', 'fortran_order': False, 'shape': (3,), }").is_err()
+        );
+        assert!(parse_header_dict(
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }"
+        )
+        .is_err());
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub fn py_float(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{x:e}"); // e.g. "-1.2345e-7", shortest round-trip digits
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -56,7 +60,11 @@ pub fn py_float(x: f64) -> String {
     let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
     if !(-4..16).contains(&exp) {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         let es = if exp < 0 { "-" } else { "+" };
         return format!("{sign}{m}e{es}{:02}", exp.abs());
     }
@@ -66,7 +74,11 @@ pub fn py_float(x: f64) -> String {
     } else if (point as usize) >= digits.len() {
         format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
     } else {
-        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
     };
     format!("{sign}{s}")
 }
@@ -80,7 +92,10 @@ impl EvalResults {
         };
         format!(
             "Inception Score: {}\nFID: {}\nsFID: {}\nPrecision: {}\nRecall: {}\n",
-            opt(self.inception_score, &self.details.inception_score_unavailable),
+            opt(
+                self.inception_score,
+                &self.details.inception_score_unavailable
+            ),
             py_float(self.fid),
             opt(self.sfid, &self.details.sfid_unavailable),
             py_float(self.precision),
@@ -101,7 +116,10 @@ impl EvalResults {
 /// Writes `bytes` to `path` through `path.tmp-<pid>` and a rename, so readers never see a
 /// half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "results".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "results".into());
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -125,7 +143,7 @@ mod tests {
         for (x, s) in [
             (2.0, "2.0"),
             (0.5, "0.5"),
-            (3.14159, "3.14159"),
+            (2.71, "2.71"),
             (1e-5, "1e-05"),
             (1.5e-5, "1.5e-05"),
             (0.0001, "0.0001"),

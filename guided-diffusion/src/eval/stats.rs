@@ -22,7 +22,10 @@ impl FidStatistics {
     pub fn new(mu: Vec<f64>, sigma: Vec<f64>) -> Result<Self> {
         let d = mu.len();
         if sigma.len() != d * d {
-            bail!("statistics: mu has {d} entries but sigma has {} (expected {d}x{d})", sigma.len());
+            bail!(
+                "statistics: mu has {d} entries but sigma has {} (expected {d}x{d})",
+                sigma.len()
+            );
         }
         Ok(Self { mu, sigma })
     }
@@ -45,7 +48,10 @@ impl FidStatistics {
         let mu = npz.read_f64(mu_key)?;
         let sigma = npz.read_f64(sigma_key)?;
         let &[d] = mu.shape.as_slice() else {
-            bail!("{p}: array '{mu_key}': expected a 1-d mean vector, got shape {:?}", mu.shape);
+            bail!(
+                "{p}: array '{mu_key}': expected a 1-d mean vector, got shape {:?}",
+                mu.shape
+            );
         };
         if sigma.shape != [d, d] {
             bail!(
@@ -79,7 +85,13 @@ pub(crate) fn parallelism() -> Par {
 
 impl MomentAccumulator {
     pub fn new(dim: usize) -> Self {
-        Self { dim, n: 0, shift: None, sum: vec![0.0; dim], sxx: Mat::zeros(dim, dim) }
+        Self {
+            dim,
+            n: 0,
+            shift: None,
+            sum: vec![0.0; dim],
+            sxx: Mat::zeros(dim, dim),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -88,7 +100,11 @@ impl MomentAccumulator {
 
     pub fn update(&mut self, batch: &FeatureMatrix) -> Result<()> {
         if batch.cols != self.dim {
-            bail!("statistics: features of width {} fed to an accumulator of width {}", batch.cols, self.dim);
+            bail!(
+                "statistics: features of width {} fed to an accumulator of width {}",
+                batch.cols,
+                self.dim
+            );
         }
         if batch.rows == 0 {
             return Ok(());
@@ -103,13 +119,22 @@ impl MomentAccumulator {
             m.iter_mut().for_each(|a| *a /= batch.rows as f64);
             m
         });
-        let y = Mat::<f64>::from_fn(batch.rows, self.dim, |i, j| batch.data[i * self.dim + j] as f64 - shift[j]);
+        let y = Mat::<f64>::from_fn(batch.rows, self.dim, |i, j| {
+            batch.data[i * self.dim + j] as f64 - shift[j]
+        });
         for i in 0..batch.rows {
             for (s, v) in self.sum.iter_mut().zip(y.row(i).iter()) {
                 *s += *v;
             }
         }
-        faer::linalg::matmul::matmul(self.sxx.as_mut(), Accum::Add, y.transpose(), y.as_ref(), 1.0, parallelism());
+        faer::linalg::matmul::matmul(
+            self.sxx.as_mut(),
+            Accum::Add,
+            y.transpose(),
+            y.as_ref(),
+            1.0,
+            parallelism(),
+        );
         self.n += batch.rows;
         Ok(())
     }

@@ -15,8 +15,25 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn conv(&self, name: &str, c_in: usize, c_out: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Result<ConvBn> {
-        ConvBn::load(self.w, &format!("{}.{name}", self.prefix), c_in, c_out, k, stride, pad, self.device)
+    fn conv(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: (usize, usize),
+        stride: usize,
+        pad: (usize, usize),
+    ) -> Result<ConvBn> {
+        ConvBn::load(
+            self.w,
+            &format!("{}.{name}", self.prefix),
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            self.device,
+        )
     }
 }
 
@@ -32,7 +49,13 @@ pub struct InceptionA {
 }
 
 impl InceptionA {
-    pub fn load(w: &WeightMap, prefix: &str, c_in: usize, pool_features: usize, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &WeightMap,
+        prefix: &str,
+        c_in: usize,
+        pool_features: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let l = Loader { w, prefix, device };
         Ok(Self {
             b1: l.conv("branch1x1", c_in, 64, (1, 1), 1, (0, 0))?,
@@ -48,7 +71,9 @@ impl InceptionA {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b1.forward(x)?;
         let b = self.b5_2.forward(&self.b5_1.forward(x)?)?;
-        let c = self.b3_3.forward(&self.b3_2.forward(&self.b3_1.forward(x)?)?)?;
+        let c = self
+            .b3_3
+            .forward(&self.b3_2.forward(&self.b3_1.forward(x)?)?)?;
         let d = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
         Ok(Tensor::cat(&[a, b, c, d], 1)?)
     }
@@ -75,7 +100,9 @@ impl InceptionB {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b3.forward(x)?;
-        let b = self.bd_3.forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
+        let b = self
+            .bd_3
+            .forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
         let c = max_pool_3x3_s2(x)?;
         Ok(Tensor::cat(&[a, b, c], 1)?)
     }
@@ -96,7 +123,13 @@ pub struct InceptionCOutput {
 }
 
 impl InceptionC {
-    pub fn load(w: &WeightMap, prefix: &str, c_in: usize, c7: usize, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &WeightMap,
+        prefix: &str,
+        c_in: usize,
+        c7: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let l = Loader { w, prefix, device };
         let (k17, k71, p17, p71) = ((1, 7), (7, 1), (0, 3), (3, 0));
         Ok(Self {
@@ -129,7 +162,10 @@ impl InceptionC {
         }
         let p = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
         let output = Tensor::cat(&[&a, &b, &d, &p], 1)?;
-        Ok(InceptionCOutput { output, branch1x1: a })
+        Ok(InceptionCOutput {
+            output,
+            branch1x1: a,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -194,7 +230,13 @@ pub struct InceptionE {
 }
 
 impl InceptionE {
-    pub fn load(w: &WeightMap, prefix: &str, c_in: usize, pool_kind: EPool, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &WeightMap,
+        prefix: &str,
+        c_in: usize,
+        pool_kind: EPool,
+        device: &Device,
+    ) -> Result<Self> {
         let l = Loader { w, prefix, device };
         Ok(Self {
             b1: l.conv("branch1x1", c_in, 320, (1, 1), 1, (0, 0))?,

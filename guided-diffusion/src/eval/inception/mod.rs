@@ -122,7 +122,12 @@ impl InceptionV3 {
         x = self.mixed_6[1].forward(&x)?;
         let o = self.mixed_6[2].forward_with_branch1x1(&x)?;
         let n = o.branch1x1.dim(0)?;
-        let spatial = o.branch1x1.narrow(1, 0, SPATIAL_CHANNELS)?.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, ()))?;
+        let spatial = o
+            .branch1x1
+            .narrow(1, 0, SPATIAL_CHANNELS)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .reshape((n, ()))?;
         x = self.mixed_6[3].forward(&o.output)?;
         x = self.mixed_7a.forward(&x)?;
         x = self.mixed_7b.forward(&x)?;
@@ -132,7 +137,11 @@ impl InceptionV3 {
             Some(w) => Some(pool.matmul(&w.t()?)?),
             None => None,
         };
-        Ok(InceptionOutput { pool, spatial, logits })
+        Ok(InceptionOutput {
+            pool,
+            spatial,
+            logits,
+        })
     }
 }
 
@@ -148,7 +157,11 @@ impl InceptionExtractor {
     }
 
     /// Loads weights from a `.pt`/`.pth`/`.safetensors` file onto `device`.
-    pub fn from_file(path: impl AsRef<std::path::Path>, convention: InputConvention, device: &Device) -> Result<Self> {
+    pub fn from_file(
+        path: impl AsRef<std::path::Path>,
+        convention: InputConvention,
+        device: &Device,
+    ) -> Result<Self> {
         let w = WeightMap::load(path)?;
         Ok(Self::new(InceptionV3::load(&w, device)?, convention))
     }
@@ -174,7 +187,11 @@ impl FeatureExtractor for InceptionExtractor {
         Ok(ExtractedFeatures {
             pool: FeatureMatrix::from_tensor(&out.pool)?,
             spatial: Some(FeatureMatrix::from_tensor(&out.spatial)?),
-            logits: out.logits.as_ref().map(FeatureMatrix::from_tensor).transpose()?,
+            logits: out
+                .logits
+                .as_ref()
+                .map(FeatureMatrix::from_tensor)
+                .transpose()?,
         })
     }
 }

@@ -46,7 +46,12 @@ pub fn resize_matrix(in_size: usize, out_size: usize, conv: InputConvention) -> 
 }
 
 /// Resizes NCHW `x` to `out_h × out_w`.
-pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize, conv: InputConvention) -> Result<Tensor> {
+pub fn resize_bilinear(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    conv: InputConvention,
+) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let dev = x.device();
     let mut y = x.clone();
@@ -68,7 +73,9 @@ pub fn preprocess(images: &ImageBatch, conv: InputConvention, device: &Device) -
     if c != 3 && c != 1 {
         bail!("Inception expects RGB (3-channel) or grayscale images, got {c} channels");
     }
-    let x = Tensor::from_slice(&images.data, (n, h, w, c), device)?.permute((0, 3, 1, 2))?.contiguous()?;
+    let x = Tensor::from_slice(&images.data, (n, h, w, c), device)?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
     let x = if c == 1 { x.repeat((1, 3, 1, 1))? } else { x };
     Ok(match conv {
         InputConvention::TfReference => {

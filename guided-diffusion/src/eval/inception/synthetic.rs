@@ -31,7 +31,10 @@ fn mix(mut z: u64) -> u64 {
 pub fn uniforms(key: &str, n: usize) -> Vec<f64> {
     let seed = fnv1a(key);
     (0..n as u64)
-        .map(|i| (mix(seed.wrapping_add((i + 1).wrapping_mul(GOLDEN))) >> 11) as f64 * (1.0 / (1u64 << 53) as f64))
+        .map(|i| {
+            (mix(seed.wrapping_add((i + 1).wrapping_mul(GOLDEN))) >> 11) as f64
+                * (1.0 / (1u64 << 53) as f64)
+        })
         .collect()
 }
 
@@ -66,7 +69,10 @@ pub fn synthetic_state_dict(with_head: bool) -> Result<HashMap<String, Tensor>> 
     let mut map = w.take_generated();
     if with_head {
         for (k, shape) in [("fc.weight", vec![1008, 2048]), ("fc.bias", vec![1008])] {
-            map.insert(k.to_string(), Tensor::from_vec(synthetic_values(k, &shape), shape, &Device::Cpu)?);
+            map.insert(
+                k.to_string(),
+                Tensor::from_vec(synthetic_values(k, &shape), shape, &Device::Cpu)?,
+            );
         }
     }
     Ok(map)
@@ -75,6 +81,10 @@ pub fn synthetic_state_dict(with_head: bool) -> Result<HashMap<String, Tensor>> 
 /// Writes [`synthetic_state_dict`] to a `.safetensors` file (for smoke runs of `gdiff eval`).
 pub fn save_synthetic_weights(path: impl AsRef<std::path::Path>, with_head: bool) -> Result<()> {
     let path = path.as_ref();
-    candle_core::safetensors::save(&synthetic_state_dict(with_head)?, path)
-        .map_err(|e| crate::Error::msg(format!("{}: cannot write synthetic weights: {e}", path.display())))
+    candle_core::safetensors::save(&synthetic_state_dict(with_head)?, path).map_err(|e| {
+        crate::Error::msg(format!(
+            "{}: cannot write synthetic weights: {e}",
+            path.display()
+        ))
+    })
 }

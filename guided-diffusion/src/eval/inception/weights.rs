@@ -51,7 +51,10 @@ impl WeightMap {
     }
 
     /// From tensors already in memory (tests, synthetic weights); `source` names them in errors.
-    pub fn from_tensors(source: impl Into<String>, tensors: HashMap<String, Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        source: impl Into<String>,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
         let source = source.into();
         let mut out = HashMap::with_capacity(tensors.len());
         for (k, t) in tensors {
@@ -60,13 +63,23 @@ impl WeightMap {
                 out.insert(k, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
             }
         }
-        Ok(Self { source, tensors: out, generator: None, generated: RefCell::default() })
+        Ok(Self {
+            source,
+            tensors: out,
+            generator: None,
+            generated: RefCell::default(),
+        })
     }
 
     /// A map that answers every [`WeightMap::get`] with `generator(key, shape)` (and has no
     /// optional keys such as `fc.weight`).
     pub fn generated(source: impl Into<String>, generator: Generator) -> Self {
-        Self { source: source.into(), tensors: HashMap::new(), generator: Some(generator), generated: RefCell::default() }
+        Self {
+            source: source.into(),
+            tensors: HashMap::new(),
+            generator: Some(generator),
+            generated: RefCell::default(),
+        }
     }
 
     /// The tensors a generator map has produced so far.
@@ -86,7 +99,9 @@ impl WeightMap {
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
         if let Some(g) = self.generator {
             let t = Tensor::from_vec(g(key, shape), shape, &Device::Cpu)?;
-            self.generated.borrow_mut().insert(key.to_string(), t.clone());
+            self.generated
+                .borrow_mut()
+                .insert(key.to_string(), t.clone());
             return Ok(t);
         }
         let t = self.tensors.get(key).ok_or_else(|| {
@@ -96,7 +111,12 @@ impl WeightMap {
             ))
         })?;
         if t.dims() != shape {
-            bail!("{}: key '{key}' has shape {:?}, expected {:?}", self.source, t.dims(), shape);
+            bail!(
+                "{}: key '{key}' has shape {:?}, expected {:?}",
+                self.source,
+                t.dims(),
+                shape
+            );
         }
         Ok(t.clone())
     }
