@@ -26,6 +26,9 @@ enum Command {
     TrainSuperRes(commands::train::TrainSuperResArgs),
     /// Train a noise-aware classifier for guidance (classifier_train.py)
     TrainClassifier(commands::train::TrainClassifierArgs),
+    /// FID, sFID, Inception Score, precision and recall of samples against a reference batch
+    /// (evaluations/evaluator.py)
+    Eval(commands::eval::EvalArgs),
     /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
     Convert(commands::convert::ConvertArgs),
     /// Print a checkpoint's config, parameter count and keys
@@ -55,6 +58,7 @@ fn run() -> anyhow::Result<()> {
         Command::Train(a) => commands::train::run_train(&a),
         Command::TrainSuperRes(a) => commands::train::run_train_super_res(&a),
         Command::TrainClassifier(a) => commands::train::run_train_classifier(&a),
+        Command::Eval(a) => commands::eval::run(&a),
         Command::Convert(a) => commands::convert::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod convert;
+pub mod eval;
 pub mod inspect;
 pub mod sample;
 pub mod super_res;
