@@ -29,6 +29,8 @@ enum Command {
     /// FID, sFID, Inception Score, precision and recall of samples against a reference batch
     /// (evaluations/evaluator.py)
     Eval(commands::eval::EvalArgs),
+    /// Bits per dimension of a model on a data set (image_nll.py)
+    Nll(commands::nll::NllArgs),
     /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
     Convert(commands::convert::ConvertArgs),
     /// Print a checkpoint's config, parameter count and keys
@@ -59,6 +61,7 @@ fn run() -> anyhow::Result<()> {
         Command::TrainSuperRes(a) => commands::train::run_train_super_res(&a),
         Command::TrainClassifier(a) => commands::train::run_train_classifier(&a),
         Command::Eval(a) => commands::eval::run(&a),
+        Command::Nll(a) => commands::nll::run(&a),
         Command::Convert(a) => commands::convert::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),
     }

@@ -2,6 +2,7 @@
 pub mod convert;
 pub mod eval;
 pub mod inspect;
+pub mod nll;
 pub mod sample;
 pub mod super_res;
 pub mod train;
