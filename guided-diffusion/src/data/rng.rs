@@ -18,6 +18,10 @@ pub mod domain {
     pub const STEP: u64 = 3;
     /// Randomness of one evaluation pass; counter = step.
     pub const EVAL: u64 = 4;
+    /// Sampling: the noise of one sample (x_T and every later draw); counter = sample index.
+    pub const SAMPLE_NOISE: u64 = 5;
+    /// Sampling: the random class label of one sample; counter = sample index.
+    pub const SAMPLE_LABEL: u64 = 6;
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -110,7 +110,7 @@ impl Sampling<'_> {
                 let Some(k) = self.num_classes else {
                     bail!("cannot draw random classes: the number of classes is unknown (give --classes)");
                 };
-                Ok((0..n).map(|i| noise::sample_rng(req.seed, i as u64, 1).gen_range(0..k)).collect())
+                Ok((0..n).map(|i| noise::label_rng(req.seed, i as u64).gen_range(0..k)).collect())
             }
         }
     }
