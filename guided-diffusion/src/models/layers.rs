@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::Result;
+use crate::{kernels, Result};
 
 /// PyTorch's default init for conv / linear weights: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
 fn torch_uniform(fan_in: usize) -> Init {
@@ -95,10 +95,9 @@ impl Conv2d {
         self.weight.dims()[1]
     }
 
+    /// The fast CPU kernel when enabled (see [`crate::kernels`]), candle's `conv2d` otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        let b = self.bias.reshape((1, (), 1, 1))?;
-        Ok(y.broadcast_add(&b)?)
+        Ok(kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)?)
     }
 }
 
