@@ -9,16 +9,23 @@
 //!
 //! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
 //!   [`set_enabled`] overrides at run time).
-//! - [`conv2d`](mod@conv2d): the public entry point and the custom ops.
-//! - `im2col`, `sgemm`, `scratch`: the pieces those ops are built from.
+//! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
+//! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
+//!   SiLU, forward and backward in one op each.
+//! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
+//!   algorithms and the pieces they are built from.
 mod conv_cpu;
+mod group_norm_cpu;
 mod im2col;
 mod scratch;
 mod sgemm;
+mod vmath;
 
 pub mod conv2d;
+pub mod group_norm;
 pub mod switch;
 
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
 pub use conv_cpu::set_tile_bytes;
+pub use group_norm::group_norm;
 pub use switch::{enabled, set_enabled};
