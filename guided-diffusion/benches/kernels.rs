@@ -2,13 +2,16 @@
 //! its backward as candle's autograd computes it: `conv_transpose2d` for the input gradient, a
 //! conv with an `HxW` kernel for the weight gradient) against the fast kernels
 //! (`guided_diffusion::kernels`), on the shapes of the small Fashion-MNIST model (batch 32) and,
-//! with `GD_BENCH_BIG=1`, of the released 64x64 model (batch 1 and 8). Medians of repeated
-//! runs. `cargo bench -p guided-diffusion --bench kernels`.
+//! with `GD_BENCH_BIG=1`, of the released 64x64 model (batch 1 and 8); then GroupNorm + AdaGN
+//! scale/shift + SiLU, candle's composed ops vs the fused kernel, forward and backward.
+//! Medians of repeated runs. `cargo bench -p guided-diffusion --bench kernels`.
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use common::{flag, median_secs};
 use guided_diffusion::kernels::{self, ConvParams};
+use guided_diffusion::models::layers::GroupNorm32;
 
 struct Shape {
     n: usize,
@@ -81,6 +84,37 @@ fn row(label: &str, s: &Shape, reps: (usize, usize, f64)) {
     );
 }
 
+/// GroupNorm32 (+ scale/shift) + SiLU on `[n, c, hw, hw]`: forward and forward+backward ms,
+/// candle's composition vs the fused kernel; GB/s of the forward (one read + one write).
+fn gn_row(label: &str, n: usize, c: usize, hw: usize, ss: bool, reps: (usize, usize, f64)) {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let gn = GroupNorm32::new(c, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap()).unwrap();
+    let scale = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
+    let shift = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
+    let f = || if ss { gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap() } else { gn.forward_silu(&x).unwrap() };
+    let (min_r, max_r, budget) = reps;
+    let mut out = Vec::new();
+    for on in [false, true] {
+        kernels::set_enabled(on);
+        let fwd = median_secs(min_r, max_r, budget, || {
+            f();
+        });
+        let both = median_secs(min_r, max_r, budget, || {
+            f().backward().unwrap();
+        });
+        out.push((fwd, both));
+    }
+    let gbs = |s: f64| 2.0 * 4.0 * (n * c * hw * hw) as f64 / s * 1e-9;
+    let name = if ss { "GN+ss+SiLU" } else { "GN+SiLU" };
+    println!(
+        "{label:<10} {name:<10} n{n:<2} c{c:<4} {hw:>2}x{hw:<2} | fwd {:>8.2} {:>8.2} ms ({:>5.1} {:>5.1} GB/s) x{:>5.1} | fwd+bwd {:>8.2} {:>8.2} ms x{:>5.1}",
+        out[0].0 * 1e3, out[1].0 * 1e3, gbs(out[0].0), gbs(out[1].0), out[0].0 / out[1].0,
+        out[0].1 * 1e3, out[1].1 * 1e3, out[0].1 / out[1].1,
+    );
+}
+
 fn main() {
     println!(
         "threads {}; each op: candle ms, fast ms, candle GF/s, fast GF/s, speed-up (medians)",
@@ -101,7 +135,16 @@ fn main() {
     for s in &small {
         row("small", s, (3, 15, 1.0));
     }
+    println!("GroupNorm: candle ms, fused ms (forward GB/s), speed-up");
+    for (c, hw) in [(32, 32), (64, 16), (64, 8), (128, 16)] {
+        for ss in [false, true] {
+            gn_row("small", 32, c, hw, ss, (3, 15, 1.0));
+        }
+    }
     if flag("GD_BENCH_BIG") {
+        for (n, c, hw) in [(1, 192, 64), (8, 192, 64), (1, 384, 32), (8, 384, 32)] {
+            gn_row("imagenet64", n, c, hw, true, (2, 10, 1.0));
+        }
         for n in [1, 8] {
             for s in [
                 Shape { n, c: 192, hw: 64, co: 192, k: 3, stride: 1 },
