@@ -136,7 +136,7 @@ impl CustomOp3 for ConvFwd {
         let (_, _, kh, kw) = w.dims4()?;
         let gx = if x.track_op() { Some(conv2d_input_grad(gy, w, self.0, h, wd)?) } else { None };
         let gw = if w.track_op() { Some(conv2d_weight_grad(x, gy, self.0, kh, kw)?) } else { None };
-        let gb = if b.track_op() { Some(gy.sum((0, 2, 3))?) } else { None };
+        let gb = if b.track_op() { Some(super::channel_sum(gy)?) } else { None };
         Ok((gx, gw, gb))
     }
 }

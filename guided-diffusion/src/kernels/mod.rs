@@ -12,6 +12,8 @@
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
 //!   SiLU, forward and backward in one op each.
+//! - [`reduce`]: per-channel sums (bias gradients).
+//! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
 mod conv_cpu;
@@ -23,9 +25,13 @@ mod vmath;
 
 pub mod conv2d;
 pub mod group_norm;
+pub mod reduce;
 pub mod switch;
+pub mod upsample;
 
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
 pub use conv_cpu::set_tile_bytes;
 pub use group_norm::group_norm;
-pub use switch::{enabled, set_enabled};
+pub use reduce::channel_sum;
+pub use upsample::{sum_pool2x, upsample_nearest2x};
+pub use switch::{applies_to, enabled, set_enabled};

@@ -26,6 +26,11 @@ pub fn enabled() -> bool {
     }
 }
 
+/// Whether the fast kernels are on and every tensor is f32 on the CPU.
+pub fn applies_to(ts: &[&candle_core::Tensor]) -> bool {
+    enabled() && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
 /// Turns the fast kernels on or off for the whole process.
 pub fn set_enabled(on: bool) {
     STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);

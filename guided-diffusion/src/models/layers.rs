@@ -160,8 +160,13 @@ impl Conv1x1 {
         Ok(Conv1x1 { weight, bias })
     }
 
-    /// `[N, Cin, T] -> [N, Cout, T]`
+    /// `[N, Cin, T] -> [N, Cout, T]`; the fast convolution kernel when it applies (a 1x1
+    /// convolution over `[N, Cin, T, 1]`), else a broadcast matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 3 && kernels::applies_to(&[x, &self.weight, &self.bias]) {
+            let w = self.weight.unsqueeze(2)?.unsqueeze(3)?;
+            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &w, Some(&self.bias), 1, 0)?.squeeze(3)?);
+        }
         let y = self.weight.broadcast_matmul(x)?;
         Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)
     }
