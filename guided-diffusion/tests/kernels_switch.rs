@@ -11,6 +11,21 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 fn kernels_switch_on_off() {
     conv2d_off_is_candle();
     conv1x1_on_matches_off();
+    upsample_off_is_correct();
+}
+
+/// Off the fast path, `kernels::upsample_nearest2x` is plain candle ops with an accumulating
+/// gradient (not candle's `upsample_nearest2d`, whose backward overwrites).
+fn upsample_off_is_correct() {
+    kernels::set_enabled(false);
+    let mut rng = StdRng::seed_from_u64(4);
+    let x = Var::from_tensor(&rand_tensor(&mut rng, &[2, 3, 4, 5])).unwrap();
+    let up = kernels::upsample_nearest2x(&x).unwrap();
+    assert_eq!(max_diff(&up, &x.upsample_nearest2d(8, 10).unwrap()), 0.0);
+    let g = (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap()).unwrap().backward().unwrap();
+    let got: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(got.iter().all(|&v| v == 14.0));
+    kernels::set_enabled(true);
 }
 
 fn conv2d_off_is_candle() {

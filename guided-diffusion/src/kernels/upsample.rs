@@ -10,12 +10,13 @@ use rayon::prelude::*;
 
 type Result<T> = candle_core::Result<T>;
 
-/// `[N, C, H, W] -> [N, C, 2H, 2W]`, nearest neighbour; candle's op where the fast kernels do
-/// not apply.
+/// `[N, C, H, W] -> [N, C, 2H, 2W]`, nearest neighbour. Where the fast kernels do not apply,
+/// a broadcast + reshape of candle ops (not candle's `upsample_nearest2d`, for its backward).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    let (n, c, h, w) = x.dims4()?;
     if !super::enabled() || !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
-        return x.upsample_nearest2d(2 * h, 2 * w);
+        let y = x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?;
+        return y.contiguous()?.reshape((n, c, 2 * h, 2 * w));
     }
     x.contiguous()?.apply_op1(Up2)
 }
