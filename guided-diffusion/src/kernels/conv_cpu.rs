@@ -14,8 +14,9 @@ use super::im2col::{col2im_add, im2col, Geom};
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 
-/// Target size of one tile's column matrix, in floats (default 256 Ki floats = 1 MiB).
-static TILE_FLOATS: AtomicUsize = AtomicUsize::new(256 * 1024);
+/// Target size of one tile's column matrix, in floats (default 128 Ki floats = 512 KiB, the L2
+/// of a Zen3 core; 256 KiB..2 MiB measured within noise of each other here).
+static TILE_FLOATS: AtomicUsize = AtomicUsize::new(128 * 1024);
 
 /// Sets the target column-matrix size of a tile in bytes (for tuning; clamped to >= 4 KiB).
 pub fn set_tile_bytes(bytes: usize) {
