@@ -1,19 +1,18 @@
-//! Model benchmarks: forward and forward+backward time per call, images/s and GFLOP-free
-//! throughput for the small Fashion-MNIST configuration and (with `GD_BENCH_BIG=1`) the released
-//! 64x64 ImageNet configuration. Run with `cargo bench -p guided-diffusion --bench models`.
-use std::time::Instant;
+//! Model benchmarks: forward and forward+backward time per call (median of repeated runs) and
+//! images/s for the small Fashion-MNIST configuration, a 64-channel 32x32 one and (with
+//! `GD_BENCH_BIG=1`) the released 64x64 ImageNet configuration, each with candle's ops
+//! (`kernels off`, the "before") and with the fast CPU kernels (`kernels on`).
+//! Run with `cargo bench -p guided-diffusion --bench models`.
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::median_secs;
+use guided_diffusion::kernels;
 use guided_diffusion::models::{ModelFlags, Net, NetConfig};
 
-fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f(); // warm-up
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    t.elapsed().as_secs_f64() / reps as f64
+fn time<F: FnMut()>(reps: usize, f: F) -> f64 {
+    median_secs(reps, reps, 0.0, f)
 }
 
 fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
@@ -29,21 +28,28 @@ fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
     let t = Tensor::new(vec![500f32; batch], &dev).unwrap();
     let y = Tensor::new(vec![1u32; batch], &dev).unwrap();
     let y = cfg_classes(&cfg).then_some(y);
-    let fwd = time(reps, || {
-        net.forward(&x, &t, y.as_ref(), None).unwrap();
-    });
-    let fb = time(reps, || {
-        let out = net.forward(&x, &t, y.as_ref(), None).unwrap();
-        out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-    });
-    println!(
-        "{name:<28} params {:>9}  batch {batch:>3}  forward {:>8.1} ms ({:>7.1} img/s)  fwd+bwd {:>8.1} ms ({:>7.1} img/s)",
-        params,
-        fwd * 1e3,
-        batch as f64 / fwd,
-        fb * 1e3,
-        batch as f64 / fb
-    );
+    let mut res = Vec::new();
+    for on in [false, true] {
+        kernels::set_enabled(on);
+        let fwd = time(reps, || {
+            net.forward(&x, &t, y.as_ref(), None).unwrap();
+        });
+        let fb = time(reps, || {
+            let out = net.forward(&x, &t, y.as_ref(), None).unwrap();
+            out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        });
+        println!(
+            "{name:<28} params {:>9}  batch {batch:>3}  kernels {:<3}  forward {:>8.1} ms ({:>7.1} img/s)  fwd+bwd {:>8.1} ms ({:>7.1} img/s)",
+            params,
+            if on { "on" } else { "off" },
+            fwd * 1e3,
+            batch as f64 / fwd,
+            fb * 1e3,
+            batch as f64 / fb
+        );
+        res.push((fwd, fb));
+    }
+    println!("{name:<28} speed-up with kernels: forward x{:.2}, fwd+bwd x{:.2}", res[0].0 / res[1].0, res[0].1 / res[1].1);
 }
 
 fn cfg_classes(cfg: &NetConfig) -> bool {
@@ -63,11 +69,11 @@ fn main() {
     small.num_classes = 10;
     small.learn_sigma = true;
     small.resblock_updown = true;
-    bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 3);
+    bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 5);
     let mut mid = small.clone();
     mid.num_channels = 64;
     mid.num_res_blocks = 2;
-    bench("32x32 64ch 2 res blocks", NetConfig::UNet(mid.to_config().unwrap()), 8, 3);
+    bench("32x32 64ch 2 res blocks", NetConfig::UNet(mid.to_config().unwrap()), 8, 5);
     if std::env::var("GD_BENCH_BIG").is_ok() {
         let mut f = ModelFlags::script_defaults();
         f.attention_resolutions = "32,16,8".into();

@@ -13,6 +13,7 @@ pub mod diffusion;
 pub mod error;
 pub mod eval;
 pub mod guidance;
+pub mod kernels;
 pub mod models;
 pub mod sample;
 pub mod train;

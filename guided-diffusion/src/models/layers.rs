@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::Result;
+use crate::{kernels, Result};
 
 /// PyTorch's default init for conv / linear weights: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
 fn torch_uniform(fan_in: usize) -> Init {
@@ -19,9 +19,14 @@ fn torch_uniform(fan_in: usize) -> Init {
 }
 
 /// `GroupNorm32(32, channels)`: 32 groups, eps 1e-5, affine, computed in float32.
+///
+/// With the fast kernels on (see [`crate::kernels`]) and f32 CPU tensors, the norm and what
+/// follows it (affine, AdaGN scale/shift, SiLU) run as one fused op; otherwise as candle ops.
 #[derive(Debug, Clone)]
 pub struct GroupNorm32 {
     inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl GroupNorm32 {
@@ -31,12 +36,20 @@ impl GroupNorm32 {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        let inner = candle_nn::GroupNorm::new(weight, bias, channels, Self::GROUPS, Self::EPS)?;
-        Ok(GroupNorm32 { inner })
+        let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, Self::GROUPS, Self::EPS)?;
+        Ok(GroupNorm32 { inner, weight, bias })
+    }
+
+    /// The fused kernel, or `None` where it does not apply.
+    fn fused(&self, x: &Tensor, scale_shift: Option<&Tensor>, silu: bool) -> Result<Option<Tensor>> {
+        Ok(kernels::group_norm(x, &self.weight, &self.bias, Self::GROUPS, Self::EPS, scale_shift, silu)?)
     }
 
     /// Normalises `[N, C, ...]` in float32 and casts back to the input dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, None, false)? {
+            return Ok(y);
+        }
         let dtype = x.dtype();
         if dtype == DType::F32 {
             return Ok(self.inner.forward(x)?);
@@ -46,13 +59,32 @@ impl GroupNorm32 {
 
     /// `silu(GN(x))`, the pair that opens every block.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, None, true)? {
+            return Ok(y);
+        }
         Ok(self.forward(x)?.silu()?)
     }
 
     /// `GN(x) * (1 + scale) + shift` (AdaGN), `scale`/`shift` broadcast from `[N, C, 1, 1]`.
     pub fn forward_scale_shift(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        self.scale_shift(x, scale, shift, false)
+    }
+
+    /// `silu(GN(x) * (1 + scale) + shift)`, the AdaGN + SiLU of a ResBlock's out layers.
+    pub fn forward_scale_shift_silu(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        self.scale_shift(x, scale, shift, true)
+    }
+
+    fn scale_shift(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, silu: bool) -> Result<Tensor> {
+        if scale.dims() == shift.dims() && scale.rank() >= 2 {
+            let ss = Tensor::cat(&[scale, shift], 1)?;
+            if let Some(y) = self.fused(x, Some(&ss), silu)? {
+                return Ok(y);
+            }
+        }
         let h = self.forward(x)?;
-        Ok(h.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+        let h = h.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?;
+        Ok(if silu { h.silu()? } else { h })
     }
 }
 
@@ -95,10 +127,9 @@ impl Conv2d {
         self.weight.dims()[1]
     }
 
+    /// The fast CPU kernel when enabled (see [`crate::kernels`]), candle's `conv2d` otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        let b = self.bias.reshape((1, (), 1, 1))?;
-        Ok(y.broadcast_add(&b)?)
+        Ok(kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)?)
     }
 }
 
@@ -129,8 +160,13 @@ impl Conv1x1 {
         Ok(Conv1x1 { weight, bias })
     }
 
-    /// `[N, Cin, T] -> [N, Cout, T]`
+    /// `[N, Cin, T] -> [N, Cout, T]`; the fast convolution kernel when it applies (a 1x1
+    /// convolution over `[N, Cin, T, 1]`), else a broadcast matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 3 && kernels::applies_to(&[x, &self.weight, &self.bias]) {
+            let w = self.weight.unsqueeze(2)?.unsqueeze(3)?;
+            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &w, Some(&self.bias), 1, 0)?.squeeze(3)?);
+        }
         let y = self.weight.broadcast_matmul(x)?;
         Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)
     }

@@ -13,9 +13,10 @@ use super::layers::{dropout, linear, Conv1x1, Conv2d, GroupNorm32};
 use crate::Result;
 
 /// Nearest-neighbour x2 upsampling (`F.interpolate(scale_factor=2, mode="nearest")`).
+/// Not candle's `upsample_nearest2d`: its backward overwrites instead of accumulating the input
+/// gradient (candle 0.11), which would drop the skip path's gradient in up-sampling ResBlocks.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    Ok(x.upsample_nearest2d(h * 2, w * 2)?)
+    Ok(crate::kernels::upsample_nearest2x(x)?)
 }
 
 /// 2x2 average pooling with stride 2 (`AvgPool2d(2, 2)`).

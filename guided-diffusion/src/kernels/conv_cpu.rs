@@ -1,0 +1,255 @@
+//! The slice-level CPU algorithms of the convolution ops: forward (im2col + gemm, bias fused),
+//! input gradient (a forward convolution with the flipped weight for stride 1, gemm + col2im
+//! otherwise) and weight gradient (gemm of the output gradient with im2col(x)).
+//!
+//! Work is split into *tiles*: one image and a band of output rows small enough that its
+//! column matrix stays in cache. Tiles run in parallel on rayon with single-threaded gemms when
+//! there are enough of them; otherwise they run one after the other with a threaded gemm.
+//! Column matrices live in pooled scratch buffers (no allocation once warm).
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use super::im2col::{col2im_add, im2col, Geom};
+use super::scratch;
+use super::sgemm::{sgemm, MatMut, MatRef};
+
+/// Target size of one tile's column matrix, in floats (default 128 Ki floats = 512 KiB, the L2
+/// of a Zen3 core; 256 KiB..2 MiB measured within noise of each other here).
+static TILE_FLOATS: AtomicUsize = AtomicUsize::new(128 * 1024);
+
+/// Sets the target column-matrix size of a tile in bytes (for tuning; clamped to >= 4 KiB).
+pub fn set_tile_bytes(bytes: usize) {
+    TILE_FLOATS.store((bytes / 4).max(1024), Ordering::Relaxed);
+}
+
+/// A batch convolution: `n` images of geometry `g` into `co` output channels.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv {
+    pub n: usize,
+    pub co: usize,
+    pub g: Geom,
+}
+
+/// How a batch is cut into tiles, and how many threads each gemm gets.
+struct Plan {
+    rows: usize,
+    tiles_per_img: usize,
+    tiles: usize,
+    /// run tiles in parallel (true) or one by one with a threaded gemm (false)
+    par_tiles: bool,
+    gemm_threads: usize,
+}
+
+impl Conv {
+    fn plan(&self) -> Plan {
+        let g = &self.g;
+        let threads = rayon::current_num_threads().max(1);
+        let per_row = (g.k() * g.wo).max(1);
+        let mut rows = (TILE_FLOATS.load(Ordering::Relaxed) / per_row).clamp(1, g.ho.max(1));
+        // At least 128 output pixels per tile (the gemm's n), even past the cache target.
+        rows = rows.max(128usize.div_ceil(g.wo.max(1))).min(g.ho.max(1));
+        // With fewer images than threads, cut images into at least `threads` bands if that
+        // leaves bands of a useful size (>= 64 output pixels).
+        if self.n < threads && g.ho >= threads {
+            let band = g.ho.div_ceil((2 * threads).div_ceil(self.n.max(1))).max(1);
+            if band * g.wo >= 64 {
+                rows = rows.min(band);
+            }
+        }
+        let tiles_per_img = g.ho.div_ceil(rows).max(1);
+        let tiles = self.n * tiles_per_img;
+        let par_tiles = threads > 1 && tiles >= threads;
+        Plan { rows, tiles_per_img, tiles, par_tiles, gemm_threads: if par_tiles { 1 } else { threads } }
+    }
+
+    fn tile(&self, p: &Plan, t: usize) -> (usize, usize, usize) {
+        let img = t / p.tiles_per_img;
+        let oy0 = (t % p.tiles_per_img) * p.rows;
+        (img, oy0, (oy0 + p.rows).min(self.g.ho))
+    }
+}
+
+/// A raw pointer that may cross threads; the algorithms below write disjoint parts through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A method, so that closures capture the whole (Send) wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
+pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let g = cv.g;
+    let (k, px) = (g.k(), g.out_px());
+    assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && out.len() >= cv.n * cv.co * px);
+    let plan = cv.plan();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |t: usize| {
+        let (img, oy0, oy1) = cv.tile(&plan, t);
+        let tp = (oy1 - oy0) * g.wo;
+        let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
+        // Output tile: rows of `tp` pixels, leading dimension `px`.
+        let dst = unsafe { out_ptr.get().add(img * cv.co * px + oy0 * g.wo) };
+        if let Some(b) = bias {
+            for (c, &bv) in b.iter().enumerate().take(cv.co) {
+                unsafe { std::slice::from_raw_parts_mut(dst.add(c * px), tp) }.fill(bv);
+            }
+        }
+        let lhs = MatRef::rows(w.as_ptr(), k);
+        let dst = MatMut::rows(dst, px);
+        if g.is_pointwise() {
+            let rhs = MatRef::rows(xi[oy0 * g.wo..].as_ptr(), px);
+            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+        } else {
+            let mut col = scratch::take(k * tp);
+            im2col(xi, &g, oy0, oy1, &mut col);
+            let rhs = MatRef::rows(col.as_ptr(), tp);
+            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+        }
+    };
+    if plan.par_tiles {
+        (0..plan.tiles).into_par_iter().for_each(run);
+    } else {
+        (0..plan.tiles).for_each(run);
+    }
+}
+
+/// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T`.
+pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    let g = cv.g;
+    let (k, px) = (g.k(), g.out_px());
+    assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
+    let mut plan = cv.plan();
+    // Per-thread partial sums only when each thread reduces over enough pixels to pay for its
+    // own `[co, K]` partial; otherwise one pass over the tiles with a threaded gemm.
+    let threads = rayon::current_num_threads().max(1);
+    let groups = if plan.par_tiles && cv.n * px >= 128 * threads { threads.min(plan.tiles) } else { 1 };
+    if groups == 1 {
+        plan.par_tiles = false;
+        plan.gemm_threads = threads;
+    }
+    // Group `gi` sums tiles `bounds(gi)` into its own `[co, K]` partial.
+    let bounds = |gi: usize| (gi * plan.tiles / groups, (gi + 1) * plan.tiles / groups);
+    let accumulate = |acc: &mut [f32], gi: usize| {
+        let (t0, t1) = bounds(gi);
+        let dst = MatMut::rows(acc.as_mut_ptr(), k);
+        let mut col = if g.is_pointwise() { None } else { Some(scratch::take(k * plan.rows * g.wo)) };
+        for t in t0..t1 {
+            let (img, oy0, oy1) = cv.tile(&plan, t);
+            let tp = (oy1 - oy0) * g.wo;
+            let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
+            let lhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
+            let rhs = match col.as_mut() {
+                None => MatRef::rows_t(xi[oy0 * g.wo..].as_ptr(), px),
+                Some(col) => {
+                    im2col(xi, &g, oy0, oy1, col);
+                    MatRef::rows_t(col.as_ptr(), tp)
+                }
+            };
+            unsafe { sgemm(cv.co, k, tp, dst, t > t0, lhs, rhs, plan.gemm_threads) };
+        }
+        if t1 == t0 {
+            acc.fill(0.0);
+        }
+    };
+    let dw = &mut dw[..cv.co * k];
+    if groups == 1 {
+        accumulate(dw, 0);
+        return;
+    }
+    let mut partials = scratch::take((groups - 1) * cv.co * k);
+    {
+        let mut parts: Vec<&mut [f32]> = vec![&mut *dw];
+        parts.extend(partials.chunks_exact_mut(cv.co * k));
+        parts.into_par_iter().enumerate().for_each(|(gi, acc)| accumulate(acc, gi));
+    }
+    // Sum the partials into `dw`, in parallel over chunks of `dw`.
+    let len = cv.co * k;
+    let chunk = len.div_ceil(rayon::current_num_threads().max(1)).max(4096);
+    dw.par_chunks_mut(chunk).enumerate().for_each(|(ci, d)| {
+        let off = ci * chunk;
+        let dl = d.len();
+        for p in partials.chunks_exact(len) {
+            for (a, b) in d.iter_mut().zip(&p[off..off + dl]) {
+                *a += *b;
+            }
+        }
+    });
+}
+
+/// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
+pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let g = cv.g;
+    // The flipped weight costs a (blocked, parallel) transpose of the weight; measured as fast
+    // as or faster than gemm + col2im even for 768 channels at 8x8, batch 1.
+    if g.stride == 1 && g.ph < g.kh && g.pw < g.kw {
+        // dx = conv(gy, flip(w)^T) with padding k - 1 - p: a forward convolution.
+        let (kh, kw) = (g.kh, g.kw);
+        let Some(gt) = Geom::new(cv.co, g.ho, g.wo, kh, kw, 1, kh - 1 - g.ph, kw - 1 - g.pw) else {
+            return input_grad_col2im(cv, gy, w, dx);
+        };
+        if gt.ho != g.h || gt.wo != g.w {
+            return input_grad_col2im(cv, gy, w, dx);
+        }
+        let mut wt = scratch::take(g.c * cv.co * kh * kw);
+        flip_transpose(w, cv.co, g.c, kh * kw, &mut wt);
+        let t = Conv { n: cv.n, co: g.c, g: gt };
+        return forward(&t, gy, &wt, None, dx);
+    }
+    input_grad_col2im(cv, gy, w, dx)
+}
+
+/// `wt[c, o, t] = w[o, c, taps - 1 - t]` (the weight of the transposed convolution), in blocks
+/// of input channels on rayon, reading `w` in runs of 16 channels.
+fn flip_transpose(w: &[f32], co: usize, c: usize, taps: usize, wt: &mut [f32]) {
+    const BLOCK: usize = 16;
+    let row = co * taps;
+    wt[..c * row].par_chunks_mut(BLOCK * row).enumerate().for_each(|(b, dst)| {
+        let c0 = b * BLOCK;
+        let nc = dst.len() / row;
+        for o in 0..co {
+            for dc in 0..nc {
+                let src = &w[(o * c + c0 + dc) * taps..][..taps];
+                let d = &mut dst[dc * row + o * taps..][..taps];
+                for (t, v) in d.iter_mut().zip(src.iter().rev()) {
+                    *t = *v;
+                }
+            }
+        }
+    });
+}
+
+/// The general input gradient: `dcol = w^T gy` per tile, then col2im, one image per task.
+fn input_grad_col2im(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let g = cv.g;
+    let (k, px, il) = (g.k(), g.out_px(), g.in_len());
+    assert!(gy.len() >= cv.n * cv.co * px && w.len() >= cv.co * k && dx.len() >= cv.n * il);
+    let plan = cv.plan();
+    let threads = rayon::current_num_threads().max(1);
+    let par_imgs = threads > 1 && cv.n >= threads;
+    let gemm_threads = if par_imgs { 1 } else { threads };
+    let run = |(img, dxi): (usize, &mut [f32])| {
+        dxi.fill(0.0);
+        let mut dcol = scratch::take(k * plan.rows * g.wo);
+        for oy0 in (0..g.ho).step_by(plan.rows) {
+            let oy1 = (oy0 + plan.rows).min(g.ho);
+            let tp = (oy1 - oy0) * g.wo;
+            let lhs = MatRef::rows_t(w.as_ptr(), k);
+            let rhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
+            unsafe { sgemm(k, tp, cv.co, MatMut::rows(dcol.as_mut_ptr(), tp), false, lhs, rhs, gemm_threads) };
+            col2im_add(&dcol, &g, oy0, oy1, dxi);
+        }
+    };
+    let dx = &mut dx[..cv.n * il];
+    if par_imgs {
+        dx.par_chunks_mut(il.max(1)).enumerate().for_each(run);
+    } else {
+        dx.chunks_mut(il.max(1)).enumerate().for_each(run);
+    }
+}

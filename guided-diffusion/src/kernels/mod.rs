@@ -1,0 +1,37 @@
+//! Fast CPU kernels behind candle custom ops, used by the model layers when enabled.
+//!
+//! candle's CPU convolution is a tiled im2col + gemm in the forward pass, but its backward
+//! goes through `conv_transpose2d`, a slow direct loop, and a weight gradient computed as a
+//! convolution with an `H x W` kernel. The ops here keep the forward as im2col + gemm (with
+//! reused, cache-sized tiles and the bias fused in) and give the backward the same shape:
+//! input gradient as a convolution with the flipped weight (stride 1) or gemm + col2im, weight
+//! gradient as a gemm of the output gradient with im2col(x).
+//!
+//! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
+//!   [`set_enabled`] overrides at run time).
+//! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
+//! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
+//!   SiLU, forward and backward in one op each.
+//! - [`reduce`]: per-channel sums (bias gradients).
+//! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
+//! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
+//!   algorithms and the pieces they are built from.
+mod conv_cpu;
+mod group_norm_cpu;
+mod im2col;
+mod scratch;
+mod sgemm;
+mod vmath;
+
+pub mod conv2d;
+pub mod group_norm;
+pub mod reduce;
+pub mod switch;
+pub mod upsample;
+
+pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
+pub use conv_cpu::set_tile_bytes;
+pub use group_norm::group_norm;
+pub use reduce::channel_sum;
+pub use upsample::{sum_pool2x, upsample_nearest2x};
+pub use switch::{applies_to, enabled, set_enabled};
