@@ -1,0 +1,89 @@
+//! Training-step benchmark: steps/s, images/s and peak resident memory of one full training
+//! step (diffusion loss, backward, AdamW, EMA) for the small Fashion-MNIST configuration and
+//! (with `GD_BENCH_BIG=1`) the released 64x64 configuration at batch 2.
+//! Run with `cargo bench -p guided-diffusion --bench train`.
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use guided_diffusion::data::Batch;
+use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
+use guided_diffusion::models::{init::seeded_var_builder, ModelFlags, Net, NetConfig};
+use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
+
+/// Peak resident set size of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
+    let dev = Device::Cpu;
+    let cfg = NetConfig::UNet(flags.to_config().unwrap());
+    let vm = VarMap::new();
+    let net = Net::new(&cfg, seeded_var_builder(&vm, 0, &dev)).unwrap();
+    let diffusion = DiffusionConfig { learn_sigma: flags.learn_sigma, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
+        .build()
+        .unwrap();
+    let sampler = create_named_schedule_sampler("uniform", 1000).unwrap();
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
+    let dir = std::env::temp_dir().join(format!("gd-bench-train-{}", std::process::id()));
+    let mut tc = TrainConfig::new(batch, 1e-4, &dir);
+    tc.save_interval = u64::MAX;
+    tc.log_interval = u64::MAX;
+    let mut lp = TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null()).unwrap();
+    let (c, s) = (flags.in_channels, flags.image_size);
+    let images = Tensor::rand(-1f32, 1.0, (batch, c, s, s), &dev).unwrap();
+    let labels = flags.class_cond.then(|| Tensor::new(vec![1u32; batch], &dev).unwrap());
+    let b = Batch { images, labels, index: 0 };
+    lp.run_step(&b).unwrap(); // warm-up
+    let t = Instant::now();
+    for _ in 0..steps {
+        lp.run_step(&b).unwrap();
+    }
+    let per = t.elapsed().as_secs_f64() / steps as f64;
+    let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    println!(
+        "{name:<28} params {params:>10}  batch {batch:>3}  {:>8.1} ms/step  {:>6.3} steps/s  {:>7.1} img/s  peak RSS {:>7.0} MiB",
+        per * 1e3,
+        1.0 / per,
+        batch as f64 / per,
+        peak_rss_mib()
+    );
+}
+
+fn main() {
+    let mut small = ModelFlags::script_defaults();
+    small.image_size = 32;
+    small.in_channels = 1;
+    small.num_channels = 32;
+    small.num_res_blocks = 1;
+    small.channel_mult = "1,2,2".into();
+    small.attention_resolutions = "8".into();
+    small.num_head_channels = 32;
+    small.class_cond = true;
+    small.num_classes = 10;
+    small.learn_sigma = true;
+    small.resblock_updown = true;
+    bench("fashion-mnist small (32ch)", &small, 32, 3);
+    let mut mid = small.clone();
+    mid.in_channels = 3;
+    mid.num_channels = 64;
+    mid.num_res_blocks = 2;
+    bench("32x32 64ch 2 res blocks", &mid, 8, 3);
+    if std::env::var("GD_BENCH_BIG").is_ok() {
+        let mut f = ModelFlags::script_defaults();
+        f.attention_resolutions = "32,16,8".into();
+        f.class_cond = true;
+        f.learn_sigma = true;
+        f.num_channels = 192;
+        f.num_head_channels = 64;
+        f.num_res_blocks = 3;
+        f.resblock_updown = true;
+        f.use_new_attention_order = true;
+        bench("imagenet64 (released)", &f, 2, 1);
+    }
+}
