@@ -138,10 +138,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         clf_args.classifier_path = builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
     }
     let classifier = load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device)?;
-    let num_classes = ucfg.num_classes.or_else(|| classifier.as_ref().map(|(c, _)| match c.config() {
-        NetConfig::Classifier(e) => e.out_channels,
-        _ => unreachable!(),
-    }));
+    let num_classes = ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
     let classes = match &a.sampling.classes {
         Some(s) => Classes::Cycle(parse_classes(s)?),
         None => Classes::Random,

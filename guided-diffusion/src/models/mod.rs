@@ -110,6 +110,21 @@ impl Net {
         }
     }
 
+    /// Classes the network is conditioned on (UNets with `num_classes`) or predicts
+    /// (classifiers); `None` for an unconditional UNet.
+    pub fn num_classes(&self) -> Option<usize> {
+        match self {
+            Net::UNet(m) => m.config().num_classes,
+            Net::SuperRes(m) => m.config().num_classes,
+            Net::Classifier(m) => Some(m.config().out_channels),
+        }
+    }
+
+    /// Whether `forward` takes class labels (a class-conditional UNet).
+    pub fn takes_labels(&self) -> bool {
+        !matches!(self, Net::Classifier(_)) && self.num_classes().is_some()
+    }
+
     pub fn set_training(&mut self, training: bool) {
         match self {
             Net::UNet(m) => m.set_training(training),

@@ -80,15 +80,7 @@ pub struct Samples {
 
 impl Sampling<'_> {
     fn uses_labels(&self) -> bool {
-        self.classifier.is_some() || self.class_conditional()
-    }
-
-    fn class_conditional(&self) -> bool {
-        match self.model {
-            Net::UNet(m) => m.config().num_classes.is_some(),
-            Net::SuperRes(m) => m.config().num_classes.is_some(),
-            Net::Classifier(_) => false,
-        }
+        self.classifier.is_some() || self.model.takes_labels()
     }
 
     /// The label of every sample.
@@ -149,7 +141,7 @@ impl Sampling<'_> {
                 Some(l) => Some(Tensor::from_iter(l[first..first + n].iter().map(|&v| v as u32), &self.device)?),
                 None => None,
             };
-            let model_y = if self.class_conditional() { y.clone() } else { None };
+            let model_y = if self.model.takes_labels() { y.clone() } else { None };
             let low_res = match req.low_res {
                 Some(lr) => Some(lr.narrow(0, first, n)?.to_device(&self.device)?),
                 None => None,

@@ -45,23 +45,13 @@ pub struct DiffusionObjective {
     pub small_size: Option<usize>,
 }
 
-impl DiffusionObjective {
-    fn class_conditional(&self) -> bool {
-        match &self.net {
-            Net::UNet(m) => m.config().num_classes.is_some(),
-            Net::SuperRes(m) => m.config().num_classes.is_some(),
-            Net::Classifier(_) => false,
-        }
-    }
-}
-
 impl Objective for DiffusionObjective {
     fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<Losses> {
         let x0 = &batch.images;
         let n = batch.len();
         let (t, weights) = self.sampler.sample(n, &mut *ctx.rng);
         let noise = randn(ctx.rng, x0.dims(), x0.device())?;
-        let y = if self.class_conditional() {
+        let y = if self.net.takes_labels() {
             match &batch.labels {
                 Some(l) => Some(l.clone()),
                 None => bail!("the model is class-conditional but the data has no labels (file names need a class prefix)"),
