@@ -159,3 +159,47 @@ impl<S: BatchSource> BatchSource for RankSlice<S> {
         self.inner.classes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batch `k` of 6 rows holds the values `6k .. 6k + 6`.
+    struct Counting(u64);
+    impl BatchSource for Counting {
+        fn next_batch(&mut self) -> Result<Batch> {
+            let v: Vec<f32> = (0..6).map(|i| (self.0 * 6 + i) as f32).collect();
+            let index = self.0;
+            self.0 += 1;
+            Ok(Batch { images: Tensor::from_vec(v, (6, 1, 1, 1), &Device::Cpu)?, labels: None, index })
+        }
+        fn seek(&mut self, n: u64) -> Result<()> {
+            self.0 = n;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rank_slices_partition_the_global_batch_in_order() {
+        let mut all = Vec::new();
+        for r in 0..3 {
+            let mut s = RankSlice::new(Counting(0), r, 3).unwrap();
+            s.seek(2).unwrap();
+            let b = s.next_batch().unwrap();
+            assert_eq!(b.index, 2);
+            all.extend(b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        assert_eq!(all, (12..18).map(|v| v as f32).collect::<Vec<_>>());
+        assert!(RankSlice::new(Counting(0), 3, 3).is_err());
+        assert!(RankSlice::new(Counting(0), 0, 4).unwrap().next_batch().is_err());
+    }
+
+    #[test]
+    fn single_process_collectives_are_identities() {
+        let d = SingleProcess;
+        let mut b = b"dir".to_vec();
+        d.broadcast_bytes(&mut b).unwrap();
+        assert_eq!(b, b"dir");
+        assert!(d.any(true).unwrap() && !d.any(false).unwrap());
+    }
+}
