@@ -2,6 +2,15 @@
 //! `super_res_train.py` and `classifier_train.py` with the reference's flags and defaults, plus
 //! `--log_dir`, `--seed` and `--max_steps`. Checkpoints embed the model and diffusion configs,
 //! so `gdiff sample --model_path <log_dir>/ema_0.9999_XXXXXX.safetensors` needs no model flags.
+//!
+//! Multi-process data parallel training (binary built with `--features mpi`): start one
+//! process per rank with `mpirun -np N gdiff train ...` (as root also `--allow-run-as-root`).
+//! `--batch_size` is per rank (global batch `N * batch_size`); rank `r` trains on rows
+//! `[r * b, (r + 1) * b)` of the global batch one process with `--batch_size N*b` would read,
+//! with the same per-sample timesteps and noise, so both runs compute the same updates (up to
+//! floating-point summation order). Gradients are averaged with an allreduce; rank 0 picks the
+//! log directory (shared with the others; it must be on a file system every rank sees), writes
+//! logs and checkpoints, and every rank resumes from it. See `guided_diffusion::train::dist`.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -12,9 +21,10 @@ use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, Loader
 use guided_diffusion::diffusion::create_named_schedule_sampler;
 use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::train::dist::{init_from_env, RankSlice};
 use guided_diffusion::train::{
-    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Logger, MicroScaling, Objective,
-    ParamSet, TrainConfig, TrainLoop,
+    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed, Logger, MicroScaling,
+    Objective, ParamSet, TrainConfig, TrainLoop,
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
@@ -164,7 +174,42 @@ fn train_config(c: &CommonTrainArgs, batch: usize, lr: f64, log_dir: &std::path:
     Ok(tc)
 }
 
-fn run_loop<O: Objective>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: Loader, mut val: Option<Loader>) -> Result<()> {
+/// This process's rank, the log directory (rank 0's choice, sent to the others) and the logger
+/// (rank 0 writes `log.txt` and `progress.csv`; the other ranks write nothing).
+fn rank_setup(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<(std::path::PathBuf, Logger)> {
+    let mut dir = if dist.rank() == 0 {
+        resolve_log_dir(c.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
+    } else {
+        Vec::new()
+    };
+    dist.broadcast_bytes(&mut dir)?;
+    let log_dir = std::path::PathBuf::from(String::from_utf8(dir)?);
+    let logger = if dist.rank() == 0 { Logger::open(&log_dir, 0)? } else { Logger::null() };
+    if dist.world_size() > 1 && dist.rank() == 0 {
+        eprintln!("data parallel over {} MPI ranks; --batch_size is per rank", dist.world_size());
+    }
+    Ok((log_dir, logger))
+}
+
+/// The loss-aware sampler's history is updated from each rank's own losses (the reference
+/// all-gathers them); not supported across ranks yet.
+fn check_sampler(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<()> {
+    if dist.world_size() > 1 && c.schedule_sampler != "uniform" {
+        bail!("--schedule_sampler {} is not supported with several MPI ranks yet (use uniform)", c.schedule_sampler);
+    }
+    Ok(())
+}
+
+/// The rank's loader: every rank reads the same global batches (`world_size * batch`, same
+/// seed) and keeps its rows.
+#[allow(clippy::too_many_arguments)]
+fn open_rank_loader(c: &CommonTrainArgs, data_dir: &str, image_size: usize, channels: usize, class_cond: bool, random_crop: bool, batch: usize, seed: u64, device: &candle_core::Device, dist: &dyn Distributed) -> Result<RankSlice<Loader>> {
+    let global = batch * dist.world_size();
+    let l = open_loader(c, data_dir, image_size, channels, class_cond, random_crop, global, seed, device)?;
+    Ok(RankSlice::new(l, dist.rank(), dist.world_size())?)
+}
+
+fn run_loop<O: Objective, S: BatchSource>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: S, mut val: Option<S>) -> Result<()> {
     if let Some(p) = lp.resume(c.resume_checkpoint.as_deref())? {
         eprintln!("resumed from {} at step {}", p.display(), lp.step());
     }
@@ -176,6 +221,8 @@ fn run_loop<O: Objective>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: L
 /// `image_train.py` (and, with `small_size`, `super_res_train.py`).
 fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let c = &a.common;
+    let dist = init_from_env()?;
+    check_sampler(c, dist.as_ref())?;
     let device = output::device(&c.device)?;
     let mut margs = a.model.clone();
     let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
@@ -196,8 +243,7 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let varmap = VarMap::new();
     let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
     let params = ParamSet::from_varmap(&varmap);
-    let log_dir = resolve_log_dir(c.log_dir.as_deref());
-    let logger = Logger::open(&log_dir, 0)?;
+    let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc = train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
     tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
     tc.micro_scaling = MicroScaling::SumOfMicroMeans;
@@ -208,8 +254,8 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
     let objective = DiffusionObjective { net, diffusion, sampler, small_size: small.map(|(_, s)| s) };
-    let data = open_loader(c, &c.data_dir, image_size, ucfg.in_channels, ucfg.num_classes.is_some(), false, tc.batch_size, c.seed, &device)?;
-    run_loop(TrainLoop::new(tc, params, objective, logger)?, c, data, None)
+    let data = open_rank_loader(c, &c.data_dir, image_size, ucfg.in_channels, ucfg.num_classes.is_some(), false, tc.batch_size, c.seed, &device, dist.as_ref())?;
+    run_loop(TrainLoop::with_dist(tc, params, objective, logger, dist)?, c, data, None)
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<()> {
@@ -226,6 +272,8 @@ pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
 /// `classifier_train.py`.
 pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let c = &a.common;
+    let dist = init_from_env()?;
+    check_sampler(c, dist.as_ref())?;
     let device = output::device(&c.device)?;
     let num_classes = match a.num_classes {
         Some(n) => Some(n),
@@ -240,8 +288,7 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let varmap = VarMap::new();
     let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
     let params = ParamSet::from_varmap(&varmap);
-    let log_dir = resolve_log_dir(c.log_dir.as_deref());
-    let logger = Logger::open(&log_dir, 0)?;
+    let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc = train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
     tc.micro_scaling = MicroScaling::BatchMean;
     tc.ema_rates = vec![];
@@ -252,14 +299,14 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
     let objective = ClassifierObjective { net, diffusion, sampler, noised: a.noised };
-    let data = open_loader(c, &c.data_dir, a.image_size, a.in_channels, true, true, tc.batch_size, c.seed, &device)?;
+    let data = open_rank_loader(c, &c.data_dir, a.image_size, a.in_channels, true, true, tc.batch_size, c.seed, &device, dist.as_ref())?;
     let val = match &a.val_data_dir {
         Some(v) => {
-            let mut l = open_loader(c, v, a.image_size, a.in_channels, true, false, tc.batch_size, c.seed ^ 0x5eed, &device)?;
+            let mut l = open_rank_loader(c, v, a.image_size, a.in_channels, true, false, tc.batch_size, c.seed ^ 0x5eed, &device, dist.as_ref())?;
             l.seek(0)?;
             Some(l)
         }
         None => None,
     };
-    run_loop(TrainLoop::new(tc, params, objective, logger)?, c, data, val)
+    run_loop(TrainLoop::with_dist(tc, params, objective, logger, dist)?, c, data, val)
 }

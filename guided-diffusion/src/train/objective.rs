@@ -13,13 +13,36 @@ use crate::Result;
 pub struct StepContext<'a> {
     /// Completed steps before this one (the step being computed is `step + 1`).
     pub step: u64,
-    /// All randomness of the step (timesteps, noise) must come from here for a resumed run to
-    /// continue identically; the stream is derived from `(seed, step)` and shared by the step's
-    /// micro-batches in order. Draw host-side and upload (e.g. [`randn`]).
+    /// Randomness of the step for a resumed run to continue identically; the stream is derived
+    /// from `(seed, step)` and shared by the rank's micro-batches in order (so it depends on how
+    /// the batch is split; per-sample draws should use [`StepContext::row_rng`]). Draw
+    /// host-side and upload (e.g. [`randn`]).
     pub rng: &'a mut StreamRng,
     /// False for evaluation passes (no backward follows).
     pub train: bool,
     pub device: &'a Device,
+    /// Key of this step's per-sample streams (see [`StepContext::row_rng`]).
+    pub row_key: u64,
+    /// Global row of the micro-batch's first sample within the step's global batch (all ranks
+    /// together): `rank * batch_size + micro-batch start`.
+    pub first_row: u64,
+}
+
+impl StepContext<'_> {
+    /// The random stream of sample `i` of the micro-batch, a function of the step and the
+    /// sample's global row only. Objectives draw per-sample randomness (timestep, noise) from
+    /// here so that the draws do not depend on how the global batch is split into ranks and
+    /// micro-batches: N ranks with batch b see exactly what one process with batch N*b sees.
+    pub fn row_rng(&self, i: usize) -> StreamRng {
+        crate::data::rng::stream(self.row_key, crate::data::rng::domain::STEP, self.first_row + i as u64)
+    }
+}
+
+/// The key of `row_rng` for `(seed, domain, step)`.
+pub fn row_key(seed: u64, domain: u64, step: u64) -> u64 {
+    use rand::RngCore;
+    // A stream distinct from the step stream `stream(seed, domain, step)` itself.
+    crate::data::rng::stream(seed ^ 0x726f_775f_6b65_7973, domain, step).next_u64()
 }
 
 /// Per-sample results of one micro-batch.

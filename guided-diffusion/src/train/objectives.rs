@@ -34,6 +34,24 @@ fn vec_tensor(values: &[f32], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::new(values, like.device())?)
 }
 
+/// Timestep, importance weight and noise of every sample of `x0`, each sample drawn from its
+/// own [`StepContext::row_rng`] (timestep first, then its noise), so the draws do not depend on
+/// the rank / micro-batch split.
+fn per_row_draws(sampler: &dyn ScheduleSampler, ctx: &StepContext<'_>, x0: &Tensor) -> Result<(Vec<usize>, Vec<f32>, Tensor)> {
+    let n = x0.dims()[0];
+    let row_shape: Vec<usize> = std::iter::once(1).chain(x0.dims()[1..].iter().copied()).collect();
+    let (mut ts, mut ws, mut noise) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let mut rng = ctx.row_rng(i);
+        let (t, w) = sampler.sample(1, &mut rng);
+        ts.extend(t);
+        ws.extend(w);
+        noise.push(randn(&mut rng, &row_shape, &candle_core::Device::Cpu)?);
+    }
+    let noise = Tensor::cat(&noise, 0)?.to_device(x0.device())?;
+    Ok((ts, ws, noise))
+}
+
 /// The diffusion training objective: `t ~ schedule sampler`, `noise ~ N(0, I)`,
 /// `training_losses(model, x_0, t, noise)`; loss-aware samplers are fed the per-t losses.
 pub struct DiffusionObjective {
@@ -48,9 +66,7 @@ pub struct DiffusionObjective {
 impl Objective for DiffusionObjective {
     fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<Losses> {
         let x0 = &batch.images;
-        let n = batch.len();
-        let (t, weights) = self.sampler.sample(n, &mut *ctx.rng);
-        let noise = randn(ctx.rng, x0.dims(), x0.device())?;
+        let (t, weights, noise) = per_row_draws(self.sampler.as_ref(), ctx, x0)?;
         let y = if self.net.takes_labels() {
             match &batch.labels {
                 Some(l) => Some(l.clone()),
@@ -119,8 +135,7 @@ impl Objective for ClassifierObjective {
         };
         let n = batch.len();
         let (x, t) = if self.noised {
-            let (t, _) = self.sampler.sample(n, &mut *ctx.rng);
-            let noise = randn(ctx.rng, batch.images.dims(), batch.images.device())?;
+            let (t, _, noise) = per_row_draws(self.sampler.as_ref(), ctx, &batch.images)?;
             (self.diffusion.q_sample(&batch.images, &t, &noise)?, t)
         } else {
             (batch.images.clone(), vec![0; n])

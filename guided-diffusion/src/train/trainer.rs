@@ -18,7 +18,7 @@ use super::ckpt::{self, meta};
 use super::dist::{Distributed, SingleProcess};
 use super::ema::Ema;
 use super::logger::Logger;
-use super::objective::{log_loss_dict, Objective, StepContext};
+use super::objective::{log_loss_dict, row_key, Objective, StepContext};
 use super::params::{Grads, ParamSet};
 use crate::data::rng::{domain, stream};
 use crate::data::{Batch, BatchSource, ClassList};
@@ -191,13 +191,22 @@ impl<O: Objective> TrainLoop<O> {
         let mb = if self.cfg.microbatch == 0 || self.cfg.microbatch >= n { n } else { self.cfg.microbatch };
         let mut grads = Grads::empty(self.params.len());
         let mut rng = stream(self.cfg.seed, domain::STEP, self.step);
+        let key = row_key(self.cfg.seed, domain::STEP, self.step);
+        let rank_row = (self.dist.rank() * n) as u64;
         let mut loss_sum = 0f64;
         let mut bad = false;
         let mut start = 0;
         while start < n {
             let len = mb.min(n - start);
             let micro = batch.narrow(start, len)?;
-            let mut ctx = StepContext { step: self.step, rng: &mut rng, train: true, device: &self.device };
+            let mut ctx = StepContext {
+                step: self.step,
+                rng: &mut rng,
+                train: true,
+                device: &self.device,
+                row_key: key,
+                first_row: rank_row + start as u64,
+            };
             let losses = self.objective.losses(&micro, &mut ctx)?;
             let weighted = match &losses.weights {
                 Some(w) => losses.loss.broadcast_mul(w)?,
@@ -219,17 +228,29 @@ impl<O: Objective> TrainLoop<O> {
             grads.accumulate(&self.params, &store)?;
             start += len;
         }
+        // Every rank takes the same branches below, so the collectives always match: first agree
+        // on whether any rank's loss was not finite, then average the full gradient list (absent
+        // gradients as zeros when there are several ranks, so every rank sends the same layout).
         let mut grad_norm = f64::NAN;
+        let mut bad = self.dist.any(bad)?;
         if !bad {
-            let present: Vec<usize> = (0..grads.grads.len()).filter(|&i| grads.grads[i].is_some()).collect();
-            let mut ts: Vec<Tensor> = present.iter().filter_map(|&i| grads.grads[i].clone()).collect();
+            let multi = self.dist.world_size() > 1;
+            let present: Vec<usize> = (0..grads.grads.len()).filter(|&i| multi || grads.grads[i].is_some()).collect();
+            let mut ts = Vec::with_capacity(present.len());
+            for &i in &present {
+                ts.push(match &grads.grads[i] {
+                    Some(g) => g.clone(),
+                    None => self.params.vars()[i].as_tensor().zeros_like()?,
+                });
+            }
             self.dist.all_reduce_mean(&mut ts)?;
             for (&i, t) in present.iter().zip(ts) {
                 grads.grads[i] = Some(t);
             }
             grad_norm = grads.sq_norm()?.sqrt();
+            // The averaged gradients are the same on every rank; agree anyway, cheaply.
+            bad = self.dist.any(!grad_norm.is_finite())?;
         }
-        let bad = self.dist.any(bad || !grad_norm.is_finite())?;
         self.step += 1;
         if bad {
             self.consecutive_nonfinite += 1;
@@ -283,7 +304,14 @@ impl<O: Objective> TrainLoop<O> {
     /// One evaluation pass (no gradients), logging the objective's terms.
     pub fn eval_step(&mut self, batch: &Batch) -> Result<()> {
         let mut rng = stream(self.cfg.seed, domain::EVAL, self.step);
-        let mut ctx = StepContext { step: self.step, rng: &mut rng, train: false, device: &self.device };
+        let mut ctx = StepContext {
+            step: self.step,
+            rng: &mut rng,
+            train: false,
+            device: &self.device,
+            row_key: row_key(self.cfg.seed, domain::EVAL, self.step),
+            first_row: (self.dist.rank() * batch.len()) as u64,
+        };
         let losses = self.objective.losses(batch, &mut ctx)?;
         self.log_terms(&losses.terms, losses.weights.as_ref(), losses.timesteps.as_ref())
     }
