@@ -47,6 +47,7 @@ impl MatMut {
 /// # Safety
 /// Every view must address valid memory for its `m x k`, `k x n`, `m x n` extent, and `dst`
 /// must not alias `lhs` or `rhs` nor be written concurrently by someone else.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(m: usize, n: usize, k: usize, dst: MatMut, accumulate: bool, lhs: MatRef, rhs: MatRef, threads: usize) {
     sgemm_scaled(m, n, k, dst, accumulate, lhs, rhs, 1.0, threads)
 }
