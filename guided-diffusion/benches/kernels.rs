@@ -3,7 +3,8 @@
 //! conv with an `HxW` kernel for the weight gradient) against the fast kernels
 //! (`guided_diffusion::kernels`), on the shapes of the small Fashion-MNIST model (batch 32) and,
 //! with `GD_BENCH_BIG=1`, of the released 64x64 model (batch 1 and 8); then GroupNorm + AdaGN
-//! scale/shift + SiLU, candle's composed ops vs the fused kernel, forward and backward.
+//! scale/shift + SiLU, and QKV attention, candle's composed ops vs the fused kernels, forward
+//! and backward.
 //! Medians of repeated runs. `cargo bench -p guided-diffusion --bench kernels`.
 mod common;
 
@@ -115,6 +116,38 @@ fn gn_row(label: &str, n: usize, c: usize, hw: usize, ss: bool, reps: (usize, us
     );
 }
 
+/// QKV attention (`models::attention::qkv_attention`, candle's ops and softmax when the kernels
+/// are off) vs `kernels::qkv_attention`: forward and forward+backward ms, GFLOP/s of the forward.
+fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usize, usize, f64)) {
+    use guided_diffusion::models::attention::{qkv_attention, HeadOrder};
+    let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * heads * ch, t), &Device::Cpu).unwrap()).unwrap();
+    let (min_r, max_r, budget) = reps;
+    let mut out = Vec::new();
+    for on in [false, true] {
+        kernels::set_enabled(on);
+        let f = || {
+            if on {
+                kernels::qkv_attention(&qkv, heads, true).unwrap().unwrap()
+            } else {
+                qkv_attention(&qkv, heads, HeadOrder::New).unwrap()
+            }
+        };
+        let fwd = median_secs(min_r, max_r, budget, || {
+            f();
+        });
+        let both = median_secs(min_r, max_r, budget, || {
+            f().backward().unwrap();
+        });
+        out.push((fwd, both));
+    }
+    let gflop = 4.0 * (b * heads * ch * t * t) as f64 * 1e-9;
+    println!(
+        "{label:<10} attention  b{b:<2} {heads:>2} heads x{ch:<3} T{t:<5} {:>5.2} GF | fwd {:>8.2} {:>8.2} ms ({:>5.1} {:>5.1} GF/s) x{:>4.1} | fwd+bwd {:>8.2} {:>8.2} ms x{:>4.1}",
+        gflop, out[0].0 * 1e3, out[1].0 * 1e3, gflop / out[0].0, gflop / out[1].0, out[0].0 / out[1].0,
+        out[0].1 * 1e3, out[1].1 * 1e3, out[0].1 / out[1].1,
+    );
+}
+
 fn main() {
     println!(
         "threads {}; each op: candle ms, fast ms, candle GF/s, fast GF/s, speed-up (medians)",
@@ -140,6 +173,11 @@ fn main() {
         for ss in [false, true] {
             gn_row("small", 32, c, hw, ss, (3, 15, 1.0));
         }
+    }
+    println!("attention: candle ms, fused ms (forward GFLOP/s), speed-up");
+    attn_row("small", 32, 2, 32, 64, (3, 15, 1.0));
+    for (b, heads, t) in [(1, 6, 1024), (1, 9, 256), (1, 12, 64), (8, 6, 1024)] {
+        attn_row("imagenet64", b, heads, 64, t, (2, 10, 1.0));
     }
     if flag("GD_BENCH_BIG") {
         for (n, c, hw) in [(1, 192, 64), (8, 192, 64), (1, 384, 32), (8, 384, 32)] {

@@ -26,7 +26,7 @@ pub fn group_norm(
 ) -> Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let dims = x.dims();
-    if !super::enabled() || dims.len() < 3 || groups == 0 || dims[1] % groups != 0 {
+    if !super::enabled() || dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
         return Ok(None);
     }
     let (n, c) = (dims[0], dims[1]);
@@ -55,7 +55,7 @@ fn problem(xd: &[usize], gbd: &[usize], ssd: &[usize], groups: usize, eps: f64, 
         bail!("{op}: input must be [N, C, ...], got {xd:?}");
     }
     let (n, c) = (xd[0], xd[1]);
-    if groups == 0 || c % groups != 0 || gbd != [2, c] || ssd != [n, 2 * c] {
+    if groups == 0 || !c.is_multiple_of(groups) || gbd != [2, c] || ssd != [n, 2 * c] {
         bail!("{op}: input {xd:?}, {groups} groups, gamma/beta {gbd:?}, scale/shift {ssd:?} do not match");
     }
     Ok(Gn { n, c, hw: xd[2..].iter().product(), groups, eps, silu })

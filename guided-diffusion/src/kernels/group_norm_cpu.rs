@@ -89,6 +89,7 @@ vmath::avx2_fn! {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Backward: `dx` (layout of `x`), `dgb` (`[2, c]`: d gamma, d beta) and `dss` (`[n, 2c]`:
 /// d scale, d shift) from the output gradient `dy`.
 pub fn backward(p: &Gn, x: &[f32], gb: &[f32], ss: &[f32], dy: &[f32], dx: &mut [f32], dgb: &mut [f32], dss: &mut [f32]) {

@@ -25,6 +25,7 @@ pub struct Geom {
 
 impl Geom {
     /// `None` when the padded input is smaller than the kernel or the stride is 0.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, ph: usize, pw: usize) -> Option<Geom> {
         if stride == 0 || kh == 0 || kw == 0 || h + 2 * ph < kh || w + 2 * pw < kw {
             return None;

@@ -13,6 +13,9 @@
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
 //!   SiLU, forward and backward in one op each.
 //! - [`reduce`]: per-channel sums (bias gradients).
+//! - [`softmax`]: softmax over the last axis, forward and backward one pass each.
+//! - [`attention`]: QKV attention with strided gemms and an in-place softmax (not yet called
+//!   by `models::attention`, which would need a one-line change there).
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
@@ -23,15 +26,19 @@ mod scratch;
 mod sgemm;
 mod vmath;
 
+pub mod attention;
 pub mod conv2d;
 pub mod group_norm;
 pub mod reduce;
+pub mod softmax;
 pub mod switch;
 pub mod upsample;
 
+pub use attention::qkv_attention;
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
 pub use conv_cpu::set_tile_bytes;
 pub use group_norm::group_norm;
 pub use reduce::channel_sum;
+pub use softmax::softmax_last;
 pub use upsample::{sum_pool2x, upsample_nearest2x};
 pub use switch::{applies_to, enabled, set_enabled};

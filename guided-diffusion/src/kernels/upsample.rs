@@ -27,7 +27,10 @@ pub fn sum_pool2x(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SumPool2)
 }
 
-fn arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], (usize, usize, usize, usize))> {
+/// The contiguous f32 data of an NCHW argument and its `(n, c, h, w)`.
+type Nchw<'a> = (&'a [f32], (usize, usize, usize, usize));
+
+fn arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Nchw<'a>> {
     let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
     let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
     let (n, c, h, w) = l.shape().dims4()?;

@@ -16,6 +16,7 @@ pub fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     // max/min (not clamp) turn NaN into a finite value, so the int conversion below is
     // defined; a NaN input still gives NaN out of SiLU / sigmoid through the `x *` around them.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.3).min(88.7);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -25,7 +26,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
     // 2^n from the exponent bits; n in [-126, 128] after the clamp, 2^128 as 2^127 * 2.
     // SAFETY: n is an integer in [-126, 128].

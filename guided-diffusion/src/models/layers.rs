@@ -223,6 +223,9 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
 
 /// Softmax over the last dimension, computed in float32 (differentiable).
 pub fn softmax_last_f32(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = kernels::softmax_last(x)? {
+        return Ok(y);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     // Softmax is shift invariant: the detached max changes no gradient.

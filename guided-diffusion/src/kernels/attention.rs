@@ -1,0 +1,179 @@
+//! QKV self-attention (`QKVAttention` / `QKVAttentionLegacy` of the reference) as one custom op
+//! per direction: for each (image, head) the scores `q^T k / sqrt(ch)` go straight from strided
+//! gemm views into a scratch `[T, T]` matrix, the softmax runs in place, and `v W^T` is written
+//! into the output; no transposed copies. The backward recomputes the scores (no `[T, T]`
+//! tensor is kept between passes) and produces the packed q, k, v gradient.
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::scratch;
+use super::sgemm::{sgemm_scaled, MatMut, MatRef};
+use super::softmax::{softmax_bwd_row_inplace, softmax_row_inplace};
+
+type Result<T> = candle_core::Result<T>;
+
+/// `qkv: [B, 3 * heads * ch, T] -> [B, heads * ch, T]` with the legacy head layout (per head
+/// `[q, k, v]` blocks) or the new one (`q`, `k`, `v` for all heads, then split); `None` where
+/// the fast kernels do not apply (switched off, not f32 on the CPU, width not divisible).
+pub fn qkv_attention(qkv: &Tensor, heads: usize, new_order: bool) -> Result<Option<Tensor>> {
+    let Ok((_, width, _)) = qkv.dims3() else { return Ok(None) };
+    if !super::applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
+        return Ok(None);
+    }
+    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order })?))
+}
+
+/// Where the q, k, v blocks (`[ch, T]`, contiguous) of one (image, head) start in `qkv`.
+#[derive(Clone, Copy)]
+struct Heads {
+    b: usize,
+    heads: usize,
+    ch: usize,
+    t: usize,
+    new_order: bool,
+}
+
+impl Heads {
+    fn new(d: &[usize], heads: usize, new_order: bool, op: &str) -> Result<Heads> {
+        let &[b, width, t] = d else { bail!("{op}: qkv must be [B, 3 * heads * ch, T], got {d:?}") };
+        if heads == 0 || width % (3 * heads) != 0 {
+            bail!("{op}: qkv width {width} is not divisible by 3 * {heads} heads");
+        }
+        Ok(Heads { b, heads, ch: width / (3 * heads), t, new_order })
+    }
+
+    /// Offsets of q, k, v of task `i = image * heads + head`.
+    fn qkv(&self, i: usize) -> [usize; 3] {
+        let block = self.ch * self.t;
+        if self.new_order {
+            let (img, h) = (i / self.heads, i % self.heads);
+            let base = img * 3 * self.heads * block + h * block;
+            [base, base + self.heads * block, base + 2 * self.heads * block]
+        } else {
+            let base = i * 3 * block;
+            [base, base + block, base + 2 * block]
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        // (ch^-1/4)^2 on q and k.
+        1.0 / (self.ch as f32).sqrt()
+    }
+
+    /// `w = softmax(q^T k * scale)`, `[T, T]`.
+    fn scores(&self, q: *const f32, k: *const f32, w: &mut [f32]) {
+        let t = self.t;
+        unsafe {
+            sgemm_scaled(t, t, self.ch, MatMut::rows(w.as_mut_ptr(), t), false, MatRef::rows_t(q, t), MatRef::rows(k, t), self.scale(), 1)
+        };
+        for row in w.chunks_mut(t.max(1)) {
+            softmax_row_inplace(row);
+        }
+    }
+}
+
+/// A raw pointer that may cross threads; the tasks below write disjoint blocks through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
+    Ok(&v[a..b])
+}
+
+struct Attn {
+    heads: usize,
+    new_order: bool,
+}
+
+impl CustomOp1 for Attn {
+    fn name(&self) -> &'static str {
+        "gd-qkv-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let hd = Heads::new(l.dims(), self.heads, self.new_order, self.name())?;
+        let x = f32_arg(s, l, self.name())?;
+        let (t, ch) = (hd.t, hd.ch);
+        let mut out = vec![0f32; hd.b * hd.heads * ch * t];
+        if t > 0 && ch > 0 {
+            out.par_chunks_mut(ch * t).enumerate().for_each_init(
+                || scratch::take(t * t),
+                |w, (i, a)| {
+                    let [q, k, v] = hd.qkv(i).map(|o| x[o..].as_ptr());
+                    hd.scores(q, k, w);
+                    // a[c, t] = sum_s v[c, s] w[t, s]
+                    let (dst, lhs, rhs) = (MatMut::rows(a.as_mut_ptr(), t), MatRef::rows(v, t), MatRef::rows_t(w.as_ptr(), t));
+                    unsafe { sgemm_scaled(ch, t, t, dst, false, lhs, rhs, 1.0, 1) };
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((hd.b, hd.heads * ch, t))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _a: &Tensor, da: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&da.contiguous()?, &AttnBwd { heads: self.heads, new_order: self.new_order })?))
+    }
+}
+
+/// `(qkv, da) -> dqkv`.
+struct AttnBwd {
+    heads: usize,
+    new_order: bool,
+}
+
+impl CustomOp2 for AttnBwd {
+    fn name(&self) -> &'static str {
+        "gd-qkv-attention-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let hd = Heads::new(l1.dims(), self.heads, self.new_order, op)?;
+        let (x, da) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?);
+        let (t, ch) = (hd.t, hd.ch);
+        if l2.dims() != [hd.b, hd.heads * ch, t] {
+            bail!("{op}: gradient {:?} does not match qkv {:?}", l2.dims(), l1.dims());
+        }
+        let mut dx = vec![0f32; x.len()];
+        let dptr = SendPtr(dx.as_mut_ptr());
+        if t > 0 && ch > 0 {
+            (0..hd.b * hd.heads).into_par_iter().for_each_init(
+                || (scratch::take(t * t), scratch::take(t * t)),
+                |(w, dw), i| {
+                    let offs = hd.qkv(i);
+                    let [q, k, v] = offs.map(|o| x[o..].as_ptr());
+                    // SAFETY: each task writes only its own head's q, k, v blocks.
+                    let [dq, dk, dv] = offs.map(|o| unsafe { dptr.get().add(o) });
+                    let g = da[i * ch * t..].as_ptr();
+                    hd.scores(q, k, w);
+                    let s = hd.scale();
+                    unsafe {
+                        // dv = da w ; dw = da^T v
+                        sgemm_scaled(ch, t, t, MatMut::rows(dv, t), false, MatRef::rows(g, t), MatRef::rows(w.as_ptr(), t), 1.0, 1);
+                        sgemm_scaled(t, t, ch, MatMut::rows(dw.as_mut_ptr(), t), false, MatRef::rows_t(g, t), MatRef::rows(v, t), 1.0, 1);
+                    }
+                    // ds = w * (dw - rowsum(dw * w)), in place of dw.
+                    for (wr, gr) in w.chunks(t).zip(dw.chunks_mut(t)) {
+                        softmax_bwd_row_inplace(wr, gr);
+                    }
+                    unsafe {
+                        // dq = s k ds^T ; dk = s q ds
+                        sgemm_scaled(ch, t, t, MatMut::rows(dq, t), false, MatRef::rows(k, t), MatRef::rows_t(dw.as_ptr(), t), s, 1);
+                        sgemm_scaled(ch, t, t, MatMut::rows(dk, t), false, MatRef::rows(q, t), MatRef::rows(dw.as_ptr(), t), s, 1);
+                    }
+                },
+            );
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
