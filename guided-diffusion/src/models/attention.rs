@@ -24,6 +24,9 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, order: HeadOrder) -> Result<Ten
     if width % (3 * heads) != 0 {
         bail!("attention: qkv width {width} is not divisible by 3 * {heads} heads");
     }
+    if let Some(fast) = crate::kernels::attention::qkv_attention(qkv, heads, order == HeadOrder::New)? {
+        return Ok(fast);
+    }
     let ch = width / (3 * heads);
     let (q, k, v) = match order {
         HeadOrder::Legacy => {
