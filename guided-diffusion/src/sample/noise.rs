@@ -42,3 +42,29 @@ impl NoiseSource for PerSampleNoise {
         Ok(Tensor::from_vec(v, shape.clone(), &Device::Cpu)?.to_device(device)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_noise_is_independent_of_the_batch_split() {
+        let shape = |n: usize| Shape::from_dims(&[n, 2, 3, 3]);
+        let whole = PerSampleNoise::new(9, 0, 5).randn(&shape(5), &Device::Cpu).unwrap();
+        let mut first = PerSampleNoise::new(9, 0, 2);
+        let mut rest = PerSampleNoise::new(9, 2, 3);
+        let a = first.randn(&shape(2), &Device::Cpu).unwrap();
+        let b = rest.randn(&shape(3), &Device::Cpu).unwrap();
+        let split = Tensor::cat(&[&a, &b], 0).unwrap();
+        let d: f32 = (whole - split).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert_eq!(d, 0.0);
+        // A second draw continues each sample's own stream.
+        let mut whole2 = PerSampleNoise::new(9, 0, 5);
+        whole2.randn(&shape(5), &Device::Cpu).unwrap();
+        let second = whole2.randn(&shape(5), &Device::Cpu).unwrap();
+        let a2 = first.randn(&shape(2), &Device::Cpu).unwrap();
+        let b2 = rest.randn(&shape(3), &Device::Cpu).unwrap();
+        let d2: f32 = (second - Tensor::cat(&[&a2, &b2], 0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert_eq!(d2, 0.0);
+    }
+}
