@@ -119,3 +119,27 @@ fn cli_errors_are_one_clear_line() {
         "--base_samples", bad.to_str().unwrap(), "--quiet"]);
     assert!(e.contains("bad.npz") && e.contains("npz"), "{e}");
 }
+
+#[test]
+fn cli_sample_help_lists_every_reference_flag() {
+    let o = gdiff(&["sample", "--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        // image_sample.py / classifier_sample.py
+        "clip_denoised", "num_samples", "batch_size", "use_ddim", "model_path", "classifier_path", "classifier_scale",
+        // model_and_diffusion_defaults()
+        "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample", "num_head_channels",
+        "attention_resolutions", "channel_mult", "dropout", "class_cond", "use_checkpoint", "use_scale_shift_norm",
+        "resblock_updown", "use_fp16", "use_new_attention_order", "learn_sigma", "diffusion_steps", "noise_schedule",
+        "timestep_respacing", "use_kl", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas",
+        // classifier_defaults()
+        "classifier_use_fp16", "classifier_width", "classifier_depth", "classifier_attention_resolutions",
+        "classifier_use_scale_shift_norm", "classifier_resblock_updown", "classifier_pool",
+        // additions
+        "model_config", "classifier_config", "num_classes", "classes", "seed", "init_noise", "eta", "output", "grid",
+        "quiet", "preset",
+    ] {
+        assert!(help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")), "--{flag} missing from sample --help");
+    }
+}
