@@ -107,3 +107,30 @@ fn kernels_qkv_attention_matches_candle() {
         }
     }
 }
+
+/// Empty batches and empty spatial sizes give empty results (and zero parameter gradients),
+/// not panics.
+#[test]
+fn kernels_empty_inputs() {
+    kernels::set_enabled(true);
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::zeros((0, 4, 5, 5), DType::F32, &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::ones((6, 4, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::ones(6, DType::F32, &dev).unwrap()).unwrap();
+    let y = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+    assert_eq!(y.dims(), [0, 6, 5, 5]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&w).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let g4 = Tensor::ones(4, DType::F32, &dev).unwrap();
+    let z4 = Tensor::zeros(4, DType::F32, &dev).unwrap();
+    let gn = kernels::group_norm(&x, &g4, &z4, 2, 1e-5, None, true).unwrap().unwrap();
+    assert_eq!(gn.dims(), [0, 4, 5, 5]);
+    gn.sum_all().unwrap().backward().unwrap();
+    let xe = Var::from_tensor(&Tensor::zeros((2, 4, 0), DType::F32, &dev).unwrap()).unwrap();
+    let gn = kernels::group_norm(&xe, &g4, &z4, 2, 1e-5, None, false).unwrap().unwrap();
+    assert_eq!(gn.dims(), [2, 4, 0]);
+    gn.sum_all().unwrap().backward().unwrap();
+    let qkv = Tensor::zeros((0, 6, 4), DType::F32, &dev).unwrap();
+    assert_eq!(kernels::qkv_attention(&qkv, 1, true).unwrap().unwrap().dims(), [0, 2, 4]);
+    assert_eq!(kernels::softmax_last(&Tensor::zeros((3, 0), DType::F32, &dev).unwrap()).unwrap().unwrap().dims(), [3, 0]);
+}

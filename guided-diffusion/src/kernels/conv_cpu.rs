@@ -159,6 +159,9 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
         }
     };
     let dw = &mut dw[..cv.co * k];
+    if dw.is_empty() {
+        return;
+    }
     if groups == 1 {
         accumulate(dw, 0);
         return;

@@ -52,6 +52,9 @@ impl Gn {
 pub fn forward(p: &Gn, x: &[f32], gb: &[f32], ss: &[f32], y: &mut [f32]) {
     let gl = p.group_len().max(1);
     let per = blocks_per_task(gl);
+    if p.n * p.c * p.hw == 0 {
+        return;
+    }
     y[..p.n * p.c * p.hw].par_chunks_mut(gl * per).enumerate().for_each(|(i, ys)| {
         for (j, yg) in ys.chunks_mut(gl).enumerate() {
             let t = i * per + j;
@@ -96,6 +99,11 @@ pub fn backward(p: &Gn, x: &[f32], gb: &[f32], ss: &[f32], dy: &[f32], dx: &mut 
     let gl = p.group_len().max(1);
     let (cg, c) = (p.cg(), p.c);
     let per = blocks_per_task(gl);
+    dgb[..2 * c].fill(0.0);
+    dss[..p.n * 2 * c].fill(0.0);
+    if p.n * c * p.hw == 0 {
+        return;
+    }
     // Per (n, channel): [sum dz, sum dz * u], written by the task of its group.
     let mut sums = scratch::take(p.n * c * 2);
     dx[..p.n * c * p.hw]
@@ -113,7 +121,6 @@ pub fn backward(p: &Gn, x: &[f32], gb: &[f32], ss: &[f32], dy: &[f32], dx: &mut 
             },
         );
     // Parameter gradients from the per-(n, c) sums.
-    dgb[..2 * c].fill(0.0);
     for n in 0..p.n {
         for ch in 0..c {
             let (sum_dz, sum_dzu) = (sums[(n * c + ch) * 2], sums[(n * c + ch) * 2 + 1]);
