@@ -108,7 +108,7 @@ impl ResBlock {
             let half = emb_out.dim(1)? / 2;
             let scale = emb_out.narrow(1, 0, half)?;
             let shift = emb_out.narrow(1, half, half)?;
-            self.out_norm.forward_scale_shift(&h, &scale, &shift)?.silu()?
+            self.out_norm.forward_scale_shift_silu(&h, &scale, &shift)?
         } else {
             self.out_norm.forward_silu(&h.broadcast_add(&emb_out)?)?
         };
