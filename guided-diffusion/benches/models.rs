@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::median_secs;
 use guided_diffusion::kernels;
-use guided_diffusion::models::{ModelFlags, Net, NetConfig};
+use guided_diffusion::models::{Net, NetConfig};
 
 fn time<F: FnMut()>(reps: usize, f: F) -> f64 {
     median_secs(reps, reps, 0.0, f)
@@ -57,33 +57,12 @@ fn cfg_classes(cfg: &NetConfig) -> bool {
 }
 
 fn main() {
-    let mut small = ModelFlags::script_defaults();
-    small.image_size = 32;
-    small.in_channels = 1;
-    small.num_channels = 32;
-    small.num_res_blocks = 1;
-    small.channel_mult = "1,2,2".into();
-    small.attention_resolutions = "8".into();
-    small.num_head_channels = 32;
-    small.class_cond = true;
-    small.num_classes = 10;
-    small.learn_sigma = true;
-    small.resblock_updown = true;
+    let small = common::small_flags();
     bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 5);
-    let mut mid = small.clone();
-    mid.num_channels = 64;
-    mid.num_res_blocks = 2;
+    let mid = common::mid_flags();
     bench("32x32 64ch 2 res blocks", NetConfig::UNet(mid.to_config().unwrap()), 8, 5);
     if std::env::var("GD_BENCH_BIG").is_ok() {
-        let mut f = ModelFlags::script_defaults();
-        f.attention_resolutions = "32,16,8".into();
-        f.class_cond = true;
-        f.learn_sigma = true;
-        f.num_channels = 192;
-        f.num_head_channels = 64;
-        f.num_res_blocks = 3;
-        f.resblock_updown = true;
-        f.use_new_attention_order = true;
+        let f = common::imagenet64_flags();
         bench("imagenet64 (released)", NetConfig::UNet(f.to_config().unwrap()), 1, 1);
     }
 }

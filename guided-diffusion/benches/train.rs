@@ -2,6 +2,8 @@
 //! step (diffusion loss, backward, AdamW, EMA) for the small Fashion-MNIST configuration and
 //! (with `GD_BENCH_BIG=1`) the released 64x64 configuration at batch 2.
 //! Run with `cargo bench -p guided-diffusion --bench train`.
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -56,34 +58,13 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
 }
 
 fn main() {
-    let mut small = ModelFlags::script_defaults();
-    small.image_size = 32;
-    small.in_channels = 1;
-    small.num_channels = 32;
-    small.num_res_blocks = 1;
-    small.channel_mult = "1,2,2".into();
-    small.attention_resolutions = "8".into();
-    small.num_head_channels = 32;
-    small.class_cond = true;
-    small.num_classes = 10;
-    small.learn_sigma = true;
-    small.resblock_updown = true;
+    let small = common::small_flags();
     bench("fashion-mnist small (32ch)", &small, 32, 3);
-    let mut mid = small.clone();
+    let mut mid = common::mid_flags();
     mid.in_channels = 3;
-    mid.num_channels = 64;
-    mid.num_res_blocks = 2;
     bench("32x32 64ch 2 res blocks", &mid, 8, 3);
     if std::env::var("GD_BENCH_BIG").is_ok() {
-        let mut f = ModelFlags::script_defaults();
-        f.attention_resolutions = "32,16,8".into();
-        f.class_cond = true;
-        f.learn_sigma = true;
-        f.num_channels = 192;
-        f.num_head_channels = 64;
-        f.num_res_blocks = 3;
-        f.resblock_updown = true;
-        f.use_new_attention_order = true;
+        let f = common::imagenet64_flags();
         bench("imagenet64 (released)", &f, 2, 1);
     }
 }

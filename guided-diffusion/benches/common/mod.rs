@@ -31,3 +31,42 @@ pub fn median(v: &mut [f64]) -> f64 {
 pub fn flag(name: &str) -> bool {
     std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
 }
+
+/// The small Fashion-MNIST UNet (32x32, 1 channel, 32 channels, levels 1,2,2).
+pub fn small_flags() -> guided_diffusion::models::ModelFlags {
+    let mut f = guided_diffusion::models::ModelFlags::script_defaults();
+    f.image_size = 32;
+    f.in_channels = 1;
+    f.num_channels = 32;
+    f.num_res_blocks = 1;
+    f.channel_mult = "1,2,2".into();
+    f.attention_resolutions = "8".into();
+    f.num_head_channels = 32;
+    f.class_cond = true;
+    f.num_classes = 10;
+    f.learn_sigma = true;
+    f.resblock_updown = true;
+    f
+}
+
+/// The small UNet widened to 64 channels with 2 residual blocks per level.
+pub fn mid_flags() -> guided_diffusion::models::ModelFlags {
+    let mut f = small_flags();
+    f.num_channels = 64;
+    f.num_res_blocks = 2;
+    f
+}
+
+/// The released 64x64 ImageNet model (`--preset imagenet64`).
+pub fn imagenet64_flags() -> guided_diffusion::models::ModelFlags {
+    let mut f = guided_diffusion::models::ModelFlags::script_defaults();
+    f.attention_resolutions = "32,16,8".into();
+    f.class_cond = true;
+    f.learn_sigma = true;
+    f.num_channels = 192;
+    f.num_head_channels = 64;
+    f.num_res_blocks = 3;
+    f.resblock_updown = true;
+    f.use_new_attention_order = true;
+    f
+}
