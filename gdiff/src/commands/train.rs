@@ -218,6 +218,13 @@ fn run_loop<O: Objective, S: BatchSource>(mut lp: TrainLoop<O>, c: &CommonTrainA
     Ok(())
 }
 
+/// A network with seeded fresh parameters, and those parameters for the optimiser.
+fn fresh_net(cfg: &NetConfig, seed: u64, device: &candle_core::Device) -> Result<(Net, ParamSet)> {
+    let varmap = VarMap::new();
+    let net = Net::new(cfg, seeded_var_builder(&varmap, seed, device))?;
+    Ok((net, ParamSet::from_varmap(&varmap)))
+}
+
 /// `image_train.py` (and, with `small_size`, `super_res_train.py`).
 fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let c = &a.common;
@@ -230,19 +237,19 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none() {
         margs.num_classes = data_classes(c, image_size, channels)?;
     }
-    let net_cfg = match small {
-        None => NetConfig::UNet(resolve::unet_config(&margs, None)?),
-        Some((l, s)) => NetConfig::SuperRes(resolve::super_res_config(&margs, l, s, None)?),
+    let (ucfg, net_cfg) = match small {
+        None => {
+            let u = resolve::unet_config(&margs, None)?;
+            (u.clone(), NetConfig::UNet(u))
+        }
+        Some((l, s)) => {
+            let u = resolve::super_res_config(&margs, l, s, None)?;
+            (u.clone(), NetConfig::SuperRes(u))
+        }
     };
-    let (ucfg, learn) = match &net_cfg {
-        NetConfig::UNet(u) | NetConfig::SuperRes(u) => (u.clone(), u.learns_sigma()),
-        NetConfig::Classifier(_) => unreachable!(),
-    };
-    let dcfg = resolve::diffusion_config(&a.diffusion, None, learn)?;
+    let dcfg = resolve::diffusion_config(&a.diffusion, None, ucfg.learns_sigma())?;
     let diffusion = dcfg.build()?;
-    let varmap = VarMap::new();
-    let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
-    let params = ParamSet::from_varmap(&varmap);
+    let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc = train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
     tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
@@ -282,12 +289,9 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let mut cargs = a.classifier.clone();
     cargs.classifier_path = None;
     let cfg = resolve::classifier_config_from_flags(&cargs, a.image_size, num_classes, a.in_channels, a.channel_mult.as_deref())?;
-    let net_cfg = NetConfig::Classifier(cfg.clone());
-    let dcfg = resolve::diffusion_config(&a.diffusion, None, false)?;
-    let diffusion = dcfg.build()?;
-    let varmap = VarMap::new();
-    let net = Net::new(&net_cfg, seeded_var_builder(&varmap, c.seed, &device))?;
-    let params = ParamSet::from_varmap(&varmap);
+    let net_cfg = NetConfig::Classifier(cfg);
+    let diffusion = resolve::diffusion_config(&a.diffusion, None, false)?.build()?;
+    let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc = train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
     tc.micro_scaling = MicroScaling::BatchMean;
