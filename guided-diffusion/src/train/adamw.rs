@@ -82,9 +82,12 @@ impl AdamW {
         let c = self.config;
         for ((var, g), st) in params.vars().iter().zip(&grads.grads).zip(self.state.iter_mut()) {
             let Some(g) = g else { continue };
+            // Everything detached: gradients record the forward graph they came from, and a
+            // moment estimate that recorded its inputs would keep every step's graph alive.
+            let g = &g.detach();
             st.step += 1;
             let t = st.step as i32;
-            let mut p = var.as_tensor().clone();
+            let mut p = var.as_tensor().detach();
             if c.weight_decay != 0.0 {
                 p = p.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
             }
@@ -97,8 +100,8 @@ impl AdamW {
             let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
             let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
             var.set(&p)?;
-            st.exp_avg = m;
-            st.exp_avg_sq = v;
+            st.exp_avg = m.detach();
+            st.exp_avg_sq = v.detach();
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ impl Ema {
 
     pub fn update(&mut self, params: &ParamSet) -> Result<()> {
         for (e, p) in self.params.iter_mut().zip(params.vars()) {
-            *e = (e.affine(self.rate, 0.0)? + p.as_tensor().affine(1.0 - self.rate, 0.0)?)?;
+            // Detached: an op on a variable records its inputs for backprop, and an average that
+            // remembers its previous value would keep every step's tensors alive.
+            *e = (e.affine(self.rate, 0.0)? + p.as_tensor().detach().affine(1.0 - self.rate, 0.0)?)?.detach();
         }
         Ok(())
     }
