@@ -29,6 +29,9 @@ enum Command {
     /// FID, sFID, Inception Score, precision and recall of samples against a reference batch
     /// (evaluations/evaluator.py)
     Eval(commands::eval::EvalArgs),
+    /// The guidance trade-off: sweep classifier scales and samplers, judge the samples with an
+    /// independent classifier (accuracy, Fréchet distance, precision, recall), plot it
+    GuidanceSweep(commands::sweep::SweepArgs),
     /// Bits per dimension of a model on a data set (image_nll.py)
     Nll(commands::nll::NllArgs),
     /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
@@ -61,6 +64,7 @@ fn run() -> anyhow::Result<()> {
         Command::TrainSuperRes(a) => commands::train::run_train_super_res(&a),
         Command::TrainClassifier(a) => commands::train::run_train_classifier(&a),
         Command::Eval(a) => commands::eval::run(&a),
+        Command::GuidanceSweep(a) => commands::sweep::run(&a),
         Command::Nll(a) => commands::nll::run(&a),
         Command::Convert(a) => commands::convert::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),

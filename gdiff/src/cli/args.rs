@@ -149,9 +149,9 @@ pub struct SamplingArgs {
     /// Clamp the x_0 prediction to [-1, 1]
     #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "True")]
     pub clip_denoised: bool,
-    /// Number of images to produce
-    #[arg(long, default_value_t = 10000)]
-    pub num_samples: usize,
+    /// Number of images to produce [default: 10000; 20 with the built-in model]
+    #[arg(long)]
+    pub num_samples: Option<usize>,
     /// Images per model call
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,

@@ -5,4 +5,5 @@ pub mod inspect;
 pub mod nll;
 pub mod sample;
 pub mod super_res;
+pub mod sweep;
 pub mod train;

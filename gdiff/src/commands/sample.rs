@@ -24,6 +24,11 @@ pub struct SampleArgs {
     pub classifier: ClassifierArgs,
 }
 
+/// `--num_samples` when not given: the reference's default...
+pub const DEFAULT_NUM_SAMPLES: usize = 10000;
+/// ...and with the built-in model (two rows of a 10-class grid, well under a minute).
+pub const BUILTIN_NUM_SAMPLES: usize = 20;
+
 /// The built-in model shipped with the project, if present.
 pub fn builtin_model() -> Option<PathBuf> {
     let candidates = [
@@ -71,8 +76,15 @@ pub fn load_classifier(c: &ClassifierArgs, image_size: usize, num_classes: Optio
     Ok(Some((net, c.classifier_scale.unwrap_or(1.0))))
 }
 
-/// Runs a sampling job and writes the npz and the grid.
-pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs) -> Result<()> {
+/// The class names a checkpoint of ours records (`gdiff.classes`, from the training data).
+pub fn class_names(path: &Path) -> Option<Vec<String>> {
+    let meta = guided_diffusion::checkpoint::read_metadata(path).ok()?;
+    serde_json::from_str(meta.get(guided_diffusion::train::ckpt::meta::CLASSES)?).ok()
+}
+
+/// Runs a sampling job and writes the npz and the grid (captioned with `class_names` when the
+/// samples have labels).
+pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs, class_names: Option<&[String]>) -> Result<()> {
     let steps = s.diffusion.num_timesteps();
     let num_batches = req.num_samples.div_ceil(req.batch_size.max(1));
     let pb = output::progress_bar((steps * num_batches) as u64, a.quiet);
@@ -99,7 +111,18 @@ pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs) -> Result<()
     if let Some(g) = &grid {
         let cols = (out.images.dim(0)? as f64).sqrt().ceil() as usize;
         let cols = if out.labels.is_some() && req.num_samples >= 10 { 10.max(cols).min(req.num_samples) } else { cols };
-        sample::images::write_grid(g, &out.images, cols).with_context(|| format!("writing the grid {}", g.display()))?;
+        match &out.labels {
+            // Labelled samples: every image captioned with its class (name when known).
+            Some(l) => {
+                let captions: Vec<String> = l
+                    .iter()
+                    .map(|&k| class_names.and_then(|n| n.get(k as usize).cloned()).unwrap_or_else(|| format!("class {k}")))
+                    .collect();
+                crate::cli::plot::write_captioned_grid(g, &out.images, &captions, cols)
+            }
+            None => Ok(sample::images::write_grid(g, &out.images, cols)?),
+        }
+        .with_context(|| format!("writing the grid {}", g.display()))?;
     }
     if !a.quiet {
         eprintln!(
@@ -144,7 +167,8 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         None => Classes::Random,
     };
     let init_noise = a.sampling.init_noise.as_deref().map(read_init_noise).transpose()?;
-    let num_samples = a.sampling.num_samples;
+    // The reference's 10000 would keep a new user waiting for an hour on the built-in model.
+    let num_samples = a.sampling.num_samples.unwrap_or(if builtin { BUILTIN_NUM_SAMPLES } else { DEFAULT_NUM_SAMPLES });
     let seed = seed_or_random(a.sampling.seed);
     if a.sampling.seed.is_none() && !a.sampling.quiet {
         eprintln!("seed {seed} (give --seed {seed} to repeat this run)");
@@ -167,5 +191,6 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         init_noise: init_noise.as_ref(),
         low_res: None,
     };
-    run_and_write(&s, &req, &a.sampling)
+    let names = class_names(&model_path).or_else(|| clf_args.classifier_path.as_deref().and_then(class_names));
+    run_and_write(&s, &req, &a.sampling, names.as_deref())
 }

@@ -9,6 +9,7 @@ use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::sample::{images, Classes, Method, Request, Sampling};
 
 use super::sample::{read_init_noise, run_and_write, seed_or_random};
+use crate::commands::sample::DEFAULT_NUM_SAMPLES;
 use crate::cli::args::{DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::{output, resolve};
 
@@ -73,7 +74,7 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
         Classes::Random
     };
     let low_res = images::from_uint8_nhwc(&base)?;
-    let num_samples = a.sampling.num_samples.min(n);
+    let num_samples = a.sampling.num_samples.unwrap_or(DEFAULT_NUM_SAMPLES).min(n);
     let init_noise = a.sampling.init_noise.as_deref().map(read_init_noise).transpose()?;
     let seed = seed_or_random(a.sampling.seed);
     let s = Sampling {
@@ -94,5 +95,5 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
         init_noise: init_noise.as_ref(),
         low_res: Some(&low_res),
     };
-    run_and_write(&s, &req, &a.sampling)
+    run_and_write(&s, &req, &a.sampling, None)
 }

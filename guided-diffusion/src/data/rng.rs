@@ -22,6 +22,8 @@ pub mod domain {
     pub const SAMPLE_NOISE: u64 = 5;
     /// Sampling: the random class label of one sample; counter = sample index.
     pub const SAMPLE_LABEL: u64 = 6;
+    /// The reference subsets of a guidance sweep (precision/recall, held-out real images).
+    pub const SWEEP_REFERENCE: u64 = 7;
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -84,6 +84,20 @@ impl EncoderUNetModel {
 
     /// `classifier(x, timesteps)`: logits `[N, out_channels]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        Ok(self.run(x, t, false)?.0)
+    }
+
+    /// Logits and the penultimate features `[N, D]`: for the `adaptive` and `attention` heads
+    /// the spatial mean of the normalised, activated trunk output (`D` = the trunk's last
+    /// width; what the adaptive head's 1x1 conv sees), for the spatial heads the activated
+    /// 2048-wide hidden layer. Used to judge samples with a clean classifier (Fréchet distance
+    /// and precision/recall in its feature space).
+    pub fn forward_with_features(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (logits, features) = self.run(x, t, true)?;
+        Ok((logits, features.expect("features were asked for")))
+    }
+
+    fn run(&self, x: &Tensor, t: &Tensor, want_features: bool) -> Result<(Tensor, Option<Tensor>)> {
         let n = x.dim(0)?;
         if t.dims() != [n] {
             bail!("timesteps must have shape [{n}] (one per image), got {:?}", t.dims());
@@ -102,20 +116,26 @@ impl EncoderUNetModel {
         match &self.head {
             Head::Adaptive { norm, conv } => {
                 let p = norm.forward_silu(&h)?.mean_keepdim((2, 3))?;
-                Ok(conv.forward_2d(&p)?.flatten_from(1)?)
+                let features = if want_features { Some(p.flatten_from(1)?) } else { None };
+                Ok((conv.forward_2d(&p)?.flatten_from(1)?, features))
             }
-            Head::Attention { norm, pool } => pool.forward(&norm.forward_silu(&h)?),
+            Head::Attention { norm, pool } => {
+                let a = norm.forward_silu(&h)?;
+                let features = if want_features { Some(a.mean((2, 3))?) } else { None };
+                Ok((pool.forward(&a)?, features))
+            }
             Head::Spatial { l0, l2 } => {
                 means.push(h.mean((2, 3))?);
                 let f = Tensor::cat(&means, 1)?;
-                Ok(l2.forward(&l0.forward(&f)?.relu()?)?)
+                let hidden = l0.forward(&f)?.relu()?;
+                Ok((l2.forward(&hidden)?, want_features.then_some(hidden)))
             }
             Head::SpatialV2 { l0, norm, l3 } => {
                 means.push(h.mean((2, 3))?);
                 let f = Tensor::cat(&means, 1)?;
                 // GroupNorm over [N, 2048] needs a trailing spatial axis.
                 let g = norm.forward_silu(&l0.forward(&f)?.unsqueeze(2)?)?.squeeze(2)?;
-                Ok(l3.forward(&g)?)
+                Ok((l3.forward(&g)?, want_features.then_some(g)))
             }
         }
     }
