@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# bench/compare.sh: runs our workloads (cargo bench --bench workloads) and the PyTorch
+# reference's (bench/pytorch_reference.py) with the same thread count, GD_BENCH_BIG,
+# GD_WORKLOADS and GD_BENCH_REPS, one after the other, then joins their `RESULT {json}` lines
+# into a markdown table: workload | ours (s) | PyTorch (s) | ours/PyTorch.
+# If the PyTorch side cannot run, the table still shows our column and says why the other is
+# empty. See bench/README.md.
+#
+#   bench/compare.sh [--reference PATH] [--threads N]
+#   GD_BENCH_BIG=1 bench/compare.sh --reference ~/src/guided-diffusion   # also the 64x64 ones
+#   GD_WORKLOADS=unet_fwd_small,train_step_small bench/compare.sh
+#
+# Environment: RAYON_NUM_THREADS (default: the CPU count), GUIDED_DIFFUSION_REF, GD_BENCH_BIG,
+# GD_WORKLOADS, GD_BENCH_REPS; CARGO and PYTHON pick the programs (cargo, python3).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+ref="${GUIDED_DIFFUSION_REF:-}"
+threads="${RAYON_NUM_THREADS:-}"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --reference) ref="${2:?--reference needs a path}"; shift 2 ;;
+        --reference=*) ref="${1#*=}"; shift ;;
+        --threads) threads="${2:?--threads needs a number}"; shift 2 ;;
+        --threads=*) threads="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$threads" ]; then
+    threads=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+fi
+case "$threads" in
+    ''|*[!0-9]*|0) echo "compare.sh: --threads must be a positive number, got '$threads'" >&2; exit 2 ;;
+esac
+
+export RAYON_NUM_THREADS="$threads"
+export GD_BENCH_BIG="${GD_BENCH_BIG:-}" GD_WORKLOADS="${GD_WORKLOADS:-}" GD_BENCH_REPS="${GD_BENCH_REPS:-}"
+cargo="${CARGO:-cargo}"
+python="${PYTHON:-python3}"
+
+# The machine's load before we add ours (1-minute average; empty where unknown).
+load0=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || true)
+
+out=$(mktemp -d "${TMPDIR:-/tmp}/gd-compare.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+
+echo "== ours: $cargo bench -p guided-diffusion --bench workloads ($threads threads)" >&2
+(cd "$root" && "$cargo" bench -p guided-diffusion --bench workloads) | tee "$out/rust.txt"
+rust_rc=${PIPESTATUS[0]}
+
+echo "== PyTorch: $python bench/pytorch_reference.py --threads $threads${ref:+ --reference $ref}" >&2
+py_args=(--threads "$threads")
+[ -n "$ref" ] && py_args+=(--reference "$ref")
+if command -v "$python" >/dev/null 2>&1; then
+    "$python" "$here/pytorch_reference.py" "${py_args[@]}" 2>"$out/torch.err" | tee "$out/torch.txt"
+    py_rc=${PIPESTATUS[0]}
+    cat "$out/torch.err" >&2
+else
+    echo "$python not found: the PyTorch side needs python3 with torch and numpy" >"$out/torch.err"
+    : >"$out/torch.txt"
+    py_rc=127
+fi
+
+echo
+join() {
+    "$python" - "$out/rust.txt" "$out/torch.txt" "$out/torch.err" "$py_rc" "$rust_rc" "$threads" "$load0" <<'PY'
+import json, sys
+
+rust_file, torch_file, torch_err, py_rc, rust_rc, threads, load0 = sys.argv[1:8]
+order = ["unet_fwd_small", "train_step_small", "unet_fwd_64", "clf_grad_64",
+         "guided_ddim_step_64", "train_step_64"]
+
+def results(path):
+    rows = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("RESULT "):
+                    d = json.loads(line[len("RESULT "):])
+                    rows[d["workload"]] = d
+    except (OSError, ValueError):
+        pass
+    return rows
+
+ours, theirs = results(rust_file), results(torch_file)
+names = [w for w in order if w in ours or w in theirs]
+names += sorted(w for w in set(ours) | set(theirs) if w not in order)
+
+def secs(d):
+    return f"{d['seconds']:.4g}" if d else "—"
+
+print(f"Threads: {threads} (RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch); "
+      "median of the timed calls after one warm-up.")
+print()
+print("| workload | ours (s) | PyTorch (s) | ours/PyTorch |")
+print("|---|---:|---:|---:|")
+for w in names:
+    a, b = ours.get(w), theirs.get(w)
+    ratio = f"{a['seconds'] / b['seconds']:.2f}" if a and b and b["seconds"] > 0 else "—"
+    print(f"| {w} | {secs(a)} | {secs(b)} | {ratio} |")
+print()
+print("ours/PyTorch below 1 means ours is faster.")
+try:
+    import os
+    load, cpus = float(load0), os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        print(f"Warning: the load average was {load:.1f} on {cpus} CPUs before the runs: the machine "
+              "is busy and the timings are unreliable (PyTorch's OpenMP barriers suffer most from "
+              "contention); compare on an idle machine.")
+except ValueError:
+    pass
+for w in names:
+    a, b = ours.get(w), theirs.get(w)
+    if a and b and a.get("params") != b.get("params"):
+        print(f"Warning: {w}: the networks differ ({a.get('params')} parameters ours, "
+              f"{b.get('params')} PyTorch's).")
+    if a and b and a.get("threads") != b.get("threads"):
+        print(f"Warning: {w}: {a.get('threads')} threads ours, {b.get('threads')} PyTorch's.")
+    if a and b and a.get("batch") != b.get("batch"):
+        print(f"Warning: {w}: batch {a.get('batch')} ours, {b.get('batch')} PyTorch's.")
+if not names:
+    print("No results from either side.")
+if rust_rc != "0":
+    print(f"Our side exited with status {rust_rc}; missing rows of ours failed (see above).")
+if py_rc != "0":
+    try:
+        why = open(torch_err).read().strip()
+    except OSError:
+        why = ""
+    if not theirs:
+        print(f"The PyTorch column is empty: pytorch_reference.py exited with status {py_rc}.")
+    else:
+        print(f"pytorch_reference.py exited with status {py_rc}; some workloads are missing.")
+    if why:
+        print("Its message:")
+        for line in why.splitlines():
+            print("    " + line)
+PY
+}
+if command -v "$python" >/dev/null 2>&1; then
+    join
+else
+    # No python3 at all: our seconds straight from the RESULT lines.
+    echo "| workload | ours (s) | PyTorch (s) | ours/PyTorch |"
+    echo "|---|---:|---:|---:|"
+    sed -n 's/^RESULT .*"workload": *"\([^"]*\)".*/\1/p' "$out/rust.txt" | while read -r w; do
+        s=$(grep "\"workload\": *\"$w\"" "$out/rust.txt" | sed -n 's/.*"seconds": *\([0-9.eE+-]*\).*/\1/p')
+        echo "| $w | $s | — | — |"
+    done
+    echo
+    echo "The PyTorch column is empty: $python was not found (the PyTorch side needs python3 with torch and numpy)."
+fi
+exit "$rust_rc"
