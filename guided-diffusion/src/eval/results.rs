@@ -3,7 +3,6 @@
 //! written as JSON through a temporary file renamed into place.
 use crate::{Error, Result};
 use serde::Serialize;
-use std::io::Write;
 use std::path::Path;
 
 /// Results of one evaluation. `None` metrics are unavailable, with the reason in `details`.
@@ -109,29 +108,8 @@ impl EvalResults {
 
     /// Writes the JSON to `path` atomically (temporary file in the same folder, then rename).
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), self.to_json()?.as_bytes())
+        crate::checkpoint::write_atomic(path.as_ref(), format!("{}\n", self.to_json()?).as_bytes())
     }
-}
-
-/// Writes `bytes` to `path` through `path.tmp-<pid>` and a rename, so readers never see a
-/// half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "results".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 #[cfg(test)]
