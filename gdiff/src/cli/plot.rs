@@ -144,8 +144,8 @@ pub fn write_captioned_grid(path: &Path, images: &candle_core::Tensor, captions:
         let style = TextStyle::from(("sans-serif", 11).into_font()).color(&BLACK);
         for (i, cap) in captions.iter().enumerate() {
             let (x0, y0) = (gap + (i % cols) * (cw + gap), gap + (i / cols) * (ch + strip + gap) + ch + 2);
-            // Cut to the cell's width (about 6 px per character at this size).
-            let max_chars = (cw / 6).max(3);
+            // Cut to the cell's width (about 5.5 px per character at this size).
+            let max_chars = (cw * 2 / 11).max(3);
             let text: String = if cap.chars().count() > max_chars { cap.chars().take(max_chars - 1).chain(['…']).collect() } else { cap.clone() };
             root.draw_text(&text, &style, (x0 as i32, y0 as i32)).map_err(|e| anyhow!("grid caption: {e}"))?;
         }

@@ -5,7 +5,7 @@
 //! reports: accuracy on the asked class, Fréchet distance to the reference set, k-NN precision
 //! and recall (k = 3) against an equally large reference subset. A row for held-out real images
 //! shows what "perfect" looks like at this sample size. Writes results.md / .csv / .json, one
-//! grid per setting and tradeoff.png.
+//! grid per setting and tradeoff.png; `--append` extends an earlier sweep in the same folder.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -62,6 +62,10 @@ pub struct SweepArgs {
     /// Where the tables, grids and plot go (created if missing)
     #[arg(long)]
     pub out_dir: PathBuf,
+    /// Keep the settings already measured in --out_dir (same --num_samples, --seed and
+    /// --reference) and add these: extends a sweep with more scales, samplers or models
+    #[arg(long)]
+    pub append: bool,
     /// No progress lines
     #[arg(long)]
     pub quiet: bool,
@@ -247,6 +251,58 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
     Ok(())
 }
 
+/// The rows of an earlier sweep in `out` (for `--append`), checked to be comparable.
+fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
+    let path = out.join("results.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--append: reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--append: {} is not valid JSON", path.display()))?;
+    let same = v["num_samples"].as_u64() == Some(a.num_samples as u64)
+        && v["seed"].as_u64() == Some(a.seed)
+        && v["reference"].as_str() == Some(a.reference.as_str());
+    if !same {
+        bail!(
+            "--append: {} was measured with --num_samples {} --seed {} --reference {}; give the same to extend it",
+            path.display(),
+            v["num_samples"],
+            v["seed"],
+            v["reference"]
+        );
+    }
+    let rows = v["rows"].as_array().with_context(|| format!("--append: {} has no rows", path.display()))?;
+    rows.iter()
+        .filter(|r| !r["scale"].is_null())
+        .map(|r| {
+            let num = |k: &str| r[k].as_f64().with_context(|| format!("--append: {}: a row without {k}", path.display()));
+            Ok(Row {
+                model: r["model"].as_str().unwrap_or_default().to_string(),
+                sampler: r["sampler"].as_str().unwrap_or_default().to_string(),
+                scale: Some(num("scale")?),
+                metrics: JudgedMetrics { accuracy: num("accuracy")?, fd: num("fd")?, precision: num("precision")?, recall: num("recall")? },
+                seconds: num("seconds")?,
+            })
+        })
+        .collect()
+}
+
+/// Adds `row`, replacing an earlier measurement of the same setting, and keeps the table
+/// ordered: real images first, then by model and sampler (in order of appearance), then scale.
+fn insert_row(rows: &mut Vec<Row>, row: Row) {
+    rows.retain(|r| !(r.model == row.model && r.sampler == row.sampler && r.scale == row.scale));
+    rows.push(row);
+    let mut order: Vec<(String, String)> = Vec::new();
+    for r in rows.iter() {
+        let k = (r.model.clone(), r.sampler.clone());
+        if !order.contains(&k) {
+            order.push(k);
+        }
+    }
+    let rank = |r: &Row| (r.scale.is_some(), order.iter().position(|k| k.0 == r.model && k.1 == r.sampler));
+    rows.sort_by(|x, y| rank(x).cmp(&rank(y)).then(x.scale.unwrap_or(-1.0).total_cmp(&y.scale.unwrap_or(-1.0))));
+}
+
 fn write_plot(out: &Path, rows: &[Row]) -> Result<()> {
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in rows.iter().filter(|r| r.scale.is_some()) {
@@ -340,12 +396,12 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     let asked: Vec<usize> = (0..a.num_samples).map(|i| i % num_classes).collect();
-    let mut rows = Vec::new();
+    let mut rows = if a.append { earlier_rows(&a.out_dir, a)? } else { Vec::new() };
     {
         let (f, predicted, labels) = &reference.held_out;
         let v = guided_diffusion::eval::Verdict { features: f.clone(), predicted: predicted.clone() };
         let metrics = score(&v, labels, &reference.stats, &reference.pr_subset, &device)?;
-        rows.push(Row { model: "real test images".into(), sampler: "-".into(), scale: None, metrics, seconds: 0.0 });
+        insert_row(&mut rows, Row { model: "real test images".into(), sampler: "-".into(), scale: None, metrics, seconds: 0.0 });
     }
     for (name, net, base, ucfg) in &loaded {
         for sp in &samplers {
@@ -387,7 +443,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                     metrics.precision,
                     metrics.recall
                 ));
-                rows.push(Row { model: name.clone(), sampler: sp.name.clone(), scale: Some(scale), metrics, seconds });
+                insert_row(&mut rows, Row { model: name.clone(), sampler: sp.name.clone(), scale: Some(scale), metrics, seconds });
                 // Keep what is measured so far, so an interrupted sweep loses nothing.
                 write_tables(&a.out_dir, &rows, &reference, a)?;
             }
@@ -413,6 +469,19 @@ mod tests {
         for bad in ["ddim", "ddim0", "plms10", "ddpm-3"] {
             assert!(parse_sampler(bad).unwrap_err().to_string().contains("--samplers"), "{bad}");
         }
+    }
+
+    #[test]
+    fn rows_stay_ordered_and_replace_remeasured_settings() {
+        let m = |acc: f64| JudgedMetrics { accuracy: acc, fd: 0.0, precision: 0.0, recall: 0.0 };
+        let row = |model: &str, scale: Option<f64>, acc: f64| Row { model: model.into(), sampler: "ddim25".into(), scale, metrics: m(acc), seconds: 0.0 };
+        let mut rows = vec![row("cond", Some(0.0), 0.1), row("cond", Some(4.0), 0.2), row("uncond", Some(0.0), 0.3)];
+        insert_row(&mut rows, row("real", None, 0.9));
+        insert_row(&mut rows, row("cond", Some(2.0), 0.4));
+        insert_row(&mut rows, row("cond", Some(4.0), 0.5));
+        let got: Vec<(String, Option<f64>, f64)> = rows.iter().map(|r| (r.model.clone(), r.scale, r.metrics.accuracy)).collect();
+        let want = [("real", None, 0.9), ("cond", Some(0.0), 0.1), ("cond", Some(2.0), 0.4), ("cond", Some(4.0), 0.5), ("uncond", Some(0.0), 0.3)];
+        assert_eq!(got, want.map(|(a, b, c)| (a.to_string(), b, c)));
     }
 
     #[test]
