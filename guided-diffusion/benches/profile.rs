@@ -13,7 +13,7 @@ use guided_diffusion::kernels;
 use guided_diffusion::models::attention::{qkv_attention, HeadOrder};
 use guided_diffusion::models::layers::{Conv1x1, GroupNorm32};
 use guided_diffusion::models::resblock::{avg_pool2x, upsample_nearest2x};
-use guided_diffusion::models::{ModelFlags, Net, NetConfig};
+use guided_diffusion::models::{Net, NetConfig};
 
 /// One op kind at one shape, called `count` times per model forward.
 struct Op {
@@ -138,18 +138,7 @@ fn small_model_ops(b: usize) -> Vec<Op> {
 }
 
 fn small_net() -> (Net, usize) {
-    let mut f = ModelFlags::script_defaults();
-    f.image_size = 32;
-    f.in_channels = 1;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,2,2".into();
-    f.attention_resolutions = "8".into();
-    f.num_head_channels = 32;
-    f.class_cond = true;
-    f.num_classes = 10;
-    f.learn_sigma = true;
-    f.resblock_updown = true;
+    let f = common::small_flags();
     let vm = VarMap::new();
     let net = Net::new(&NetConfig::UNet(f.to_config().unwrap()), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     // Keep the parameters alive as variables (the VarMap owns them).

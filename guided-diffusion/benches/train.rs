@@ -13,15 +13,6 @@ use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig
 use guided_diffusion::models::{init::seeded_var_builder, ModelFlags, Net, NetConfig};
 use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
 
-/// Peak resident set size of this process so far (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     let dev = Device::Cpu;
     let cfg = NetConfig::UNet(flags.to_config().unwrap());
@@ -53,7 +44,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
         per * 1e3,
         1.0 / per,
         batch as f64 / per,
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
 }
 

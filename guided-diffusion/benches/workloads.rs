@@ -287,20 +287,6 @@ fn checked_cost(cfg: &NetConfig, actual_params: usize) -> Option<Cost> {
 // ---------------------------------------------------------------------------------------------
 // Networks and measurement
 
-/// Peak resident set size of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// Resets VmHWM to the current RSS (Linux: "5" to /proc/self/clear_refs); best effort.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// A network with seeded random weights as trainable variables (for training).
 fn trainable(cfg: &NetConfig, seed: u64) -> Result<(Net, VarMap, usize)> {
     let vm = VarMap::new();
@@ -527,7 +513,7 @@ fn main() {
     );
     let mut failed = false;
     for name in selection(big) {
-        reset_peak_rss();
+        common::reset_peak_rss();
         let m = match run(name) {
             Ok(m) => m,
             Err(e) => {
@@ -545,7 +531,7 @@ fn main() {
             );
             continue;
         }
-        let rss = peak_rss_mib();
+        let rss = common::peak_rss_mib();
         let ips = m.batch as f64 / m.seconds;
         let gflops = m.flop.map(|f| f / m.seconds / 1e9);
         println!(

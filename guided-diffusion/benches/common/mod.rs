@@ -32,6 +32,20 @@ pub fn flag(name: &str) -> bool {
     std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
 }
 
+/// Peak resident set size of this process (VmHWM), in MiB; NaN where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets VmHWM to the current RSS (Linux: "5" to /proc/self/clear_refs); best effort.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// The small Fashion-MNIST UNet (32x32, 1 channel, 32 channels, levels 1,2,2).
 pub fn small_flags() -> guided_diffusion::models::ModelFlags {
     let mut f = guided_diffusion::models::ModelFlags::script_defaults();

@@ -10,7 +10,7 @@
 //! timestep 0.
 use candle_core::{DType, Device, Tensor};
 
-use super::features::{ExtractedFeatures, FeatureExtractor, FeatureMatrix, ImageBatch};
+use super::features::FeatureMatrix;
 use super::frechet::{frechet_distance, SqrtmMethod};
 use super::manifold::ManifoldEstimator;
 use super::stats::FidStatistics;
@@ -115,31 +115,6 @@ impl Judge {
             predicted.extend(logits.argmax(1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize));
         }
         Ok(Verdict { features, predicted })
-    }
-}
-
-impl FeatureExtractor for Judge {
-    fn describe(&self) -> String {
-        let c = self.net.config();
-        format!("clean classifier judge ({0}x{0}, {1} classes)", c.image_size, c.out_channels)
-    }
-    fn has_spatial(&self) -> bool {
-        false
-    }
-    fn has_logits(&self) -> bool {
-        true
-    }
-    fn extract(&self, images: &ImageBatch) -> Result<ExtractedFeatures> {
-        let shape = (images.n, images.height, images.width, images.channels);
-        let x = Tensor::from_slice(&images.data, shape, &self.device)?;
-        let x = ((x / 127.5)? - 1.0)?.permute((0, 3, 1, 2))?.contiguous()?;
-        let t = Tensor::zeros(images.n, DType::U32, &self.device)?;
-        let (logits, f) = self.net.forward_with_features(&x, &t)?;
-        Ok(ExtractedFeatures {
-            pool: FeatureMatrix::from_tensor(&f)?,
-            spatial: None,
-            logits: Some(FeatureMatrix::from_tensor(&logits)?),
-        })
     }
 }
 
