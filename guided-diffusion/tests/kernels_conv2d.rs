@@ -246,3 +246,44 @@ fn kernels_conv2d_non_contiguous_input() {
     let got = kernels::conv2d(&x, &w, None, 1, 1).unwrap();
     assert_close("transposed input", &got, &x.conv2d(&w, 1, 1, 1, 1).unwrap(), 1e-5);
 }
+
+/// Shapes that take the Winograd F(4x4, 3x3) path (3x3, stride 1, >= 32 channels in and out,
+/// >= 64 tiles), against the f64 definition: outputs not a multiple of 4, paddings 0..2,
+/// several images per block and one image in several, forward and input gradient (which is a
+/// forward convolution with the flipped weight). Also reports the worst relative error, and
+/// checks it against the direct path's.
+#[test]
+fn kernels_conv2d_winograd_matches_definition() {
+    kernels::set_enabled(true);
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in [
+        Case { n: 1, c: 48, h: 32, w: 32, co: 40, k: 3, stride: 1, pad: 1 },
+        Case { n: 3, c: 32, h: 13, w: 19, co: 33, k: 3, stride: 1, pad: 1 },
+        Case { n: 2, c: 35, h: 18, w: 30, co: 32, k: 3, stride: 1, pad: 0 },
+        Case { n: 2, c: 32, h: 15, w: 17, co: 36, k: 3, stride: 1, pad: 2 },
+        Case { n: 6, c: 64, h: 8, w: 8, co: 32, k: 3, stride: 1, pad: 1 },
+    ] {
+        let Case { n, c, h, w, co, pad, .. } = case;
+        let name = format!("n{n} c{c} {h}x{w} co{co} p{pad}");
+        // Weights scaled as the models initialise them, so outputs are O(1).
+        let x = Var::from_tensor(&rand_tensor(&mut rng, &[n, c, h, w])).unwrap();
+        let wt = Var::from_tensor(&(rand_tensor(&mut rng, &[co, c, 3, 3]) * (3.0 / (9.0 * c as f64)).sqrt()).unwrap()).unwrap();
+        let y = kernels::conv2d(&x, &wt, None, 1, pad).unwrap();
+        let r = rand_tensor(&mut rng, y.dims());
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (wy, wdx, wdw) = naive(&flat(&x), &flat(&wt), &flat(&r), &case);
+        let rel = |a: &Tensor, b: &[f64]| {
+            let a = flat(a);
+            let d = a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
+            d / b.iter().map(|y| y.abs()).fold(0.0, f64::max)
+        };
+        let (ey, edx) = (rel(&y, &wy), rel(g.get(&x).unwrap(), &wdx));
+        kernels::set_winograd(false);
+        let direct = rel(&kernels::conv2d(&x, &wt, None, 1, pad).unwrap(), &wy);
+        kernels::set_winograd(true);
+        println!("{name}: max error / max |y|: Winograd {ey:.1e} (input grad {edx:.1e}), direct {direct:.1e}");
+        assert!(ey < 1e-5 && edx < 1e-5, "{name}: Winograd error {ey:e} / {edx:e}");
+        assert_close_f64(&format!("{name}: weight grad"), g.get(&wt).unwrap(), &wdw, 1e-5);
+    }
+}

@@ -84,3 +84,72 @@ pub fn imagenet64_flags() -> guided_diffusion::models::ModelFlags {
     f.use_new_attention_order = true;
     f
 }
+
+/// The machine's f32 peak in GFLOP/s on all rayon threads: `GD_PEAK_GFLOPS` if set, else
+/// measured with independent FMA chains (AVX-512 where the CPU has it, else AVX2+FMA).
+#[allow(dead_code)]
+pub fn peak_gflops() -> f64 {
+    if let Some(p) = std::env::var("GD_PEAK_GFLOPS").ok().and_then(|v| v.parse().ok()) {
+        return p;
+    }
+    const ITERS: usize = 20_000_000;
+    let per_thread = |_: rayon::BroadcastContext| -> f64 { fma_loop(ITERS) };
+    fma_loop(ITERS / 10); // warm up the clocks
+    let start = Instant::now();
+    let flops: f64 = rayon::broadcast(per_thread).into_iter().sum();
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// FLOPs done by `iters` rounds of 12 independent FMA chains.
+fn fma_loop(iters: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if std::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn run(iters: usize) -> f32 {
+                let m = _mm512_set1_ps(0.999_999);
+                let a = _mm512_set1_ps(1e-7);
+                let mut acc = [_mm512_set1_ps(1.0); 12];
+                for _ in 0..iters {
+                    for v in acc.iter_mut() {
+                        *v = _mm512_fmadd_ps(*v, m, a);
+                    }
+                }
+                acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+            }
+            std::hint::black_box(unsafe { run(iters) });
+            return (iters * 12 * 16 * 2) as f64;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn run(iters: usize) -> f32 {
+                let m = _mm256_set1_ps(0.999_999);
+                let a = _mm256_set1_ps(1e-7);
+                let mut acc = [_mm256_set1_ps(1.0); 12];
+                for _ in 0..iters {
+                    for v in acc.iter_mut() {
+                        *v = _mm256_fmadd_ps(*v, m, a);
+                    }
+                }
+                let mut out = [0f32; 8];
+                let mut s = 0.0;
+                for v in acc {
+                    _mm256_storeu_ps(out.as_mut_ptr(), v);
+                    s += out.iter().sum::<f32>();
+                }
+                s
+            }
+            std::hint::black_box(unsafe { run(iters) });
+            return (iters * 12 * 8 * 2) as f64;
+        }
+    }
+    let mut acc = [1f32; 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = v.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 8 * 2) as f64
+}

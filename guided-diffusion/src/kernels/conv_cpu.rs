@@ -85,6 +85,9 @@ impl SendPtr {
 
 /// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
 pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    if super::winograd::applies(cv) {
+        return super::winograd::forward(cv, x, w, bias, out);
+    }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && out.len() >= cv.n * cv.co * px);

@@ -25,6 +25,7 @@ mod im2col;
 mod scratch;
 mod sgemm;
 mod vmath;
+mod winograd;
 
 pub mod attention;
 pub mod conv2d;
@@ -41,4 +42,4 @@ pub use group_norm::group_norm;
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
 pub use upsample::{sum_pool2x, upsample_nearest2x};
-pub use switch::{applies_to, enabled, set_enabled};
+pub use switch::{applies_to, enabled, set_enabled, set_winograd, winograd_enabled};

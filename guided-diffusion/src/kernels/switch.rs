@@ -14,16 +14,7 @@ static STATE: AtomicU8 = AtomicU8::new(UNSET);
 
 /// Whether the fast CPU kernels are used where they apply.
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let on = from_env(std::env::var("GD_KERNELS").ok().as_deref());
-            // Keep an explicit `set_enabled` that raced with us.
-            let _ = STATE.compare_exchange(UNSET, if on { ON } else { OFF }, Ordering::Relaxed, Ordering::Relaxed);
-            STATE.load(Ordering::Relaxed) == ON
-        }
-    }
+    read(&STATE, "GD_KERNELS")
 }
 
 /// Whether the fast kernels are on and every tensor is f32 on the CPU.
@@ -34,6 +25,34 @@ pub fn applies_to(ts: &[&candle_core::Tensor]) -> bool {
 /// Turns the fast kernels on or off for the whole process.
 pub fn set_enabled(on: bool) {
     STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+static WINOGRAD: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether 3x3 stride-1 convolutions may use Winograd F(4x4, 3x3) (on by default; the
+/// environment variable `GD_WINOGRAD=0` / `off` turns it off, read once; [`set_winograd`]
+/// overrides). Only consulted when the fast kernels are on.
+pub fn winograd_enabled() -> bool {
+    read(&WINOGRAD, "GD_WINOGRAD")
+}
+
+/// Turns Winograd convolutions on or off for the whole process.
+pub fn set_winograd(on: bool) {
+    WINOGRAD.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// The switch's state, from the environment variable `var` on first use.
+fn read(flag: &AtomicU8, var: &str) -> bool {
+    match flag.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = from_env(std::env::var(var).ok().as_deref());
+            // Keep an explicit setting that raced with us.
+            let _ = flag.compare_exchange(UNSET, if on { ON } else { OFF }, Ordering::Relaxed, Ordering::Relaxed);
+            flag.load(Ordering::Relaxed) == ON
+        }
+    }
 }
 
 fn from_env(v: Option<&str>) -> bool {

@@ -1,0 +1,359 @@
+//! Winograd F(4x4, 3x3): the 3x3, stride-1 convolutions with 4x fewer multiplications.
+//!
+//! Each 4x4 block of output pixels ("tile") of one output channel is
+//! `A^T [ sum_c (G g_c G^T) . (B^T d_c B) ] A`, where `d_c` is the 6x6 input patch under the tile
+//! in channel `c` and `g_c` the 3x3 kernel (Lavin & Gray 2016). So a layer becomes
+//! - the *weight transform* `U[xi][co][c] = (G g G^T)[xi]` (36 = 6x6 positions `xi`),
+//! - the *input transform* `V[xi][c][tile] = (B^T d B)[xi]`,
+//! - 36 matrix products `M[xi] = U[xi] V[xi]` (`[co, c] x [c, tiles]`, our packed gemm), and
+//! - the *output transform* `y = A^T M A` (+ bias), cropped to the output size.
+//!
+//! That is 36 multiply-adds per 16 outputs and input channel instead of 144. The transforms
+//! are cheap, memory-bound passes; tiles are processed in blocks small enough that a block's
+//! `V` and `M` stay in cache, blocks in parallel on rayon with single-threaded gemms, from
+//! pooled scratch buffers. The transforms run 16 tiles of a tile row at a time (one AVX-512
+//! register or two AVX2 registers per value); the input is first split into its four column
+//! phases `x mod 4` so that every load is contiguous.
+//!
+//! Rounding differs from the direct sum: `G` holds 1/6 and 1/24, and the transforms add
+//! values of both signs, so the result carries a relative error of about 1e-6 of the output's
+//! scale (measured in the tests; the direct im2col product is about 1e-7). The switch
+//! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off for
+//! bit-for-bit comparisons; [`applies`] keeps it to layers wide enough to profit.
+use rayon::prelude::*;
+
+use super::conv_cpu::Conv;
+use super::im2col::Geom;
+use super::scratch;
+use super::sgemm::{sgemm, MatMut, MatRef};
+use super::vmath;
+
+/// Tiles (or input channels, in the weight transform) per vector step of the transforms.
+const L: usize = 16;
+/// The fewest tiles (4x4 output blocks over the batch) worth the transforms.
+const MIN_TILES: usize = 64;
+/// Target floats of one block's `V` and `M` together: 384 Ki floats = 1.5 MiB (most of a
+/// 2 MiB L2).
+const BLOCK_FLOATS: usize = 384 * 1024;
+
+/// Whether a convolution goes through Winograd: 3x3, stride 1, padding at most 2, at least
+/// 32 input and output channels, and at least 64 tiles (below that the weight transform and
+/// the thin products cost more than they save; see `benches/conv3x3.rs`).
+pub fn applies(cv: &Conv) -> bool {
+    let g = &cv.g;
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.ph <= 2
+        && g.pw <= 2
+        && g.c >= 32
+        && cv.co >= 32
+        && cv.n * g.ho.div_ceil(4) * g.wo.div_ceil(4) >= MIN_TILES
+        && super::switch::winograd_enabled()
+}
+
+/// `out[n, co, ho, wo] = conv3x3(x[n, c, h, w], w[co, c, 3, 3]) + bias[co]`.
+///
+/// The weight is transformed once; then the batch goes in blocks of whole images, as many as
+/// keep a block's `V` and `M` near [`BLOCK_FLOATS`] (at least one image). Blocks run in
+/// parallel, and so do the planes of each transform and the 36 products inside a block, so
+/// both many small images and one large image keep every thread busy.
+pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let g = cv.g;
+    assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
+    assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * g.c * 9 && out.len() >= cv.n * cv.co * g.out_px());
+    let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
+    let tpi = th * tw;
+    let mut u = scratch::take(36 * cv.co * g.c);
+    weight_transform(w, cv.co, g.c, SendPtr(u.as_mut_ptr()));
+    let u = &u[..];
+    let imgs = (BLOCK_FLOATS / (36 * (g.c + cv.co) * tpi)).clamp(1, cv.n);
+    let op = SendPtr(out.as_mut_ptr());
+    (0..cv.n.div_ceil(imgs)).into_par_iter().for_each(|blk| {
+        let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
+        let tiles = (i1 - i0) * tpi;
+        let xb = &x[i0 * g.in_len()..i1 * g.in_len()];
+        let mut v = scratch::take(36 * g.c * tiles);
+        let mut m = scratch::take(36 * cv.co * tiles);
+        let vp = SendPtr(v.as_mut_ptr());
+        (0..(i1 - i0) * g.c).into_par_iter().for_each_init(Vec::new, |buf, p| {
+            // Plane (img, c) writes only v[.][c][the tiles of img].
+            input_transform(xb, &g, th, tw, p / g.c, p % g.c, tiles, vp, buf);
+        });
+        let mp = SendPtr(m.as_mut_ptr());
+        let v = &v[..];
+        (0..36).into_par_iter().for_each(|xi| {
+            let lhs = MatRef::rows(u[xi * cv.co * g.c..].as_ptr(), g.c);
+            let rhs = MatRef::rows(v[xi * g.c * tiles..].as_ptr(), tiles);
+            let dst = MatMut::rows(mp.at(xi * cv.co * tiles), tiles);
+            // SAFETY: the views lie inside `u`, `v`, `m`; each `xi` writes its own `m[xi]`.
+            unsafe { sgemm(cv.co, tiles, g.c, dst, false, lhs, rhs, 1) };
+        });
+        let m = &m[..];
+        let ob = op.offset(i0 * cv.co * g.out_px());
+        (0..(i1 - i0) * cv.co).into_par_iter().for_each_init(Vec::new, |buf, p| {
+            // Plane (img, o) writes only its own output plane.
+            output_transform(m, &g, cv.co, th, tw, p / cv.co, p % cv.co, tiles, bias, ob, buf);
+        });
+    });
+}
+
+/// A raw pointer shared by parallel tasks that write disjoint parts through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The address `off` floats on (a method, so that closures capture the Send wrapper).
+    fn at(self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
+
+    /// The pointer `off` floats on.
+    fn offset(self, off: usize) -> SendPtr {
+        SendPtr(self.at(off))
+    }
+
+    /// The `len` floats from `off` on as a slice.
+    ///
+    /// # Safety
+    /// They must lie inside the buffer, and no one else may access them meanwhile.
+    #[inline(always)]
+    unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+type Lanes = [f32; L];
+
+/// `G g` over 3 lane vectors (the rows of G: g0/4; -(g0+g1+g2)/6; -(g0-g1+g2)/6;
+/// g0/24 + g1/12 + g2/6; g0/24 - g1/12 + g2/6; g2).
+#[inline(always)]
+fn g_apply(g: &[Lanes; 3]) -> [Lanes; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let [g0, g1, g2] = [g[0][l], g[1][l], g[2][l]];
+        o[0][l] = g0 / 4.0;
+        o[1][l] = -(g0 + g1 + g2) / 6.0;
+        o[2][l] = -(g0 - g1 + g2) / 6.0;
+        o[3][l] = g0 / 24.0 + g1 / 12.0 + g2 / 6.0;
+        o[4][l] = g0 / 24.0 - g1 / 12.0 + g2 / 6.0;
+        o[5][l] = g2;
+    }
+    o
+}
+
+/// `B^T d` over 6 lane vectors.
+#[inline(always)]
+fn bt_apply(d: &[Lanes; 6]) -> [Lanes; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        o[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        o[1][l] = -4.0 * (d1 + d2) + (d3 + d4);
+        o[2][l] = 4.0 * (d1 - d2) + (d4 - d3);
+        o[3][l] = 2.0 * (d3 - d1) + (d4 - d2);
+        o[4][l] = 2.0 * (d1 - d3) + (d4 - d2);
+        o[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    o
+}
+
+/// `A^T m` over 6 lane vectors.
+#[inline(always)]
+fn at_apply(m: &[Lanes; 6]) -> [Lanes; 4] {
+    let mut o = [[0f32; L]; 4];
+    for l in 0..L {
+        let [m0, m1, m2, m3, m4, m5] = [m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]];
+        let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        o[0][l] = m0 + s12 + s34;
+        o[1][l] = d12 + 2.0 * d34;
+        o[2][l] = s12 + 4.0 * s34;
+        o[3][l] = d12 + 8.0 * d34 + m5;
+    }
+    o
+}
+
+/// `u[xi][o][c] = (G g G^T)[xi]` for every kernel `g = w[o, c]`, in parallel over `o`.
+fn weight_transform(w: &[f32], co: usize, c: usize, u: SendPtr) {
+    (0..co).into_par_iter().for_each(|o| weight_transform_row(w, co, c, o, u));
+}
+
+vmath::avx2_fn! {
+    /// The kernels of output channel `o`, 16 input channels at a time.
+    fn weight_transform_row(w: &[f32], co: usize, c: usize, o: usize, u: SendPtr) {
+        for c0 in (0..c).step_by(L) {
+            let nl = L.min(c - c0);
+            let mut k = [[0f32; L]; 9];
+            for l in 0..nl {
+                for (tap, kt) in k.iter_mut().enumerate() {
+                    kt[l] = w[(o * c + c0 + l) * 9 + tap];
+                }
+            }
+            // G applied to the kernel's columns, then to the rows of the result.
+            let mut t = [[[0f32; L]; 3]; 6];
+            for j in 0..3 {
+                let col = g_apply(&[k[j], k[3 + j], k[6 + j]]);
+                for i in 0..6 {
+                    t[i][j] = col[i];
+                }
+            }
+            for (i, ti) in t.iter().enumerate() {
+                for (j, rj) in g_apply(ti).iter().enumerate() {
+                    // SAFETY: u[i * 6 + j][o][c0..c0 + nl], written only for this `o`.
+                    unsafe { u.slice(((i * 6 + j) * co + o) * c + c0, nl) }.copy_from_slice(&rj[..nl]);
+                }
+            }
+        }
+    }
+}
+
+vmath::avx2_fn! {
+    /// `v[xi][ci][t]` for the tiles `t` of image `img` in input channel `ci` (tiles counted
+    /// over the batch, `tiles` of them, those of one image consecutive).
+    fn input_transform(
+        x: &[f32],
+        g: &Geom,
+        th: usize,
+        tw: usize,
+        img: usize,
+        ci: usize,
+        tiles: usize,
+        v: SendPtr,
+        d: &mut Vec<f32>,
+    ) {
+        let nt = th * tw;
+        // The 6x6 patches of the plane's tiles, entry by entry: d[(r * 6 + k) * ld + t] =
+        // x[4 ty + r - ph][4 tx + k - pw] (zero outside the image), `L` spare columns so that
+        // every lane step loads whole vectors.
+        let ld = nt + L;
+        d.resize(36 * ld, 0.0);
+        let (h, w) = (g.h as isize, g.w as isize);
+        let xc = &x[img * g.in_len() + ci * g.h * g.w..][..g.h * g.w];
+        for r in 0..6 {
+            for ty in 0..th {
+                let iy = (4 * ty + r) as isize - g.ph as isize;
+                let src = (iy >= 0 && iy < h).then(|| &xc[iy as usize * g.w..][..g.w]);
+                for k in 0..6 {
+                    let dst = &mut d[(r * 6 + k) * ld + ty * tw..][..tw];
+                    match src {
+                        None => dst.fill(0.0),
+                        Some(src) => {
+                            for (tx, dv) in dst.iter_mut().enumerate() {
+                                let ix = (4 * tx + k) as isize - g.pw as isize;
+                                *dv = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let base = img * nt;
+        for t0 in (0..nt).step_by(L) {
+            let nl = L.min(nt - t0);
+            // e[i][k] = sum_r B^T[i][r] d[r][k], column by column.
+            let mut e = [[[0f32; L]; 6]; 6];
+            for k in 0..6 {
+                let mut col = [[0f32; L]; 6];
+                for (r, cr) in col.iter_mut().enumerate() {
+                    cr.copy_from_slice(&d[(r * 6 + k) * ld + t0..][..L]);
+                }
+                let t = bt_apply(&col);
+                for i in 0..6 {
+                    e[i][k] = t[i];
+                }
+            }
+            for (i, ei) in e.iter().enumerate() {
+                for (j, vj) in bt_apply(ei).iter().enumerate() {
+                    // SAFETY: v[i * 6 + j][ci][base + t0..][..nl] belongs to this plane.
+                    let dst = unsafe { v.slice(((i * 6 + j) * g.c + ci) * tiles + base + t0, nl) };
+                    store_lanes(dst, vj);
+                }
+            }
+        }
+    }
+}
+
+/// `dst = src[..dst.len()]`, a whole-vector copy when `dst` holds `L` floats (no memcpy call).
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], src: &Lanes) {
+    if let Ok(d) = <&mut Lanes>::try_from(&mut *dst) {
+        *d = *src;
+    } else {
+        for (a, b) in dst.iter_mut().zip(src) {
+            *a = *b;
+        }
+    }
+}
+
+/// `dst[..src.len()] = src`, zeros after; a whole-vector copy when `src` holds `L` floats.
+#[inline(always)]
+fn load_lanes(dst: &mut Lanes, src: &[f32]) {
+    if let Ok(s) = <&Lanes>::try_from(src) {
+        *dst = *s;
+    } else {
+        *dst = [0.0; L];
+        for (a, b) in dst.iter_mut().zip(src) {
+            *a = *b;
+        }
+    }
+}
+
+vmath::avx2_fn! {
+    /// Output plane `(img, o)` (+ its bias) from the products `m[xi][o][t]`.
+    fn output_transform(
+        m: &[f32],
+        g: &Geom,
+        co: usize,
+        th: usize,
+        tw: usize,
+        img: usize,
+        o: usize,
+        tiles: usize,
+        bias: Option<&[f32]>,
+        out: SendPtr,
+        y: &mut Vec<f32>,
+    ) {
+        let nt = th * tw;
+        let base = img * nt;
+        let b = bias.map_or(0.0, |b| b[o]);
+        // y[(a * 4 + bq) * ld + t]: output (a, bq) of tile t, then scattered into the plane.
+        let ld = nt + L;
+        y.resize(16 * ld, 0.0);
+        for t0 in (0..nt).step_by(L) {
+            let nl = L.min(nt - t0);
+            // s[a][j] = sum_i A^T[a][i] m[i][j], column by column.
+            let mut s = [[[0f32; L]; 6]; 4];
+            for j in 0..6 {
+                let mut col = [[0f32; L]; 6];
+                for (i, ci) in col.iter_mut().enumerate() {
+                    load_lanes(ci, &m[((i * 6 + j) * co + o) * tiles + base + t0..][..nl]);
+                }
+                let t = at_apply(&col);
+                for a in 0..4 {
+                    s[a][j] = t[a];
+                }
+            }
+            for (a, sa) in s.iter().enumerate() {
+                for (bq, yb) in at_apply(sa).iter().enumerate() {
+                    let mut v = *yb;
+                    for x in v.iter_mut() {
+                        *x += b;
+                    }
+                    store_lanes(&mut y[(a * 4 + bq) * ld + t0..][..L], &v);
+                }
+            }
+        }
+        let px = g.ho * g.wo;
+        // SAFETY: plane (img, o) of the output, this task's own.
+        let plane = unsafe { out.slice((img * co + o) * px, px) };
+        for oy in 0..g.ho {
+            let (ty, a) = (oy / 4, oy % 4);
+            let row = &mut plane[oy * g.wo..][..g.wo];
+            for (ox, dst) in row.iter_mut().enumerate() {
+                *dst = y[(a * 4 + ox % 4) * ld + ty * tw + ox / 4];
+            }
+        }
+    }
+}
