@@ -84,6 +84,8 @@ fn clap_exit(e: clap::Error) -> ! {
 }
 
 fn main() {
+    // Keep freed tensor memory for reuse (see guided_diffusion::kernels::malloc).
+    guided_diffusion::kernels::malloc::tune();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

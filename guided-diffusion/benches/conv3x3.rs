@@ -18,6 +18,7 @@ fn time_conv(x: &Tensor, w: &Tensor, b: &Tensor, winograd: bool) -> f64 {
 }
 
 fn main() {
+    guided_diffusion::kernels::malloc::tune();
     kernels::set_enabled(true);
     let peak = common::peak_gflops();
     println!("threads {}, f32 peak {peak:.0} GFLOP/s; per conv: direct ms, Winograd ms, effective GFLOP/s and % of peak, speed-up", rayon::current_num_threads());

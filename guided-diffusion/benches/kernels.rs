@@ -149,6 +149,7 @@ fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usi
 }
 
 fn main() {
+    guided_diffusion::kernels::malloc::tune();
     println!(
         "threads {}; each op: candle ms, fast ms, candle GF/s, fast GF/s, speed-up (medians)",
         rayon::current_num_threads()

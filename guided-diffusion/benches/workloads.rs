@@ -503,6 +503,7 @@ fn selection(big: bool) -> Vec<&'static str> {
 }
 
 fn main() {
+    guided_diffusion::kernels::malloc::tune();
     let big = common::flag("GD_BENCH_BIG");
     let threads = rayon::current_num_threads();
     let kernels_on = kernels::enabled();

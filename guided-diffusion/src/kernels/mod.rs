@@ -12,10 +12,12 @@
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
 //!   SiLU, forward and backward in one op each.
+//! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in).
 //! - [`reduce`]: per-channel sums (bias gradients).
 //! - [`softmax`]: softmax over the last axis, forward and backward one pass each.
 //! - [`attention`]: QKV attention with strided gemms and an in-place softmax (not yet called
 //!   by `models::attention`, which would need a one-line change there).
+//! - [`update`]: AdamW, EMA and sums of squares as in-place one-pass updates.
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
@@ -30,9 +32,11 @@ mod winograd;
 pub mod attention;
 pub mod conv2d;
 pub mod group_norm;
+pub mod malloc;
 pub mod reduce;
 pub mod softmax;
 pub mod switch;
+pub mod update;
 pub mod upsample;
 
 pub use attention::qkv_attention;

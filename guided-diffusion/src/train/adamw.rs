@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 
 use super::params::{Grads, ParamSet};
+use crate::kernels::{self, update};
 use crate::{bail, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +39,7 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Moments of one parameter.
+/// Moments of one parameter. On the CPU they are updated in place (clones share the update).
 #[derive(Debug, Clone)]
 pub struct AdamState {
     pub exp_avg: Tensor,
@@ -87,6 +88,21 @@ impl AdamW {
             let g = &g.detach();
             st.step += 1;
             let t = st.step as i32;
+            if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
+                // The same f32 operations as below, in one in-place pass per tensor.
+                let bias_correction1 = 1.0 - c.beta1.powi(t);
+                let bias_correction2 = 1.0 - c.beta2.powi(t);
+                st.exp_avg.inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
+                st.exp_avg_sq.inplace_op2(g, &update::SecondMoment { beta2: c.beta2 as f32, one_minus_beta2: (1.0 - c.beta2) as f32 })?;
+                let step = update::AdamStep {
+                    decay: (c.weight_decay != 0.0).then(|| (1.0 - c.lr * c.weight_decay) as f32),
+                    bc2_sqrt: bias_correction2.sqrt() as f32,
+                    eps: c.eps as f32,
+                    step_size: (c.lr / bias_correction1) as f32,
+                };
+                var.as_tensor().inplace_op3(&st.exp_avg, &st.exp_avg_sq, &step)?;
+                continue;
+            }
             let mut p = var.as_tensor().detach();
             if c.weight_decay != 0.0 {
                 p = p.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
@@ -137,9 +153,10 @@ impl AdamW {
                 [s] if *s >= 0 => *s as u64,
                 _ => bail!("{source}: step.{name} must hold one non-negative integer"),
             };
+            // Own copies: the moments are updated in place.
             state.push(AdamState {
-                exp_avg: m.to_dtype(var.dtype())?.to_device(var.device())?,
-                exp_avg_sq: v.to_dtype(var.dtype())?.to_device(var.device())?,
+                exp_avg: m.to_dtype(var.dtype())?.to_device(var.device())?.copy()?,
+                exp_avg_sq: v.to_dtype(var.dtype())?.to_device(var.device())?.copy()?,
                 step,
             });
         }

@@ -4,26 +4,34 @@
 use candle_core::Tensor;
 
 use super::params::ParamSet;
+use crate::kernels;
 use crate::{bail, Result};
 
 pub struct Ema {
     pub rate: f64,
-    /// In [`ParamSet`] order.
+    /// In [`ParamSet`] order; on the CPU updated in place (clones share the update).
     pub params: Vec<Tensor>,
 }
 
 impl Ema {
     /// Starts as a copy of the current parameters (the reference's `copy.deepcopy`).
     pub fn new(rate: f64, params: &ParamSet) -> Result<Self> {
-        let params = params.tensors().iter().map(|t| t.copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        let params = params.tensors().iter().map(|t| t.detach().copy()).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { rate, params })
     }
 
     pub fn update(&mut self, params: &ParamSet) -> Result<()> {
         for (e, p) in self.params.iter_mut().zip(params.vars()) {
+            let p = p.as_tensor();
+            if kernels::update::applies(&[e, p]) {
+                // The same f32 operations as below, in one in-place pass.
+                let op = kernels::update::EmaStep { rate: self.rate as f32, one_minus_rate: (1.0 - self.rate) as f32 };
+                e.inplace_op2(p, &op)?;
+                continue;
+            }
             // Detached: an op on a variable records its inputs for backprop, and an average that
             // remembers its previous value would keep every step's tensors alive.
-            *e = (e.affine(self.rate, 0.0)? + p.as_tensor().detach().affine(1.0 - self.rate, 0.0)?)?.detach();
+            *e = (e.affine(self.rate, 0.0)? + p.detach().affine(1.0 - self.rate, 0.0)?)?.detach();
         }
         Ok(())
     }

@@ -86,11 +86,15 @@ impl ParamSet {
     }
 }
 
-/// Sum of squares of tensors, each reduced on its device in f32 and added up in f64.
+/// Sum of squares of tensors, each reduced on its device in f32 and added up in f64 (on the CPU
+/// in one pass with f32 partial sums per block, see `kernels::update::sum_sq`).
 pub fn sq_norm<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<f64> {
     let mut acc = 0f64;
     for t in ts {
-        acc += t.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        acc += match crate::kernels::update::sum_sq(t) {
+            Some(s) => s,
+            None => t.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+        };
     }
     Ok(acc)
 }

@@ -455,7 +455,8 @@ impl<O: Objective> TrainLoop<O> {
                 let mut v = Vec::with_capacity(self.params.len());
                 for (name, var) in self.params.names().iter().zip(self.params.vars()) {
                     match t.get(name) {
-                        Some(x) if x.dims() == var.dims() => v.push(x.to_dtype(var.dtype())?),
+                        // An own copy: the EMA is updated in place.
+                        Some(x) if x.dims() == var.dims() => v.push(x.to_dtype(var.dtype())?.copy()?),
                         Some(x) => bail!("{ps}: {name} has shape {:?}, the model expects {:?}", x.dims(), var.dims()),
                         None => bail!("{ps}: missing parameter {name}"),
                     }
