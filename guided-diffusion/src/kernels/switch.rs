@@ -1,6 +1,6 @@
-//! The on/off switch of the fast kernels.
+//! The on/off switches of the fast kernels and of their Winograd convolutions.
 //!
-//! On by default. The environment variable `GD_KERNELS` is read once, on first use: `candle`,
+//! Both on by default. The environment variable `GD_KERNELS` is read once, on first use: `candle`,
 //! `off` or `0` turn the fast kernels off (every op then runs candle's own implementation).
 //! [`set_enabled`] overrides both at run time, e.g. for parity tests and benchmarks that
 //! compare the two paths in one process.

@@ -9,17 +9,18 @@
 //! - the *output transform* `y = A^T M A` (+ bias), cropped to the output size.
 //!
 //! That is 36 multiply-adds per 16 outputs and input channel instead of 144. The transforms
-//! are cheap, memory-bound passes; tiles are processed in blocks small enough that a block's
-//! `V` and `M` stay in cache, blocks in parallel on rayon with single-threaded gemms, from
-//! pooled scratch buffers. The transforms run 16 tiles of a tile row at a time (one AVX-512
-//! register or two AVX2 registers per value); the input is first split into its four column
-//! phases `x mod 4` so that every load is contiguous.
+//! are memory-bound passes. The batch goes in blocks of whole images sized so that a block's
+//! `V` and `M` stay near the L2 cache. Blocks, transform planes and the 36 products all run in
+//! parallel on rayon, with single-threaded gemms and pooled scratch buffers. The transforms
+//! work on 16 tiles at a time (two AVX2 registers per value): the input is first gathered into
+//! the tiles' 6x6 patches, entry by entry, so that every vector load is contiguous.
 //!
 //! Rounding differs from the direct sum: `G` holds 1/6 and 1/24, and the transforms add
-//! values of both signs, so the result carries a relative error of about 1e-6 of the output's
-//! scale (measured in the tests; the direct im2col product is about 1e-7). The switch
-//! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off for
-//! bit-for-bit comparisons; [`applies`] keeps it to layers wide enough to profit.
+//! values of both signs. The result carries an error of up to about 5e-6 of the output's
+//! largest value; the direct im2col product has about 6e-7 (measured by
+//! `kernels_conv2d_winograd_matches_definition`). The switch
+//! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off;
+//! [`applies`] keeps it to layers wide enough to profit (`benches/conv3x3.rs`).
 use rayon::prelude::*;
 
 use super::conv_cpu::Conv;
