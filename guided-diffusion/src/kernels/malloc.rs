@@ -6,7 +6,7 @@
 //! costs fresh zeroed pages (a fault per 4 KiB) and, with more than one thread, a TLB shootdown
 //! on every `munmap`. On the 64x64 training step that was about 40% of all CPU time in the
 //! kernel (`clear_page`, IPIs); [`tune`] keeps freed memory in the heap for reuse instead:
-//! training step 64x64 12-13 s -> 9.3-9.8 s, small model about 15% (bench/README.md).
+//! 64x64 training step 12.2 -> 8.3 s in the benchmark process, small model 7-11% (bench/README.md).
 //! The price is that the resident size stays at its high-water mark until the process exits.
 //!
 //! It is a process-wide choice, so the library never makes it on its own: the `gdiff` binary

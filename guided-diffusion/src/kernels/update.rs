@@ -43,13 +43,23 @@ fn same_len(op: &str, n: usize, others: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// `dst[i] = f(dst[i], a[i])` in parallel chunks.
-fn zip1(dst: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+/// The body of a one-source op: `dst[i] = f(dst[i], a[i])` in parallel chunks, after checking
+/// that both are contiguous f32 data of the same length.
+fn update1(
+    op: &str,
+    (dst, dst_l): (&mut CpuStorage, &Layout),
+    (a, a_l): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<()> {
+    let dst = values_mut(dst, dst_l, op)?;
+    let a = values(a, a_l, op)?;
+    same_len(op, dst.len(), &[a.len()])?;
     dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(d, a)| {
         for (d, a) in d.iter_mut().zip(a) {
             *d = f(*d, *a);
         }
     });
+    Ok(())
 }
 
 /// `dst[i] = f(dst[i], a[i], b[i])` in parallel chunks.
@@ -71,12 +81,8 @@ impl InplaceOp2 for FirstMoment {
         "gd-adamw-m"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
-        let m = values_mut(dst, dst_l, self.name())?;
-        let g = values(s1, l1, self.name())?;
-        same_len(self.name(), m.len(), &[g.len()])?;
         let w = self.one_minus_beta1;
-        zip1(m, g, |m, g| m + ((g - m) * w + 0.0));
-        Ok(())
+        update1(self.name(), (dst, dst_l), (s1, l1), |m, g| m + ((g - m) * w + 0.0))
     }
 }
 
@@ -91,12 +97,8 @@ impl InplaceOp2 for SecondMoment {
         "gd-adamw-v"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
-        let v = values_mut(dst, dst_l, self.name())?;
-        let g = values(s1, l1, self.name())?;
-        same_len(self.name(), v.len(), &[g.len()])?;
         let (b2, w) = (self.beta2, self.one_minus_beta2);
-        zip1(v, g, |v, g| (v * b2 + 0.0) + (g * w + 0.0) * g);
-        Ok(())
+        update1(self.name(), (dst, dst_l), (s1, l1), |v, g| (v * b2 + 0.0) + (g * w + 0.0) * g)
     }
 }
 
@@ -151,12 +153,8 @@ impl InplaceOp2 for EmaStep {
         "gd-ema"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
-        let e = values_mut(dst, dst_l, self.name())?;
-        let p = values(s1, l1, self.name())?;
-        same_len(self.name(), e.len(), &[p.len()])?;
         let (r, w) = (self.rate, self.one_minus_rate);
-        zip1(e, p, |e, p| (e * r + 0.0) + (p * w + 0.0));
-        Ok(())
+        update1(self.name(), (dst, dst_l), (s1, l1), |e, p| (e * r + 0.0) + (p * w + 0.0))
     }
 }
 

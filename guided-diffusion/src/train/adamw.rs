@@ -88,17 +88,18 @@ impl AdamW {
             let g = &g.detach();
             st.step += 1;
             let t = st.step as i32;
+            let bias_correction1 = 1.0 - c.beta1.powi(t);
+            let bias_correction2 = 1.0 - c.beta2.powi(t);
+            let step_size = c.lr / bias_correction1;
             if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
                 // The same f32 operations as below, in one in-place pass per tensor.
-                let bias_correction1 = 1.0 - c.beta1.powi(t);
-                let bias_correction2 = 1.0 - c.beta2.powi(t);
                 st.exp_avg.inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
                 st.exp_avg_sq.inplace_op2(g, &update::SecondMoment { beta2: c.beta2 as f32, one_minus_beta2: (1.0 - c.beta2) as f32 })?;
                 let step = update::AdamStep {
-                    decay: (c.weight_decay != 0.0).then(|| (1.0 - c.lr * c.weight_decay) as f32),
+                    decay: (c.weight_decay != 0.0).then_some((1.0 - c.lr * c.weight_decay) as f32),
                     bc2_sqrt: bias_correction2.sqrt() as f32,
                     eps: c.eps as f32,
-                    step_size: (c.lr / bias_correction1) as f32,
+                    step_size: step_size as f32,
                 };
                 var.as_tensor().inplace_op3(&st.exp_avg, &st.exp_avg_sq, &step)?;
                 continue;
@@ -109,9 +110,6 @@ impl AdamW {
             }
             let m = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
             let v = (st.exp_avg_sq.affine(c.beta2, 0.0)? + (g.affine(1.0 - c.beta2, 0.0)? * g)?)?;
-            let bias_correction1 = 1.0 - c.beta1.powi(t);
-            let bias_correction2 = 1.0 - c.beta2.powi(t);
-            let step_size = c.lr / bias_correction1;
             let bc2_sqrt = Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
             let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
             let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
