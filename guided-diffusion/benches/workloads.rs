@@ -368,6 +368,8 @@ fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let x = Tensor::randn(0f32, 1.0, (batch, c, s, s), &dev)?;
     let t = Tensor::new(vec![500f32; batch], &dev)?;
     let y = Tensor::new(vec![LABEL; batch], &dev)?;
+    // As in a sampling run: the weights' derived forms are kept across calls.
+    let _frozen = kernels::freeze();
     let seconds = time(|| {
         net.forward(&x, &t, Some(&y), None)?;
         Ok(())
@@ -384,6 +386,8 @@ fn classifier_grad(batch: usize) -> Result<Measured> {
     let t = Tensor::new(vec![500f32; batch], &dev)?;
     let labels = vec![LABEL as usize; batch];
     let clf_fn = |x: &Tensor, t: &Tensor| clf.forward(x, t, None, None);
+    // As in a sampling run: the weights' derived forms are kept across calls.
+    let _frozen = kernels::freeze();
     let seconds = time(|| {
         classifier_log_prob_grad(&clf_fn, &x, &t, &labels, 1.0)?;
         Ok(())
@@ -417,6 +421,8 @@ fn guided_ddim_step(batch: usize) -> Result<Measured> {
     let t = vec![12usize; batch];
     let mut noise = SeededNoise::new(0);
     let mut ddim = Ddim { eta: 0.0 };
+    // As in a sampling run: the weights' derived forms are kept across calls.
+    let _frozen = kernels::freeze();
     let seconds = time(|| {
         ddim.step(&d, &model_fn, &x, &t, &opts, &mut noise)?;
         Ok(())

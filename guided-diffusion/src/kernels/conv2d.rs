@@ -5,9 +5,12 @@
 //! `conv2d` (+ bias). The forward op's backward builds the input and weight gradients from two
 //! further custom ops ([`conv2d_input_grad`], [`conv2d_weight_grad`]), whose own backward
 //! passes are convolutions again, so second derivatives work too.
+use std::sync::Arc;
+
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::conv_cpu::{self, Conv};
+use super::frozen::Derived;
 use super::im2col::Geom;
 
 type Result<T> = candle_core::Result<T>;
@@ -36,7 +39,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
                 &zeros
             }
         };
-        return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvFwd(p));
+        let op = ConvFwd { p, frozen: super::frozen::lookup(w) };
+        return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op);
     }
     let y = x.conv2d(w, padding, stride, 1, 1)?;
     match bias {
@@ -49,7 +53,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
 /// output gradient `gy: [N, CO, HO, WO]` and the weight `w: [CO, C, KH, KW]` (fast path only).
 pub fn conv2d_input_grad(gy: &Tensor, w: &Tensor, p: ConvParams, h: usize, wd: usize) -> Result<Tensor> {
     check_cpu_f32(&[gy, w], "conv2d_input_grad")?;
-    gy.contiguous()?.apply_op2(&w.contiguous()?, ConvInputGrad { p, h, w: wd })
+    let op = ConvInputGrad { p, h, w: wd, frozen: super::frozen::lookup(w) };
+    gy.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// The gradient of [`conv2d`] with respect to its `kh x kw` weight, given the input
@@ -99,8 +104,11 @@ fn geom(c: usize, h: usize, w: usize, kh: usize, kw: usize, p: ConvParams, op: &
     }
 }
 
-/// Forward: `(x, w, bias) -> y`.
-struct ConvFwd(ConvParams);
+/// Forward: `(x, w, bias) -> y`; `frozen` keeps derived forms of a frozen weight.
+struct ConvFwd {
+    p: ConvParams,
+    frozen: Option<Arc<Derived>>,
+}
 
 impl CustomOp3 for ConvFwd {
     fn name(&self) -> &'static str {
@@ -125,27 +133,29 @@ impl CustomOp3 for ConvFwd {
         if c != c2 || bd != [co] {
             bail!("{op}: input {xd:?}, weight {wdims:?} and bias {bd:?} do not match");
         }
-        let g = geom(c, h, wd, kh, kw, self.0, op)?;
+        let g = geom(c, h, wd, kh, kw, self.p, op)?;
         let mut y = vec![0f32; n * co * g.out_px()];
-        conv_cpu::forward(&Conv { n, co, g }, x, w, Some(b), &mut y);
+        conv_cpu::forward(&Conv { n, co, g }, x, w, Some(b), &mut y, self.frozen.as_ref().map(|d| &d.winograd));
         Ok((CpuStorage::F32(y), Shape::from((n, co, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let gx = if x.track_op() { Some(conv2d_input_grad(gy, w, self.0, h, wd)?) } else { None };
-        let gw = if w.track_op() { Some(conv2d_weight_grad(x, gy, self.0, kh, kw)?) } else { None };
+        let gx = if x.track_op() { Some(conv2d_input_grad(gy, w, self.p, h, wd)?) } else { None };
+        let gw = if w.track_op() { Some(conv2d_weight_grad(x, gy, self.p, kh, kw)?) } else { None };
         let gb = if b.track_op() { Some(super::channel_sum(gy)?) } else { None };
         Ok((gx, gw, gb))
     }
 }
 
-/// Input gradient: `(gy, w) -> dx` for an input of spatial size `h x w`.
+/// Input gradient: `(gy, w) -> dx` for an input of spatial size `h x w`; `frozen` keeps
+/// derived forms of a frozen weight.
 struct ConvInputGrad {
     p: ConvParams,
     h: usize,
     w: usize,
+    frozen: Option<Arc<Derived>>,
 }
 
 impl CustomOp2 for ConvInputGrad {
@@ -164,7 +174,7 @@ impl CustomOp2 for ConvInputGrad {
             bail!("{op}: output gradient {gd:?} does not match weight {wdims:?} and input {}x{}", self.h, self.w);
         }
         let mut dx = vec![0f32; n * g.in_len()];
-        conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx);
+        conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx, self.frozen.as_deref());
         Ok((CpuStorage::F32(dx), Shape::from((n, c, self.h, self.w))))
     }
 
@@ -212,3 +222,4 @@ impl CustomOp2 for ConvWeightGrad {
         Ok((dx, dgy))
     }
 }
+

@@ -7,9 +7,11 @@
 //! there are enough of them; otherwise they run one after the other with a threaded gemm.
 //! Column matrices live in pooled scratch buffers (no allocation once warm).
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::frozen::Derived;
 use super::im2col::{col2im_add, im2col, Geom};
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
@@ -84,9 +86,20 @@ impl SendPtr {
 }
 
 /// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
-pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+///
+/// `winograd`, when given, keeps the weight's Winograd transform across calls (a frozen
+/// weight's, [`super::frozen`]).
+pub fn forward(
+    cv: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    winograd: Option<&OnceLock<Vec<f32>>>,
+) {
     if super::winograd::applies(cv) {
-        return super::winograd::forward(cv, x, w, bias, out);
+        let u = winograd.map(|u| u.get_or_init(|| super::winograd::transform_weight(w, cv.co, cv.g.c)).as_slice());
+        return super::winograd::forward(cv, x, w, u, bias, out);
     }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
@@ -190,8 +203,13 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
 }
 
 /// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
-pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
+///
+/// `frozen`, when given, keeps the flipped weight and its Winograd transform across calls.
+pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Option<&Derived>) {
     let g = cv.g;
+    if g.is_pointwise() {
+        return input_grad_pointwise(cv, gy, w, dx);
+    }
     // The flipped weight costs a (blocked, parallel) transpose of the weight; measured as fast
     // as or faster than gemm + col2im even for 768 channels at 8x8, batch 1.
     if g.stride == 1 && g.ph < g.kh && g.pw < g.kw {
@@ -203,12 +221,49 @@ pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
         if gt.ho != g.h || gt.wo != g.w {
             return input_grad_col2im(cv, gy, w, dx);
         }
-        let mut wt = scratch::take(g.c * cv.co * kh * kw);
-        flip_transpose(w, cv.co, g.c, kh * kw, &mut wt);
         let t = Conv { n: cv.n, co: g.c, g: gt };
-        return forward(&t, gy, &wt, None, dx);
+        let len = g.c * cv.co * kh * kw;
+        let flip = |wt: &mut [f32]| flip_transpose(w, cv.co, g.c, kh * kw, wt);
+        return match frozen {
+            Some(d) => {
+                let wt = d.flipped.get_or_init(|| {
+                    let mut wt = vec![0f32; len];
+                    flip(&mut wt);
+                    wt
+                });
+                forward(&t, gy, wt, None, dx, Some(&d.flipped_winograd))
+            }
+            None => {
+                let mut wt = scratch::take(len);
+                flip(&mut wt);
+                forward(&t, gy, &wt, None, dx, None)
+            }
+        };
     }
     input_grad_col2im(cv, gy, w, dx)
+}
+
+/// `dx = w^T gy` image by image for a 1x1 convolution: one gemm reading the weight
+/// transposed in place.
+fn input_grad_pointwise(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let g = cv.g;
+    let (px, il) = (g.out_px(), g.in_len());
+    assert!(gy.len() >= cv.n * cv.co * px && w.len() >= cv.co * g.c && dx.len() >= cv.n * il);
+    let threads = rayon::current_num_threads().max(1);
+    let par_imgs = threads > 1 && cv.n >= threads;
+    let run = |(img, dxi): (usize, &mut [f32])| {
+        let lhs = MatRef::rows_t(w.as_ptr(), g.c);
+        let rhs = MatRef::rows(gy[img * cv.co * px..].as_ptr(), px);
+        let dst = MatMut::rows(dxi.as_mut_ptr(), px);
+        // SAFETY: `lhs` is `w` read as `[c, co]`, `rhs` image `img` of `gy`, `dst` its `dx`.
+        unsafe { sgemm(g.c, px, cv.co, dst, false, lhs, rhs, if par_imgs { 1 } else { threads }) };
+    };
+    let dx = &mut dx[..cv.n * il];
+    if par_imgs {
+        dx.par_chunks_mut(il.max(1)).enumerate().for_each(run);
+    } else {
+        dx.chunks_mut(il.max(1)).enumerate().for_each(run);
+    }
 }
 
 /// `wt[c, o, t] = w[o, c, taps - 1 - t]` (the weight of the transposed convolution), in blocks

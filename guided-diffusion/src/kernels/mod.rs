@@ -10,6 +10,8 @@
 //! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
 //!   [`set_enabled`] overrides at run time).
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
+//! - [`frozen`]: derived forms of convolution weights (Winograd transforms, flipped weights)
+//!   kept for the length of a sampling run ([`freeze`]).
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
 //!   SiLU, forward and backward in one op each.
 //! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in).
@@ -32,6 +34,7 @@ mod winograd;
 
 pub mod attention;
 pub mod conv2d;
+pub mod frozen;
 pub mod group_norm;
 pub mod malloc;
 pub mod reduce;
@@ -47,4 +50,7 @@ pub use group_norm::group_norm;
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
 pub use upsample::{sum_pool2x, upsample_nearest2x};
-pub use switch::{applies_to, enabled, set_enabled, set_winograd, winograd_enabled};
+pub use frozen::freeze;
+pub use switch::{
+    applies_to, enabled, frozen_cache_enabled, set_enabled, set_frozen_cache, set_winograd, winograd_enabled,
+};

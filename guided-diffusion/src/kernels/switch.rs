@@ -1,4 +1,5 @@
-//! The on/off switches of the fast kernels and of their Winograd convolutions.
+//! The on/off switches of the fast kernels, their Winograd convolutions and the frozen-weights
+//! cache.
 //!
 //! Both on by default. The environment variable `GD_KERNELS` is read once, on first use: `candle`,
 //! `off` or `0` turn the fast kernels off (every op then runs candle's own implementation).
@@ -39,6 +40,19 @@ pub fn winograd_enabled() -> bool {
 /// Turns Winograd convolutions on or off for the whole process.
 pub fn set_winograd(on: bool) {
     WINOGRAD.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+static FROZEN_CACHE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether frozen-weight scopes keep derived weight forms ([`super::frozen`]; on by default,
+/// `GD_FROZEN_CACHE=0` / `off` turns it off, read once; [`set_frozen_cache`] overrides).
+pub fn frozen_cache_enabled() -> bool {
+    read(&FROZEN_CACHE, "GD_FROZEN_CACHE")
+}
+
+/// Turns the frozen-weights cache on or off for the whole process.
+pub fn set_frozen_cache(on: bool) {
+    FROZEN_CACHE.store(if on { ON } else { OFF }, Ordering::Relaxed);
 }
 
 /// The switch's state, from the environment variable `var` on first use.

@@ -59,15 +59,25 @@ pub fn applies(cv: &Conv) -> bool {
 /// keep a block's `V` and `M` near [`BLOCK_FLOATS`] (at least one image). Blocks run in
 /// parallel, and so do the planes of each transform and the 36 products inside a block, so
 /// both many small images and one large image keep every thread busy.
-pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+///
+/// `u`, when given, is the weight already transformed by [`transform_weight`] (a frozen
+/// weight's, [`super::frozen`]); otherwise the weight is transformed into scratch.
+pub fn forward(cv: &Conv, x: &[f32], w: &[f32], u: Option<&[f32]>, bias: Option<&[f32]>, out: &mut [f32]) {
     let g = cv.g;
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
     assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * g.c * 9 && out.len() >= cv.n * cv.co * g.out_px());
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
-    let mut u = scratch::take(36 * cv.co * g.c);
-    weight_transform(w, cv.co, g.c, SendPtr(u.as_mut_ptr()));
-    let u = &u[..];
+    let mut own = None;
+    let u: &[f32] = match u {
+        Some(u) => u,
+        None => {
+            let mut s = scratch::take(36 * cv.co * g.c);
+            weight_transform(w, cv.co, g.c, SendPtr(s.as_mut_ptr()));
+            &own.insert(s)[..]
+        }
+    };
+    assert!(u.len() >= 36 * cv.co * g.c);
     let imgs = (BLOCK_FLOATS / (36 * (g.c + cv.co) * tpi)).clamp(1, cv.n);
     let op = SendPtr(out.as_mut_ptr());
     (0..cv.n.div_ceil(imgs)).into_par_iter().for_each(|blk| {
@@ -176,6 +186,14 @@ fn at_apply(m: &[Lanes; 6]) -> [Lanes; 4] {
     o
 }
 
+/// The Winograd transform of a weight `w[co, c, 3, 3]`, as [`forward`] takes it.
+pub fn transform_weight(w: &[f32], co: usize, c: usize) -> Vec<f32> {
+    assert!(w.len() >= co * c * 9);
+    let mut u = vec![0f32; 36 * co * c];
+    weight_transform(w, co, c, SendPtr(u.as_mut_ptr()));
+    u
+}
+
 /// `u[xi][o][c] = (G g G^T)[xi]` for every kernel `g = w[o, c]`, in parallel over `o`.
 fn weight_transform(w: &[f32], co: usize, c: usize, u: SendPtr) {
     (0..co).into_par_iter().for_each(|o| weight_transform_row(w, co, c, o, u));
@@ -203,7 +221,7 @@ vmath::avx2_fn! {
             for (i, ti) in t.iter().enumerate() {
                 for (j, rj) in g_apply(ti).iter().enumerate() {
                     // SAFETY: u[i * 6 + j][o][c0..c0 + nl], written only for this `o`.
-                    unsafe { u.slice(((i * 6 + j) * co + o) * c + c0, nl) }.copy_from_slice(&rj[..nl]);
+                    store_lanes(unsafe { u.slice(((i * 6 + j) * co + o) * c + c0, nl) }, rj);
                 }
             }
         }
