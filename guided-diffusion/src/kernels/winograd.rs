@@ -55,29 +55,19 @@ pub fn applies(cv: &Conv) -> bool {
 
 /// `out[n, co, ho, wo] = conv3x3(x[n, c, h, w], w[co, c, 3, 3]) + bias[co]`.
 ///
-/// The weight is transformed once; then the batch goes in blocks of whole images, as many as
+/// The batch goes in blocks of whole images, as many as
 /// keep a block's `V` and `M` near [`BLOCK_FLOATS`] (at least one image). Blocks run in
 /// parallel, and so do the planes of each transform and the 36 products inside a block, so
 /// both many small images and one large image keep every thread busy.
 ///
-/// `u`, when given, is the weight already transformed by [`transform_weight`] (a frozen
-/// weight's, [`super::frozen`]); otherwise the weight is transformed into scratch.
-pub fn forward(cv: &Conv, x: &[f32], w: &[f32], u: Option<&[f32]>, bias: Option<&[f32]>, out: &mut [f32]) {
+///
+/// `u` is the weight transformed by [`transform_weight`] or [`transform_weight_into`].
+pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let g = cv.g;
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
-    assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * g.c * 9 && out.len() >= cv.n * cv.co * g.out_px());
+    assert!(x.len() >= cv.n * g.in_len() && u.len() >= 36 * cv.co * g.c && out.len() >= cv.n * cv.co * g.out_px());
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
-    let mut own = None;
-    let u: &[f32] = match u {
-        Some(u) => u,
-        None => {
-            let mut s = scratch::take(36 * cv.co * g.c);
-            weight_transform(w, cv.co, g.c, SendPtr(s.as_mut_ptr()));
-            &own.insert(s)[..]
-        }
-    };
-    assert!(u.len() >= 36 * cv.co * g.c);
     let imgs = (BLOCK_FLOATS / (36 * (g.c + cv.co) * tpi)).clamp(1, cv.n);
     let op = SendPtr(out.as_mut_ptr());
     (0..cv.n.div_ceil(imgs)).into_par_iter().for_each(|blk| {
@@ -186,28 +176,41 @@ fn at_apply(m: &[Lanes; 6]) -> [Lanes; 4] {
     o
 }
 
-/// The Winograd transform of a weight `w[co, c, 3, 3]`, as [`forward`] takes it.
-pub fn transform_weight(w: &[f32], co: usize, c: usize) -> Vec<f32> {
-    assert!(w.len() >= co * c * 9);
+/// The Winograd transform of the `[co, c, 3, 3]` weight of a convolution, as [`forward`]
+/// takes it. With `flipped`, that weight is `w` flipped and transposed (`w` is then
+/// `[c, co, 3, 3]`): the convolution that gives the input gradient of `w`'s.
+pub fn transform_weight(w: &[f32], co: usize, c: usize, flipped: bool) -> Vec<f32> {
     let mut u = vec![0f32; 36 * co * c];
-    weight_transform(w, co, c, SendPtr(u.as_mut_ptr()));
+    transform_weight_into(w, co, c, flipped, &mut u);
     u
 }
 
-/// `u[xi][o][c] = (G g G^T)[xi]` for every kernel `g = w[o, c]`, in parallel over `o`.
-fn weight_transform(w: &[f32], co: usize, c: usize, u: SendPtr) {
-    (0..co).into_par_iter().for_each(|o| weight_transform_row(w, co, c, o, u));
+/// [`transform_weight`] into `u` (at least `36 co c` floats), in parallel over output channels.
+pub fn transform_weight_into(w: &[f32], co: usize, c: usize, flipped: bool, u: &mut [f32]) {
+    assert!(w.len() >= co * c * 9 && u.len() >= 36 * co * c);
+    let u = SendPtr(u.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| weight_transform_row(w, co, c, o, flipped, u));
 }
 
 vmath::avx2_fn! {
     /// The kernels of output channel `o`, 16 input channels at a time.
-    fn weight_transform_row(w: &[f32], co: usize, c: usize, o: usize, u: SendPtr) {
+    /// (`flipped`: of the flipped and transposed weight, read from `w[c, co, 3, 3]`.)
+    fn weight_transform_row(w: &[f32], co: usize, c: usize, o: usize, flipped: bool, u: SendPtr) {
         for c0 in (0..c).step_by(L) {
             let nl = L.min(c - c0);
             let mut k = [[0f32; L]; 9];
             for l in 0..nl {
-                for (tap, kt) in k.iter_mut().enumerate() {
-                    kt[l] = w[(o * c + c0 + l) * 9 + tap];
+                let ci = c0 + l;
+                if flipped {
+                    let src: &[f32; 9] = w[(ci * co + o) * 9..][..9].try_into().unwrap();
+                    for (tap, kt) in k.iter_mut().enumerate() {
+                        kt[l] = src[8 - tap];
+                    }
+                } else {
+                    let src: &[f32; 9] = w[(o * c + ci) * 9..][..9].try_into().unwrap();
+                    for (tap, kt) in k.iter_mut().enumerate() {
+                        kt[l] = src[tap];
+                    }
                 }
             }
             // G applied to the kernel's columns, then to the rows of the result.
