@@ -162,6 +162,9 @@ fn forward_winograd(
 
 /// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T`.
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    if super::winograd_wgrad::applies(cv) {
+        return super::winograd_wgrad::weight_grad(cv, x, gy, dw);
+    }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);

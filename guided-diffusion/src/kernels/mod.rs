@@ -21,7 +21,8 @@
 //!   by `models::attention`, which would need a one-line change there).
 //! - [`update`]: AdamW, EMA and sums of squares as in-place one-pass updates.
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
-//! - `winograd`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3), used by `conv_cpu`.
+//! - `winograd`, `winograd_wgrad`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3),
+//!   forward and weight gradient, used by `conv_cpu`.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
 mod conv_cpu;
@@ -31,6 +32,7 @@ mod scratch;
 mod sgemm;
 mod vmath;
 mod winograd;
+mod winograd_wgrad;
 
 pub mod attention;
 pub mod conv2d;

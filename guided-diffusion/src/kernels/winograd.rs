@@ -30,9 +30,9 @@ use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
 
 /// Tiles (or input channels, in the weight transform) per vector step of the transforms.
-const L: usize = 16;
+pub(super) const L: usize = 16;
 /// The fewest tiles (4x4 output blocks over the batch) worth the transforms.
-const MIN_TILES: usize = 64;
+pub(super) const MIN_TILES: usize = 64;
 /// Target floats of one block's `V` and `M` together: 384 Ki floats = 1.5 MiB (most of a
 /// 2 MiB L2).
 const BLOCK_FLOATS: usize = 384 * 1024;
@@ -59,7 +59,6 @@ pub fn applies(cv: &Conv) -> bool {
 /// keep a block's `V` and `M` near [`BLOCK_FLOATS`] (at least one image). Blocks run in
 /// parallel, and so do the planes of each transform and the 36 products inside a block, so
 /// both many small images and one large image keep every thread busy.
-///
 ///
 /// `u` is the weight transformed by [`transform_weight`] or [`transform_weight_into`].
 pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
@@ -101,18 +100,18 @@ pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut 
 
 /// A raw pointer shared by parallel tasks that write disjoint parts through it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The address `off` floats on (a method, so that closures capture the Send wrapper).
-    fn at(self, off: usize) -> *mut f32 {
+    pub(super) fn at(self, off: usize) -> *mut f32 {
         self.0.wrapping_add(off)
     }
 
     /// The pointer `off` floats on.
-    fn offset(self, off: usize) -> SendPtr {
+    pub(super) fn offset(self, off: usize) -> SendPtr {
         SendPtr(self.at(off))
     }
 
@@ -121,12 +120,12 @@ impl SendPtr {
     /// # Safety
     /// They must lie inside the buffer, and no one else may access them meanwhile.
     #[inline(always)]
-    unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
+    pub(super) unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(off), len)
     }
 }
 
-type Lanes = [f32; L];
+pub(super) type Lanes = [f32; L];
 
 /// `G g` over 3 lane vectors (the rows of G: g0/4; -(g0+g1+g2)/6; -(g0-g1+g2)/6;
 /// g0/24 + g1/12 + g2/6; g0/24 - g1/12 + g2/6; g2).
@@ -234,7 +233,7 @@ vmath::avx2_fn! {
 vmath::avx2_fn! {
     /// `v[xi][ci][t]` for the tiles `t` of image `img` in input channel `ci` (tiles counted
     /// over the batch, `tiles` of them, those of one image consecutive).
-    fn input_transform(
+    pub(super) fn input_transform(
         x: &[f32],
         g: &Geom,
         th: usize,
@@ -299,7 +298,7 @@ vmath::avx2_fn! {
 
 /// `dst = src[..dst.len()]`, a whole-vector copy when `dst` holds `L` floats (no memcpy call).
 #[inline(always)]
-fn store_lanes(dst: &mut [f32], src: &Lanes) {
+pub(super) fn store_lanes(dst: &mut [f32], src: &Lanes) {
     if let Ok(d) = <&mut Lanes>::try_from(&mut *dst) {
         *d = *src;
     } else {
@@ -311,7 +310,7 @@ fn store_lanes(dst: &mut [f32], src: &Lanes) {
 
 /// `dst[..src.len()] = src`, zeros after; a whole-vector copy when `src` holds `L` floats.
 #[inline(always)]
-fn load_lanes(dst: &mut Lanes, src: &[f32]) {
+pub(super) fn load_lanes(dst: &mut Lanes, src: &[f32]) {
     if let Ok(s) = <&Lanes>::try_from(src) {
         *dst = *s;
     } else {

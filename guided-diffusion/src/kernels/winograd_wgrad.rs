@@ -1,0 +1,303 @@
+//! The weight gradient of a Winograd F(4x4, 3x3) convolution: 4x fewer multiplications than
+//! the im2col product for the 3x3 stride-1 layers that [`applies`](super::winograd::applies) to.
+//!
+//! The forward pass computes each 4x4 output tile as `y = A^T [U . V] A` with `U = G g G^T`
+//! and `V = B^T d B` (see [`super::winograd`]). It is linear in `U`, so for an output gradient tile
+//! `dy` the gradient of `U` is `(A dy A^T) . V`, and that of the kernel `g` is `G^T (...) G`.
+//! Summed over tiles and images:
+//!
+//! `dw[o][c] = G^T [ sum_t Q[o][t] . V[c][t] ] G`, with `Q = A dy A^T` (6x6 from 4x4).
+//!
+//! So the layer becomes the input transform `V` (the forward's), a *gradient transform* `Q`,
+//! 36 matrix products `P[xi] = Q[xi] V[xi]^T` (`[co, tiles] x [tiles, c]`) summed over the
+//! batch, and the *inverse weight transform* `dw = G^T P G`. Tiles past the output's edge get
+//! `dy = 0`, so the crop of the forward pass is respected.
+//!
+//! The batch goes in blocks of whole images as large as [`BLOCK_FLOATS`] allows, so that the
+//! products' `P` (4x the size of `dw`) is read and written as few times as possible; the
+//! transforms run in parallel over planes and the 36 products over `xi`. Rounding: `G^T` holds
+//! 1/4, 1/6, 1/12 and 1/24, and `A` up to 8, as in the forward pass; the error stays within
+//! `kernels_conv2d_winograd_matches_definition`'s bound.
+use rayon::prelude::*;
+
+use super::conv_cpu::Conv;
+use super::im2col::Geom;
+use super::scratch;
+use super::sgemm::{sgemm, MatMut, MatRef};
+use super::vmath;
+use super::winograd::{input_transform, load_lanes, store_lanes, Lanes, SendPtr, L};
+
+/// The most floats of `V` and `Q` one block of images may take (64 MiB): the products sum
+/// over a block's tiles in one pass, and every further block reads and writes `P` again.
+const BLOCK_FLOATS: usize = 16 * 1024 * 1024;
+
+/// The fewest floats of `P` (`36 co c`) for which this path is used: with a smaller `P`
+/// (thin layers) `V` and `Q` outweigh it, do not stay in cache, and the direct product wins
+/// (the small model's 32-128 channel layers at batch 32: 15.0 vs 11.9 ms for 64 channels at
+/// 32x32). 1 Mi floats is 192 channels in and out.
+pub const MIN_P_FLOATS: usize = 1024 * 1024;
+
+/// Whether the weight gradient of `cv` goes through Winograd: [`applies`] to its forward
+/// pass, and `P` is large enough ([`MIN_P_FLOATS`]).
+///
+/// [`applies`]: super::winograd::applies
+pub fn applies(cv: &Conv) -> bool {
+    super::winograd::applies(cv) && 36 * cv.co * cv.g.c >= MIN_P_FLOATS
+}
+
+/// `dw[co, c, 3, 3] = sum over images of the weight gradient of `conv3x3(x)` for the output
+/// gradient `gy[n, co, ho, wo]` (same geometry as [`forward`](super::winograd::forward)).
+pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    weight_grad_in_blocks(cv, x, gy, dw, BLOCK_FLOATS)
+}
+
+/// [`weight_grad`] with at most `block_floats` of `V` and `Q` per block of images.
+fn weight_grad_in_blocks(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], block_floats: usize) {
+    let g = cv.g;
+    let (co, c) = (cv.co, g.c);
+    assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
+    assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * co * g.out_px() && dw.len() >= co * c * 9);
+    let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
+    let tpi = th * tw;
+    let imgs = (block_floats / (36 * (c + co) * tpi)).clamp(1, cv.n.max(1));
+    let mut p = scratch::take(36 * co * c);
+    let pp = SendPtr(p.as_mut_ptr());
+    for blk in 0..cv.n.div_ceil(imgs) {
+        let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
+        let tiles = (i1 - i0) * tpi;
+        let xb = &x[i0 * g.in_len()..i1 * g.in_len()];
+        let gb = &gy[i0 * co * g.out_px()..i1 * co * g.out_px()];
+        let mut v = scratch::take(36 * c * tiles);
+        let mut q = scratch::take(36 * co * tiles);
+        let (vp, qp) = (SendPtr(v.as_mut_ptr()), SendPtr(q.as_mut_ptr()));
+        (0..(i1 - i0) * (c + co)).into_par_iter().for_each_init(Vec::new, |buf, t| {
+            // Input planes (img, ci) first, then output-gradient planes (img, o); each task
+            // writes only its own plane's tiles.
+            let (img, ch) = if t < (i1 - i0) * c { (t / c, Some(t % c)) } else { ((t - (i1 - i0) * c) / co, None) };
+            match ch {
+                Some(ci) => input_transform(xb, &g, th, tw, img, ci, tiles, vp, buf),
+                None => grad_transform(gb, &g, co, th, tw, img, (t - (i1 - i0) * c) % co, tiles, qp, buf),
+            }
+        });
+        let (v, q) = (&v[..], &q[..]);
+        (0..36).into_par_iter().for_each(|xi| {
+            let lhs = MatRef::rows(q[xi * co * tiles..].as_ptr(), tiles);
+            let rhs = MatRef::rows_t(v[xi * c * tiles..].as_ptr(), tiles);
+            let dst = MatMut::rows(pp.at(xi * co * c), c);
+            // SAFETY: the views lie inside `q`, `v`, `p`; each `xi` writes its own `p[xi]`.
+            unsafe { sgemm(co, c, tiles, dst, blk > 0, lhs, rhs, 1) };
+        });
+    }
+    let p = &p[..];
+    let dp = SendPtr(dw.as_mut_ptr());
+    (0..co).into_par_iter().for_each(|o| inverse_weight_transform_row(p, co, c, o, dp));
+}
+
+/// `A q` over 4 lane vectors (the rows of A^T as columns: q0; q0+q1+q2+q3; q0-q1+q2-q3;
+/// q0+2q1+4q2+8q3; q0-2q1+4q2-8q3; q3).
+#[inline(always)]
+fn a_apply(q: &[Lanes; 4]) -> [Lanes; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let [q0, q1, q2, q3] = [q[0][l], q[1][l], q[2][l], q[3][l]];
+        let (s02, s13, t02, t13) = (q0 + q2, q1 + q3, q0 + 4.0 * q2, 2.0 * q1 + 8.0 * q3);
+        o[0][l] = q0;
+        o[1][l] = s02 + s13;
+        o[2][l] = s02 - s13;
+        o[3][l] = t02 + t13;
+        o[4][l] = t02 - t13;
+        o[5][l] = q3;
+    }
+    o
+}
+
+/// `G^T p` over 6 lane vectors (p0/4 - p1/6 - p2/6 + p3/24 + p4/24; -p1/6 + p2/6 + p3/12 -
+/// p4/12; -p1/6 - p2/6 + p3/6 + p4/6 + p5).
+#[inline(always)]
+fn gt_apply(p: &[Lanes; 6]) -> [Lanes; 3] {
+    let mut o = [[0f32; L]; 3];
+    for l in 0..L {
+        let [p0, p1, p2, p3, p4, p5] = [p[0][l], p[1][l], p[2][l], p[3][l], p[4][l], p[5][l]];
+        let (s12, d12, s34, d34) = (p1 + p2, p2 - p1, p3 + p4, p3 - p4);
+        o[0][l] = p0 / 4.0 - s12 / 6.0 + s34 / 24.0;
+        o[1][l] = d12 / 6.0 + d34 / 12.0;
+        o[2][l] = (s34 - s12) / 6.0 + p5;
+    }
+    o
+}
+
+vmath::avx2_fn! {
+    /// `q[xi][o][t] = (A dy A^T)[xi]` for the tiles `t` of image `img` in output channel `o`
+    /// (outputs past the edge count as zero).
+    fn grad_transform(
+        gy: &[f32],
+        g: &Geom,
+        co: usize,
+        th: usize,
+        tw: usize,
+        img: usize,
+        o: usize,
+        tiles: usize,
+        q: SendPtr,
+        d: &mut Vec<f32>,
+    ) {
+        let nt = th * tw;
+        // The 4x4 gradient tiles, entry by entry: d[(a * 4 + b) * ld + t] = gy[4 ty + a][4 tx + b].
+        let ld = nt + L;
+        d.resize(16 * ld, 0.0);
+        let px = g.ho * g.wo;
+        let plane = &gy[(img * co + o) * px..][..px];
+        for a in 0..4 {
+            for ty in 0..th {
+                let oy = 4 * ty + a;
+                let src = (oy < g.ho).then(|| &plane[oy * g.wo..][..g.wo]);
+                for b in 0..4 {
+                    let dst = &mut d[(a * 4 + b) * ld + ty * tw..][..tw];
+                    match src {
+                        None => dst.fill(0.0),
+                        Some(src) => {
+                            for (tx, dv) in dst.iter_mut().enumerate() {
+                                let ox = 4 * tx + b;
+                                *dv = if ox < g.wo { src[ox] } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let base = img * nt;
+        for t0 in (0..nt).step_by(L) {
+            let nl = L.min(nt - t0);
+            // e[i][b] = sum_a A[i][a] dy[a][b], column by column; then the rows.
+            let mut e = [[[0f32; L]; 4]; 6];
+            for b in 0..4 {
+                let mut col = [[0f32; L]; 4];
+                for (a, ca) in col.iter_mut().enumerate() {
+                    ca.copy_from_slice(&d[(a * 4 + b) * ld + t0..][..L]);
+                }
+                let t = a_apply(&col);
+                for i in 0..6 {
+                    e[i][b] = t[i];
+                }
+            }
+            for (i, ei) in e.iter().enumerate() {
+                for (j, qj) in a_apply(ei).iter().enumerate() {
+                    // SAFETY: q[i * 6 + j][o][base + t0..][..nl] belongs to this plane.
+                    store_lanes(unsafe { q.slice(((i * 6 + j) * co + o) * tiles + base + t0, nl) }, qj);
+                }
+            }
+        }
+    }
+}
+
+vmath::avx2_fn! {
+    /// `dw[o][c] = G^T p[.][o][c] G` for output channel `o`, 16 input channels at a time.
+    fn inverse_weight_transform_row(p: &[f32], co: usize, c: usize, o: usize, dw: SendPtr) {
+        for c0 in (0..c).step_by(L) {
+            let nl = L.min(c - c0);
+            // G^T applied to the columns of the 6x6, then to the rows of the 3x6 result.
+            let mut r = [[[0f32; L]; 6]; 3];
+            for j in 0..6 {
+                let mut col = [[0f32; L]; 6];
+                for (i, ci) in col.iter_mut().enumerate() {
+                    load_lanes(ci, &p[((i * 6 + j) * co + o) * c + c0..][..nl]);
+                }
+                let t = gt_apply(&col);
+                for k in 0..3 {
+                    r[k][j] = t[k];
+                }
+            }
+            // SAFETY: dw[o][c0..c0 + nl][..9], written only for this `o`.
+            let out = unsafe { dw.slice((o * c + c0) * 9, nl * 9) };
+            for (k, rk) in r.iter().enumerate() {
+                for (m, v) in gt_apply(rk).iter().enumerate() {
+                    for (l, &x) in v.iter().enumerate().take(nl) {
+                        out[l * 9 + k * 3 + m] = x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{a_apply, gt_apply, weight_grad_in_blocks, L};
+    use crate::kernels::conv_cpu::Conv;
+    use crate::kernels::im2col::Geom;
+
+    /// Blocks of one image each (the products summed into `P` over five blocks) and one block
+    /// for the whole batch both give the f64 definition's weight gradient.
+    #[test]
+    fn blocks_accumulate_into_the_definition() {
+        let (n, c, co, h, w) = (5, 32, 33, 15, 13);
+        let g = Geom::new(c, h, w, 3, 3, 1, 1, 1).unwrap();
+        let cv = Conv { n, co, g };
+        let mut s = 1u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..n * c * h * w).map(|_| rnd()).collect();
+        let gy: Vec<f32> = (0..n * co * h * w).map(|_| rnd()).collect();
+        let mut want = vec![0f64; co * c * 9];
+        for b in 0..n {
+            for o in 0..co {
+                for ci in 0..c {
+                    for (tap, acc) in want[(o * c + ci) * 9..][..9].iter_mut().enumerate() {
+                        let (ky, kx) = (tap / 3, tap % 3);
+                        for oy in 0..h {
+                            for ox in 0..w {
+                                let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    let xv = x[((b * c + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                    *acc += xv * gy[((b * co + o) * h + oy) * w + ox] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let tiles_floats = 36 * (c + co) * 16;
+        for block in [tiles_floats, usize::MAX / 2] {
+            let mut dw = vec![0f32; co * c * 9];
+            weight_grad_in_blocks(&cv, &x, &gy, &mut dw, block);
+            let err = dw.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+            assert!(err < 1e-5 * scale, "block {block}: error {err:e} of {scale:e}");
+        }
+    }
+
+    /// The lane transforms are the transposes of the forward's A^T and G (checked on unit
+    /// vectors against the matrices written out).
+    #[test]
+    fn transforms_are_the_transposes() {
+        let at: [[f32; 6]; 4] =
+            [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
+        for a in 0..4 {
+            let mut q = [[0f32; L]; 4];
+            q[a] = [1.0; L];
+            let o = a_apply(&q);
+            for i in 0..6 {
+                assert_eq!(o[i][0], at[a][i], "A[{i}][{a}]");
+            }
+        }
+        let g: [[f32; 3]; 6] = [
+            [0.25, 0., 0.],
+            [-1. / 6., -1. / 6., -1. / 6.],
+            [-1. / 6., 1. / 6., -1. / 6.],
+            [1. / 24., 1. / 12., 1. / 6.],
+            [1. / 24., -1. / 12., 1. / 6.],
+            [0., 0., 1.],
+        ];
+        for i in 0..6 {
+            let mut p = [[0f32; L]; 6];
+            p[i] = [1.0; L];
+            let o = gt_apply(&p);
+            for k in 0..3 {
+                assert!((o[k][0] - g[i][k]).abs() < 1e-7, "G[{i}][{k}]: {} vs {}", o[k][0], g[i][k]);
+            }
+        }
+    }
+}
