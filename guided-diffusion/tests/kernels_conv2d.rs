@@ -250,8 +250,8 @@ fn kernels_conv2d_non_contiguous_input() {
 /// Shapes that take the Winograd F(4x4, 3x3) path (3x3, stride 1, at least 32 channels in
 /// and out and 64 tiles), against the f64 definition: outputs not a multiple of 4, paddings
 /// 0..2, several images per block and one image in several. Checks the forward pass, the
-/// input gradient (a forward convolution with the flipped weight) and, for the wide case, the
-/// weight gradient (`winograd_wgrad`); reports the worst error relative to the largest value,
+/// input gradient (a forward convolution with the flipped weight) and the weight gradient
+/// (`winograd_wgrad`, thin and wide); reports the worst error relative to the largest value,
 /// next to the direct path's.
 #[test]
 fn kernels_conv2d_winograd_matches_definition() {
@@ -263,7 +263,7 @@ fn kernels_conv2d_winograd_matches_definition() {
         Case { n: 2, c: 35, h: 26, w: 30, co: 32, k: 3, stride: 1, pad: 0 },
         Case { n: 2, c: 32, h: 23, w: 25, co: 36, k: 3, stride: 1, pad: 2 },
         Case { n: 8, c: 64, h: 12, w: 12, co: 32, k: 3, stride: 1, pad: 1 },
-        // Wide enough for the Winograd weight gradient (36 co c >= 1 Mi floats).
+        // Wide: the weight gradient's blocks of the whole batch and one P (36 co c floats).
         Case { n: 1, c: 176, h: 30, w: 30, co: 184, k: 3, stride: 1, pad: 1 },
     ] {
         let Case { n, c, h, w, co, pad, .. } = case;

@@ -162,7 +162,7 @@ fn forward_winograd(
 
 /// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T`.
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
-    if super::winograd_wgrad::applies(cv) {
+    if winograd::applies(cv) {
         return super::winograd_wgrad::weight_grad(cv, x, gy, dw);
     }
     let g = cv.g;
