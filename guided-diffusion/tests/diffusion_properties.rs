@@ -221,15 +221,15 @@ fn model_sees_mapped_and_rescaled_timesteps() {
     }
     .build()
     .unwrap();
-    let seen = std::cell::RefCell::new(vec![]);
+    let seen = std::sync::Mutex::new(vec![]);
     let model = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
-        seen.borrow_mut().push(t.to_vec1::<f32>()?);
+        seen.lock().unwrap().push(t.to_vec1::<f32>()?);
         Ok(x.zeros_like()?)
     };
     let x = randn(0, &[2, 3, 4, 4]);
     d.p_mean_variance(&model, &x, &[49, 7], true, None).unwrap();
     let map = d.timestep_map();
-    assert_eq!(seen.borrow()[0], vec![map[49] as f32 * 2.0, map[7] as f32 * 2.0]);
+    assert_eq!(seen.lock().unwrap()[0], vec![map[49] as f32 * 2.0, map[7] as f32 * 2.0]);
     assert_eq!(map[49], 499);
 }
 

@@ -2,7 +2,7 @@
 //! reverse loops (noise draws, callbacks, exactness on analytic models), how guidance enters
 //! each sampler (condition_mean / condition_score / model-output override), the classifier
 //! gradient, and the losses' values and gradients (stop-gradient of the hybrid loss).
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use guided_diffusion::diffusion::likelihood::discretized_gaussian_log_likelihood;
@@ -262,12 +262,12 @@ fn ddim_eta_step_and_reverse_ode() {
 /// A test guidance: a fixed gradient, recording the timesteps it is given.
 struct ConstGrad {
     g: Tensor,
-    seen: RefCell<Vec<Vec<f32>>>,
+    seen: Mutex<Vec<Vec<f32>>>,
 }
 
 impl Guidance for ConstGrad {
     fn gradient(&self, _x: &Tensor, t_model: &Tensor) -> Result<Option<Tensor>> {
-        self.seen.borrow_mut().push(t_model.to_vec1::<f32>()?);
+        self.seen.lock().unwrap().push(t_model.to_vec1::<f32>()?);
         Ok(Some(self.g.clone()))
     }
 }
@@ -284,7 +284,7 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     let g = (randn(32, &[2, 3, 4, 4]) * 0.05).unwrap();
     let guide = ConstGrad {
         g: g.clone(),
-        seen: RefCell::new(vec![]),
+        seen: Mutex::new(vec![]),
     };
     let opts = SampleOptions {
         guidance: &guide,
@@ -307,7 +307,7 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     .unwrap();
     assert_eq!(max_diff(&out.sample, &want), 0.0);
     // The guidance saw the original timesteps.
-    assert_eq!(guide.seen.borrow()[0], vec![d.timestep_map()[6] as f32, 0.0]);
+    assert_eq!(guide.seen.lock().unwrap()[0], vec![d.timestep_map()[6] as f32, 0.0]);
 
     // DDIM: eps -= sqrt(1 - ab) g with the spaced ab, pred_xstart not clipped again.
     let (mut n2, _) = replay(1, &[2, 3, 4, 4], 34);
@@ -393,9 +393,9 @@ fn classifier_gradient_matches_analytic_linear_classifier() {
     let dim = c * h * w;
     let wmat = (randn(51, &[k, dim]) * 0.2).unwrap();
     let bias = randn(52, &[k]);
-    let seen_t = RefCell::new(vec![]);
+    let seen_t = Mutex::new(vec![]);
     let classifier = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
-        seen_t.borrow_mut().push(t.to_vec1::<f32>()?);
+        seen_t.lock().unwrap().push(t.to_vec1::<f32>()?);
         Ok(x.flatten_from(1)?.matmul(&wmat.t()?)?.broadcast_add(&bias)?)
     };
     let x = randn(53, &[n, c, h, w]);
@@ -414,7 +414,7 @@ fn classifier_gradient_matches_analytic_linear_classifier() {
         .unwrap();
     let err = max_diff(&grad, &want);
     assert!(err < 1e-6, "{err}");
-    assert_eq!(seen_t.borrow()[0], vec![10.0, 500.0, 999.0]);
+    assert_eq!(seen_t.lock().unwrap()[0], vec![10.0, 500.0, 999.0]);
     // The guidance value wraps it; wrong labels are errors.
     let guide = ClassifierGuidance::new(&classifier, labels, 3.0);
     let g = guide.gradient(&x, &t).unwrap().unwrap();

@@ -4,7 +4,7 @@
 //! reference's noise replayed — each within the tolerances of its case JSON.
 mod diffusion_support;
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use diffusion_support::{assert_close, golden_dir, to_uint8_nhwc, uint8_diff, Case};
@@ -41,14 +41,14 @@ fn parity_p_mean_variance() {
         let d = build(&call["diffusion"]);
         let clip = call["clip_denoised"].as_bool().unwrap();
         let t = case.usizes(&format!("in.call{n}.t"));
-        let seen = RefCell::new(None);
+        let seen = Mutex::new(None);
         let model = |x: &Tensor, ts: &Tensor| -> Result<Tensor> {
-            *seen.borrow_mut() = Some(ts.clone());
+            *seen.lock().unwrap() = Some(ts.clone());
             net.forward(x, ts, Some(y), None)
         };
         let out = d.p_mean_variance(&model, x, &t, clip, None).unwrap();
         let pre = format!("call{n}");
-        let ts = seen.borrow().clone().unwrap();
+        let ts = seen.lock().unwrap().clone().unwrap();
         assert_close(
             &format!("{pre}.model_timesteps"),
             &ts,

@@ -40,8 +40,9 @@ pub use training::{BpdTerms, TrainingLosses, VbTerms};
 /// The denoising network as a function: `(x_t [N, C, H, W] f32, t [N] f32) -> output`, where `t`
 /// is what the model sees (the original timestep of a respaced process, rescaled to 0..1000 if
 /// `rescale_timesteps`). Outputs 2C channels for learned variances. Must be differentiable
-/// w.r.t. its weights for training.
-pub type ModelFn<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'a;
+/// w.r.t. its weights for training. `Sync`: a guided sampling step calls it on one thread while
+/// the guidance gradient runs on another.
+pub type ModelFn<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Sync + 'a;
 
 /// A function applied to the x_0 prediction before clipping (`denoised_fn`).
-pub type DenoisedFn<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
+pub type DenoisedFn<'a> = dyn Fn(&Tensor) -> Result<Tensor> + Sync + 'a;

@@ -13,10 +13,11 @@ use crate::{bail, Result};
 
 /// The noisy-image classifier as a function: `(x_t [N, C, H, W], t as the model sees it [N]) ->
 /// logits [N, K]`, differentiable w.r.t. x.
-pub type ClassifierFn<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'a;
+pub type ClassifierFn<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Sync + 'a;
 
-/// How a sampler is steered.
-pub trait Guidance {
+/// How a sampler is steered. `Sync`, because the samplers evaluate [`Guidance::model_output`]
+/// and [`Guidance::gradient`] at the same time, on two threads: both read only x_t.
+pub trait Guidance: Sync {
     /// The model output a sampler uses at `(x, t_model)`. Default: the model itself.
     fn model_output(&self, model: &ModelFn, x: &Tensor, t_model: &Tensor) -> Result<Tensor> {
         model(x, t_model)
