@@ -17,8 +17,8 @@
 //! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in).
 //! - [`reduce`]: per-channel sums (bias gradients).
 //! - [`softmax`]: softmax over the last axis, forward and backward one pass each.
-//! - [`attention`]: QKV attention with strided gemms and an in-place softmax (not yet called
-//!   by `models::attention`, which would need a one-line change there).
+//! - [`attention`]: QKV attention with strided gemms and an in-place softmax, forward and
+//!   backward (`models::attention` calls it when the fast kernels apply).
 //! - [`update`]: AdamW, EMA and sums of squares as in-place one-pass updates.
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `winograd`, `winograd_wgrad`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3),
