@@ -1,8 +1,12 @@
 //! QKV self-attention (`QKVAttention` / `QKVAttentionLegacy` of the reference) as one custom op
-//! per direction: for each (image, head) the scores `q^T k / sqrt(ch)` go straight from strided
-//! gemm views into a scratch `[T, T]` matrix, the softmax runs in place, and `v W^T` is written
-//! into the output; no transposed copies. The backward recomputes the scores (no `[T, T]`
-//! tensor is kept between passes) and produces the packed q, k, v gradient.
+//! per direction, with no transposed copies: the scores `q^T k / sqrt(ch)` go straight from
+//! strided gemm views into scratch, the softmax runs in place, and `v W^T` is written into the
+//! output. The forward pass works on blocks of 64 query rows per task, so a block's scores
+//! (256 KiB at T = 1024) stay in cache and a single image with few heads still spreads over the
+//! threads; measured the same speed as whole `[T, T]` matrices at T = 1024 (9.7 vs 10.0 ms for 6
+//! heads), where the gemms (7.1 ms) and the softmax's exponentials (2.6 ms) dominate. The
+//! backward recomputes the scores (no `[T, T]` tensor is kept between passes) and produces the
+//! packed q, k, v gradient.
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -11,6 +15,9 @@ use super::sgemm::{sgemm_scaled, MatMut, MatRef};
 use super::softmax::{softmax_bwd_row_inplace, softmax_row_inplace};
 
 type Result<T> = candle_core::Result<T>;
+
+/// Query rows per forward task: a `[ROW_BLOCK, T]` block of scores is 256 KiB at T = 1024.
+const ROW_BLOCK: usize = 64;
 
 /// `qkv: [B, 3 * heads * ch, T] -> [B, heads * ch, T]` with the legacy head layout (per head
 /// `[q, k, v]` blocks) or the new one (`q`, `k`, `v` for all heads, then split); `None` where
@@ -106,14 +113,31 @@ impl CustomOp1 for Attn {
         let (t, ch) = (hd.t, hd.ch);
         let mut out = vec![0f32; hd.b * hd.heads * ch * t];
         if t > 0 && ch > 0 {
-            out.par_chunks_mut(ch * t).enumerate().for_each_init(
-                || scratch::take(t * t),
-                |w, (i, a)| {
+            // Tasks are (image, head, block of query rows): a block's scores stay in cache
+            // between the three passes over them (scores, softmax, product with v).
+            let rows = ROW_BLOCK.min(t);
+            let blocks = t.div_ceil(rows);
+            let optr = SendPtr(out.as_mut_ptr());
+            (0..hd.b * hd.heads * blocks).into_par_iter().for_each_init(
+                || scratch::take(rows * t),
+                |w, task| {
+                    let (i, r0) = (task / blocks, (task % blocks) * rows);
+                    let nr = rows.min(t - r0);
                     let [q, k, v] = hd.qkv(i).map(|o| x[o..].as_ptr());
-                    hd.scores(q, k, w);
-                    // a[c, t] = sum_s v[c, s] w[t, s]
-                    let (dst, lhs, rhs) = (MatMut::rows(a.as_mut_ptr(), t), MatRef::rows(v, t), MatRef::rows_t(w.as_ptr(), t));
-                    unsafe { sgemm_scaled(ch, t, t, dst, false, lhs, rhs, 1.0, 1) };
+                    let w = &mut w[..nr * t];
+                    // w[r, s] = softmax_s(scale * sum_c q[c, r0 + r] k[c, s])
+                    unsafe {
+                        let lhs = MatRef::rows_t(q.add(r0), t);
+                        sgemm_scaled(nr, t, ch, MatMut::rows(w.as_mut_ptr(), t), false, lhs, MatRef::rows(k, t), hd.scale(), 1)
+                    };
+                    for row in w.chunks_mut(t) {
+                        softmax_row_inplace(row);
+                    }
+                    // a[c, r0 + r] = sum_s v[c, s] w[r, s]; this task's columns of head i.
+                    // SAFETY: tasks write disjoint column blocks of their head's output.
+                    let dst = MatMut::rows(unsafe { optr.get().add(i * ch * t + r0) }, t);
+                    let (lhs, rhs) = (MatRef::rows(v, t), MatRef::rows_t(w.as_ptr(), t));
+                    unsafe { sgemm_scaled(ch, nr, t, dst, false, lhs, rhs, 1.0, 1) };
                 },
             );
         }
