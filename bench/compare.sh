@@ -3,21 +3,26 @@
 # reference's (bench/pytorch_reference.py) with the same thread count, GD_BENCH_BIG,
 # GD_WORKLOADS and GD_BENCH_REPS, one after the other, then joins their `RESULT {json}` lines
 # into a markdown table: workload | ours (s) | PyTorch (s) | ours/PyTorch.
+# With --rounds N the two sides run N times, alternately, and the table shows each side's
+# median over the rounds, their ratio and the range of the per-round ratios: on a shared
+# machine one round can be off by 20-30%.
 # If the PyTorch side cannot run, the table still shows our column and says why the other is
 # empty. See bench/README.md.
 #
-#   bench/compare.sh [--reference PATH] [--threads N]
+#   bench/compare.sh [--reference PATH] [--threads N] [--rounds N]
 #   GD_BENCH_BIG=1 bench/compare.sh --reference ~/src/guided-diffusion   # also the 64x64 ones
 #   GD_WORKLOADS=unet_fwd_small,train_step_small bench/compare.sh
 #
 # Environment: RAYON_NUM_THREADS (default: the CPU count), GUIDED_DIFFUSION_REF, GD_BENCH_BIG,
-# GD_WORKLOADS, GD_BENCH_REPS; CARGO and PYTHON pick the programs (cargo, python3).
+# GD_WORKLOADS, GD_BENCH_REPS, GD_COMPARE_ROUNDS (--rounds); CARGO and PYTHON pick the
+# programs (cargo, python3).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 ref="${GUIDED_DIFFUSION_REF:-}"
 threads="${RAYON_NUM_THREADS:-}"
+rounds="${GD_COMPARE_ROUNDS:-1}"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -25,7 +30,9 @@ while [ $# -gt 0 ]; do
         --reference=*) ref="${1#*=}"; shift ;;
         --threads) threads="${2:?--threads needs a number}"; shift 2 ;;
         --threads=*) threads="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --rounds) rounds="${2:?--rounds needs a number}"; shift 2 ;;
+        --rounds=*) rounds="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -34,6 +41,9 @@ if [ -z "$threads" ]; then
 fi
 case "$threads" in
     ''|*[!0-9]*|0) echo "compare.sh: --threads must be a positive number, got '$threads'" >&2; exit 2 ;;
+esac
+case "$rounds" in
+    ''|*[!0-9]*|0) echo "compare.sh: --rounds must be a positive number, got '$rounds'" >&2; exit 2 ;;
 esac
 
 export RAYON_NUM_THREADS="$threads"
@@ -47,29 +57,38 @@ load0=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || true)
 out=$(mktemp -d "${TMPDIR:-/tmp}/gd-compare.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 
-echo "== ours: $cargo bench -p guided-diffusion --bench workloads ($threads threads)" >&2
-(cd "$root" && "$cargo" bench -p guided-diffusion --bench workloads) | tee "$out/rust.txt"
-rust_rc=${PIPESTATUS[0]}
-
-echo "== PyTorch: $python bench/pytorch_reference.py --threads $threads${ref:+ --reference $ref}" >&2
 py_args=(--threads "$threads")
 [ -n "$ref" ] && py_args+=(--reference "$ref")
-if command -v "$python" >/dev/null 2>&1; then
-    "$python" "$here/pytorch_reference.py" "${py_args[@]}" 2>"$out/torch.err" | tee "$out/torch.txt"
-    py_rc=${PIPESTATUS[0]}
-    cat "$out/torch.err" >&2
-else
-    echo "$python not found: the PyTorch side needs python3 with torch and numpy" >"$out/torch.err"
-    : >"$out/torch.txt"
-    py_rc=127
-fi
+rust_rc=0
+py_rc=0
+for r in $(seq 1 "$rounds"); do
+    tag=""
+    [ "$rounds" -gt 1 ] && tag=" (round $r of $rounds)"
+    echo "== ours$tag: $cargo bench -p guided-diffusion --bench workloads ($threads threads)" >&2
+    (cd "$root" && "$cargo" bench -p guided-diffusion --bench workloads) | tee "$out/rust.$r.txt"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" != 0 ] && rust_rc=$rc
+
+    echo "== PyTorch$tag: $python bench/pytorch_reference.py --threads $threads${ref:+ --reference $ref}" >&2
+    if command -v "$python" >/dev/null 2>&1; then
+        "$python" "$here/pytorch_reference.py" "${py_args[@]}" 2>"$out/torch.err" | tee "$out/torch.$r.txt"
+        py_rc=${PIPESTATUS[0]}
+        cat "$out/torch.err" >&2
+    else
+        echo "$python not found: the PyTorch side needs python3 with torch and numpy" >"$out/torch.err"
+        : >"$out/torch.$r.txt"
+        py_rc=127
+    fi
+    # Without torch there is nothing to alternate with: one round of ours is enough.
+    [ "$py_rc" = 2 ] || [ "$py_rc" = 127 ] && break
+done
 
 echo
 join() {
-    "$python" - "$out/rust.txt" "$out/torch.txt" "$out/torch.err" "$py_rc" "$rust_rc" "$threads" "$load0" <<'PY'
-import json, sys
+    "$python" - "$out" "$out/torch.err" "$py_rc" "$rust_rc" "$threads" "$load0" <<'PY'
+import glob, json, os, statistics, sys
 
-rust_file, torch_file, torch_err, py_rc, rust_rc, threads, load0 = sys.argv[1:8]
+out_dir, torch_err, py_rc, rust_rc, threads, load0 = sys.argv[1:7]
 order = ["unet_fwd_small", "train_step_small", "unet_fwd_64", "clf_grad_64",
          "guided_ddim_step_64", "train_step_64"]
 
@@ -85,22 +104,51 @@ def results(path):
         pass
     return rows
 
-ours, theirs = results(rust_file), results(torch_file)
+def rounds(side):
+    files = sorted(glob.glob(os.path.join(out_dir, f"{side}.*.txt")),
+                   key=lambda p: int(p.rsplit(".", 2)[-2]))
+    return [results(p) for p in files]
+
+our_rounds, their_rounds = rounds("rust"), rounds("torch")
+
+def merged(rs):
+    """Per workload: the last round's record, with `seconds` the median over the rounds."""
+    rows = {}
+    for w in {w for r in rs for w in r}:
+        got = [r[w] for r in rs if w in r]
+        rows[w] = dict(got[-1], seconds=statistics.median(d["seconds"] for d in got), n=len(got))
+    return rows
+
+ours, theirs = merged(our_rounds), merged(their_rounds)
 names = [w for w in order if w in ours or w in theirs]
 names += sorted(w for w in set(ours) | set(theirs) if w not in order)
+multi = max(len(our_rounds), len(their_rounds)) > 1
 
 def secs(d):
     return f"{d['seconds']:.4g}" if d else "—"
 
-print(f"Threads: {threads} (RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch); "
-      "median of the timed calls after one warm-up.")
+def round_ratios(w):
+    return [a[w]["seconds"] / b[w]["seconds"] for a, b in zip(our_rounds, their_rounds)
+            if w in a and w in b and b[w]["seconds"] > 0]
+
+what = "median of the timed calls after one warm-up"
+if multi:
+    what += f"; each side's median over {len(our_rounds)} rounds, run alternately"
+print(f"Threads: {threads} (RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch); {what}.")
 print()
-print("| workload | ours (s) | PyTorch (s) | ours/PyTorch |")
-print("|---|---:|---:|---:|")
+if multi:
+    print("| workload | ours (s) | PyTorch (s) | ours/PyTorch | per-round ours/PyTorch |")
+    print("|---|---:|---:|---:|---|")
+else:
+    print("| workload | ours (s) | PyTorch (s) | ours/PyTorch |")
+    print("|---|---:|---:|---:|")
 for w in names:
     a, b = ours.get(w), theirs.get(w)
     ratio = f"{a['seconds'] / b['seconds']:.2f}" if a and b and b["seconds"] > 0 else "—"
-    print(f"| {w} | {secs(a)} | {secs(b)} | {ratio} |")
+    row = f"| {w} | {secs(a)} | {secs(b)} | {ratio} |"
+    if multi:
+        row += " " + (", ".join(f"{r:.2f}" for r in round_ratios(w)) or "—") + " |"
+    print(row)
 print()
 print("ours/PyTorch below 1 means ours is faster.")
 try:
@@ -146,8 +194,8 @@ else
     # No python3 at all: our seconds straight from the RESULT lines.
     echo "| workload | ours (s) | PyTorch (s) | ours/PyTorch |"
     echo "|---|---:|---:|---:|"
-    sed -n 's/^RESULT .*"workload": *"\([^"]*\)".*/\1/p' "$out/rust.txt" | while read -r w; do
-        s=$(grep "\"workload\": *\"$w\"" "$out/rust.txt" | sed -n 's/.*"seconds": *\([0-9.eE+-]*\).*/\1/p')
+    sed -n 's/^RESULT .*"workload": *"\([^"]*\)".*/\1/p' "$out/rust.1.txt" | while read -r w; do
+        s=$(grep "\"workload\": *\"$w\"" "$out/rust.1.txt" | sed -n 's/.*"seconds": *\([0-9.eE+-]*\).*/\1/p')
         echo "| $w | $s | — | — |"
     done
     echo
