@@ -1,6 +1,9 @@
 //! The slice-level CPU algorithms of the convolution ops: forward (im2col + gemm, bias fused),
-//! input gradient (a forward convolution with the flipped weight for stride 1, gemm + col2im
-//! otherwise) and weight gradient (gemm of the output gradient with im2col(x)).
+//! input gradient (a forward convolution with the flipped weight for stride 1, one gemm on the
+//! transposed weight for 1x1, gemm + col2im otherwise) and weight gradient (gemm of the output
+//! gradient with im2col(x)). The 3x3 stride-1 layers that [`winograd::applies`] to go through
+//! Winograd instead, in all three (`winograd`, `winograd_wgrad`); a frozen weight's derived
+//! forms come from `super::frozen`.
 //!
 //! Work is split into *tiles*: one image and a band of output rows small enough that its
 //! column matrix stays in cache. Tiles run in parallel on rayon with single-threaded gemms when
@@ -14,8 +17,8 @@ use rayon::prelude::*;
 use super::frozen::Derived;
 use super::im2col::{col2im_add, im2col, Geom};
 use super::scratch;
-use super::winograd;
 use super::sgemm::{sgemm, MatMut, MatRef};
+use super::winograd;
 
 /// Target size of one tile's column matrix, in floats (default 128 Ki floats = 512 KiB, the L2
 /// of a Zen3 core; 256 KiB..2 MiB measured within noise of each other here).

@@ -3,7 +3,9 @@
 //! Each 4x4 block of output pixels ("tile") of one output channel is
 //! `A^T [ sum_c (G g_c G^T) . (B^T d_c B) ] A`, where `d_c` is the 6x6 input patch under the tile
 //! in channel `c` and `g_c` the 3x3 kernel (Lavin & Gray 2016). So a layer becomes
-//! - the *weight transform* `U[xi][co][c] = (G g G^T)[xi]` (36 = 6x6 positions `xi`),
+//! - the *weight transform* `U[xi][co][c] = (G g G^T)[xi]` (36 = 6x6 positions `xi`), made
+//!   per call, or once per sampling run for a frozen weight (`super::frozen`); for the input
+//!   gradient, of the flipped weight, read flipped on the fly,
 //! - the *input transform* `V[xi][c][tile] = (B^T d B)[xi]`,
 //! - 36 matrix products `M[xi] = U[xi] V[xi]` (`[co, c] x [c, tiles]`, our packed gemm), and
 //! - the *output transform* `y = A^T M A` (+ bias), cropped to the output size.
@@ -20,7 +22,8 @@
 //! largest value; the direct im2col product has about 6e-7 (measured by
 //! `kernels_conv2d_winograd_matches_definition`). The switch
 //! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off;
-//! [`applies`] keeps it to layers wide enough to profit (`benches/conv3x3.rs`).
+//! [`applies`] keeps it to layers wide enough to profit (`benches/conv3x3.rs`). The weight
+//! gradient of the same layers is in `winograd_wgrad`.
 use rayon::prelude::*;
 
 use super::conv_cpu::Conv;
@@ -32,7 +35,7 @@ use super::vmath;
 /// Tiles (or input channels, in the weight transform) per vector step of the transforms.
 pub(super) const L: usize = 16;
 /// The fewest tiles (4x4 output blocks over the batch) worth the transforms.
-pub(super) const MIN_TILES: usize = 64;
+const MIN_TILES: usize = 64;
 /// Target floats of one block's `V` and `M` together: 384 Ki floats = 1.5 MiB (most of a
 /// 2 MiB L2).
 const BLOCK_FLOATS: usize = 384 * 1024;
@@ -55,10 +58,10 @@ pub fn applies(cv: &Conv) -> bool {
 
 /// `out[n, co, ho, wo] = conv3x3(x[n, c, h, w], w[co, c, 3, 3]) + bias[co]`.
 ///
-/// The batch goes in blocks of whole images, as many as
-/// keep a block's `V` and `M` near [`BLOCK_FLOATS`] (at least one image). Blocks run in
-/// parallel, and so do the planes of each transform and the 36 products inside a block, so
-/// both many small images and one large image keep every thread busy.
+/// The batch goes in blocks of whole images, as many as keep a block's `V` and `M` near
+/// [`BLOCK_FLOATS`] (at least one image). Blocks run in parallel, and so do the planes of each
+/// transform and the 36 products inside a block, so both many small images and one large image
+/// keep every thread busy.
 ///
 /// `u` is the weight transformed by [`transform_weight`] or [`transform_weight_into`].
 pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
