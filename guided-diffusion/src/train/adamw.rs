@@ -18,7 +18,7 @@
 //! weight_decay 1e-2); the reference passes its own `--lr` and `--weight_decay` (default 0.0).
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::params::{Grads, ParamSet};
 use crate::kernels::{self, update};
@@ -77,46 +77,64 @@ impl AdamW {
 
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self, params: &ParamSet, grads: &Grads) -> Result<()> {
+        self.check(params, grads)?;
+        for (i, (var, g)) in params.vars().iter().zip(&grads.grads).enumerate() {
+            if let Some(g) = g {
+                self.step_param(i, var, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless there is one gradient slot and one state per parameter.
+    pub fn check(&self, params: &ParamSet, grads: &Grads) -> Result<()> {
         if grads.grads.len() != params.len() || self.state.len() != params.len() {
             bail!("optimizer: {} gradients / {} states for {} parameters", grads.grads.len(), self.state.len(), params.len());
         }
+        Ok(())
+    }
+
+    /// The update of parameter `i` (`var`, in [`ParamSet`] order) with its gradient `g`: what
+    /// [`AdamW::step`] does for each parameter, so that a caller can interleave other passes
+    /// over the same parameter while it is in cache (the trainer's EMA and norm).
+    pub fn step_param(&mut self, i: usize, var: &Var, g: &Tensor) -> Result<()> {
         let c = self.config;
-        for ((var, g), st) in params.vars().iter().zip(&grads.grads).zip(self.state.iter_mut()) {
-            let Some(g) = g else { continue };
-            // Everything detached: gradients record the forward graph they came from, and a
-            // moment estimate that recorded its inputs would keep every step's graph alive.
-            let g = &g.detach();
-            st.step += 1;
-            let t = st.step as i32;
-            let bias_correction1 = 1.0 - c.beta1.powi(t);
-            let bias_correction2 = 1.0 - c.beta2.powi(t);
-            let step_size = c.lr / bias_correction1;
-            if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
-                // The same f32 operations as below, in one in-place pass per tensor.
-                st.exp_avg.inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
-                st.exp_avg_sq.inplace_op2(g, &update::SecondMoment { beta2: c.beta2 as f32, one_minus_beta2: (1.0 - c.beta2) as f32 })?;
-                let step = update::AdamStep {
-                    decay: (c.weight_decay != 0.0).then_some((1.0 - c.lr * c.weight_decay) as f32),
-                    bc2_sqrt: bias_correction2.sqrt() as f32,
-                    eps: c.eps as f32,
-                    step_size: step_size as f32,
-                };
-                var.as_tensor().inplace_op3(&st.exp_avg, &st.exp_avg_sq, &step)?;
-                continue;
-            }
-            let mut p = var.as_tensor().detach();
-            if c.weight_decay != 0.0 {
-                p = p.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
-            }
-            let m = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
-            let v = (st.exp_avg_sq.affine(c.beta2, 0.0)? + (g.affine(1.0 - c.beta2, 0.0)? * g)?)?;
-            let bc2_sqrt = Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
-            let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
-            let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
-            var.set(&p)?;
-            st.exp_avg = m.detach();
-            st.exp_avg_sq = v.detach();
+        let Some(st) = self.state.get_mut(i) else {
+            bail!("optimizer: no state for parameter {i} of {}", self.state.len());
+        };
+        // Everything detached: gradients record the forward graph they came from, and a
+        // moment estimate that recorded its inputs would keep every step's graph alive.
+        let g = &g.detach();
+        st.step += 1;
+        let t = st.step as i32;
+        let bias_correction1 = 1.0 - c.beta1.powi(t);
+        let bias_correction2 = 1.0 - c.beta2.powi(t);
+        let step_size = c.lr / bias_correction1;
+        if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
+            // The same f32 operations as below, in one in-place pass per tensor.
+            st.exp_avg.inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
+            st.exp_avg_sq.inplace_op2(g, &update::SecondMoment { beta2: c.beta2 as f32, one_minus_beta2: (1.0 - c.beta2) as f32 })?;
+            let step = update::AdamStep {
+                decay: (c.weight_decay != 0.0).then_some((1.0 - c.lr * c.weight_decay) as f32),
+                bc2_sqrt: bias_correction2.sqrt() as f32,
+                eps: c.eps as f32,
+                step_size: step_size as f32,
+            };
+            var.as_tensor().inplace_op3(&st.exp_avg, &st.exp_avg_sq, &step)?;
+            return Ok(());
         }
+        let mut p = var.as_tensor().detach();
+        if c.weight_decay != 0.0 {
+            p = p.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
+        }
+        let m = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
+        let v = (st.exp_avg_sq.affine(c.beta2, 0.0)? + (g.affine(1.0 - c.beta2, 0.0)? * g)?)?;
+        let bc2_sqrt = Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
+        let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
+        let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
+        var.set(&p)?;
+        st.exp_avg = m.detach();
+        st.exp_avg_sq = v.detach();
         Ok(())
     }
 

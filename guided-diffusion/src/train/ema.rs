@@ -21,18 +21,26 @@ impl Ema {
     }
 
     pub fn update(&mut self, params: &ParamSet) -> Result<()> {
-        for (e, p) in self.params.iter_mut().zip(params.vars()) {
-            let p = p.as_tensor();
-            if kernels::update::applies(&[e, p]) {
-                // The same f32 operations as below, in one in-place pass.
-                let op = kernels::update::EmaStep { rate: self.rate as f32, one_minus_rate: (1.0 - self.rate) as f32 };
-                e.inplace_op2(p, &op)?;
-                continue;
-            }
-            // Detached: an op on a variable records its inputs for backprop, and an average that
-            // remembers its previous value would keep every step's tensors alive.
-            *e = (e.affine(self.rate, 0.0)? + p.detach().affine(1.0 - self.rate, 0.0)?)?.detach();
+        for (i, p) in params.vars().iter().enumerate() {
+            self.update_param(i, p.as_tensor())?;
         }
+        Ok(())
+    }
+
+    /// The update of parameter `i` (in [`ParamSet`] order) from its current value `p`.
+    pub fn update_param(&mut self, i: usize, p: &Tensor) -> Result<()> {
+        let Some(e) = self.params.get_mut(i) else {
+            bail!("EMA: no average for parameter {i} of {}", self.params.len());
+        };
+        if kernels::update::applies(&[e, p]) {
+            // The same f32 operations as below, in one in-place pass.
+            let op = kernels::update::EmaStep { rate: self.rate as f32, one_minus_rate: (1.0 - self.rate) as f32 };
+            e.inplace_op2(p, &op)?;
+            return Ok(());
+        }
+        // Detached: an op on a variable records its inputs for backprop, and an average that
+        // remembers its previous value would keep every step's tensors alive.
+        *e = (e.affine(self.rate, 0.0)? + p.detach().affine(1.0 - self.rate, 0.0)?)?.detach();
         Ok(())
     }
 
