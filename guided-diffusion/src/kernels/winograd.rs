@@ -248,31 +248,8 @@ vmath::avx2_fn! {
         d: &mut Vec<f32>,
     ) {
         let nt = th * tw;
-        // The 6x6 patches of the plane's tiles, entry by entry: d[(r * 6 + k) * ld + t] =
-        // x[4 ty + r - ph][4 tx + k - pw] (zero outside the image), `L` spare columns so that
-        // every lane step loads whole vectors.
-        let ld = nt + L;
-        d.resize(36 * ld, 0.0);
-        let (h, w) = (g.h as isize, g.w as isize);
         let xc = &x[img * g.in_len() + ci * g.h * g.w..][..g.h * g.w];
-        for r in 0..6 {
-            for ty in 0..th {
-                let iy = (4 * ty + r) as isize - g.ph as isize;
-                let src = (iy >= 0 && iy < h).then(|| &xc[iy as usize * g.w..][..g.w]);
-                for k in 0..6 {
-                    let dst = &mut d[(r * 6 + k) * ld + ty * tw..][..tw];
-                    match src {
-                        None => dst.fill(0.0),
-                        Some(src) => {
-                            for (tx, dv) in dst.iter_mut().enumerate() {
-                                let ix = (4 * tx + k) as isize - g.pw as isize;
-                                *dv = if ix >= 0 && ix < w { src[ix as usize] } else { 0.0 };
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let ld = gather_patches(xc, (g.h, g.w), (g.ph, g.pw), 6, th, tw, d);
         let base = img * nt;
         for t0 in (0..nt).step_by(L) {
             let nl = L.min(nt - t0);
@@ -297,6 +274,44 @@ vmath::avx2_fn! {
             }
         }
     }
+}
+
+/// Gathers the `p x p` patches under a plane's `th x tw` tiles (tile origins 4 apart), entry
+/// by entry: `d[(r * p + k) * ld + ty * tw + tx] = plane[4 ty + r - pad_y][4 tx + k - pad_x]`,
+/// zero outside the `h x w` plane. Returns `ld`, which has `L` spare columns so that every lane
+/// step of the transforms loads whole vectors. Used for the input patches (6x6, padded) and
+/// the output-gradient tiles of the weight gradient (4x4).
+#[inline(always)]
+pub(super) fn gather_patches(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (pad_y, pad_x): (usize, usize),
+    p: usize,
+    th: usize,
+    tw: usize,
+    d: &mut Vec<f32>,
+) -> usize {
+    let ld = th * tw + L;
+    d.resize(p * p * ld, 0.0);
+    for r in 0..p {
+        for ty in 0..th {
+            let iy = (4 * ty + r) as isize - pad_y as isize;
+            let src = (iy >= 0 && iy < h as isize).then(|| &plane[iy as usize * w..][..w]);
+            for k in 0..p {
+                let dst = &mut d[(r * p + k) * ld + ty * tw..][..tw];
+                match src {
+                    None => dst.fill(0.0),
+                    Some(src) => {
+                        for (tx, dv) in dst.iter_mut().enumerate() {
+                            let ix = (4 * tx + k) as isize - pad_x as isize;
+                            *dv = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ld
 }
 
 /// `dst = src[..dst.len()]`, a whole-vector copy when `dst` holds `L` floats (no memcpy call).

@@ -32,7 +32,7 @@ use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
-use super::winograd::{input_transform, load_lanes, store_lanes, Lanes, SendPtr, L};
+use super::winograd::{gather_patches, input_transform, load_lanes, store_lanes, Lanes, SendPtr, L};
 
 /// Blocks for a large `P` (wide layers): at most this many floats of `V` and `Q` (64 MiB),
 /// so that the products sum over as many tiles as possible per pass over `P`.
@@ -186,28 +186,9 @@ vmath::avx2_fn! {
     ) {
         let nt = th * tw;
         // The 4x4 gradient tiles, entry by entry: d[(a * 4 + b) * ld + t] = gy[4 ty + a][4 tx + b].
-        let ld = nt + L;
-        d.resize(16 * ld, 0.0);
         let px = g.ho * g.wo;
         let plane = &gy[(img * co + o) * px..][..px];
-        for a in 0..4 {
-            for ty in 0..th {
-                let oy = 4 * ty + a;
-                let src = (oy < g.ho).then(|| &plane[oy * g.wo..][..g.wo]);
-                for b in 0..4 {
-                    let dst = &mut d[(a * 4 + b) * ld + ty * tw..][..tw];
-                    match src {
-                        None => dst.fill(0.0),
-                        Some(src) => {
-                            for (tx, dv) in dst.iter_mut().enumerate() {
-                                let ox = 4 * tx + b;
-                                *dv = if ox < g.wo { src[ox] } else { 0.0 };
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let ld = gather_patches(plane, (g.ho, g.wo), (0, 0), 4, th, tw, d);
         let base = img * nt;
         for t0 in (0..nt).step_by(L) {
             let nl = L.min(nt - t0);
