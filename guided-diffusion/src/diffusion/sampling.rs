@@ -127,9 +127,14 @@ impl GaussianDiffusion {
         opts: &SampleOptions,
     ) -> Result<(PMeanVariance, Tensor)> {
         let ts = self.model_timesteps(t, x.device())?;
-        let out = opts.guidance.model_output(model, x, &ts)?;
-        let pmv = self.p_mean_variance_from_output(&out, x, t, opts.clip_denoised, opts.denoised_fn)?;
+        let pmv = self.guided_pmv(model, x, t, &ts, opts)?;
         Ok((pmv, ts))
+    }
+
+    /// p_mean_variance of the guidance's model output at `(x, ts)`.
+    fn guided_pmv(&self, model: &ModelFn, x: &Tensor, t: &[usize], ts: &Tensor, opts: &SampleOptions) -> Result<PMeanVariance> {
+        let out = opts.guidance.model_output(model, x, ts)?;
+        self.p_mean_variance_from_output(&out, x, t, opts.clip_denoised, opts.denoised_fn)
     }
 
     /// [`Self::guided_p_mean_variance`] and the guidance gradient at `x`, computed at the same
@@ -145,10 +150,7 @@ impl GaussianDiffusion {
         opts: &SampleOptions,
     ) -> Result<(PMeanVariance, Option<Tensor>)> {
         let ts = self.model_timesteps(t, x.device())?;
-        let pmv = || {
-            let out = opts.guidance.model_output(model, x, &ts)?;
-            self.p_mean_variance_from_output(&out, x, t, opts.clip_denoised, opts.denoised_fn)
-        };
+        let pmv = || self.guided_pmv(model, x, t, &ts, opts);
         let gradient = || opts.guidance.gradient(x, &ts);
         if !x.device().is_cpu() {
             // An accelerator runs one stream of kernels anyway; keep to one thread there.
