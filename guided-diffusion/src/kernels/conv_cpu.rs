@@ -218,12 +218,19 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
         parts.extend(partials.chunks_exact_mut(cv.co * k));
         parts.into_par_iter().enumerate().for_each(|(gi, acc)| accumulate(acc, gi));
     }
-    // Sum the partials into `dw`, in parallel over chunks of `dw`.
-    let len = cv.co * k;
+    add_partials(dw, &partials);
+}
+
+/// `dst += sum of the dst-sized partials` laid end to end in `partials`, in parallel over
+/// chunks of `dst` (the per-thread partial sums of the weight gradients).
+pub(super) fn add_partials(dst: &mut [f32], partials: &[f32]) {
+    let len = dst.len();
+    if len == 0 || partials.is_empty() {
+        return;
+    }
     let chunk = len.div_ceil(rayon::current_num_threads().max(1)).max(4096);
-    dw.par_chunks_mut(chunk).enumerate().for_each(|(ci, d)| {
-        let off = ci * chunk;
-        let dl = d.len();
+    dst.par_chunks_mut(chunk).enumerate().for_each(|(ci, d)| {
+        let (off, dl) = (ci * chunk, d.len());
         for p in partials.chunks_exact(len) {
             for (a, b) in d.iter_mut().zip(&p[off..off + dl]) {
                 *a += *b;

@@ -27,7 +27,7 @@
 //! 5e-7 for the im2col product (`kernels_conv2d_winograd_matches_definition`).
 use rayon::prelude::*;
 
-use super::conv_cpu::Conv;
+use super::conv_cpu::{add_partials, Conv};
 use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
@@ -119,18 +119,9 @@ fn weight_grad_in_blocks(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], block
     } else {
         parts.par_chunks_mut(plen).enumerate().for_each(run_group);
     }
-    // Sum the groups' partials into the first, in parallel over chunks.
+    // Sum the groups' partials into the first.
     let (p, rest) = parts.split_at_mut(plen);
-    if groups > 1 {
-        let chunk = plen.div_ceil(rayon::current_num_threads().max(1)).max(4096);
-        p.par_chunks_mut(chunk).enumerate().for_each(|(ci, d)| {
-            for r in rest.chunks_exact(plen) {
-                for (a, b) in d.iter_mut().zip(&r[ci * chunk..]) {
-                    *a += *b;
-                }
-            }
-        });
-    }
+    add_partials(p, rest);
     let p = &p[..];
     let dp = SendPtr(dw.as_mut_ptr());
     (0..co).into_par_iter().for_each(|o| inverse_weight_transform_row(p, co, c, o, dp));
