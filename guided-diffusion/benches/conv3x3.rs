@@ -1,7 +1,10 @@
 //! 3x3 convolutions, direct (im2col + packed gemm) vs Winograd F(4x4, 3x3): forward time,
 //! effective GFLOP/s (the direct convolution's FLOPs over the time, so the two columns compare
 //! as speeds) and the share of the machine's f32 peak, on the 3x3 stride-1 shapes of the small
-//! Fashion-MNIST model (batch 32) and of the released 64x64 model (batch 1, 2).
+//! Fashion-MNIST model (batch 32) and of the released 64x64 model (batch 1, 2). Then, as in a
+//! sampling run (weights frozen, so their derived forms are made once): the f32 path
+//! (Winograd where it applies) against the bf16 path (`kernels::bf16`, AMX where the CPU has
+//! it).
 //! `cargo bench -p guided-diffusion --bench conv3x3` (`GD_PEAK_GFLOPS=x` sets the peak used
 //! for the percentages; by default it is measured with an FMA loop).
 mod common;
@@ -15,6 +18,13 @@ fn time_conv(x: &Tensor, w: &Tensor, b: &Tensor, winograd: bool) -> f64 {
     median_secs(3, 20, 1.0, || {
         kernels::conv2d(x, w, Some(b), 1, 1).unwrap();
     })
+}
+
+/// Forward time with the weight frozen, in f32 or bf16.
+fn time_frozen(x: &Tensor, w: &Tensor, b: &Tensor, bf16: bool) -> f64 {
+    let _frozen = kernels::freeze();
+    let _scope = bf16.then(kernels::bf16);
+    time_conv(x, w, b, true)
 }
 
 fn main() {
@@ -36,6 +46,7 @@ fn main() {
         ("imagenet64", 2, 192, 64, 192),
         ("imagenet64", 2, 384, 32, 384),
     ];
+    let mut frozen_rows = Vec::new();
     for &(set, n, c, hw, co) in shapes {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap();
@@ -53,6 +64,19 @@ fn main() {
             100.0 * gw / peak,
             d / wg
         );
+        let (f32t, bf16t) = (time_frozen(&x, &w, &b, false), time_frozen(&x, &w, &b, true));
+        frozen_rows.push(format!(
+            "{set:<10} n{n:<2} {c:>3}->{co:<3} {hw:>2}x{hw:<2} | {:8.2} {:8.2} ms | {:6.0} {:6.0} GF/s | x{:.2}",
+            f32t * 1e3,
+            bf16t * 1e3,
+            flop / f32t / 1e9,
+            flop / bf16t / 1e9,
+            f32t / bf16t
+        ));
     }
     kernels::set_winograd(true);
+    println!("\nfrozen weights (as in sampling): f32 (Winograd where it applies) ms, bf16 ms (AMX: {}), effective GFLOP/s, speed-up", kernels::amx::available());
+    for r in frozen_rows {
+        println!("{r}");
+    }
 }

@@ -20,7 +20,10 @@
 //! where only the weight or only the input gradient is needed); the count is checked against
 //! the built network's parameter count and omitted if they disagree. `peak_rss_mib` is the
 //! process's peak resident memory while the workload ran (VmHWM, reset before each workload).
-//! `GD_BENCH_DRY=1` only builds the networks and prints the FLOP counts.
+//! `GD_BENCH_DRY=1` only builds the networks and prints the FLOP counts. `GD_PRECISION=bf16`
+//! runs the inference workloads (forwards, classifier gradient, guided step) inside a bf16
+//! scope (`kernels::bf16`: convolutions with bf16 inputs and weights, on AMX where the CPU has
+//! it); training is always f32.
 //! Run with `cargo bench -p guided-diffusion --bench workloads`.
 mod common;
 
@@ -360,6 +363,16 @@ fn time<F: FnMut() -> Result<()>>(mut f: F) -> Result<f64> {
     }
 }
 
+/// Whether `GD_PRECISION=bf16` asks for bf16 inference.
+fn bf16_asked() -> bool {
+    std::env::var("GD_PRECISION").is_ok_and(|v| v.trim().eq_ignore_ascii_case("bf16"))
+}
+
+/// A bf16 scope when `GD_PRECISION=bf16`.
+fn bf16_scope() -> Option<kernels::bf16::Bf16> {
+    bf16_asked().then(kernels::bf16)
+}
+
 fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let dev = Device::Cpu;
     let cfg = unet_cfg(flags)?;
@@ -370,6 +383,7 @@ fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let y = Tensor::new(vec![LABEL; batch], &dev)?;
     // As in a sampling run: the weights' derived forms are kept across calls.
     let _frozen = kernels::freeze();
+    let _bf16 = bf16_scope();
     let seconds = time(|| {
         net.forward(&x, &t, Some(&y), None)?;
         Ok(())
@@ -388,6 +402,7 @@ fn classifier_grad(batch: usize) -> Result<Measured> {
     let clf_fn = |x: &Tensor, t: &Tensor| clf.forward(x, t, None, None);
     // As in a sampling run: the weights' derived forms are kept across calls.
     let _frozen = kernels::freeze();
+    let _bf16 = bf16_scope();
     let seconds = time(|| {
         classifier_log_prob_grad(&clf_fn, &x, &t, &labels, 1.0)?;
         Ok(())
@@ -423,6 +438,7 @@ fn guided_ddim_step(batch: usize) -> Result<Measured> {
     let mut ddim = Ddim { eta: 0.0 };
     // As in a sampling run: the weights' derived forms are kept across calls.
     let _frozen = kernels::freeze();
+    let _bf16 = bf16_scope();
     let seconds = time(|| {
         ddim.step(&d, &model_fn, &x, &t, &opts, &mut noise)?;
         Ok(())
@@ -514,8 +530,9 @@ fn main() {
     let threads = rayon::current_num_threads();
     let kernels_on = kernels::enabled();
     println!(
-        "# ours (guided-diffusion, candle), {threads} threads, fast kernels {}, median of {} after 1 warm-up",
+        "# ours (guided-diffusion, candle), {threads} threads, fast kernels {}, inference in {}, median of {} after 1 warm-up",
         if kernels_on { "on" } else { "off" },
+        if bf16_asked() { if kernels::amx::available() { "bf16 (AMX)" } else { "bf16 (no AMX: rounded f32)" } } else { "f32" },
         reps()
     );
     let mut failed = false;
@@ -556,6 +573,7 @@ fn main() {
             "batch": m.batch,
             "threads": threads,
             "kernels": kernels_on,
+            "precision": if bf16_asked() && !name.starts_with("train") { "bf16" } else { "f32" },
             "reps": reps(),
             "seconds": m.seconds,
             "images_per_s": ips,

@@ -39,7 +39,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
                 &zeros
             }
         };
-        let op = ConvFwd { p, frozen: super::frozen::lookup(w) };
+        let op = ConvFwd { p, frozen: super::frozen::lookup(w), bf16: super::bf16::active() };
         return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op);
     }
     let y = x.conv2d(w, padding, stride, 1, 1)?;
@@ -104,10 +104,12 @@ fn geom(c: usize, h: usize, w: usize, kh: usize, kw: usize, p: ConvParams, op: &
     }
 }
 
-/// Forward: `(x, w, bias) -> y`; `frozen` keeps derived forms of a frozen weight.
+/// Forward: `(x, w, bias) -> y`; `frozen` keeps derived forms of a frozen weight; `bf16`:
+/// made inside a bf16 scope (the forward value in bf16, gradients in f32).
 struct ConvFwd {
     p: ConvParams,
     frozen: Option<Arc<Derived>>,
+    bf16: bool,
 }
 
 impl CustomOp3 for ConvFwd {
@@ -135,7 +137,12 @@ impl CustomOp3 for ConvFwd {
         }
         let g = geom(c, h, wd, kh, kw, self.p, op)?;
         let mut y = vec![0f32; n * co * g.out_px()];
-        conv_cpu::forward(&Conv { n, co, g }, x, w, Some(b), &mut y, self.frozen.as_ref().map(|d| &d.winograd));
+        let cv = Conv { n, co, g };
+        if self.bf16 {
+            super::conv_bf16::forward(&cv, x, w, b, &mut y, self.frozen.as_ref().map(|d| &d.bf16));
+        } else {
+            conv_cpu::forward(&cv, x, w, Some(b), &mut y, self.frozen.as_ref().map(|d| &d.winograd));
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, co, g.ho, g.wo))))
     }
 

@@ -38,17 +38,17 @@ pub struct Conv {
 }
 
 /// How a batch is cut into tiles, and how many threads each gemm gets.
-struct Plan {
-    rows: usize,
-    tiles_per_img: usize,
-    tiles: usize,
+pub(super) struct Plan {
+    pub rows: usize,
+    pub tiles_per_img: usize,
+    pub tiles: usize,
     /// run tiles in parallel (true) or one by one with a threaded gemm (false)
-    par_tiles: bool,
-    gemm_threads: usize,
+    pub par_tiles: bool,
+    pub gemm_threads: usize,
 }
 
 impl Conv {
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         let g = &self.g;
         let threads = rayon::current_num_threads().max(1);
         let per_row = (g.k() * g.wo).max(1);
@@ -69,7 +69,8 @@ impl Conv {
         Plan { rows, tiles_per_img, tiles, par_tiles, gemm_threads: if par_tiles { 1 } else { threads } }
     }
 
-    fn tile(&self, p: &Plan, t: usize) -> (usize, usize, usize) {
+    /// Tile `t`: (image, first output row, end output row).
+    pub(super) fn tile(&self, p: &Plan, t: usize) -> (usize, usize, usize) {
         let img = t / p.tiles_per_img;
         let oy0 = (t % p.tiles_per_img) * p.rows;
         (img, oy0, (oy0 + p.rows).min(self.g.ho))
@@ -78,13 +79,13 @@ impl Conv {
 
 /// A raw pointer that may cross threads; the algorithms below write disjoint parts through it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// A method, so that closures capture the whole (Send) wrapper, not its raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

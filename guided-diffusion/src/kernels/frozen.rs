@@ -34,6 +34,8 @@ pub struct Derived {
     pub flipped: OnceLock<Vec<f32>>,
     /// Winograd transform of the flipped weight.
     pub flipped_winograd: OnceLock<Vec<f32>>,
+    /// The weight packed for bf16 products (inside a bf16 scope, [`super::bf16`]).
+    pub bf16: OnceLock<super::bf16::PackedWeight>,
 }
 
 /// Open scopes, and the cache they share.

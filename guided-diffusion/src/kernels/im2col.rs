@@ -73,36 +73,36 @@ impl Geom {
 /// Writes the column matrix of output rows `oy0..oy1` of image `x` (`[C, H, W]`) into `col`
 /// (`[K, (oy1 - oy0) * WO]`).
 pub fn im2col(x: &[f32], g: &Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
-    let (w, wo, s) = (g.w, g.wo, g.stride);
-    let tp = (oy1 - oy0) * wo;
+    let tp = (oy1 - oy0) * g.wo;
     debug_assert!(x.len() >= g.in_len() && col.len() >= g.k() * tp);
-    let mut r = 0;
-    for c in 0..g.c {
-        let xc = &x[c * g.h * w..(c + 1) * g.h * w];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let (lo, hi) = g.valid_ox(j);
-                let row = &mut col[r * tp..(r + 1) * tp];
-                for (oy, dst) in (oy0..oy1).zip(row.chunks_exact_mut(wo)) {
-                    let Some(y) = g.in_row(oy, i) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let src = &xc[y * w..(y + 1) * w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if lo < hi {
-                        let x0 = lo * s + j - g.pw;
-                        if s == 1 {
-                            dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
-                        } else {
-                            for (d, v) in dst[lo..hi].iter_mut().zip(src[x0..].iter().step_by(s)) {
-                                *d = *v;
-                            }
-                        }
-                    }
+    for (r, row) in col[..g.k() * tp].chunks_exact_mut(tp.max(1)).enumerate().take(g.k()) {
+        im2col_row(x, g, r, oy0, oy1, row);
+    }
+}
+
+/// Row `r` (`(c * KH + i) * KW + j`) of the column matrix of output rows `oy0..oy1`, into
+/// `row` (`(oy1 - oy0) * WO` values).
+pub fn im2col_row(x: &[f32], g: &Geom, r: usize, oy0: usize, oy1: usize, row: &mut [f32]) {
+    let (w, wo, s) = (g.w, g.wo, g.stride);
+    let (c, i, j) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+    let xc = &x[c * g.h * w..(c + 1) * g.h * w];
+    let (lo, hi) = g.valid_ox(j);
+    for (oy, dst) in (oy0..oy1).zip(row.chunks_exact_mut(wo)) {
+        let Some(y) = g.in_row(oy, i) else {
+            dst.fill(0.0);
+            continue;
+        };
+        let src = &xc[y * w..(y + 1) * w];
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        if lo < hi {
+            let x0 = lo * s + j - g.pw;
+            if s == 1 {
+                dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
+            } else {
+                for (d, v) in dst[lo..hi].iter_mut().zip(src[x0..].iter().step_by(s)) {
+                    *d = *v;
                 }
-                r += 1;
             }
         }
     }

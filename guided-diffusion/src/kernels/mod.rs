@@ -10,6 +10,8 @@
 //! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
 //!   [`set_enabled`] overrides at run time).
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
+//! - [`bf16`](mod@bf16): bf16 inference scopes ([`bf16()`]): convolution forwards with bf16
+//!   inputs and weights and f32 sums, on Intel AMX ([`amx`]) where the CPU has it.
 //! - [`frozen`]: derived forms of convolution weights (Winograd transforms, flipped weights)
 //!   kept for the length of a sampling run ([`freeze`]).
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
@@ -23,8 +25,10 @@
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `winograd`, `winograd_wgrad`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3),
 //!   forward and weight gradient, used by `conv_cpu`.
+//! - `conv_bf16`: the bf16 convolution forward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
+mod conv_bf16;
 mod conv_cpu;
 mod group_norm_cpu;
 mod im2col;
@@ -34,7 +38,9 @@ mod vmath;
 mod winograd;
 mod winograd_wgrad;
 
+pub mod amx;
 pub mod attention;
+pub mod bf16;
 pub mod conv2d;
 pub mod frozen;
 pub mod group_norm;
@@ -52,7 +58,9 @@ pub use group_norm::group_norm;
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
 pub use upsample::{sum_pool2x, upsample_nearest2x};
+pub use bf16::bf16;
 pub use frozen::freeze;
 pub use switch::{
-    applies_to, enabled, frozen_cache_enabled, set_enabled, set_frozen_cache, set_winograd, winograd_enabled,
+    amx_enabled, applies_to, enabled, frozen_cache_enabled, set_amx, set_enabled, set_frozen_cache, set_winograd,
+    winograd_enabled,
 };

@@ -1,5 +1,5 @@
-//! The on/off switches of the fast kernels, their Winograd convolutions and the frozen-weights
-//! cache.
+//! The on/off switches of the fast kernels, their Winograd convolutions, the frozen-weights
+//! cache and AMX.
 //!
 //! Both on by default. The environment variable `GD_KERNELS` is read once, on first use: `candle`,
 //! `off` or `0` turn the fast kernels off (every op then runs candle's own implementation).
@@ -53,6 +53,20 @@ pub fn frozen_cache_enabled() -> bool {
 /// Turns the frozen-weights cache on or off for the whole process.
 pub fn set_frozen_cache(on: bool) {
     FROZEN_CACHE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+static AMX: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether bf16 products may use Intel AMX where the CPU has it (on by default; `GD_AMX=0` /
+/// `off` turns it off, read once; [`set_amx`] overrides). Without it, bf16 scopes round to
+/// bf16 and multiply in f32: the same numerics, slower.
+pub fn amx_enabled() -> bool {
+    read(&AMX, "GD_AMX")
+}
+
+/// Turns AMX on or off for the whole process (weights packed before keep their form).
+pub fn set_amx(on: bool) {
+    AMX.store(if on { ON } else { OFF }, Ordering::Relaxed);
 }
 
 /// The switch's state, from the environment variable `var` on first use.

@@ -139,6 +139,10 @@ impl Conv2d {
 pub struct Conv1x1 {
     /// `[cout, cin]`
     weight: Tensor,
+    /// The same weight as `[cout, cin, 1, 1]`, made once: the convolution kernels key a frozen
+    /// weight's derived forms (e.g. its bf16 packing) by tensor id, so the view must not be
+    /// remade per call.
+    weight_4d: Tensor,
     bias: Tensor,
 }
 
@@ -157,15 +161,15 @@ impl Conv1x1 {
             vb.get_with_hints((cout, cin, 1, 1), "weight", wi)?.squeeze(3)?.squeeze(2)?
         };
         let bias = vb.get_with_hints(cout, "bias", bi)?;
-        Ok(Conv1x1 { weight, bias })
+        let weight_4d = weight.unsqueeze(2)?.unsqueeze(3)?;
+        Ok(Conv1x1 { weight, weight_4d, bias })
     }
 
     /// `[N, Cin, T] -> [N, Cout, T]`; the fast convolution kernel when it applies (a 1x1
     /// convolution over `[N, Cin, T, 1]`), else a broadcast matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() == 3 && kernels::applies_to(&[x, &self.weight, &self.bias]) {
-            let w = self.weight.unsqueeze(2)?.unsqueeze(3)?;
-            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &w, Some(&self.bias), 1, 0)?.squeeze(3)?);
+            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &self.weight_4d, Some(&self.bias), 1, 0)?.squeeze(3)?);
         }
         let y = self.weight.broadcast_matmul(x)?;
         Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)

@@ -1,0 +1,282 @@
+//! bf16 inference: convolutions whose inputs and weights are rounded to bfloat16 and whose
+//! products are summed in f32, like PyTorch's CPU autocast, inside an explicit scope.
+//!
+//! The reference samples its released models in float16 (`--use_fp16 True`): it casts the
+//! convolutions' weights and activations to half precision and keeps GroupNorm in f32. Here
+//! the same idea serves speed on CPUs with Intel AMX ([`super::amx`]): a bf16 matrix product
+//! there is several times faster than f32, and a bf16 weight is half the bytes, which is what
+//! the small 16x16 and 8x8 layers at batch 1 wait for. Everything but the convolutions' matrix
+//! products (GroupNorm, attention, the diffusion arithmetic) stays f32, and so do gradients.
+//!
+//! The numerics are defined without AMX: round every input and weight to the nearest bf16
+//! (ties to even, NaN kept), multiply exactly and sum in f32. Without AMX the same rounding
+//! goes through the f32 matrix product, so results agree with the AMX path up to the order of
+//! the f32 sums (and AMX treating bf16 denormals as zero); that is what the tests check.
+//!
+//! It is opt-in and process-wide, like [`super::freeze`]: [`bf16`] returns a guard, and while
+//! one lives every convolution forward in the process uses bf16. `gdiff sample --precision
+//! bf16` holds one for the whole run.
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::amx;
+use super::im2col::{im2col_row, Geom};
+
+static SCOPES: AtomicUsize = AtomicUsize::new(0);
+
+/// While this guard lives, convolution forwards use bf16 inputs and weights.
+#[must_use = "bf16 is used only while the guard lives"]
+pub struct Bf16(());
+
+/// Opens a bf16 scope (process-wide; scopes nest).
+pub fn bf16() -> Bf16 {
+    SCOPES.fetch_add(1, Ordering::SeqCst);
+    Bf16(())
+}
+
+impl Drop for Bf16 {
+    fn drop(&mut self) {
+        SCOPES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether a bf16 scope is open.
+pub fn active() -> bool {
+    SCOPES.load(Ordering::SeqCst) > 0
+}
+
+/// The f32 bit pattern of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN,
+/// quiet), low 16 bits zero.
+#[inline(always)]
+pub fn round_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        (b | 0x0040_0000) & 0xffff_0000
+    } else {
+        rounded
+    }
+}
+
+/// `x` rounded to the nearest bf16, as an f32.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    f32::from_bits(round_bits(x))
+}
+
+/// Rounds every value of `xs` to bf16 in place.
+pub fn round_slice(xs: &mut [f32]) {
+    for x in xs {
+        *x = round(*x);
+    }
+}
+
+/// A convolution weight `[co, K]` ready for the bf16 product.
+pub enum PackedWeight {
+    /// Packed AMX A operand (`[m/16][k/32][16][32]` bf16).
+    Amx { m: usize, k: usize, data: Vec<u16> },
+    /// The weight rounded to bf16 values, kept as f32 (no AMX).
+    Rounded(Vec<f32>),
+}
+
+impl PackedWeight {
+    /// Packs `w` (`[m, k]` row-major): for AMX when it is available, else rounded.
+    pub fn new(w: &[f32], m: usize, k: usize) -> PackedWeight {
+        assert!(w.len() >= m * k);
+        if !amx::available() {
+            let mut r = w[..m * k].to_vec();
+            round_slice(&mut r);
+            return PackedWeight::Rounded(r);
+        }
+        let (mb, kb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH));
+        let mut data = vec![0u16; mb * kb * amx::TILE_ELEMS];
+        for ib in 0..mb {
+            for r in 0..amx::TILE {
+                let row = ib * amx::TILE + r;
+                if row >= m {
+                    break;
+                }
+                let src = &w[row * k..(row + 1) * k];
+                for (kbi, chunk) in src.chunks(amx::DEPTH).enumerate() {
+                    let dst = &mut data[(ib * kb + kbi) * amx::TILE_ELEMS + r * amx::DEPTH..][..chunk.len()];
+                    for (d, &v) in dst.iter_mut().zip(chunk) {
+                        *d = (round_bits(v) >> 16) as u16;
+                    }
+                }
+            }
+        }
+        PackedWeight::Amx { m, k, data }
+    }
+}
+
+/// Number of 32-wide blocks covering `n`.
+pub fn blocks32(n: usize) -> usize {
+    n.div_ceil(32)
+}
+
+/// u32 words (bf16 pairs) of a packed B operand of depth `k` and `n` columns.
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    blocks32(n) * 2 * k.div_ceil(amx::DEPTH) * amx::TILE * amx::TILE
+}
+
+/// The right-hand side `B` (`[k, n]`) of a bf16 product, produced a row at a time.
+pub enum Rhs<'a> {
+    /// A row-major matrix with row stride `ld`.
+    Rows { b: &'a [f32], ld: usize },
+    /// The column matrix of output rows `oy0..oy1` of image `x` (never materialised whole).
+    Im2col { x: &'a [f32], g: &'a Geom, oy0: usize, oy1: usize },
+}
+
+impl Rhs<'_> {
+    /// Writes row `r` (`out.len()` = n values).
+    fn fill_row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Rhs::Rows { b, ld } => out.copy_from_slice(&b[r * ld..r * ld + out.len()]),
+            Rhs::Im2col { x, g, oy0, oy1 } => im2col_row(x, g, r, *oy0, *oy1, out),
+        }
+    }
+}
+
+/// Packs `k x n` rows from `rhs` as an AMX B operand: `[n/16][k/32][16 row pairs][16
+/// columns]` u32 words, each the bf16 pair `(B[2p, j], B[2p + 1, j])` (lower half the even
+/// row), zero outside `k x n`. Two rows at a time pass through small buffers, so an im2col
+/// source goes straight from the image to the packed form.
+pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
+    let (nb, kb) = (blocks32(n) * 2, k.div_ceil(amx::DEPTH));
+    assert!(out.len() >= packed_b_len(k, n));
+    let mut rows = super::scratch::take(2 * n);
+    let (r0, r1) = rows.split_at_mut(n);
+    for p in 0..kb * amx::TILE {
+        let (k0, k1) = (2 * p, 2 * p + 1);
+        for (kk, buf) in [(k0, &mut *r0), (k1, &mut *r1)] {
+            if kk < k {
+                rhs.fill_row(kk, buf);
+            } else {
+                buf.fill(0.0);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            unsafe { pack_pair_avx512(r0, r1, p, nb, kb, out) };
+            continue;
+        }
+        pack_pair(r0, r1, p, nb, kb, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_pair_avx512(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [u32]) {
+    pack_pair(r0, r1, p, nb, kb, out)
+}
+
+/// Row pair `p` (rows `r0`, `r1`, n values each) into its place in every column block.
+#[inline(always)]
+fn pack_pair(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [u32]) {
+    const T: usize = amx::TILE;
+    let n = r0.len();
+    let (kbi, kp) = (p / T, p % T);
+    for jb in 0..nb {
+        let dst = &mut out[((jb * kb + kbi) * T + kp) * T..][..T];
+        let c0 = jb * T;
+        if c0 + T <= n {
+            let a: &[f32; T] = r0[c0..c0 + T].try_into().unwrap();
+            let b: &[f32; T] = r1[c0..c0 + T].try_into().unwrap();
+            for c in 0..T {
+                dst[c] = round_bits(b[c]) | (round_bits(a[c]) >> 16);
+            }
+        } else {
+            dst.fill(0);
+            for c in c0..n {
+                dst[c - c0] = round_bits(r1[c]) | (round_bits(r0[c]) >> 16);
+            }
+        }
+    }
+}
+
+/// `dst[r, c] = bias[r] + sum_k W[r, k] B[k, c]` in bf16 (`W` packed, `B` the `[k, n]`
+/// right-hand side `rhs`), `dst` with row stride `ldc`, on `threads` threads.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` floats at row stride `ldc` and not
+/// written by anyone else meanwhile; `rhs` must have the weight's `k` rows of `n` values;
+/// `bias` has one value per row of `W`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mut f32, ldc: usize, threads: usize) {
+    use super::scratch;
+    use super::sgemm::{sgemm, MatMut, MatRef};
+    match w {
+        PackedWeight::Rounded(wr) => {
+            let m = bias.len();
+            let k = wr.len() / m.max(1);
+            let mut br = scratch::take(k * n);
+            for r in 0..k {
+                let row = &mut br[r * n..(r + 1) * n];
+                rhs.fill_row(r, row);
+                round_slice(row);
+            }
+            for (r, &bv) in bias.iter().enumerate() {
+                std::slice::from_raw_parts_mut(dst.add(r * ldc), n).fill(bv);
+            }
+            sgemm(m, n, k, MatMut::rows(dst, ldc), true, MatRef::rows(wr.as_ptr(), k), MatRef::rows(br.as_ptr(), n), threads);
+        }
+        PackedWeight::Amx { m, k, data } => {
+            let (m, k) = (*m, *k);
+            assert!(bias.len() >= m);
+            let mut packed = scratch::take(packed_b_len(k, n));
+            // SAFETY: f32 and u32 have the same size and alignment.
+            let pb: &mut [u32] = std::slice::from_raw_parts_mut(packed.as_mut_ptr() as *mut u32, packed.len());
+            pack_b(rhs, k, n, pb);
+            let (mb, kb, nb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH), blocks32(n) * 2);
+            let (a, bp, d) = (data.as_ptr() as usize, pb.as_ptr() as usize, dst as usize);
+            let run = |ib0: usize, ib1: usize| {
+                amx::gemm_rows(ib0, ib1, kb, nb, a as *const u16, bp as *const u16, m, n, bias, d as *mut f32, ldc)
+            };
+            // Threads take disjoint bands of 32 output rows.
+            let pairs = mb / 2;
+            let parts = threads.clamp(1, pairs.max(1));
+            if parts == 1 {
+                run(0, mb);
+            } else {
+                use rayon::prelude::*;
+                (0..parts).into_par_iter().for_each(|p| run(2 * (p * pairs / parts), 2 * ((p + 1) * pairs / parts)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        // 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties to even (1).
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to even (1 + 2^-6).
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round(1.0 + 1.0 / 256.0 + 1e-6), 1.0 + 1.0 / 128.0);
+        assert_eq!(round(-2.5), -2.5);
+        assert!(round(f32::NAN).is_nan());
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round(f32::MAX), f32::INFINITY);
+        assert_eq!(round(0.0).to_bits(), 0);
+    }
+
+    #[test]
+    fn pack_b_layout() {
+        let (k, n, ld) = (35, 19, 21);
+        let src: Vec<f32> = (0..k * ld).map(|i| i as f32).collect();
+        let mut out = vec![0u32; packed_b_len(k, n)];
+        pack_b(&Rhs::Rows { b: &src, ld }, k, n, &mut out);
+        let kb = k.div_ceil(32);
+        for p in 0..kb * 16 {
+            for j in 0..blocks32(n) * 32 {
+                let w = out[((j / 16 * kb + p / 16) * 16 + p % 16) * 16 + j % 16];
+                let want = |kk: usize| if kk < k && j < n { round_bits(src[kk * ld + j]) >> 16 } else { 0 };
+                assert_eq!(w & 0xffff, want(2 * p), "row {} col {j}", 2 * p);
+                assert_eq!(w >> 16, want(2 * p + 1), "row {} col {j}", 2 * p + 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! bf16 inference scopes (`kernels::bf16`): inside one, a convolution's forward equals the f32
+//! convolution of its inputs and weights rounded to bf16 (up to the order of the f32 sums),
+//! through AMX where the CPU has it and through the rounding + f32 product everywhere; its
+//! gradients stay f32; outside the scope nothing changes. One test function, because the scope
+//! and the AMX switch are process-wide.
+use candle_core::{Device, Tensor, Var};
+use guided_diffusion::kernels::{self, amx, bf16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn vals(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn rounded(t: &Tensor) -> Tensor {
+    let v: Vec<f32> = vals(t).into_iter().map(bf16::round).collect();
+    Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+}
+
+/// (y, dx) of `sum(conv(x, w, b) * r)`.
+fn run(x: &Var, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -> (Vec<f32>, Vec<f32>) {
+    let y = kernels::conv2d(x, w, Some(b), stride, pad).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    (vals(&y), vals(g.get(x).unwrap()))
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn kernels_bf16_scope_rounds_convolution_inputs_and_keeps_gradients_f32() {
+    kernels::set_enabled(true);
+    kernels::set_winograd(true);
+    let mut rng = StdRng::seed_from_u64(11);
+    // (n, c, hw, co, k, stride, pad): a Winograd-sized 3x3 (f32 path), odd channel counts
+    // (rows and depth not multiples of 16/32), the output conv's 3 channels, stride 2, 1x1,
+    // a one-tile 8x8 layer whose product is split over threads by rows, batch 3.
+    let cases = [
+        (1, 32, 32, 48, 3, 1, 1),
+        (2, 7, 9, 35, 3, 1, 1),
+        (1, 64, 16, 3, 3, 1, 1),
+        (1, 6, 11, 7, 3, 2, 1),
+        (2, 40, 8, 24, 1, 1, 0),
+        (1, 96, 8, 128, 3, 1, 1),
+        (3, 16, 13, 33, 3, 1, 0),
+    ];
+    let amx_modes: &[bool] = if amx::hardware() { &[true, false] } else { &[false] };
+    println!("AMX on this CPU: {}", amx::hardware());
+    for (i, &(n, c, hw, co, k, stride, pad)) in cases.iter().enumerate() {
+        let x = Var::from_tensor(&rand_tensor(&mut rng, &[n, c, hw, hw])).unwrap();
+        let w = rand_tensor(&mut rng, &[co, c, k, k]);
+        let b = rand_tensor(&mut rng, &[co]);
+        let ho = (hw + 2 * pad - k) / stride + 1;
+        let r = rand_tensor(&mut rng, &[n, co, ho, ho]);
+        let plain = run(&x, &w, &b, &r, stride, pad);
+        // The definition: f32 (direct, not Winograd) of the rounded input and weight.
+        kernels::set_winograd(false);
+        let xr = Var::from_tensor(&rounded(x.as_tensor())).unwrap();
+        let want = run(&xr, &rounded(&w), &b, &r, stride, pad).0;
+        kernels::set_winograd(true);
+        for &use_amx in amx_modes {
+            kernels::set_amx(use_amx);
+            let got = {
+                let _scope = kernels::bf16();
+                assert!(bf16::active());
+                run(&x, &w, &b, &r, stride, pad)
+            };
+            let e = rel_err(&got.0, &want);
+            println!("case {i} amx {use_amx}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}", rel_err(&got.0, &plain.0));
+            assert!(e < 2e-6 * ((c * k * k) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: {e}");
+            assert!(rel_err(&got.0, &plain.0) < 2e-2, "case {i}: bf16 too far from f32");
+            assert!(rel_err(&got.0, &plain.0) > 0.0, "case {i}: the scope did not round");
+            assert_eq!(got.1, plain.1, "case {i}: the input gradient must stay f32");
+            // Frozen weights keep the packed form: same values.
+            let _frozen = kernels::freeze();
+            let _scope = kernels::bf16();
+            for _ in 0..2 {
+                assert_eq!(run(&x, &w, &b, &r, stride, pad).0, got.0, "case {i}: frozen bf16 differs");
+            }
+        }
+        assert!(!bf16::active());
+        assert_eq!(run(&x, &w, &b, &r, stride, pad).0, plain.0, "case {i}: after the scope, f32 again");
+    }
+    kernels::set_amx(true);
+}
