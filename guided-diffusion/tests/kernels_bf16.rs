@@ -1,6 +1,7 @@
 //! bf16 inference scopes (`kernels::bf16`): inside one, a convolution's forward equals the f32
 //! convolution of its inputs and weights rounded to bf16 (up to the order of the f32 sums),
-//! through AMX where the CPU has it and through the rounding + f32 product everywhere; its
+//! through AMX where the CPU has it and through the rounding + f32 product everywhere; so does
+//! the input gradient of a stride-1 convolution (classifier guidance), while other input
 //! gradients stay f32; outside the scope nothing changes. One test function, because the scope
 //! and the AMX switch are process-wide.
 use candle_core::{Device, Tensor, Var};
@@ -37,13 +38,15 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn kernels_bf16_scope_rounds_convolution_inputs_and_keeps_gradients_f32() {
+fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
     kernels::set_enabled(true);
     kernels::set_winograd(true);
     let mut rng = StdRng::seed_from_u64(11);
     // (n, c, hw, co, k, stride, pad): a Winograd-sized 3x3 (f32 path), odd channel counts
     // (rows and depth not multiples of 16/32), the output conv's 3 channels, stride 2, 1x1,
-    // a one-tile 8x8 layer whose product is split over threads by rows, batch 3.
+    // a one-tile 8x8 layer whose product is split over threads by rows, batch 3; with AMX the
+    // rows of >= 16 pixels (cases 0, 2, 7, 8) take the shifted-window form, incl. a partial
+    // last pixel block (21 and 17 wide) and an odd channel count.
     let cases = [
         (1, 32, 32, 48, 3, 1, 1),
         (2, 7, 9, 35, 3, 1, 1),
@@ -52,6 +55,8 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_keeps_gradients_f32() {
         (2, 40, 8, 24, 1, 1, 0),
         (1, 96, 8, 128, 3, 1, 1),
         (3, 16, 13, 33, 3, 1, 0),
+        (1, 35, 21, 40, 3, 1, 1),
+        (2, 12, 19, 20, 3, 1, 0),
     ];
     let amx_modes: &[bool] = if amx::hardware() { &[true, false] } else { &[false] };
     println!("AMX on this CPU: {}", amx::hardware());
@@ -66,6 +71,9 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_keeps_gradients_f32() {
         kernels::set_winograd(false);
         let xr = Var::from_tensor(&rounded(x.as_tensor())).unwrap();
         let want = run(&xr, &rounded(&w), &b, &r, stride, pad).0;
+        // The output gradient of sum(y * r) is r: the bf16 input gradient rounds it and w.
+        let want_dx = run(&xr, &rounded(&w), &b, &rounded(&r), stride, pad).1;
+        let bf16_dx = stride == 1 && k > 1;
         kernels::set_winograd(true);
         for &use_amx in amx_modes {
             kernels::set_amx(use_amx);
@@ -79,12 +87,19 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_keeps_gradients_f32() {
             assert!(e < 2e-6 * ((c * k * k) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: {e}");
             assert!(rel_err(&got.0, &plain.0) < 2e-2, "case {i}: bf16 too far from f32");
             assert!(rel_err(&got.0, &plain.0) > 0.0, "case {i}: the scope did not round");
-            assert_eq!(got.1, plain.1, "case {i}: the input gradient must stay f32");
+            if bf16_dx {
+                let e = rel_err(&got.1, &want_dx);
+                println!("case {i} amx {use_amx}: input gradient vs rounded f32 {e:.2e}");
+                assert!(e < 2e-6 * ((co * k * k) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: dx {e}");
+                assert!(rel_err(&got.1, &plain.1) < 2e-2, "case {i}: bf16 dx too far from f32");
+            } else {
+                assert_eq!(got.1, plain.1, "case {i}: this input gradient must stay f32");
+            }
             // Frozen weights keep the packed form: same values.
             let _frozen = kernels::freeze();
             let _scope = kernels::bf16();
             for _ in 0..2 {
-                assert_eq!(run(&x, &w, &b, &r, stride, pad).0, got.0, "case {i}: frozen bf16 differs");
+                assert_eq!(run(&x, &w, &b, &r, stride, pad), got, "case {i}: frozen bf16 differs");
             }
         }
         assert!(!bf16::active());

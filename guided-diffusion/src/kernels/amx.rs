@@ -14,9 +14,12 @@
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process); [`available`]
 //! checks the CPU (CPUID) and makes that request once.
 //!
-//! Operands are packed by [`super::bf16`]: A as `[m/16][k/32][16][32]` bf16, B as
-//! `[n/16][k/32][16][16]` bf16 pairs, with m and n padded to multiples of 32 and k to a
-//! multiple of 32 (zeros).
+//! A is packed by [`super::bf16`] as `[m/16][k/32][16][32]` bf16 (m padded to a multiple of
+//! 32, k to a multiple of 32, with zeros). B comes in 16-column blocks of 16 rows of bf16
+//! pairs (the VNNI layout), each block at its own address and each 32-deep step at an offset
+//! from it: either a packed matrix (`[n/16][k/32][16][16]` pairs) or, for a convolution, the
+//! pair-interleaved input itself, where a step is one kernel tap and channel block, a block is
+//! 16 output pixels of one row, and no column matrix is ever built.
 use std::sync::OnceLock;
 
 /// Whether AMX bf16 can be used in this process: the CPU has AMX-TILE and AMX-BF16, the
@@ -60,32 +63,51 @@ pub const DEPTH: usize = 32;
 /// u16 elements in one packed A or B tile.
 pub const TILE_ELEMS: usize = TILE * DEPTH;
 
-/// `dst[r, c] = bias[r] + sum_k A[r, k] B[k, c]` for rows `r < m`, columns `c < n`, over the
-/// 16-row blocks `ib0..ib1` of A (`ib0` and `ib1` even), where `a` holds A packed with
-/// `kblocks` 32-deep steps and `b` holds B packed likewise with `nblocks` 16-column blocks
-/// (both even-padded). `dst` has row stride `ldc` floats.
+/// One 16-column block of the right-hand side B and of the output.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    /// Address of the block's B tile at depth step 0; step `s` is at `b + offsets[s]` bytes.
+    pub b: *const u16,
+    /// Offset of the block's first column within an output row (floats).
+    pub col: usize,
+    /// Valid columns, 0..=16 (0: a padding block, computed but not stored).
+    pub cols: usize,
+}
+
+/// Where B's tiles lie: per depth step, the byte offset from a block's base, and the byte
+/// stride between a tile's 16 rows (row pairs). A packed B has offsets `s * 1024` and stride
+/// 64; a convolution's shifted input windows have one offset per (tap, channel block).
+pub struct BLayout<'a> {
+    pub offsets: &'a [usize],
+    pub stride: usize,
+}
+
+/// `dst[r, blk.col + c] = bias[r] + sum_k A[r, k] B_blk[k, c]` for rows `r < m` of the 16-row
+/// blocks `ib0..ib1` of A (both even) and every block `blk` of `blocks` (an even number of
+/// them), columns `c < blk.cols`. A is packed (`[m/16][kblocks][16][32]` bf16, m padded to a
+/// multiple of 32, `kblocks = b.offsets.len()` steps), `dst` has row stride `ldc` floats.
 ///
 /// # Safety
-/// [`available`] must be true; `a` and `b` must hold the packed extents described, `bias`
-/// at least `m` values, and `dst` must be valid for writes of `m` rows of `n` floats at row
-/// stride `ldc`, not written by anyone else meanwhile.
+/// [`available`] must be true; `a` must hold the packed extent described; every block's B
+/// tiles (16 rows of 64 bytes at `b.stride`, at each offset) must be readable; `bias` has at
+/// least `m` values; `dst` must be valid for the writes described and not written by anyone
+/// else meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_rows(
+pub unsafe fn gemm_blocks(
     ib0: usize,
     ib1: usize,
-    kblocks: usize,
-    nblocks: usize,
     a: *const u16,
-    b: *const u16,
     m: usize,
-    n: usize,
     bias: &[f32],
+    blocks: &[Block],
+    b: &BLayout,
     dst: *mut f32,
     ldc: usize,
 ) {
     use std::arch::asm;
-    debug_assert!(ib0.is_multiple_of(2) && ib1.is_multiple_of(2) && nblocks.is_multiple_of(2) && kblocks > 0);
+    let kblocks = b.offsets.len();
+    debug_assert!(ib0.is_multiple_of(2) && ib1.is_multiple_of(2) && blocks.len().is_multiple_of(2) && kblocks > 0);
     #[repr(C, align(64))]
     struct Config([u8; 64]);
     let mut cfg = Config([0; 64]);
@@ -96,11 +118,11 @@ pub unsafe fn gemm_rows(
         cfg.0[48 + t] = TILE as u8;
     }
     #[repr(C, align(64))]
-    struct Block([f32; 4 * TILE * TILE]);
-    // Bias tiles of the two row blocks (each row one bias value), and an output spill block.
-    let mut init = Block([0.0; 4 * TILE * TILE]);
-    let mut spill = Block([0.0; 4 * TILE * TILE]);
-    let tile_stride = TILE_ELEMS * kblocks; // u16 between consecutive 16-blocks
+    struct Tiles([f32; 4 * TILE * TILE]);
+    // Bias tiles of the two row blocks (each row one bias value), and an output spill area.
+    let mut init = Tiles([0.0; 4 * TILE * TILE]);
+    let mut spill = Tiles([0.0; 4 * TILE * TILE]);
+    let a_stride = TILE_ELEMS * kblocks; // u16 between consecutive 16-row blocks of A
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
     let mut ib = ib0;
     while ib < ib1 {
@@ -111,57 +133,63 @@ pub unsafe fn gemm_rows(
                 init.0[half * 256 + r * TILE..half * 256 + (r + 1) * TILE].fill(v);
             }
         }
-        let a0 = a.add(ib * tile_stride);
-        let a1 = a.add((ib + 1) * tile_stride);
-        let mut jb = 0;
-        while jb < nblocks {
-            let b0 = b.add(jb * tile_stride);
-            let b1 = b.add((jb + 1) * tile_stride);
-            let init0 = init.0.as_ptr();
-            let init1 = init.0.as_ptr().add(256);
+        let a0 = a.add(ib * a_stride);
+        let a1 = a.add((ib + 1) * a_stride);
+        for pair in blocks.chunks_exact(2) {
+            let (bj, bk) = (pair[0], pair[1]);
             asm!(
                 "tileloadd tmm0, [{i0} + {s}*1]",
                 "tileloadd tmm1, [{i0} + {s}*1]",
                 "tileloadd tmm2, [{i1} + {s}*1]",
                 "tileloadd tmm3, [{i1} + {s}*1]",
+                i0 = in(reg) init.0.as_ptr(),
+                i1 = in(reg) init.0.as_ptr().add(256),
+                s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            asm!(
                 "2:",
+                "mov {o}, qword ptr [{offs}]",
                 "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
+                "lea {t}, [{b0} + {o}]",
+                "tileloadd tmm6, [{t} + {sb}*1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
+                "lea {t}, [{b1} + {o}]",
+                "tileloadd tmm7, [{t} + {sb}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "tileloadd tmm5, [{a1} + {s}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 "add {a0}, 1024",
                 "add {a1}, 1024",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
+                "add {offs}, 8",
                 "dec {kb}",
                 "jnz 2b",
-                i0 = in(reg) init0,
-                i1 = in(reg) init1,
                 a0 = inout(reg) a0 => _,
                 a1 = inout(reg) a1 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
+                b0 = in(reg) bj.b,
+                b1 = in(reg) bk.b,
+                offs = inout(reg) b.offsets.as_ptr() => _,
                 kb = inout(reg) kblocks => _,
+                o = out(reg) _,
+                t = out(reg) _,
                 s = in(reg) 64usize,
+                sb = in(reg) b.stride,
                 options(nostack, readonly),
             );
-            let (r0, c0) = (ib * TILE, jb * TILE);
-            if r0 + 2 * TILE <= m && c0 + 2 * TILE <= n {
-                // A whole 32x32 block: straight into the output.
-                let d = dst.add(r0 * ldc + c0);
+            let r0 = ib * TILE;
+            if r0 + 2 * TILE <= m && bj.cols == TILE && bk.cols == TILE {
+                // Whole tiles: straight into the output.
+                let (d, e) = (dst.add(r0 * ldc + bj.col), dst.add(r0 * ldc + bk.col));
                 asm!(
                     "tilestored [{d0} + {s}*1], tmm0",
                     "tilestored [{d1} + {s}*1], tmm1",
                     "tilestored [{d2} + {s}*1], tmm2",
                     "tilestored [{d3} + {s}*1], tmm3",
                     d0 = in(reg) d,
-                    d1 = in(reg) d.add(TILE),
+                    d1 = in(reg) e,
                     d2 = in(reg) d.add(TILE * ldc),
-                    d3 = in(reg) d.add(TILE * ldc + TILE),
+                    d3 = in(reg) e.add(TILE * ldc),
                     s = in(reg) ldc * 4,
                     options(nostack),
                 );
@@ -179,20 +207,18 @@ pub unsafe fn gemm_rows(
                     s = in(reg) 64usize,
                     options(nostack),
                 );
-                // Tile t = 2 * (row half) + (column half).
+                // Tile t = 2 * (row half) + (block of the pair).
                 for t in 0..4 {
-                    let (tr, tc) = (r0 + (t / 2) * TILE, c0 + (t % 2) * TILE);
-                    if tr >= m || tc >= n {
+                    let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
+                    if tr >= m || blk.cols == 0 {
                         continue;
                     }
-                    let (rows, cols) = ((m - tr).min(TILE), (n - tc).min(TILE));
-                    for r in 0..rows {
-                        let src = &spill.0[t * 256 + r * TILE..t * 256 + r * TILE + cols];
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.add((tr + r) * ldc + tc), cols);
+                    for r in 0..(m - tr).min(TILE) {
+                        let src = spill.0.as_ptr().add(t * 256 + r * TILE);
+                        std::ptr::copy_nonoverlapping(src, dst.add((tr + r) * ldc + blk.col), blk.cols);
                     }
                 }
             }
-            jb += 2;
         }
         ib += 2;
     }
@@ -205,16 +231,14 @@ pub unsafe fn gemm_rows(
 /// Never safe to call; it panics.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_rows(
+pub unsafe fn gemm_blocks(
     _ib0: usize,
     _ib1: usize,
-    _kblocks: usize,
-    _nblocks: usize,
     _a: *const u16,
-    _b: *const u16,
     _m: usize,
-    _n: usize,
     _bias: &[f32],
+    _blocks: &[Block],
+    _b: &BLayout,
     _dst: *mut f32,
     _ldc: usize,
 ) {

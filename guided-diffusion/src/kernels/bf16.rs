@@ -82,26 +82,25 @@ impl PackedWeight {
     /// Packs `w` (`[m, k]` row-major): for AMX when it is available, else rounded.
     pub fn new(w: &[f32], m: usize, k: usize) -> PackedWeight {
         assert!(w.len() >= m * k);
+        Self::from_fn(m, k, |r, kk| w[r * k + kk])
+    }
+
+    /// Packs the `[m, k]` matrix whose element `(r, kk)` is `at(r, kk)`.
+    pub fn from_fn(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedWeight {
         if !amx::available() {
-            let mut r = w[..m * k].to_vec();
-            round_slice(&mut r);
+            let mut r = Vec::with_capacity(m * k);
+            for row in 0..m {
+                r.extend((0..k).map(|kk| round(at(row, kk))));
+            }
             return PackedWeight::Rounded(r);
         }
         let (mb, kb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH));
         let mut data = vec![0u16; mb * kb * amx::TILE_ELEMS];
-        for ib in 0..mb {
-            for r in 0..amx::TILE {
-                let row = ib * amx::TILE + r;
-                if row >= m {
-                    break;
-                }
-                let src = &w[row * k..(row + 1) * k];
-                for (kbi, chunk) in src.chunks(amx::DEPTH).enumerate() {
-                    let dst = &mut data[(ib * kb + kbi) * amx::TILE_ELEMS + r * amx::DEPTH..][..chunk.len()];
-                    for (d, &v) in dst.iter_mut().zip(chunk) {
-                        *d = (round_bits(v) >> 16) as u16;
-                    }
-                }
+        for row in 0..m {
+            let (ib, r) = (row / amx::TILE, row % amx::TILE);
+            for kk in 0..k {
+                let (kbi, kin) = (kk / amx::DEPTH, kk % amx::DEPTH);
+                data[(ib * kb + kbi) * amx::TILE_ELEMS + r * amx::DEPTH + kin] = (round_bits(at(row, kk)) >> 16) as u16;
             }
         }
         PackedWeight::Amx { m, k, data }
@@ -116,6 +115,19 @@ pub fn blocks32(n: usize) -> usize {
 /// u32 words (bf16 pairs) of a packed B operand of depth `k` and `n` columns.
 pub fn packed_b_len(k: usize, n: usize) -> usize {
     blocks32(n) * 2 * k.div_ceil(amx::DEPTH) * amx::TILE * amx::TILE
+}
+
+/// Blocks that may cross threads: their addresses are only read, by whoever runs the product.
+#[derive(Clone, Copy)]
+pub(super) struct SendBlocks<'a>(pub &'a [amx::Block]);
+unsafe impl Send for SendBlocks<'_> {}
+unsafe impl Sync for SendBlocks<'_> {}
+
+impl<'a> SendBlocks<'a> {
+    /// A method, so that closures capture the whole (Sync) wrapper.
+    pub(super) fn get(self) -> &'a [amx::Block] {
+        self.0
+    }
 }
 
 /// The right-hand side `B` (`[k, n]`) of a bf16 product, produced a row at a time.
@@ -168,6 +180,29 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_pair_avx512(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [u32]) {
     pack_pair(r0, r1, p, nb, kb, out)
+}
+
+/// `out[i]` = the bf16 pair `(a[i], b[i])` (lower half `a[i]`), for every `i`.
+pub fn pack_pairs(a: &[f32], b: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { pack_pairs_avx512(a, b, out) };
+    }
+    pack_pairs_impl(a, b, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_pairs_avx512(a: &[f32], b: &[f32], out: &mut [u32]) {
+    pack_pairs_impl(a, b, out)
+}
+
+#[inline(always)]
+fn pack_pairs_impl(a: &[f32], b: &[f32], out: &mut [u32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = round_bits(y) | (round_bits(x) >> 16);
+    }
 }
 
 /// Row pair `p` (rows `r0`, `r1`, n values each) into its place in every column block.
@@ -228,9 +263,22 @@ pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mu
             let pb: &mut [u32] = std::slice::from_raw_parts_mut(packed.as_mut_ptr() as *mut u32, packed.len());
             pack_b(rhs, k, n, pb);
             let (mb, kb, nb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH), blocks32(n) * 2);
-            let (a, bp, d) = (data.as_ptr() as usize, pb.as_ptr() as usize, dst as usize);
+            let tile_bytes = amx::TILE_ELEMS * 2;
+            let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
+            let layout = amx::BLayout { offsets: &offsets, stride: 64 };
+            let base = pb.as_ptr() as *const u16;
+            let blocks: Vec<amx::Block> = (0..nb)
+                .map(|jb| amx::Block {
+                    b: base.add(jb * kb * amx::TILE_ELEMS),
+                    col: jb * amx::TILE,
+                    cols: n.saturating_sub(jb * amx::TILE).min(amx::TILE),
+                })
+                .collect();
+            let (a, d) = (data.as_ptr() as usize, dst as usize);
+            let blocks = SendBlocks(&blocks);
             let run = |ib0: usize, ib1: usize| {
-                amx::gemm_rows(ib0, ib1, kb, nb, a as *const u16, bp as *const u16, m, n, bias, d as *mut f32, ldc)
+                let blocks = blocks.get();
+                amx::gemm_blocks(ib0, ib1, a as *const u16, m, bias, blocks, &layout, d as *mut f32, ldc)
             };
             // Threads take disjoint bands of 32 output rows.
             let pairs = mb / 2;

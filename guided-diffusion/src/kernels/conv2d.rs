@@ -53,7 +53,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
 /// output gradient `gy: [N, CO, HO, WO]` and the weight `w: [CO, C, KH, KW]` (fast path only).
 pub fn conv2d_input_grad(gy: &Tensor, w: &Tensor, p: ConvParams, h: usize, wd: usize) -> Result<Tensor> {
     check_cpu_f32(&[gy, w], "conv2d_input_grad")?;
-    let op = ConvInputGrad { p, h, w: wd, frozen: super::frozen::lookup(w) };
+    let op = ConvInputGrad { p, h, w: wd, frozen: super::frozen::lookup(w), bf16: super::bf16::active() };
     gy.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
@@ -139,7 +139,7 @@ impl CustomOp3 for ConvFwd {
         let mut y = vec![0f32; n * co * g.out_px()];
         let cv = Conv { n, co, g };
         if self.bf16 {
-            super::conv_bf16::forward(&cv, x, w, b, &mut y, self.frozen.as_ref().map(|d| &d.bf16));
+            super::conv_bf16::forward(&cv, x, w, false, b, &mut y, self.frozen.as_ref().map(|d| &d.bf16));
         } else {
             conv_cpu::forward(&cv, x, w, Some(b), &mut y, self.frozen.as_ref().map(|d| &d.winograd));
         }
@@ -157,12 +157,13 @@ impl CustomOp3 for ConvFwd {
 }
 
 /// Input gradient: `(gy, w) -> dx` for an input of spatial size `h x w`; `frozen` keeps
-/// derived forms of a frozen weight.
+/// derived forms of a frozen weight; `bf16`: made inside a bf16 scope (stride 1 in bf16).
 struct ConvInputGrad {
     p: ConvParams,
     h: usize,
     w: usize,
     frozen: Option<Arc<Derived>>,
+    bf16: bool,
 }
 
 impl CustomOp2 for ConvInputGrad {
@@ -181,7 +182,7 @@ impl CustomOp2 for ConvInputGrad {
             bail!("{op}: output gradient {gd:?} does not match weight {wdims:?} and input {}x{}", self.h, self.w);
         }
         let mut dx = vec![0f32; n * g.in_len()];
-        conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx, self.frozen.as_deref());
+        conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx, self.frozen.as_deref(), self.bf16);
         Ok((CpuStorage::F32(dx), Shape::from((n, c, self.h, self.w))))
     }
 

@@ -9,20 +9,58 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::amx;
 use super::bf16::{self, PackedWeight, Rhs};
 use super::conv_cpu::{Conv, SendPtr};
+use super::im2col::Geom;
+use super::scratch;
+
+/// A convolution weight `[co, c, taps]` as stored, or read from the weight `[c, co, taps]`
+/// of the convolution whose input gradient this is (flipped and transposed).
+struct Weight<'a> {
+    w: &'a [f32],
+    flipped: bool,
+    co: usize,
+    c: usize,
+    taps: usize,
+}
+
+impl Weight<'_> {
+    #[inline(always)]
+    fn at(&self, o: usize, ci: usize, tap: usize) -> f32 {
+        if self.flipped {
+            self.w[(ci * self.co + o) * self.taps + self.taps - 1 - tap]
+        } else {
+            self.w[(o * self.c + ci) * self.taps + tap]
+        }
+    }
+}
+
+/// The packed forms of a frozen weight, kept across calls ([`super::frozen`]).
+#[derive(Default)]
+pub struct Cache {
+    packed: OnceLock<PackedWeight>,
+    taps: OnceLock<TapsWeight>,
+}
 
 /// `out[n, co, ho, wo] = conv(x, w) + bias` with bf16 inputs and weights, f32 sums.
-/// `packed`, when given, keeps the packed weight across calls (a frozen weight's).
-pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: &[f32], out: &mut [f32], packed: Option<&OnceLock<PackedWeight>>) {
+/// `cache`, when given, keeps the packed weight across calls (a frozen weight's).
+/// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
+/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does).
+pub fn forward(cv: &Conv, x: &[f32], w: &[f32], flipped: bool, bias: &[f32], out: &mut [f32], cache: Option<&Cache>) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && bias.len() == cv.co && out.len() >= cv.n * cv.co * px);
+    let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
+    if taps_apply(&g) {
+        return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
+    }
+    let pack = || PackedWeight::from_fn(cv.co, k, |o, kk| wt.at(o, kk / wt.taps, kk % wt.taps));
     let own;
-    let pw = match packed {
-        Some(p) => p.get_or_init(|| PackedWeight::new(w, cv.co, k)),
+    let pw = match cache.map(|c| &c.packed) {
+        Some(p) => p.get_or_init(pack),
         None => {
-            own = PackedWeight::new(w, cv.co, k);
+            own = pack();
             &own
         }
     };
@@ -45,5 +83,138 @@ pub fn forward(cv: &Conv, x: &[f32], w: &[f32], bias: &[f32], out: &mut [f32], p
         (0..plan.tiles).into_par_iter().for_each(run);
     } else {
         (0..plan.tiles).for_each(run);
+    }
+}
+
+/// Whether the shifted-window ("taps") form applies: AMX, a multi-tap stride-1 kernel and
+/// output rows of at least 16 pixels (a B block is 16 pixels of one row).
+pub fn taps_apply(g: &Geom) -> bool {
+    g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE && amx::available()
+}
+
+/// A weight `[co, c, kh, kw]` packed as AMX A for the taps form: depth step
+/// `(i * kw + j) * cblocks + cb` holds tap `(i, j)` of channels `32 cb .. 32 cb + 32`.
+pub struct TapsWeight {
+    m: usize,
+    data: Vec<u16>,
+}
+
+impl TapsWeight {
+    fn new(w: &Weight, co: usize, g: &Geom) -> TapsWeight {
+        let (c, taps) = (g.c, g.kh * g.kw);
+        let cblocks = c.div_ceil(amx::DEPTH);
+        let steps = taps * cblocks;
+        let mb = bf16::blocks32(co) * 2;
+        let mut data = vec![0u16; mb * steps * amx::TILE_ELEMS];
+        for o in 0..co {
+            let (ib, r) = (o / amx::TILE, o % amx::TILE);
+            for ci in 0..c {
+                let (cb, kk) = (ci / amx::DEPTH, ci % amx::DEPTH);
+                for tap in 0..taps {
+                    let v = w.at(o, ci, tap);
+                    let step = tap * cblocks + cb;
+                    data[(ib * steps + step) * amx::TILE_ELEMS + r * amx::DEPTH + kk] = (bf16::round_bits(v) >> 16) as u16;
+                }
+            }
+        }
+        TapsWeight { m: co, data }
+    }
+}
+
+/// [`forward`] in the taps form: the image goes once into a zero-padded, channel-pair
+/// interleaved bf16 copy `[c/2][h + 2ph][wp]`, and every B tile is read from it in place (16
+/// channel pairs x 16 pixels of one row, shifted by the tap): no column matrix.
+fn forward_taps(cv: &Conv, x: &[f32], w: &Weight, bias: &[f32], out: &mut [f32], packed: Option<&OnceLock<TapsWeight>>) {
+    let g = cv.g;
+    let px = g.out_px();
+    let own;
+    let tw = match packed {
+        Some(p) => p.get_or_init(|| TapsWeight::new(w, cv.co, &g)),
+        None => {
+            own = TapsWeight::new(w, cv.co, &g);
+            &own
+        }
+    };
+    const T: usize = amx::TILE;
+    let cblocks = g.c.div_ceil(amx::DEPTH);
+    let pairs = cblocks * T;
+    let hp = g.h + 2 * g.ph;
+    let xblocks = g.wo.div_ceil(T);
+    let wp = (g.w + 2 * g.pw).max(xblocks * T + g.kw - 1);
+    let plane = hp * wp; // u32 pairs per channel pair
+    let offsets: Vec<usize> = (0..g.kh * g.kw * cblocks)
+        .map(|step| {
+            let (tap, cb) = (step / cblocks, step % cblocks);
+            let (i, j) = (tap / g.kw, tap % g.kw);
+            4 * (cb * T * plane + i * wp + j)
+        })
+        .collect();
+    let layout = amx::BLayout { offsets: &offsets, stride: 4 * plane };
+    let mb = bf16::blocks32(cv.co) * 2;
+    let threads = rayon::current_num_threads().max(1);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // One image: interleave it, then the product over its pixel blocks on `parts` threads.
+    let image = |img: usize, parts: usize| {
+        let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
+        let mut buf = scratch::take(pairs * plane);
+        // SAFETY: f32 and u32 have the same size and alignment.
+        let xp: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        interleave(xi, &g, wp, hp, pairs, xp);
+        let base = xp.as_ptr() as *const u16;
+        let mut blocks: Vec<amx::Block> = Vec::with_capacity(g.ho * xblocks + 1);
+        for oy in 0..g.ho {
+            for xb in 0..xblocks {
+                // SAFETY: inside the interleaved image (u16 index = 2 x u32 index).
+                let b = unsafe { base.add(2 * (oy * wp + xb * T)) };
+                blocks.push(amx::Block { b, col: oy * g.wo + xb * T, cols: (g.wo - xb * T).min(T) });
+            }
+        }
+        if blocks.len() % 2 == 1 {
+            blocks.push(amx::Block { b: base, col: 0, cols: 0 });
+        }
+        let dst = out_ptr.get().wrapping_add(img * cv.co * px) as usize;
+        let a = tw.data.as_ptr() as usize;
+        let sb = bf16::SendBlocks(&blocks);
+        let run = |range: &[amx::Block]| unsafe {
+            amx::gemm_blocks(0, mb, a as *const u16, tw.m, bias, range, &layout, dst as *mut f32, px)
+        };
+        let npairs = blocks.len() / 2;
+        let parts = parts.clamp(1, npairs.max(1));
+        if parts == 1 {
+            run(&blocks);
+        } else {
+            (0..parts).into_par_iter().for_each(|p| {
+                let all = sb.get();
+                run(&all[2 * (p * npairs / parts)..2 * ((p + 1) * npairs / parts)]);
+            });
+        }
+    };
+    if cv.n >= threads {
+        (0..cv.n).into_par_iter().for_each(|img| image(img, 1));
+    } else {
+        (0..cv.n).for_each(|img| image(img, threads));
+    }
+}
+
+/// `xp[p][y][x]` = the bf16 pair (channel 2p, channel 2p + 1) of the image at
+/// `(y - ph, x - pw)`, zero outside the image and past the channels.
+fn interleave(xi: &[f32], g: &Geom, wp: usize, hp: usize, pairs: usize, xp: &mut [u32]) {
+    let hw = g.h * g.w;
+    let zeros = vec![0f32; g.w];
+    for p in 0..pairs {
+        let (c0, c1) = (2 * p, 2 * p + 1);
+        for y in 0..hp {
+            let row = &mut xp[(p * hp + y) * wp..(p * hp + y + 1) * wp];
+            let iy = y.wrapping_sub(g.ph);
+            if iy >= g.h || c0 >= g.c {
+                row.fill(0);
+                continue;
+            }
+            let r0 = &xi[c0 * hw + iy * g.w..c0 * hw + (iy + 1) * g.w];
+            let r1 = if c1 < g.c { &xi[c1 * hw + iy * g.w..c1 * hw + (iy + 1) * g.w] } else { &zeros[..] };
+            row[..g.pw].fill(0);
+            row[g.pw + g.w..].fill(0);
+            bf16::pack_pairs(r0, r1, &mut row[g.pw..g.pw + g.w]);
+        }
     }
 }

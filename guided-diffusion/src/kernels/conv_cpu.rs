@@ -243,7 +243,7 @@ pub(super) fn add_partials(dst: &mut [f32], partials: &[f32]) {
 /// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
 ///
 /// `frozen`, when given, keeps the flipped weight and its Winograd transform across calls.
-pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Option<&Derived>) {
+pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Option<&Derived>, bf16: bool) {
     let g = cv.g;
     if g.is_pointwise() {
         return input_grad_pointwise(cv, gy, w, dx);
@@ -261,6 +261,12 @@ pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Opti
             return input_grad_col2im(cv, gy, w, dx);
         }
         let t = Conv { n: cv.n, co: g.c, g: gt };
+        if bf16 {
+            // In a bf16 scope (classifier guidance while sampling): the bf16 forward, packing
+            // the flipped weight straight from `w`.
+            let zeros = vec![0f32; g.c];
+            return super::conv_bf16::forward(&t, gy, w, true, &zeros, dx, frozen.map(|d| &d.bf16_flipped));
+        }
         if winograd::applies(&t) {
             // The transform reads the flipped weight straight from `w`.
             return forward_winograd(&t, gy, w, true, None, dx, frozen.map(|d| &d.flipped_winograd));

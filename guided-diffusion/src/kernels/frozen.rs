@@ -35,7 +35,9 @@ pub struct Derived {
     /// Winograd transform of the flipped weight.
     pub flipped_winograd: OnceLock<Vec<f32>>,
     /// The weight packed for bf16 products (inside a bf16 scope, [`super::bf16`]).
-    pub bf16: OnceLock<super::bf16::PackedWeight>,
+    pub(crate) bf16: super::conv_bf16::Cache,
+    /// The flipped weight packed for bf16 products (input gradients in a bf16 scope).
+    pub(crate) bf16_flipped: super::conv_bf16::Cache,
 }
 
 /// Open scopes, and the cache they share.
