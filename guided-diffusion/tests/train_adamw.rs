@@ -125,33 +125,65 @@ fn train_optimizer_and_ema_state_keep_no_graph() {
 }
 
 /// The fused in-place CPU updates (`kernels::update`) give bit for bit what the candle
-/// expressions give: AdamW with and without weight decay over several steps, and the EMA, on
-/// tensors large enough to be split into parallel chunks.
+/// expressions give: AdamW with and without weight decay over several steps, and two EMAs, on
+/// tensors large enough to be split into parallel chunks; one op per update, or the whole
+/// update of a parameter in one pass (`AdamW::step_param_fused`, which also returns the
+/// parameter's sum of squares before the step).
 #[test]
 fn train_fused_updates_match_candle_ops_bitwise() {
     use rand::{rngs::StdRng, Rng, SeedableRng};
-    let run = |fused: bool, wd: f64| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-        guided_diffusion::kernels::set_enabled(fused);
+    // mode 0: candle ops; 1: one fused op per update; 2: one pass per parameter.
+    let run = |mode: u8, wd: f64| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        guided_diffusion::kernels::set_enabled(mode > 0);
         let mut rng = StdRng::seed_from_u64(5);
         let n = 200_003;
         let p0: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let params = one_param(&p0);
         let mut opt = AdamW::new(&params, AdamWConfig { lr: 3e-3, weight_decay: wd, ..Default::default() }).unwrap();
-        let mut ema = Ema::new(0.999, &params).unwrap();
+        let mut emas = [Ema::new(0.999, &params).unwrap(), Ema::new(0.9, &params).unwrap()];
+        let mut sqs = Vec::new();
         for _ in 0..4 {
             let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
-            opt.step(&params, &grads_of(&g)).unwrap();
-            ema.update(&params).unwrap();
+            let var = &params.vars()[0];
+            sqs.push(guided_diffusion::train::params::sq_norm(std::iter::once(var.as_tensor())).unwrap());
+            if mode == 2 {
+                let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+                let targets: Vec<(&Tensor, f32, f32)> =
+                    emas.iter().map(|e| (&e.params[0], e.rate as f32, (1.0 - e.rate) as f32)).collect();
+                let sq = opt.step_param_fused(0, var, &g, &targets).unwrap().expect("the one-pass update applies");
+                assert_eq!(sq, *sqs.last().unwrap(), "sum of squares before the step");
+            } else {
+                opt.step(&params, &grads_of(&g)).unwrap();
+                for e in emas.iter_mut() {
+                    e.update(&params).unwrap();
+                }
+            }
         }
         let st = &opt.state()[0];
-        (vec_of(params.vars()[0].as_tensor()), vec_of(&st.exp_avg), vec_of(&st.exp_avg_sq), vec_of(&ema.params[0]))
+        (
+            vec_of(params.vars()[0].as_tensor()),
+            vec_of(&st.exp_avg),
+            vec_of(&st.exp_avg_sq),
+            vec_of(&emas[0].params[0]),
+            vec_of(&emas[1].params[0]),
+        )
     };
     for wd in [0.0, 0.05] {
-        let (a, b) = (run(true, wd), run(false, wd));
-        guided_diffusion::kernels::set_enabled(true);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (what, x, y) in [("param", &a.0, &b.0), ("exp_avg", &a.1, &b.1), ("exp_avg_sq", &a.2, &b.2), ("ema", &a.3, &b.3)] {
-            assert!(bits(x) == bits(y), "weight decay {wd}: fused and candle {what} differ");
+        let want = run(0, wd);
+        for mode in [1, 2] {
+            let got = run(mode, wd);
+            guided_diffusion::kernels::set_enabled(true);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let pairs = [
+                ("param", &got.0, &want.0),
+                ("exp_avg", &got.1, &want.1),
+                ("exp_avg_sq", &got.2, &want.2),
+                ("ema 0.999", &got.3, &want.3),
+                ("ema 0.9", &got.4, &want.4),
+            ];
+            for (what, x, y) in pairs {
+                assert!(bits(x) == bits(y), "weight decay {wd}, mode {mode}: {what} differs from candle's ops");
+            }
         }
     }
 }

@@ -6,11 +6,16 @@
 //! that was 3.2 s of a 10 s training step, the EMA another 1 s. These ops read and write each
 //! value once, in parallel chunks, in place (candle's `InplaceOp2` / `InplaceOp3`).
 //!
+//! [`adamw_ema_step`] goes one step further: a parameter's norm, AdamW step and EMAs in a
+//! single pass, chunk by chunk. The separate ops were compute-bound at 11-22 GB/s each, and
+//! together they read or wrote every value 14 times. The one pass does it 9 times, at about
+//! the memory's speed (64x64 model: 1.43 -> 0.32 s per step).
+//!
 //! Every op performs *the same f32 operations in the same order* as the candle expression it
 //! replaces in `train::adamw` / `train::ema` (candle's `affine(mul, add)` is `v * mul + add`
 //! in f32, which is why the `+ 0.0` terms stay), so results are bit-identical; the AdamW
 //! fixture test checks that against PyTorch's op sequence.
-use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
 type Result<T> = candle_core::Result<T>;
@@ -105,6 +110,7 @@ impl InplaceOp2 for SecondMoment {
 /// AdamW's parameter step from the updated moments:
 /// `p <- p * decay - (m / (sqrt(v) / sqrt(bias_correction2) + eps)) * step_size`, the decay
 /// multiplication skipped when `decay` is `None` (weight decay 0).
+#[derive(Clone, Copy, Debug)]
 pub struct AdamStep {
     pub decay: Option<f32>,
     pub bc2_sqrt: f32,
@@ -168,4 +174,164 @@ pub fn sum_sq(t: &Tensor) -> Option<f64> {
     let candle_core::Storage::Cpu(s) = &*s else { return None };
     let v = values(s, l, "sum_sq").ok()?;
     Some(v.par_chunks(CHUNK).map(|c| super::vmath::sum_sq_dev(c, 0.0)).sum())
+}
+
+/// The constants of one AdamW step ([`AdamStep`] plus the moments' weights).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamConsts {
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub step: AdamStep,
+}
+
+/// One parameter's whole update in a single pass, chunk by chunk while it is in cache: the
+/// sum of squares of `p` before the update, then [`FirstMoment`] on `m`, [`SecondMoment`] on
+/// `v`, [`AdamStep`] on `p` and [`EmaStep`] on every `(ema, rate, 1 - rate)` of `emas`. The
+/// same f32 operations as those ops one after the other, so the same bits, with each value
+/// read and written once instead of once per op (the 64x64 model's update: 14 passes over
+/// 1.2 GB became 9). Returns the sum of squares, or `None` (nothing done) where the fast
+/// kernels do not apply.
+pub fn adamw_ema_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, emas: &[(&Tensor, f32, f32)], c: AdamConsts) -> Result<Option<f64>> {
+    let mut all = vec![p, g, m, v];
+    all.extend(emas.iter().map(|e| e.0));
+    if !applies(&all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
+        return Ok(None);
+    }
+    // Distinct storages (a tensor locked twice would deadlock; shared data would be wrong).
+    let ids: Vec<_> = [p, m, v].iter().chain(emas.iter().map(|e| &e.0)).map(|t| t.id()).collect();
+    if (1..ids.len()).any(|i| ids[..i].contains(&ids[i])) {
+        return Ok(None);
+    }
+    let (gs, gl) = g.storage_and_layout();
+    let candle_core::Storage::Cpu(gs) = &*gs else { return Ok(None) };
+    let gv = values(gs, gl, "adamw-ema")?;
+    let mut targets: Vec<&Tensor> = vec![p, m, v];
+    targets.extend(emas.iter().map(|e| e.0));
+    let mut sq = 0f64;
+    with_all_mut(&targets, &mut Vec::new(), &mut |bufs: &[(usize, usize)]| {
+        let n = gv.len();
+        if bufs.iter().any(|&(_, len)| len != n) {
+            bail!("adamw-ema: operands of different lengths");
+        }
+        sq = fused_chunks(bufs, gv, emas, c);
+        Ok(())
+    })?;
+    Ok(Some(sq))
+}
+
+/// Calls `f` with the (address, length) of the f32 data of every tensor of `ts`, all held for
+/// writing: each tensor's in-place op opens the next one's.
+fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut dyn FnMut(&[(usize, usize)]) -> Result<()>) -> Result<()> {
+    let Some((t, rest)) = ts.split_first() else {
+        return f(acc);
+    };
+    struct Enter<'a, 'b> {
+        acc: std::cell::RefCell<&'a mut Vec<(usize, usize)>>,
+        rest: &'b [&'b Tensor],
+        f: std::cell::RefCell<&'a mut dyn FnMut(&[(usize, usize)]) -> Result<()>>,
+    }
+    impl InplaceOp1 for Enter<'_, '_> {
+        fn name(&self) -> &'static str {
+            "gd-adamw-ema"
+        }
+        fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+            let v = values_mut(s, l, self.name())?;
+            let mut acc = self.acc.borrow_mut();
+            acc.push((v.as_mut_ptr() as usize, v.len()));
+            let mut f = self.f.borrow_mut();
+            with_all_mut(self.rest, &mut acc, &mut **f)
+        }
+    }
+    t.inplace_op1(&Enter { acc: std::cell::RefCell::new(acc), rest, f: std::cell::RefCell::new(f) })
+}
+
+/// The fused pass over `bufs` = [p, m, v, emas...] (addresses of held f32 data) and `g`.
+fn fused_chunks(bufs: &[(usize, usize)], g: &[f32], emas: &[(&Tensor, f32, f32)], c: AdamConsts) -> f64 {
+    let n = g.len();
+    let rates: Vec<(f32, f32)> = emas.iter().map(|e| (e.1, e.2)).collect();
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|ci| {
+            let (a, b) = (ci * CHUNK, ((ci + 1) * CHUNK).min(n));
+            // SAFETY: every buffer is held for writing by `with_all_mut` and has `n` values;
+            // chunks are disjoint.
+            let sl = |k: usize| unsafe { std::slice::from_raw_parts_mut((bufs[k].0 as *mut f32).add(a), b - a) };
+            let (p, m, v) = (sl(0), sl(1), sl(2));
+            let sq = super::vmath::sum_sq_dev(p, 0.0);
+            adam_chunk(p, &g[a..b], m, v, c);
+            for (k, &(r, w)) in rates.iter().enumerate() {
+                ema_chunk(sl(3 + k), p, r, w);
+            }
+            sq
+        })
+        .sum()
+}
+
+fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { adam_chunk_avx512(p, g, m, v, c) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was just detected.
+        return unsafe { adam_chunk_avx2(p, g, m, v, c) };
+    }
+    adam_chunk_impl(p, g, m, v, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adam_chunk_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
+    adam_chunk_impl(p, g, m, v, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adam_chunk_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
+    adam_chunk_impl(p, g, m, v, c)
+}
+
+/// [`FirstMoment`], [`SecondMoment`] and [`AdamStep`] per value (no FMA contraction: the
+/// compiler keeps `a * b + c` as two roundings, as candle's ops do).
+#[inline(always)]
+fn adam_chunk_impl(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
+    let (w1, b2, w2) = (c.one_minus_beta1, c.beta2, c.one_minus_beta2);
+    let AdamStep { decay, bc2_sqrt, eps, step_size } = c.step;
+    let d = decay.unwrap_or(1.0);
+    let decayed = decay.is_some();
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let mn = *m + ((g - *m) * w1 + 0.0);
+        let vn = (*v * b2 + 0.0) + (g * w2 + 0.0) * g;
+        let pd = if decayed { *p * d + 0.0 } else { *p };
+        let den = (vn.sqrt() / bc2_sqrt) * 1.0 + eps;
+        *p = pd - ((mn / den) * step_size + 0.0);
+        *m = mn;
+        *v = vn;
+    }
+}
+
+fn ema_chunk(e: &mut [f32], p: &[f32], r: f32, w: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was just detected.
+        return unsafe { ema_chunk_avx2(e, p, r, w) };
+    }
+    ema_chunk_impl(e, p, r, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn ema_chunk_avx2(e: &mut [f32], p: &[f32], r: f32, w: f32) {
+    ema_chunk_impl(e, p, r, w)
+}
+
+/// [`EmaStep`] per value.
+#[inline(always)]
+fn ema_chunk_impl(e: &mut [f32], p: &[f32], r: f32, w: f32) {
+    for (e, &p) in e.iter_mut().zip(p) {
+        *e = (*e * r + 0.0) + (p * w + 0.0);
+    }
 }

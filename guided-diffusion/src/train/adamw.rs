@@ -94,6 +94,37 @@ impl AdamW {
         Ok(())
     }
 
+    /// [`step_param`](Self::step_param) fused with the EMA updates `emas` (`(average, rate,
+    /// 1 - rate)` of this parameter) and the parameter's sum of squares before the update, in
+    /// one pass over the values (`kernels::update::adamw_ema_step`; the same bits as the
+    /// three separately). Returns the sum of squares, or `None` with nothing done where the
+    /// fast kernels do not apply.
+    pub fn step_param_fused(&mut self, i: usize, var: &Var, g: &Tensor, emas: &[(&Tensor, f32, f32)]) -> Result<Option<f64>> {
+        let c = self.config;
+        let Some(st) = self.state.get_mut(i) else {
+            bail!("optimizer: no state for parameter {i} of {}", self.state.len());
+        };
+        let t = (st.step + 1) as i32;
+        let bias_correction1 = 1.0 - c.beta1.powi(t);
+        let bias_correction2 = 1.0 - c.beta2.powi(t);
+        let consts = update::AdamConsts {
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            step: update::AdamStep {
+                decay: (c.weight_decay != 0.0).then_some((1.0 - c.lr * c.weight_decay) as f32),
+                bc2_sqrt: bias_correction2.sqrt() as f32,
+                eps: c.eps as f32,
+                step_size: (c.lr / bias_correction1) as f32,
+            },
+        };
+        let done = update::adamw_ema_step(var.as_tensor(), &g.detach(), &st.exp_avg, &st.exp_avg_sq, emas, consts)?;
+        if done.is_some() {
+            st.step += 1;
+        }
+        Ok(done)
+    }
+
     /// The update of parameter `i` (`var`, in [`ParamSet`] order) with its gradient `g`: what
     /// [`AdamW::step`] does for each parameter, so that a caller can interleave other passes
     /// over the same parameter while it is in cache (the trainer's EMA and norm).

@@ -273,12 +273,21 @@ impl<O: Objective> TrainLoop<O> {
         }
         self.consecutive_nonfinite = 0;
         // Parameter by parameter: its norm (before the update, as the reference logs it), the
-        // AdamW update, then the EMAs, while the parameter is still in cache. The same
-        // operations in the same order as a norm pass, an optimizer pass and an EMA pass, so
-        // the same bits (64x64 model, b=2: 1.62 -> 1.50 s for the three passes).
+        // AdamW update, then the EMAs. The same operations in the same order as a norm pass, an
+        // optimizer pass and an EMA pass, so the same bits.
         self.opt.check(&self.params, &grads)?;
         let mut param_sq = 0f64;
         for (i, (var, g)) in self.params.vars().iter().zip(&grads.grads).enumerate() {
+            // All of it in one pass over the values where the fast kernels apply (the same bits;
+            // 64x64 model, 296M parameters, one EMA: 1.43 -> 0.32 s).
+            if let Some(g) = g {
+                let emas: Vec<(&Tensor, f32, f32)> =
+                    self.emas.iter().map(|e| (&e.params[i], e.rate as f32, (1.0 - e.rate) as f32)).collect();
+                if let Some(sq) = self.opt.step_param_fused(i, var, g, &emas)? {
+                    param_sq += sq;
+                    continue;
+                }
+            }
             param_sq += sq_norm(std::iter::once(var.as_tensor()))?;
             if let Some(g) = g {
                 self.opt.step_param(i, var, g)?;
