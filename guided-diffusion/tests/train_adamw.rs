@@ -133,7 +133,8 @@ fn train_optimizer_and_ema_state_keep_no_graph() {
 fn train_fused_updates_match_candle_ops_bitwise() {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     // mode 0: candle ops; 1: one fused op per update; 2: one pass per parameter.
-    let run = |mode: u8, wd: f64| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    type Final = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+    let run = |mode: u8, wd: f64| -> Final {
         guided_diffusion::kernels::set_enabled(mode > 0);
         let mut rng = StdRng::seed_from_u64(5);
         let n = 200_003;

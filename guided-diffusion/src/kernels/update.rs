@@ -220,16 +220,19 @@ pub fn adamw_ema_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, emas: &[(&
     Ok(Some(sq))
 }
 
+/// What runs while the tensors are held: it gets their (address, length) pairs.
+type HeldFn<'a> = dyn FnMut(&[(usize, usize)]) -> Result<()> + 'a;
+
 /// Calls `f` with the (address, length) of the f32 data of every tensor of `ts`, all held for
 /// writing: each tensor's in-place op opens the next one's.
-fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut dyn FnMut(&[(usize, usize)]) -> Result<()>) -> Result<()> {
+fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut HeldFn) -> Result<()> {
     let Some((t, rest)) = ts.split_first() else {
         return f(acc);
     };
     struct Enter<'a, 'b> {
         acc: std::cell::RefCell<&'a mut Vec<(usize, usize)>>,
         rest: &'b [&'b Tensor],
-        f: std::cell::RefCell<&'a mut dyn FnMut(&[(usize, usize)]) -> Result<()>>,
+        f: std::cell::RefCell<&'a mut HeldFn<'a>>,
     }
     impl InplaceOp1 for Enter<'_, '_> {
         fn name(&self) -> &'static str {
