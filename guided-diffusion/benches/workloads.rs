@@ -21,9 +21,9 @@
 //! the built network's parameter count and omitted if they disagree. `peak_rss_mib` is the
 //! process's peak resident memory while the workload ran (VmHWM, reset before each workload).
 //! `GD_BENCH_DRY=1` only builds the networks and prints the FLOP counts. `GD_PRECISION=bf16`
-//! runs the inference workloads (forwards, classifier gradient, guided step) inside a bf16
-//! scope (`kernels::bf16`: convolutions with bf16 inputs and weights, on AMX where the CPU has
-//! it); training is always f32.
+//! runs every workload inside a bf16 scope (`kernels::bf16`: convolution forwards and stride-1
+//! input gradients with bf16 inputs and weights, on AMX where the CPU has it), as `gdiff
+//! sample/train --precision bf16` do.
 //! Run with `cargo bench -p guided-diffusion --bench workloads`.
 mod common;
 
@@ -470,6 +470,7 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let images = Tensor::rand(-1f32, 1.0, (batch, c, s, s), &dev)?;
     let labels = flags.class_cond.then(|| Tensor::new(vec![LABEL; batch], &dev)).transpose()?;
     let b = Batch { images, labels, index: 0 };
+    let _bf16 = bf16_scope();
     let seconds = time(|| {
         lp.run_step(&b)?;
         Ok(())
@@ -573,7 +574,7 @@ fn main() {
             "batch": m.batch,
             "threads": threads,
             "kernels": kernels_on,
-            "precision": if bf16_asked() && !name.starts_with("train") { "bf16" } else { "f32" },
+            "precision": if bf16_asked() { "bf16" } else { "f32" },
             "reps": reps(),
             "seconds": m.seconds,
             "images_per_s": ips,

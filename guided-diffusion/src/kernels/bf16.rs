@@ -82,28 +82,40 @@ impl PackedWeight {
     /// Packs `w` (`[m, k]` row-major): for AMX when it is available, else rounded.
     pub fn new(w: &[f32], m: usize, k: usize) -> PackedWeight {
         assert!(w.len() >= m * k);
-        Self::from_fn(m, k, |r, kk| w[r * k + kk])
+        Self::from_rows(m, k, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
     }
 
-    /// Packs the `[m, k]` matrix whose element `(r, kk)` is `at(r, kk)`.
-    pub fn from_fn(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedWeight {
+    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel.
+    pub fn from_rows(m: usize, k: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> PackedWeight {
+        use rayon::prelude::*;
         if !amx::available() {
-            let mut r = Vec::with_capacity(m * k);
-            for row in 0..m {
-                r.extend((0..k).map(|kk| round(at(row, kk))));
-            }
+            let mut r = vec![0f32; m * k];
+            r.par_chunks_mut(k.max(1)).enumerate().for_each(|(row, dst)| {
+                fill(row, dst);
+                round_slice(dst);
+            });
             return PackedWeight::Rounded(r);
         }
         let (mb, kb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH));
         let mut data = vec![0u16; mb * kb * amx::TILE_ELEMS];
-        for row in 0..m {
-            let (ib, r) = (row / amx::TILE, row % amx::TILE);
-            for kk in 0..k {
-                let (kbi, kin) = (kk / amx::DEPTH, kk % amx::DEPTH);
-                data[(ib * kb + kbi) * amx::TILE_ELEMS + r * amx::DEPTH + kin] = (round_bits(at(row, kk)) >> 16) as u16;
+        // One task per 16 rows (their tiles are contiguous).
+        data.par_chunks_mut(kb * amx::TILE_ELEMS).enumerate().for_each(|(ib, blk)| {
+            let mut row = vec![0f32; k];
+            for r in 0..amx::TILE.min(m.saturating_sub(ib * amx::TILE)) {
+                fill(ib * amx::TILE + r, &mut row);
+                for (kbi, chunk) in row.chunks(amx::DEPTH).enumerate() {
+                    to_bits16(chunk, &mut blk[kbi * amx::TILE_ELEMS + r * amx::DEPTH..][..chunk.len()]);
+                }
             }
-        }
+        });
         PackedWeight::Amx { m, k, data }
+    }
+}
+
+/// `out[i]` = the bf16 bits of `x[i]` (rounded to nearest even).
+pub fn to_bits16(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (round_bits(v) >> 16) as u16;
     }
 }
 

@@ -26,12 +26,30 @@ struct Weight<'a> {
 }
 
 impl Weight<'_> {
-    #[inline(always)]
-    fn at(&self, o: usize, ci: usize, tap: usize) -> f32 {
-        if self.flipped {
-            self.w[(ci * self.co + o) * self.taps + self.taps - 1 - tap]
-        } else {
-            self.w[(o * self.c + ci) * self.taps + tap]
+    /// Row `o` in im2col order: `out[ci * taps + tap]`.
+    fn row_ck(&self, o: usize, out: &mut [f32]) {
+        let (c, t) = (self.c, self.taps);
+        if !self.flipped {
+            out.copy_from_slice(&self.w[o * c * t..(o + 1) * c * t]);
+            return;
+        }
+        for (ci, dst) in out.chunks_exact_mut(t).enumerate() {
+            let src = &self.w[(ci * self.co + o) * t..(ci * self.co + o + 1) * t];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+
+    /// Row `o` tap-major: `out[tap * c + ci]`.
+    fn row_tc(&self, o: usize, out: &mut [f32]) {
+        let (c, t) = (self.c, self.taps);
+        for ci in 0..c {
+            let src = if self.flipped { (ci * self.co + o) * t } else { (o * c + ci) * t };
+            let src = &self.w[src..src + t];
+            for tap in 0..t {
+                out[tap * c + ci] = if self.flipped { src[t - 1 - tap] } else { src[tap] };
+            }
         }
     }
 }
@@ -55,7 +73,7 @@ pub fn forward(cv: &Conv, x: &[f32], w: &[f32], flipped: bool, bias: &[f32], out
     if taps_apply(&g) {
         return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
     }
-    let pack = || PackedWeight::from_fn(cv.co, k, |o, kk| wt.at(o, kk / wt.taps, kk % wt.taps));
+    let pack = || PackedWeight::from_rows(cv.co, k, |o, row| wt.row_ck(o, row));
     let own;
     let pw = match cache.map(|c| &c.packed) {
         Some(p) => p.get_or_init(pack),
@@ -106,17 +124,23 @@ impl TapsWeight {
         let steps = taps * cblocks;
         let mb = bf16::blocks32(co) * 2;
         let mut data = vec![0u16; mb * steps * amx::TILE_ELEMS];
-        for o in 0..co {
-            let (ib, r) = (o / amx::TILE, o % amx::TILE);
-            for ci in 0..c {
-                let (cb, kk) = (ci / amx::DEPTH, ci % amx::DEPTH);
+        // One task per 16 output channels (their A tiles are contiguous); weights of
+        // variables are packed on every call, so this runs in parallel, a row at a time
+        // through a tap-major buffer.
+        data.par_chunks_mut(steps * amx::TILE_ELEMS).enumerate().for_each(|(ib, blk)| {
+            let mut row = vec![0f32; taps * c];
+            for r in 0..amx::TILE.min(co.saturating_sub(ib * amx::TILE)) {
+                w.row_tc(ib * amx::TILE + r, &mut row);
                 for tap in 0..taps {
-                    let v = w.at(o, ci, tap);
-                    let step = tap * cblocks + cb;
-                    data[(ib * steps + step) * amx::TILE_ELEMS + r * amx::DEPTH + kk] = (bf16::round_bits(v) >> 16) as u16;
+                    for cb in 0..cblocks {
+                        let c0 = cb * amx::DEPTH;
+                        let len = (c - c0).min(amx::DEPTH);
+                        let dst = &mut blk[(tap * cblocks + cb) * amx::TILE_ELEMS + r * amx::DEPTH..][..len];
+                        bf16::to_bits16(&row[tap * c + c0..tap * c + c0 + len], dst);
+                    }
                 }
             }
-        }
+        });
         TapsWeight { m: co, data }
     }
 }
