@@ -107,7 +107,17 @@ pub unsafe fn gemm_blocks(
 ) {
     use std::arch::asm;
     let kblocks = b.offsets.len();
-    debug_assert!(ib0.is_multiple_of(2) && ib1.is_multiple_of(2) && blocks.len().is_multiple_of(2) && kblocks > 0);
+    debug_assert!(ib0.is_multiple_of(2) && ib1.is_multiple_of(2) && blocks.len().is_multiple_of(2));
+    if kblocks == 0 {
+        // An empty product (no input channels): the bias alone. (The loop below runs at
+        // least one step.)
+        for r in ib0 * TILE..(ib1 * TILE).min(m) {
+            for blk in blocks {
+                std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols).fill(bias[r]);
+            }
+        }
+        return;
+    }
     #[repr(C, align(64))]
     struct Config([u8; 64]);
     let mut cfg = Config([0; 64]);

@@ -99,7 +99,7 @@ impl PackedWeight {
         let (mb, kb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH));
         let mut data = vec![0u16; mb * kb * amx::TILE_ELEMS];
         // One task per 16 rows (their tiles are contiguous).
-        data.par_chunks_mut(kb * amx::TILE_ELEMS).enumerate().for_each(|(ib, blk)| {
+        data.par_chunks_mut((kb * amx::TILE_ELEMS).max(1)).enumerate().for_each(|(ib, blk)| {
             let mut row = vec![0f32; k];
             for r in 0..amx::TILE.min(m.saturating_sub(ib * amx::TILE)) {
                 fill(ib * amx::TILE + r, &mut row);

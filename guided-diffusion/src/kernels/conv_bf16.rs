@@ -127,7 +127,7 @@ impl TapsWeight {
         // One task per 16 output channels (their A tiles are contiguous); weights of
         // variables are packed on every call, so this runs in parallel, a row at a time
         // through a tap-major buffer.
-        data.par_chunks_mut(steps * amx::TILE_ELEMS).enumerate().for_each(|(ib, blk)| {
+        data.par_chunks_mut((steps * amx::TILE_ELEMS).max(1)).enumerate().for_each(|(ib, blk)| {
             let mut row = vec![0f32; taps * c];
             for r in 0..amx::TILE.min(co.saturating_sub(ib * amx::TILE)) {
                 w.row_tc(ib * amx::TILE + r, &mut row);
