@@ -2,7 +2,8 @@
 //! convolution of its inputs and weights rounded to bf16 (up to the order of the f32 sums),
 //! through AMX where the CPU has it and through the rounding + f32 product everywhere; so does
 //! the input gradient of a stride-1 convolution (classifier guidance), while other input
-//! gradients stay f32; outside the scope nothing changes. One test function, because the scope
+//! gradients stay f32; attention's forward products are bf16 and its backward f32; outside the
+//! scope nothing changes. One test function, because the scope
 //! and the AMX switch are process-wide.
 use candle_core::{Device, Tensor, Var};
 use guided_diffusion::kernels::{self, amx, bf16};
@@ -106,6 +107,46 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
         }
         assert!(!bf16::active());
         assert_eq!(run(&x, &w, &b, &r, stride, pad).0, plain.0, "case {i}: after the scope, f32 again");
+    }
+    kernels::set_amx(true);
+    attention(&mut rng, amx_modes);
+}
+
+/// (out, dqkv) of `sum(attention(qkv) * r)`.
+fn run_attention(qkv: &Var, heads: usize, new_order: bool, r: &Tensor) -> (Vec<f32>, Vec<f32>) {
+    let a = kernels::qkv_attention(qkv, heads, new_order).unwrap().expect("the fast attention applies");
+    let g = (&a * r).unwrap().sum_all().unwrap().backward().unwrap();
+    (vals(&a), vals(g.get(qkv).unwrap()))
+}
+
+/// Attention in a bf16 scope: both products in bf16 (AMX and the rounding path agree), its
+/// backward f32.
+fn attention(rng: &mut StdRng, amx_modes: &[bool]) {
+    // (batch, heads, ch, T): T not a multiple of 16, 32 or the 64-row blocks; ch not of 32.
+    for (i, &(n, heads, ch, t)) in [(2, 2, 24, 100), (1, 3, 64, 64), (1, 1, 8, 17)].iter().enumerate() {
+        for new_order in [false, true] {
+            let qkv = Var::from_tensor(&rand_tensor(rng, &[n, 3 * heads * ch, t])).unwrap();
+            let r = rand_tensor(rng, &[n, heads * ch, t]);
+            let plain = run_attention(&qkv, heads, new_order, &r);
+            let mut outs = Vec::new();
+            for &use_amx in amx_modes {
+                kernels::set_amx(use_amx);
+                let got = {
+                    let _scope = kernels::bf16();
+                    run_attention(&qkv, heads, new_order, &r)
+                };
+                let e = rel_err(&got.0, &plain.0);
+                println!("attention {i} new_order {new_order} amx {use_amx}: bf16 vs f32 {e:.2e}");
+                assert!(e > 0.0 && e < 2e-2, "attention case {i}: bf16 vs f32 {e}");
+                assert_eq!(got.1, plain.1, "attention case {i}: the backward must stay f32");
+                outs.push(got.0);
+            }
+            if let [a, b] = &outs[..] {
+                let e = rel_err(a, b);
+                println!("attention {i} new_order {new_order}: AMX vs rounding path {e:.2e}");
+                assert!(e < 1e-5, "attention case {i}: AMX and the rounding path differ by {e}");
+            }
+        }
     }
     kernels::set_amx(true);
 }

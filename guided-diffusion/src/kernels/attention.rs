@@ -27,7 +27,7 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, new_order: bool) -> Result<Opti
     if !super::applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
         return Ok(None);
     }
-    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order })?))
+    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16: super::bf16::active() })?))
 }
 
 /// Where the q, k, v blocks (`[ch, T]`, contiguous) of one (image, head) start in `qkv`.
@@ -97,9 +97,11 @@ fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     Ok(&v[a..b])
 }
 
+/// `bf16`: made inside a bf16 scope (the forward's two products in bf16; the backward f32).
 struct Attn {
     heads: usize,
     new_order: bool,
+    bf16: bool,
 }
 
 impl CustomOp1 for Attn {
@@ -112,7 +114,9 @@ impl CustomOp1 for Attn {
         let x = f32_arg(s, l, self.name())?;
         let (t, ch) = (hd.t, hd.ch);
         let mut out = vec![0f32; hd.b * hd.heads * ch * t];
-        if t > 0 && ch > 0 {
+        if self.bf16 && t > 0 && ch > 0 {
+            forward_bf16(&hd, x, &mut out);
+        } else if t > 0 && ch > 0 {
             // Tasks are (image, head, block of query rows): a block's scores stay in cache
             // between the three passes over them (scores, softmax, product with v).
             let rows = ROW_BLOCK.min(t);
@@ -200,4 +204,72 @@ impl CustomOp2 for AttnBwd {
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+}
+
+/// The forward pass in bf16 ([`super::bf16`]): the scores are the f32 sums of products of
+/// bf16-rounded q and k, scaled and softmaxed in f32; the output is the f32 sum of products of
+/// bf16-rounded v and softmax weights. On AMX, k and v are packed once per head and the query
+/// rows go in blocks; without it, the same rounding goes through the f32 products.
+fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
+    use super::bf16::{self, PackedB, PackedWeight, Rhs};
+    let (t, ch) = (hd.t, hd.ch);
+    let rows = ROW_BLOCK.min(t);
+    let optr = SendPtr(out.as_mut_ptr());
+    let amx = super::amx::available();
+    (0..hd.b * hd.heads).into_par_iter().for_each(|i| {
+        let [q, k, v] = hd.qkv(i).map(|o| &x[o..o + ch * t]);
+        let head = optr.get().wrapping_add(i * ch * t);
+        let mut w = scratch::take(rows * t);
+        if amx {
+            let pk = PackedB::new(&Rhs::Rows { b: k, ld: t }, ch, t);
+            let pv = PackedWeight::new(v, ch, t);
+            let (zr, zc) = (vec![0f32; rows], vec![0f32; ch]);
+            for r0 in (0..t).step_by(rows) {
+                let nr = rows.min(t - r0);
+                let pq = PackedWeight::from_rows(nr, ch, |r, row| {
+                    for (c, d) in row.iter_mut().enumerate() {
+                        *d = q[c * t + r0 + r];
+                    }
+                });
+                // SAFETY: `w` holds nr x t values; the head's output columns r0.. are this
+                // task's alone.
+                unsafe { bf16::gemm_packed(&pq, &pk, &zr[..nr], w.as_mut_ptr(), t, 1) };
+                for row in w[..nr * t].chunks_mut(t) {
+                    scaled_softmax(row, hd.scale());
+                }
+                unsafe { bf16::gemm(&pv, &Rhs::Cols { b: &w[..nr * t], ld: t }, nr, &zc, head.add(r0), t, 1) };
+            }
+        } else {
+            let mut qkv = scratch::take(3 * ch * t);
+            for (dst, src) in qkv.chunks_mut(ch * t).zip([q, k, v]) {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = bf16::round(*s);
+                }
+            }
+            let (qr, rest) = qkv.split_at(ch * t);
+            let (kr, vr) = rest.split_at(ch * t);
+            for r0 in (0..t).step_by(rows) {
+                let nr = rows.min(t - r0);
+                let w = &mut w[..nr * t];
+                unsafe {
+                    let lhs = MatRef::rows_t(qr.as_ptr().add(r0), t);
+                    sgemm_scaled(nr, t, ch, MatMut::rows(w.as_mut_ptr(), t), false, lhs, MatRef::rows(kr.as_ptr(), t), 1.0, 1)
+                };
+                for row in w.chunks_mut(t) {
+                    scaled_softmax(row, hd.scale());
+                    bf16::round_slice(row);
+                }
+                let dst = MatMut::rows(unsafe { head.add(r0) }, t);
+                unsafe { sgemm_scaled(ch, nr, t, dst, false, MatRef::rows(vr.as_ptr(), t), MatRef::rows_t(w.as_ptr(), t), 1.0, 1) };
+            }
+        }
+    });
+}
+
+/// `row <- softmax(row * scale)`.
+fn scaled_softmax(row: &mut [f32], scale: f32) {
+    for v in row.iter_mut() {
+        *v *= scale;
+    }
+    softmax_row_inplace(row);
 }

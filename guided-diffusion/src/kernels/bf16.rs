@@ -1,12 +1,16 @@
-//! bf16 inference: convolutions whose inputs and weights are rounded to bfloat16 and whose
-//! products are summed in f32, like PyTorch's CPU autocast, inside an explicit scope.
+//! bf16 scopes: convolutions (and attention's two products) whose inputs and weights are
+//! rounded to bfloat16 and whose products are summed in f32, like PyTorch's CPU autocast.
 //!
 //! The reference samples its released models in float16 (`--use_fp16 True`): it casts the
 //! convolutions' weights and activations to half precision and keeps GroupNorm in f32. Here
 //! the same idea serves speed on CPUs with Intel AMX ([`super::amx`]): a bf16 matrix product
 //! there is several times faster than f32, and a bf16 weight is half the bytes, which is what
-//! the small 16x16 and 8x8 layers at batch 1 wait for. Everything but the convolutions' matrix
-//! products (GroupNorm, attention, the diffusion arithmetic) stays f32, and so do gradients.
+//! the small 16x16 and 8x8 layers at batch 1 wait for. In a scope:
+//! - convolution forwards and the input gradients of stride-1 convolutions (classifier
+//!   guidance, training) are bf16 products;
+//! - so are attention's `q^T k` and `v w^T` in the forward pass;
+//! - everything else stays f32: GroupNorm, softmax, the linear layers, the diffusion
+//!   arithmetic, weight gradients, the attention backward, the optimizer.
 //!
 //! The numerics are defined without AMX: round every input and weight to the nearest bf16
 //! (ties to even, NaN kept), multiply exactly and sum in f32. Without AMX the same rounding
@@ -14,8 +18,8 @@
 //! the f32 sums (and AMX treating bf16 denormals as zero); that is what the tests check.
 //!
 //! It is opt-in and process-wide, like [`super::freeze`]: [`bf16`] returns a guard, and while
-//! one lives every convolution forward in the process uses bf16. `gdiff sample --precision
-//! bf16` holds one for the whole run.
+//! one lives, every op made in the process uses bf16 where it can. `gdiff sample --precision
+//! bf16` and `gdiff train --precision bf16` hold one for the whole run.
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::amx;
@@ -148,6 +152,8 @@ pub enum Rhs<'a> {
     Rows { b: &'a [f32], ld: usize },
     /// The column matrix of output rows `oy0..oy1` of image `x` (never materialised whole).
     Im2col { x: &'a [f32], g: &'a Geom, oy0: usize, oy1: usize },
+    /// The transpose of a row-major matrix with row stride `ld`: `B[k, n] = b[n * ld + k]`.
+    Cols { b: &'a [f32], ld: usize },
 }
 
 impl Rhs<'_> {
@@ -156,6 +162,11 @@ impl Rhs<'_> {
         match self {
             Rhs::Rows { b, ld } => out.copy_from_slice(&b[r * ld..r * ld + out.len()]),
             Rhs::Im2col { x, g, oy0, oy1 } => im2col_row(x, g, r, *oy0, *oy1, out),
+            Rhs::Cols { b, ld } => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = b[j * ld + r];
+                }
+            }
         }
     }
 }
@@ -267,41 +278,71 @@ pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mu
             }
             sgemm(m, n, k, MatMut::rows(dst, ldc), true, MatRef::rows(wr.as_ptr(), k), MatRef::rows(br.as_ptr(), n), threads);
         }
-        PackedWeight::Amx { m, k, data } => {
-            let (m, k) = (*m, *k);
-            assert!(bias.len() >= m);
-            let mut packed = scratch::take(packed_b_len(k, n));
-            // SAFETY: f32 and u32 have the same size and alignment.
-            let pb: &mut [u32] = std::slice::from_raw_parts_mut(packed.as_mut_ptr() as *mut u32, packed.len());
-            pack_b(rhs, k, n, pb);
-            let (mb, kb, nb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH), blocks32(n) * 2);
-            let tile_bytes = amx::TILE_ELEMS * 2;
-            let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
-            let layout = amx::BLayout { offsets: &offsets, stride: 64 };
-            let base = pb.as_ptr() as *const u16;
-            let blocks: Vec<amx::Block> = (0..nb)
-                .map(|jb| amx::Block {
-                    b: base.add(jb * kb * amx::TILE_ELEMS),
-                    col: jb * amx::TILE,
-                    cols: n.saturating_sub(jb * amx::TILE).min(amx::TILE),
-                })
-                .collect();
-            let (a, d) = (data.as_ptr() as usize, dst as usize);
-            let blocks = SendBlocks(&blocks);
-            let run = |ib0: usize, ib1: usize| {
-                let blocks = blocks.get();
-                amx::gemm_blocks(ib0, ib1, a as *const u16, m, bias, blocks, &layout, d as *mut f32, ldc)
-            };
-            // Threads take disjoint bands of 32 output rows.
-            let pairs = mb / 2;
-            let parts = threads.clamp(1, pairs.max(1));
-            if parts == 1 {
-                run(0, mb);
-            } else {
-                use rayon::prelude::*;
-                (0..parts).into_par_iter().for_each(|p| run(2 * (p * pairs / parts), 2 * ((p + 1) * pairs / parts)));
-            }
+        PackedWeight::Amx { .. } => gemm_packed(w, &PackedB::new(rhs, w.k(), n), bias, dst, ldc, threads),
+    }
+}
+
+/// A right-hand side packed once for several AMX products (`[k, n]`, see [`pack_b`]).
+pub struct PackedB {
+    buf: super::scratch::Scratch,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    pub fn new(rhs: &Rhs, k: usize, n: usize) -> PackedB {
+        let mut buf = super::scratch::take(packed_b_len(k, n));
+        // SAFETY: f32 and u32 have the same size and alignment.
+        let words: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        pack_b(rhs, k, n, words);
+        PackedB { buf, k, n }
+    }
+}
+
+impl PackedWeight {
+    /// The depth `k` of the product.
+    pub fn k(&self) -> usize {
+        match self {
+            PackedWeight::Amx { k, .. } => *k,
+            PackedWeight::Rounded(_) => 0,
         }
+    }
+}
+
+/// [`gemm`] with a packed right-hand side; `w` must be packed for AMX, with `b.k` deep.
+///
+/// # Safety
+/// As [`gemm`].
+pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, bias: &[f32], dst: *mut f32, ldc: usize, threads: usize) {
+    let PackedWeight::Amx { m, k, data } = w else { panic!("gemm_packed: the weight is not packed for AMX") };
+    let (m, k, n) = (*m, *k, b.n);
+    assert!(bias.len() >= m && b.k == k);
+    let (mb, kb, nb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH), blocks32(n) * 2);
+    let tile_bytes = amx::TILE_ELEMS * 2;
+    let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
+    let layout = amx::BLayout { offsets: &offsets, stride: 64 };
+    let base = b.buf.as_ptr() as *const u16;
+    let blocks: Vec<amx::Block> = (0..nb)
+        .map(|jb| amx::Block {
+            b: base.add(jb * kb * amx::TILE_ELEMS),
+            col: jb * amx::TILE,
+            cols: n.saturating_sub(jb * amx::TILE).min(amx::TILE),
+        })
+        .collect();
+    let (a, d) = (data.as_ptr() as usize, dst as usize);
+    let blocks = SendBlocks(&blocks);
+    let run = |ib0: usize, ib1: usize| {
+        let blocks = blocks.get();
+        amx::gemm_blocks(ib0, ib1, a as *const u16, m, bias, blocks, &layout, d as *mut f32, ldc)
+    };
+    // Threads take disjoint bands of 32 output rows.
+    let pairs = mb / 2;
+    let parts = threads.clamp(1, pairs.max(1));
+    if parts == 1 {
+        run(0, mb);
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(|p| run(2 * (p * pairs / parts), 2 * ((p + 1) * pairs / parts)));
     }
 }
 

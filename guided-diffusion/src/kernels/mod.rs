@@ -10,7 +10,7 @@
 //! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
 //!   [`set_enabled`] overrides at run time).
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
-//! - [`bf16`](mod@bf16): bf16 inference scopes ([`bf16()`]): convolution forwards with bf16
+//! - [`bf16`](mod@bf16): bf16 scopes ([`bf16()`]): convolutions and attention products with bf16
 //!   inputs and weights and f32 sums, on Intel AMX ([`amx`]) where the CPU has it.
 //! - [`frozen`]: derived forms of convolution weights (Winograd transforms, flipped weights)
 //!   kept for the length of a sampling run ([`freeze`]).
