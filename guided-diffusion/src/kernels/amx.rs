@@ -111,9 +111,9 @@ pub unsafe fn gemm_blocks(
     if kblocks == 0 {
         // An empty product (no input channels): the bias alone. (The loop below runs at
         // least one step.)
-        for r in ib0 * TILE..(ib1 * TILE).min(m) {
+        for (r, &bv) in bias.iter().enumerate().take((ib1 * TILE).min(m)).skip(ib0 * TILE) {
             for blk in blocks {
-                std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols).fill(bias[r]);
+                std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols).fill(bv);
             }
         }
         return;
