@@ -31,6 +31,14 @@ fn run(x: &Var, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -
     (vals(&y), vals(g.get(x).unwrap()))
 }
 
+/// The weight gradient of `sum(conv(x, w, b) * r)` for a variable weight.
+fn run_dw(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -> Vec<f32> {
+    let wv = Var::from_tensor(w).unwrap();
+    let y = kernels::conv2d(x, &wv, Some(b), stride, pad).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    vals(g.get(&wv).unwrap())
+}
+
 /// max |a - b| / max |b|
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -76,6 +84,8 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
         // The output gradient of sum(y * r) is r: the bf16 input gradient rounds it and w.
         let want_dx = run(&xr, &rounded(&w), &b, &rounded(&r), stride, pad).1;
         let bf16_dx = stride == 1 && k > 1;
+        let plain_dw = run_dw(x.as_tensor(), &w, &b, &r, stride, pad);
+        let want_dw = run_dw(&rounded(x.as_tensor()), &w, &b, &rounded(&r), stride, pad);
         kernels::set_winograd(true);
         for &use_amx in amx_modes {
             kernels::set_amx(use_amx);
@@ -97,6 +107,17 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
                 assert!(rel_err(&got.1, &plain.1) < 2e-2, "case {i}: bf16 dx too far from f32");
             } else {
                 assert_eq!(got.1, plain.1, "case {i}: this input gradient must stay f32");
+            }
+            // The weight gradient (training): bf16 x and output gradient, f32 sums.
+            let got_dw = {
+                let _scope = kernels::bf16();
+                run_dw(x.as_tensor(), &w, &b, &r, stride, pad)
+            };
+            if c > 0 && n * ho * ho > 0 {
+                let e = rel_err(&got_dw, &want_dw);
+                println!("case {i} amx {use_amx}: weight gradient vs rounded f32 {e:.2e}");
+                assert!(e < 4e-6 * ((n * ho * ho) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: dw {e}");
+                assert!(rel_err(&got_dw, &plain_dw) < 2e-2, "case {i}: bf16 dw too far from f32");
             }
             // Frozen weights keep the packed form: same values.
             let _frozen = kernels::freeze();

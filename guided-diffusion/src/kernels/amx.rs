@@ -82,7 +82,16 @@ pub struct BLayout<'a> {
     pub stride: usize,
 }
 
-/// `dst[r, blk.col + c] = bias[r] + sum_k A[r, k] B_blk[k, c]` for rows `r < m` of the 16-row
+/// What the output block starts from before the products are added.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// `bias[r]` on row `r` (at least `m` values).
+    Bias(&'a [f32]),
+    /// The values already in `dst` (accumulation).
+    Dst,
+}
+
+/// `dst[r, blk.col + c] = start + sum_k A[r, k] B_blk[k, c]` for rows `r < m` of the 16-row
 /// blocks `ib0..ib1` of A (both even) and every block `blk` of `blocks` (an even number of
 /// them), columns `c < blk.cols`. A is packed (`[m/16][kblocks][16][32]` bf16, m padded to a
 /// multiple of 32, `kblocks = b.offsets.len()` steps), `dst` has row stride `ldc` floats.
@@ -99,7 +108,7 @@ pub unsafe fn gemm_blocks(
     ib1: usize,
     a: *const u16,
     m: usize,
-    bias: &[f32],
+    start: Start,
     blocks: &[Block],
     b: &BLayout,
     dst: *mut f32,
@@ -109,8 +118,9 @@ pub unsafe fn gemm_blocks(
     let kblocks = b.offsets.len();
     debug_assert!(ib0.is_multiple_of(2) && ib1.is_multiple_of(2) && blocks.len().is_multiple_of(2));
     if kblocks == 0 {
-        // An empty product (no input channels): the bias alone. (The loop below runs at
+        // An empty product (no input channels): the start alone. (The loop below runs at
         // least one step.)
+        let Start::Bias(bias) = start else { return };
         for (r, &bv) in bias.iter().enumerate().take((ib1 * TILE).min(m)).skip(ib0 * TILE) {
             for blk in blocks {
                 std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols).fill(bv);
@@ -136,27 +146,75 @@ pub unsafe fn gemm_blocks(
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
     let mut ib = ib0;
     while ib < ib1 {
-        for half in 0..2 {
-            for r in 0..TILE {
-                let row = (ib + half) * TILE + r;
-                let v = if row < m { bias[row] } else { 0.0 };
-                init.0[half * 256 + r * TILE..half * 256 + (r + 1) * TILE].fill(v);
+        if let Start::Bias(bias) = start {
+            for half in 0..2 {
+                for r in 0..TILE {
+                    let row = (ib + half) * TILE + r;
+                    let v = if row < m { bias[row] } else { 0.0 };
+                    init.0[half * 256 + r * TILE..half * 256 + (r + 1) * TILE].fill(v);
+                }
             }
         }
         let a0 = a.add(ib * a_stride);
         let a1 = a.add((ib + 1) * a_stride);
         for pair in blocks.chunks_exact(2) {
             let (bj, bk) = (pair[0], pair[1]);
-            asm!(
-                "tileloadd tmm0, [{i0} + {s}*1]",
-                "tileloadd tmm1, [{i0} + {s}*1]",
-                "tileloadd tmm2, [{i1} + {s}*1]",
-                "tileloadd tmm3, [{i1} + {s}*1]",
-                i0 = in(reg) init.0.as_ptr(),
-                i1 = in(reg) init.0.as_ptr().add(256),
-                s = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            let r0 = ib * TILE;
+            let full = r0 + 2 * TILE <= m && bj.cols == TILE && bk.cols == TILE;
+            match start {
+                Start::Bias(_) => asm!(
+                    "tileloadd tmm0, [{i0} + {s}*1]",
+                    "tileloadd tmm1, [{i0} + {s}*1]",
+                    "tileloadd tmm2, [{i1} + {s}*1]",
+                    "tileloadd tmm3, [{i1} + {s}*1]",
+                    i0 = in(reg) init.0.as_ptr(),
+                    i1 = in(reg) init.0.as_ptr().add(256),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                ),
+                Start::Dst if full => {
+                    let (d, e) = (dst.add(r0 * ldc + bj.col), dst.add(r0 * ldc + bk.col));
+                    asm!(
+                        "tileloadd tmm0, [{d0} + {s}*1]",
+                        "tileloadd tmm1, [{d1} + {s}*1]",
+                        "tileloadd tmm2, [{d2} + {s}*1]",
+                        "tileloadd tmm3, [{d3} + {s}*1]",
+                        d0 = in(reg) d,
+                        d1 = in(reg) e,
+                        d2 = in(reg) d.add(TILE * ldc),
+                        d3 = in(reg) e.add(TILE * ldc),
+                        s = in(reg) ldc * 4,
+                        options(nostack, readonly),
+                    )
+                }
+                Start::Dst => {
+                    // A partial block: its valid part through the spill area, zeros elsewhere.
+                    spill.0.fill(0.0);
+                    for t in 0..4 {
+                        let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
+                        if tr >= m || blk.cols == 0 {
+                            continue;
+                        }
+                        for r in 0..(m - tr).min(TILE) {
+                            let d = spill.0.as_mut_ptr().add(t * 256 + r * TILE);
+                            std::ptr::copy_nonoverlapping(dst.add((tr + r) * ldc + blk.col), d, blk.cols);
+                        }
+                    }
+                    let p = spill.0.as_ptr();
+                    asm!(
+                        "tileloadd tmm0, [{d0} + {s}*1]",
+                        "tileloadd tmm1, [{d1} + {s}*1]",
+                        "tileloadd tmm2, [{d2} + {s}*1]",
+                        "tileloadd tmm3, [{d3} + {s}*1]",
+                        d0 = in(reg) p,
+                        d1 = in(reg) p.add(256),
+                        d2 = in(reg) p.add(512),
+                        d3 = in(reg) p.add(768),
+                        s = in(reg) 64usize,
+                        options(nostack, readonly),
+                    )
+                }
+            }
             asm!(
                 "2:",
                 "mov {o}, qword ptr [{offs}]",
@@ -187,8 +245,7 @@ pub unsafe fn gemm_blocks(
                 sb = in(reg) b.stride,
                 options(nostack, readonly),
             );
-            let r0 = ib * TILE;
-            if r0 + 2 * TILE <= m && bj.cols == TILE && bk.cols == TILE {
+            if full {
                 // Whole tiles: straight into the output.
                 let (d, e) = (dst.add(r0 * ldc + bj.col), dst.add(r0 * ldc + bk.col));
                 asm!(
@@ -246,7 +303,7 @@ pub unsafe fn gemm_blocks(
     _ib1: usize,
     _a: *const u16,
     _m: usize,
-    _bias: &[f32],
+    _start: Start,
     _blocks: &[Block],
     _b: &BLayout,
     _dst: *mut f32,

@@ -233,7 +233,7 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
                 });
                 // SAFETY: `w` holds nr x t values; the head's output columns r0.. are this
                 // task's alone.
-                unsafe { bf16::gemm_packed(&pq, &pk, &zr[..nr], w.as_mut_ptr(), t, 1) };
+                unsafe { bf16::gemm_packed(&pq, &pk, super::amx::Start::Bias(&zr[..nr]), w.as_mut_ptr(), t, 1) };
                 for row in w[..nr * t].chunks_mut(t) {
                     scaled_softmax(row, hd.scale());
                 }

@@ -205,6 +205,26 @@ unsafe fn pack_pair_avx512(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usiz
     pack_pair(r0, r1, p, nb, kb, out)
 }
 
+/// [`pack_b`] for `Rhs::Cols { b, ld }` (`B[k, n] = b[n * ld + k]`): a B pair `(B[2p, j],
+/// B[2p + 1, j])` is two adjacent values of row `j` of `b`, so each row is read once, in order.
+pub fn pack_b_cols(b: &[f32], ld: usize, k: usize, n: usize, out: &mut [u32]) {
+    const T: usize = amx::TILE;
+    let kb = k.div_ceil(amx::DEPTH);
+    assert!(out.len() >= packed_b_len(k, n) && (n == 0 || b.len() >= (n - 1) * ld + k));
+    out[..packed_b_len(k, n)].fill(0);
+    for j in 0..n {
+        let row = &b[j * ld..j * ld + k];
+        let base = (j / T) * kb * T * T + j % T;
+        let mut pairs = row.chunks_exact(2);
+        for (p, pr) in pairs.by_ref().enumerate() {
+            out[base + p * T] = round_bits(pr[1]) | (round_bits(pr[0]) >> 16);
+        }
+        if let [last] = pairs.remainder() {
+            out[base + (k / 2) * T] = round_bits(*last) >> 16;
+        }
+    }
+}
+
 /// `out[i]` = the bf16 pair `(a[i], b[i])` (lower half `a[i]`), for every `i`.
 pub fn pack_pairs(a: &[f32], b: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
@@ -278,7 +298,7 @@ pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mu
             }
             sgemm(m, n, k, MatMut::rows(dst, ldc), true, MatRef::rows(wr.as_ptr(), k), MatRef::rows(br.as_ptr(), n), threads);
         }
-        PackedWeight::Amx { .. } => gemm_packed(w, &PackedB::new(rhs, w.k(), n), bias, dst, ldc, threads),
+        PackedWeight::Amx { .. } => gemm_packed(w, &PackedB::new(rhs, w.k(), n), amx::Start::Bias(bias), dst, ldc, threads),
     }
 }
 
@@ -294,7 +314,10 @@ impl PackedB {
         let mut buf = super::scratch::take(packed_b_len(k, n));
         // SAFETY: f32 and u32 have the same size and alignment.
         let words: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
-        pack_b(rhs, k, n, words);
+        match rhs {
+            Rhs::Cols { b, ld } => pack_b_cols(b, *ld, k, n, words),
+            _ => pack_b(rhs, k, n, words),
+        }
         PackedB { buf, k, n }
     }
 }
@@ -309,14 +332,18 @@ impl PackedWeight {
     }
 }
 
-/// [`gemm`] with a packed right-hand side; `w` must be packed for AMX, with `b.k` deep.
+/// [`gemm`] with a packed right-hand side, starting from a bias or from `dst` itself
+/// (accumulation); `w` must be packed for AMX, with `b.k` deep.
 ///
 /// # Safety
-/// As [`gemm`].
-pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, bias: &[f32], dst: *mut f32, ldc: usize, threads: usize) {
+/// As [`gemm`]; with [`amx::Start::Dst`], `dst` must also be readable.
+pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, start: amx::Start, dst: *mut f32, ldc: usize, threads: usize) {
     let PackedWeight::Amx { m, k, data } = w else { panic!("gemm_packed: the weight is not packed for AMX") };
     let (m, k, n) = (*m, *k, b.n);
-    assert!(bias.len() >= m && b.k == k);
+    assert!(b.k == k);
+    if let amx::Start::Bias(bias) = start {
+        assert!(bias.len() >= m);
+    }
     let (mb, kb, nb) = (blocks32(m) * 2, k.div_ceil(amx::DEPTH), blocks32(n) * 2);
     let tile_bytes = amx::TILE_ELEMS * 2;
     let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
@@ -333,7 +360,7 @@ pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, bias: &[f32], dst: *mut
     let blocks = SendBlocks(&blocks);
     let run = |ib0: usize, ib1: usize| {
         let blocks = blocks.get();
-        amx::gemm_blocks(ib0, ib1, a as *const u16, m, bias, blocks, &layout, d as *mut f32, ldc)
+        amx::gemm_blocks(ib0, ib1, a as *const u16, m, start, blocks, &layout, d as *mut f32, ldc)
     };
     // Threads take disjoint bands of 32 output rows.
     let pairs = mb / 2;

@@ -61,7 +61,7 @@ pub fn conv2d_input_grad(gy: &Tensor, w: &Tensor, p: ConvParams, h: usize, wd: u
 /// `x: [N, C, H, W]` and the output gradient `gy: [N, CO, HO, WO]` (fast path only).
 pub fn conv2d_weight_grad(x: &Tensor, gy: &Tensor, p: ConvParams, kh: usize, kw: usize) -> Result<Tensor> {
     check_cpu_f32(&[x, gy], "conv2d_weight_grad")?;
-    x.contiguous()?.apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw })
+    x.contiguous()?.apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw, bf16: super::bf16::active() })
 }
 
 fn fast_conv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> bool {
@@ -195,11 +195,12 @@ impl CustomOp2 for ConvInputGrad {
     }
 }
 
-/// Weight gradient: `(x, gy) -> dw` for a `kh x kw` kernel.
+/// Weight gradient: `(x, gy) -> dw` for a `kh x kw` kernel; `bf16`: made inside a bf16 scope.
 struct ConvWeightGrad {
     p: ConvParams,
     kh: usize,
     kw: usize,
+    bf16: bool,
 }
 
 impl CustomOp2 for ConvWeightGrad {
@@ -218,7 +219,12 @@ impl CustomOp2 for ConvWeightGrad {
             bail!("{op}: input {xd:?} and output gradient {gd:?} do not match");
         }
         let mut dw = vec![0f32; co * g.k()];
-        conv_cpu::weight_grad(&Conv { n, co, g }, x, gy, &mut dw);
+        let cv = Conv { n, co, g };
+        if self.bf16 && super::conv_bf16::weight_grad_applies(&cv) {
+            super::conv_bf16::weight_grad(&cv, x, gy, &mut dw);
+        } else {
+            conv_cpu::weight_grad(&cv, x, gy, &mut dw);
+        }
         Ok((CpuStorage::F32(dw), Shape::from((co, c, self.kh, self.kw))))
     }
 
