@@ -8,9 +8,10 @@
 //! the small 16x16 and 8x8 layers at batch 1 wait for. In a scope:
 //! - convolution forwards and the input gradients of stride-1 convolutions (classifier
 //!   guidance, training) are bf16 products;
+//! - so are the weight gradients of convolutions with >= 128 output channels (training);
 //! - so are attention's `q^T k` and `v w^T` in the forward pass;
 //! - everything else stays f32: GroupNorm, softmax, the linear layers, the diffusion
-//!   arithmetic, weight gradients, the attention backward, the optimizer.
+//!   arithmetic, thinner layers' weight gradients, the attention backward, the optimizer.
 //!
 //! The numerics are defined without AMX: round every input and weight to the nearest bf16
 //! (ties to even, NaN kept), multiply exactly and sum in f32. Without AMX the same rounding
