@@ -189,9 +189,10 @@ pub struct SamplingArgs {
     /// cpu, or cuda / cuda:N (with the cuda build feature)
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Convolution precision on the CPU: f32, or bf16 (inputs and weights rounded to bfloat16,
-    /// sums in f32; fast on CPUs with Intel AMX). The reference's --use_fp16 runs its
-    /// convolutions in float16; here --use_fp16 keeps f32 and this flag is the counterpart
+    /// Precision on the CPU: f32, or bf16 (convolutions and attention products take operands
+    /// rounded to bfloat16 and sum in f32; fast on CPUs with Intel AMX). The reference's
+    /// --use_fp16 runs its convolutions in float16; here --use_fp16 keeps f32 and this flag
+    /// is the counterpart
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
 }

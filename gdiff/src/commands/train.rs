@@ -67,9 +67,10 @@ pub struct CommonTrainArgs {
     /// Accepted for compatibility; training runs in float32 (see --precision)
     #[arg(long, value_parser = parse_bool)]
     pub use_fp16: Option<bool>,
-    /// f32, or bf16: mixed precision on the CPU, with convolution forwards and stride-1 input
-    /// gradients taking bf16-rounded inputs and weights (f32 sums; fast with Intel AMX).
-    /// Weights, weight gradients and the optimizer stay f32
+    /// f32, or bf16: mixed precision on the CPU. Convolution forwards, stride-1 input
+    /// gradients, the weight gradients of layers with 128+ output channels and attention
+    /// products take bf16-rounded operands (f32 sums; fast with Intel AMX). Weights, the
+    /// optimizer and everything else stay f32
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
     /// Accepted for compatibility

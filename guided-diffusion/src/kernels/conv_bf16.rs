@@ -253,15 +253,15 @@ pub fn weight_grad_applies(cv: &Conv) -> bool {
     cv.co >= 128 && amx::available()
 }
 
-/// The weight gradient in bf16: `dw[co, K] = sum over images and pixels of gy[co, px] *
-/// im2col(x)[K, px]`, with `gy` and `x` rounded to bf16 and f32 sums. Tiles (an image's band
-/// of output rows) are the depth of the product; each thread sums its tiles into its own
-/// partial, on AMX (the band's `gy` as A, the transposed column matrix as B, accumulating) or,
-/// without it, through the rounding and the f32 product.
+/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`]):
+/// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
+/// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
+/// the product: the band's `gy` is A, its transposed column matrix B, and each thread
+/// accumulates its tiles into its own partial.
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
-    use super::sgemm::{sgemm, MatMut, MatRef};
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
+    assert!(amx::available(), "conv_bf16::weight_grad needs AMX");
     assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
     let dw = &mut dw[..cv.co * k];
     dw.fill(0.0);
@@ -270,7 +270,6 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     }
     let plan = cv.plan();
     let groups = rayon::current_num_threads().max(1).min(plan.tiles).max(1);
-    let amx = amx::available();
     let bounds = |gi: usize| (gi * plan.tiles / groups, (gi + 1) * plan.tiles / groups);
     let accumulate = |acc: &mut [f32], gi: usize| {
         let (t0, t1) = bounds(gi);
@@ -282,23 +281,10 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             let gyb = &gy[img * cv.co * px + oy0 * g.wo..];
             let col = &mut col[..k * tp];
             super::im2col::im2col(xi, &g, oy0, oy1, col);
-            if amx {
-                let a = PackedWeight::from_rows(cv.co, tp, |o, row| row.copy_from_slice(&gyb[o * px..o * px + tp]));
-                let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
-                // SAFETY: `acc` is this group's own `[co, K]` partial.
-                unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
-            } else {
-                let mut gr = scratch::take(cv.co * tp);
-                for o in 0..cv.co {
-                    for (d, s) in gr[o * tp..(o + 1) * tp].iter_mut().zip(&gyb[o * px..o * px + tp]) {
-                        *d = bf16::round(*s);
-                    }
-                }
-                bf16::round_slice(col);
-                let (lhs, rhs) = (MatRef::rows(gr.as_ptr(), tp), MatRef::rows_t(col.as_ptr(), tp));
-                // SAFETY: as above.
-                unsafe { sgemm(cv.co, k, tp, MatMut::rows(acc.as_mut_ptr(), k), true, lhs, rhs, 1) };
-            }
+            let a = PackedWeight::from_rows(cv.co, tp, |o, row| row.copy_from_slice(&gyb[o * px..o * px + tp]));
+            let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
+            // SAFETY: `acc` is this group's own `[co, K]` partial.
+            unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };
     if groups == 1 {
