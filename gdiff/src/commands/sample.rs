@@ -82,23 +82,6 @@ pub fn class_names(path: &Path) -> Option<Vec<String>> {
     serde_json::from_str(meta.get(guided_diffusion::train::ckpt::meta::CLASSES)?).ok()
 }
 
-/// A bf16 scope for `--precision bf16` (CPU only; without AMX it says that it will be slow).
-pub fn precision_scope(a: &SamplingArgs, device: &Device) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
-    if a.precision != "bf16" {
-        return Ok(None);
-    }
-    if !device.is_cpu() {
-        bail!("--precision bf16: the bf16 convolutions are CPU kernels; on {} use f32", a.device);
-    }
-    if !guided_diffusion::kernels::enabled() {
-        bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
-    }
-    if !a.quiet && !guided_diffusion::kernels::amx::available() {
-        eprintln!("note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed");
-    }
-    Ok(Some(guided_diffusion::kernels::bf16()))
-}
-
 /// Runs a sampling job and writes the npz and the grid (captioned with `class_names` when the
 /// samples have labels).
 pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs, class_names: Option<&[String]>) -> Result<()> {
@@ -109,7 +92,7 @@ pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs, class_names:
         pb.set_position((p.batch * p.steps_per_batch + p.step) as u64);
         pb.set_message(format!("batch {}/{} samples {}/{}", p.batch + 1, p.num_batches, p.samples_done, p.num_samples));
     };
-    let _bf16 = precision_scope(a, &s.device)?;
+    let _bf16 = output::precision_scope(&a.precision, &s.device, &a.device, a.quiet)?;
     let out = s.run(req, &mut on_step)?;
     pb.finish_and_clear();
     let dims = out.images.dims().to_vec();

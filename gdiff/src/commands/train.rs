@@ -215,29 +215,12 @@ fn open_rank_loader(c: &CommonTrainArgs, data_dir: &str, image_size: usize, chan
     Ok(RankSlice::new(l, dist.rank(), dist.world_size())?)
 }
 
-/// A bf16 scope for `--precision bf16` (CPU only; without AMX it says that it will be slow).
-fn precision_scope(c: &CommonTrainArgs) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
-    if c.precision != "bf16" {
-        return Ok(None);
-    }
-    if !output::device(&c.device)?.is_cpu() {
-        bail!("--precision bf16: the bf16 convolutions are CPU kernels; on {} use f32", c.device);
-    }
-    if !guided_diffusion::kernels::enabled() {
-        bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
-    }
-    if !guided_diffusion::kernels::amx::available() {
-        eprintln!("note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed");
-    }
-    Ok(Some(guided_diffusion::kernels::bf16()))
-}
-
 fn run_loop<O: Objective, S: BatchSource>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: S, mut val: Option<S>) -> Result<()> {
     if let Some(p) = lp.resume(c.resume_checkpoint.as_deref())? {
         eprintln!("resumed from {} at step {}", p.display(), lp.step());
     }
     lp.set_classes(data.classes());
-    let _bf16 = precision_scope(c)?;
+    let _bf16 = output::precision_scope(&c.precision, &output::device(&c.device)?, &c.device, false)?;
     lp.run(&mut data, val.as_mut().map(|v| v as &mut dyn BatchSource))?;
     Ok(())
 }
