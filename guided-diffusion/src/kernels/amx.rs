@@ -161,58 +161,23 @@ pub unsafe fn gemm_blocks(
             let (bj, bk) = (pair[0], pair[1]);
             let r0 = ib * TILE;
             let full = r0 + 2 * TILE <= m && bj.cols == TILE && bk.cols == TILE;
+            // The four output tiles in dst (t = 2 * row half + block of the pair; used only
+            // when the block is whole, hence wrapping), and in the spill area.
+            let (d, e) = (dst.wrapping_add(r0 * ldc + bj.col), dst.wrapping_add(r0 * ldc + bk.col));
+            let in_dst = [d, e, d.wrapping_add(TILE * ldc), e.wrapping_add(TILE * ldc)];
+            let sp = spill.0.as_mut_ptr();
+            let in_spill = [sp, sp.add(256), sp.add(512), sp.add(768)];
             match start {
-                Start::Bias(_) => asm!(
-                    "tileloadd tmm0, [{i0} + {s}*1]",
-                    "tileloadd tmm1, [{i0} + {s}*1]",
-                    "tileloadd tmm2, [{i1} + {s}*1]",
-                    "tileloadd tmm3, [{i1} + {s}*1]",
-                    i0 = in(reg) init.0.as_ptr(),
-                    i1 = in(reg) init.0.as_ptr().add(256),
-                    s = in(reg) 64usize,
-                    options(nostack, readonly),
-                ),
-                Start::Dst if full => {
-                    let (d, e) = (dst.add(r0 * ldc + bj.col), dst.add(r0 * ldc + bk.col));
-                    asm!(
-                        "tileloadd tmm0, [{d0} + {s}*1]",
-                        "tileloadd tmm1, [{d1} + {s}*1]",
-                        "tileloadd tmm2, [{d2} + {s}*1]",
-                        "tileloadd tmm3, [{d3} + {s}*1]",
-                        d0 = in(reg) d,
-                        d1 = in(reg) e,
-                        d2 = in(reg) d.add(TILE * ldc),
-                        d3 = in(reg) e.add(TILE * ldc),
-                        s = in(reg) ldc * 4,
-                        options(nostack, readonly),
-                    )
+                Start::Bias(_) => {
+                    let (i0, i1) = (init.0.as_mut_ptr(), init.0.as_mut_ptr().add(256));
+                    load_c([i0, i0, i1, i1], 64);
                 }
+                Start::Dst if full => load_c(in_dst, ldc * 4),
                 Start::Dst => {
                     // A partial block: its valid part through the spill area, zeros elsewhere.
                     spill.0.fill(0.0);
-                    for t in 0..4 {
-                        let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
-                        if tr >= m || blk.cols == 0 {
-                            continue;
-                        }
-                        for r in 0..(m - tr).min(TILE) {
-                            let d = spill.0.as_mut_ptr().add(t * 256 + r * TILE);
-                            std::ptr::copy_nonoverlapping(dst.add((tr + r) * ldc + blk.col), d, blk.cols);
-                        }
-                    }
-                    let p = spill.0.as_ptr();
-                    asm!(
-                        "tileloadd tmm0, [{d0} + {s}*1]",
-                        "tileloadd tmm1, [{d1} + {s}*1]",
-                        "tileloadd tmm2, [{d2} + {s}*1]",
-                        "tileloadd tmm3, [{d3} + {s}*1]",
-                        d0 = in(reg) p,
-                        d1 = in(reg) p.add(256),
-                        d2 = in(reg) p.add(512),
-                        d3 = in(reg) p.add(768),
-                        s = in(reg) 64usize,
-                        options(nostack, readonly),
-                    )
+                    valid_rows(r0, pair, m, ldc, |s, o, n| std::ptr::copy_nonoverlapping(dst.add(o), sp.add(s), n));
+                    load_c(in_spill, 64);
                 }
             }
             asm!(
@@ -247,49 +212,67 @@ pub unsafe fn gemm_blocks(
             );
             if full {
                 // Whole tiles: straight into the output.
-                let (d, e) = (dst.add(r0 * ldc + bj.col), dst.add(r0 * ldc + bk.col));
-                asm!(
-                    "tilestored [{d0} + {s}*1], tmm0",
-                    "tilestored [{d1} + {s}*1], tmm1",
-                    "tilestored [{d2} + {s}*1], tmm2",
-                    "tilestored [{d3} + {s}*1], tmm3",
-                    d0 = in(reg) d,
-                    d1 = in(reg) e,
-                    d2 = in(reg) d.add(TILE * ldc),
-                    d3 = in(reg) e.add(TILE * ldc),
-                    s = in(reg) ldc * 4,
-                    options(nostack),
-                );
+                store_c(in_dst, ldc * 4);
             } else {
-                let p = spill.0.as_mut_ptr();
-                asm!(
-                    "tilestored [{d0} + {s}*1], tmm0",
-                    "tilestored [{d1} + {s}*1], tmm1",
-                    "tilestored [{d2} + {s}*1], tmm2",
-                    "tilestored [{d3} + {s}*1], tmm3",
-                    d0 = in(reg) p,
-                    d1 = in(reg) p.add(256),
-                    d2 = in(reg) p.add(512),
-                    d3 = in(reg) p.add(768),
-                    s = in(reg) 64usize,
-                    options(nostack),
-                );
-                // Tile t = 2 * (row half) + (block of the pair).
-                for t in 0..4 {
-                    let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
-                    if tr >= m || blk.cols == 0 {
-                        continue;
-                    }
-                    for r in 0..(m - tr).min(TILE) {
-                        let src = spill.0.as_ptr().add(t * 256 + r * TILE);
-                        std::ptr::copy_nonoverlapping(src, dst.add((tr + r) * ldc + blk.col), blk.cols);
-                    }
-                }
+                store_c(in_spill, 64);
+                valid_rows(r0, pair, m, ldc, |s, o, n| std::ptr::copy_nonoverlapping(sp.add(s), dst.add(o), n));
             }
         }
         ib += 2;
     }
     asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Loads the output tiles tmm0-3 from `p` (rows `stride` bytes apart).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_c(p: [*mut f32; 4], stride: usize) {
+    std::arch::asm!(
+        "tileloadd tmm0, [{p0} + {s}*1]",
+        "tileloadd tmm1, [{p1} + {s}*1]",
+        "tileloadd tmm2, [{p2} + {s}*1]",
+        "tileloadd tmm3, [{p3} + {s}*1]",
+        p0 = in(reg) p[0],
+        p1 = in(reg) p[1],
+        p2 = in(reg) p[2],
+        p3 = in(reg) p[3],
+        s = in(reg) stride,
+        options(nostack, readonly),
+    );
+}
+
+/// Stores the output tiles tmm0-3 to `p` (rows `stride` bytes apart).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_c(p: [*mut f32; 4], stride: usize) {
+    std::arch::asm!(
+        "tilestored [{p0} + {s}*1], tmm0",
+        "tilestored [{p1} + {s}*1], tmm1",
+        "tilestored [{p2} + {s}*1], tmm2",
+        "tilestored [{p3} + {s}*1], tmm3",
+        p0 = in(reg) p[0],
+        p1 = in(reg) p[1],
+        p2 = in(reg) p[2],
+        p3 = in(reg) p[3],
+        s = in(reg) stride,
+        options(nostack),
+    );
+}
+
+/// Every valid row of the four output tiles of a block pair starting at row `r0`: `f(offset
+/// in the spill area, offset in dst, columns)`, both in floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn valid_rows(r0: usize, pair: &[Block], m: usize, ldc: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for t in 0..4 {
+        let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
+        if tr >= m || blk.cols == 0 {
+            continue;
+        }
+        for r in 0..(m - tr).min(TILE) {
+            f(t * TILE * TILE + r * TILE, (tr + r) * ldc + blk.col, blk.cols);
+        }
+    }
 }
 
 /// Not x86_64: never called ([`available`] is false).
