@@ -257,22 +257,22 @@ pub fn weight_grad_applies(cv: &Conv) -> bool {
 /// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
 /// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
 /// the product: the band's `gy` is A, its transposed column matrix B, and each thread
-/// accumulates its tiles into its own partial.
+/// accumulates its tiles into its own partial (`conv_cpu::sum_groups`).
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(amx::available(), "conv_bf16::weight_grad needs AMX");
     assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
     let dw = &mut dw[..cv.co * k];
-    dw.fill(0.0);
-    if dw.is_empty() || px == 0 || cv.n == 0 {
-        return;
+    if px == 0 || cv.n == 0 {
+        return dw.fill(0.0);
     }
     let plan = cv.plan();
     let groups = rayon::current_num_threads().max(1).min(plan.tiles).max(1);
     let bounds = |gi: usize| (gi * plan.tiles / groups, (gi + 1) * plan.tiles / groups);
     let accumulate = |acc: &mut [f32], gi: usize| {
         let (t0, t1) = bounds(gi);
+        acc.fill(0.0);
         let mut col = scratch::take(k * plan.rows * g.wo);
         for t in t0..t1 {
             let (img, oy0, oy1) = cv.tile(&plan, t);
@@ -287,15 +287,5 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };
-    if groups == 1 {
-        return accumulate(dw, 0);
-    }
-    let mut partials = scratch::take((groups - 1) * cv.co * k);
-    partials.fill(0.0);
-    {
-        let mut parts: Vec<&mut [f32]> = vec![&mut *dw];
-        parts.extend(partials.chunks_exact_mut(cv.co * k));
-        parts.into_par_iter().enumerate().for_each(|(gi, acc)| accumulate(acc, gi));
-    }
-    super::conv_cpu::add_partials(dw, &partials);
+    super::conv_cpu::sum_groups(dw, groups, accumulate);
 }

@@ -205,21 +205,27 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             acc.fill(0.0);
         }
     };
-    let dw = &mut dw[..cv.co * k];
-    if dw.is_empty() {
+    sum_groups(&mut dw[..cv.co * k], groups, accumulate);
+}
+
+/// `dst = sum over groups gi < groups of f(gi)`, where `f(acc, gi)` overwrites `acc` with
+/// group `gi`'s sum: group 0 writes `dst` itself, the others their own scratch partials, all
+/// in parallel, then the partials are added (the per-thread weight-gradient sums).
+pub(super) fn sum_groups(dst: &mut [f32], groups: usize, f: impl Fn(&mut [f32], usize) + Sync) {
+    if dst.is_empty() {
         return;
     }
-    if groups == 1 {
-        accumulate(dw, 0);
-        return;
+    if groups <= 1 {
+        return f(dst, 0);
     }
-    let mut partials = scratch::take((groups - 1) * cv.co * k);
+    let len = dst.len();
+    let mut partials = scratch::take((groups - 1) * len);
     {
-        let mut parts: Vec<&mut [f32]> = vec![&mut *dw];
-        parts.extend(partials.chunks_exact_mut(cv.co * k));
-        parts.into_par_iter().enumerate().for_each(|(gi, acc)| accumulate(acc, gi));
+        let mut parts: Vec<&mut [f32]> = vec![&mut *dst];
+        parts.extend(partials.chunks_exact_mut(len));
+        parts.into_par_iter().enumerate().for_each(|(gi, acc)| f(acc, gi));
     }
-    add_partials(dw, &partials);
+    add_partials(dst, &partials);
 }
 
 /// `dst += sum of the dst-sized partials` laid end to end in `partials`, in parallel over
