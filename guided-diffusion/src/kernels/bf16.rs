@@ -62,6 +62,12 @@ pub fn round_bits(x: f32) -> u32 {
     }
 }
 
+/// The bf16 pair `(lo, hi)` as one u32 (`lo` in the lower half), as AMX reads B.
+#[inline(always)]
+pub fn pair_bits(lo: f32, hi: f32) -> u32 {
+    round_bits(hi) | (round_bits(lo) >> 16)
+}
+
 /// `x` rounded to the nearest bf16, as an f32.
 #[inline(always)]
 pub fn round(x: f32) -> f32 {
@@ -218,7 +224,7 @@ pub fn pack_b_cols(b: &[f32], ld: usize, k: usize, n: usize, out: &mut [u32]) {
         let base = (j / T) * kb * T * T + j % T;
         let mut pairs = row.chunks_exact(2);
         for (p, pr) in pairs.by_ref().enumerate() {
-            out[base + p * T] = round_bits(pr[1]) | (round_bits(pr[0]) >> 16);
+            out[base + p * T] = pair_bits(pr[0], pr[1]);
         }
         if let [last] = pairs.remainder() {
             out[base + (k / 2) * T] = round_bits(*last) >> 16;
@@ -245,7 +251,7 @@ unsafe fn pack_pairs_avx512(a: &[f32], b: &[f32], out: &mut [u32]) {
 #[inline(always)]
 fn pack_pairs_impl(a: &[f32], b: &[f32], out: &mut [u32]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = round_bits(y) | (round_bits(x) >> 16);
+        *o = pair_bits(x, y);
     }
 }
 
@@ -258,18 +264,12 @@ fn pack_pair(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [
     for jb in 0..nb {
         let dst = &mut out[((jb * kb + kbi) * T + kp) * T..][..T];
         let c0 = jb * T;
-        if c0 + T <= n {
-            let a: &[f32; T] = r0[c0..c0 + T].try_into().unwrap();
-            let b: &[f32; T] = r1[c0..c0 + T].try_into().unwrap();
-            for c in 0..T {
-                dst[c] = round_bits(b[c]) | (round_bits(a[c]) >> 16);
-            }
-        } else {
+        let cols = n.saturating_sub(c0).min(T);
+        if cols < T {
             dst.fill(0);
-            for c in c0..n {
-                dst[c - c0] = round_bits(r1[c]) | (round_bits(r0[c]) >> 16);
-            }
         }
+        let c0 = c0.min(n);
+        pack_pairs_impl(&r0[c0..c0 + cols], &r1[c0..c0 + cols], &mut dst[..cols]);
     }
 }
 
