@@ -97,11 +97,7 @@ pub fn forward(cv: &Conv, x: &[f32], w: &[f32], flipped: bool, bias: &[f32], out
         };
         unsafe { bf16::gemm(pw, &rhs, tp, bias, dst, px, plan.gemm_threads) };
     };
-    if plan.par_tiles {
-        (0..plan.tiles).into_par_iter().for_each(run);
-    } else {
-        (0..plan.tiles).for_each(run);
-    }
+    plan.each_tile(run);
 }
 
 /// Whether the shifted-window ("taps") form applies: AMX, a multi-tap stride-1 kernel and

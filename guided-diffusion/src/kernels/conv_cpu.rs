@@ -47,6 +47,17 @@ pub(super) struct Plan {
     pub gemm_threads: usize,
 }
 
+impl Plan {
+    /// Runs `f` on every tile index, in parallel or one after the other as planned.
+    pub(super) fn each_tile(&self, f: impl Fn(usize) + Sync + Send) {
+        if self.par_tiles {
+            (0..self.tiles).into_par_iter().for_each(f);
+        } else {
+            (0..self.tiles).for_each(f);
+        }
+    }
+}
+
 impl Conv {
     pub(super) fn plan(&self) -> Plan {
         let g = &self.g;
@@ -133,11 +144,7 @@ pub fn forward(
             unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
         }
     };
-    if plan.par_tiles {
-        (0..plan.tiles).into_par_iter().for_each(run);
-    } else {
-        (0..plan.tiles).for_each(run);
-    }
+    plan.each_tile(run);
 }
 
 /// [`forward`] through Winograd, with the transform of `w` (or of its flipped transpose,
