@@ -1,27 +1,19 @@
 //! Mixed-precision training (`gdiff train --precision bf16`: a `kernels::bf16` scope around the
 //! training loop): on real data, the first steps' losses match float32 to bf16's precision and
 //! the loss falls as in float32. Its own test binary, because the scope is process-wide.
+mod support;
+
 use candle_core::Device;
 use candle_nn::VarMap;
-use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
+use guided_diffusion::data::BatchSource;
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
 use guided_diffusion::kernels;
-use guided_diffusion::models::{ModelFlags, Net, NetConfig};
+use guided_diffusion::models::Net;
 use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
+use support::train::{fashion_loader, tiny_config};
 
 fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
-    let mut f = ModelFlags::script_defaults();
-    f.image_size = 16;
-    f.in_channels = 1;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,1".into();
-    f.attention_resolutions = "8".into();
-    f.num_head_channels = 32;
-    f.class_cond = true;
-    f.num_classes = 10;
-    f.learn_sigma = true;
-    let cfg = NetConfig::UNet(f.to_config().unwrap());
+    let cfg = tiny_config();
     let vm = VarMap::new();
     let net = Net::new(&cfg, guided_diffusion::models::init::seeded_var_builder(&vm, 11, &Device::Cpu)).unwrap();
     let diffusion = DiffusionConfig { steps: 1000, learn_sigma: true, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
@@ -36,20 +28,11 @@ fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
     TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null()).unwrap()
 }
 
-fn loader() -> Loader {
-    let mut spec = DataSpec::new("fashion-mnist", 16);
-    spec.class_cond = true;
-    spec.channels = 1;
-    let mut lc = LoaderConfig::new(16, 1);
-    lc.workers = 1;
-    Loader::new(open_dataset(&spec).unwrap(), lc).unwrap()
-}
-
 /// The loss of each of `steps` steps.
 fn losses(bf16: bool, steps: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let mut lp = tiny_loop(dir.path());
-    let mut data = loader();
+    let mut data = fashion_loader(16, 1);
     let _scope = bf16.then(kernels::bf16);
     (0..steps)
         .map(|_| {

@@ -4,10 +4,11 @@ mod support;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use guided_diffusion::data::{open_dataset, DataSpec, Loader, LoaderConfig};
+use guided_diffusion::data::Loader;
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
-use guided_diffusion::models::{ModelFlags, Net, NetConfig};
+use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::{DiffusionObjective, Logger, MicroScaling, ParamSet, TrainConfig, TrainLoop};
+use support::train::{fashion_loader, tiny_config};
 use support::{golden, Case};
 
 fn trainable(cfg: &NetConfig) -> (Net, VarMap) {
@@ -46,30 +47,6 @@ fn train_step_on_golden_model_matches_training_losses_and_reaches_every_paramete
         }
     }
     assert!(zero.is_empty(), "parameters with an all-zero gradient: {zero:?}");
-}
-
-fn tiny_config() -> NetConfig {
-    let mut f = ModelFlags::script_defaults();
-    f.image_size = 16;
-    f.in_channels = 1;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,1".into();
-    f.attention_resolutions = "8".into();
-    f.num_head_channels = 32;
-    f.class_cond = true;
-    f.num_classes = 10;
-    f.learn_sigma = true;
-    NetConfig::UNet(f.to_config().unwrap())
-}
-
-fn fashion_loader(batch: usize, seed: u64) -> Loader {
-    let mut spec = DataSpec::new("fashion-mnist", 16);
-    spec.class_cond = true;
-    spec.channels = 1;
-    let mut lc = LoaderConfig::new(batch, seed);
-    lc.workers = 1;
-    Loader::new(open_dataset(&spec).unwrap(), lc).unwrap()
 }
 
 fn train_loop(dir: &std::path::Path, steps: u64, lr: f64) -> (TrainLoop<DiffusionObjective>, VarMap) {

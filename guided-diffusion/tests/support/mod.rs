@@ -1,5 +1,7 @@
-//! Shared helpers of the parity tests: golden file paths, case loading, tolerance checks.
+//! Shared helpers of the parity tests: golden file paths, case loading, tolerance checks;
+//! `train`: the training tests' tiny model and data.
 #![allow(dead_code)]
+pub mod train;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
