@@ -5,15 +5,12 @@
 //! gradients stay f32; attention's forward products are bf16 and its backward f32; outside the
 //! scope nothing changes. One test function, because the scope
 //! and the AMX switch are process-wide.
+mod support;
+
 use candle_core::{Device, Tensor, Var};
 use guided_diffusion::kernels::{self, amx, bf16};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-
-fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use rand::{rngs::StdRng, SeedableRng};
+use support::rand_tensor;
 
 fn vals(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()

@@ -2,15 +2,12 @@
 //! autograd: forward, input gradient, weight gradient, bias gradient and a second derivative,
 //! on random shapes including stride 2, odd sizes, batch 1 and 1x1 kernels; plus the fallback
 //! rules (other dtypes, the switch).
-use candle_core::{DType, Device, Tensor, Var};
+mod support;
+
+use candle_core::{DType, Tensor, Var};
 use guided_diffusion::kernels;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-
-fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use support::rand_tensor;
 
 /// Max |a - b| must stay within `rtol` of max |b| (plus a tiny floor).
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f32) {

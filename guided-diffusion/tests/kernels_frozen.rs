@@ -2,15 +2,12 @@
 //! reuse the weights' derived forms (Winograd transform, flipped weight), giving the same bits
 //! as without it; variables are never cached; the cache empties when the last scope ends.
 //! One test function, because the scope and its cache are process-wide.
-use candle_core::{Device, Tensor, Var};
-use guided_diffusion::kernels::{self, frozen};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+mod support;
 
-fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use candle_core::{Tensor, Var};
+use guided_diffusion::kernels::{self, frozen};
+use rand::{rngs::StdRng, SeedableRng};
+use support::rand_tensor;
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()

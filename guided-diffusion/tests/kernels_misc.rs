@@ -2,15 +2,12 @@
 //! upsampling and its adjoint, softmax, QKV attention; plus the candle upsampling backward
 //! bug the fast op avoids.
 //! (`Conv1x1` on and off the fast path: see `kernels_switch.rs`.)
+mod support;
+
 use candle_core::{DType, Device, Tensor, Var};
 use guided_diffusion::kernels;
-use rand::{rngs::StdRng, Rng, SeedableRng};
-
-fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use rand::{rngs::StdRng, SeedableRng};
+use support::rand_tensor;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());

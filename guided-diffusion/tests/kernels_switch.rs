@@ -1,11 +1,14 @@
 //! The kernels switch, in its own test binary (and one test function) because it flips
 //! process-wide state: with the fast kernels off, `kernels::conv2d` is candle's op (same
 //! results, same errors), and the layers built on the kernels agree on and off.
+mod support;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use guided_diffusion::kernels;
 use guided_diffusion::models::layers::Conv1x1;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+use support::rand_tensor;
 
 #[test]
 fn kernels_switch_on_off() {
@@ -75,12 +78,6 @@ fn conv1x1_on_matches_off() {
     for (a, b) in outs[0].1.iter().zip(&outs[1].1) {
         assert!(max_diff(a, b) < 1e-4);
     }
-}
-
-fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -7,6 +7,14 @@ use std::path::PathBuf;
 
 use guided_diffusion::{DType, Device, Tensor};
 
+/// A tensor of uniform values in [-1, 1) drawn from `rng` (the kernel tests' random inputs).
+pub fn rand_tensor(rng: &mut rand::rngs::StdRng, shape: &[usize]) -> Tensor {
+    use rand::Rng;
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
 pub fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
