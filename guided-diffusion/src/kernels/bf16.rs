@@ -299,7 +299,7 @@ pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mu
             }
             sgemm(m, n, k, MatMut::rows(dst, ldc), true, MatRef::rows(wr.as_ptr(), k), MatRef::rows(br.as_ptr(), n), threads);
         }
-        PackedWeight::Amx { .. } => gemm_packed(w, &PackedB::new(rhs, w.k(), n), amx::Start::Bias(bias), dst, ldc, threads),
+        PackedWeight::Amx { k, .. } => gemm_packed(w, &PackedB::new(rhs, *k, n), amx::Start::Bias(bias), dst, ldc, threads),
     }
 }
 
@@ -320,16 +320,6 @@ impl PackedB {
             _ => pack_b(rhs, k, n, words),
         }
         PackedB { buf, k, n }
-    }
-}
-
-impl PackedWeight {
-    /// The depth `k` of the product.
-    pub fn k(&self) -> usize {
-        match self {
-            PackedWeight::Amx { k, .. } => *k,
-            PackedWeight::Rounded(_) => 0,
-        }
     }
 }
 
