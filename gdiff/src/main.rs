@@ -7,7 +7,11 @@ mod commands;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gdiff", version, about = "Guided diffusion (ADM) in Rust: sample, train, evaluate, convert, inspect")]
+#[command(
+    name = "gdiff",
+    version,
+    about = "Guided diffusion (ADM) in Rust: sample, train, evaluate, convert, inspect"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,12 @@ fn run() -> anyhow::Result<()> {
 /// Help and version as clap prints them; usage errors as one line.
 fn clap_exit(e: clap::Error) -> ! {
     use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         e.exit()
     }
     let text = e.to_string();

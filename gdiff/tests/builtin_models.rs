@@ -32,9 +32,24 @@ fn builtin_guided_sampling_draws_the_asked_classes() {
     let dir = tmpdir("sample");
     let out = dir.join("s.npz");
     let o = gdiff(&[
-        "sample", "--classes", "0,1,2,3,4,5,6,7,8,9", "--classifier_scale", "2", "--timestep_respacing", "ddim25",
-        "--use_ddim", "True", "--num_samples", "20", "--batch_size", "20", "--seed", "0", "--output",
-        out.to_str().unwrap(), "--quiet",
+        "sample",
+        "--classes",
+        "0,1,2,3,4,5,6,7,8,9",
+        "--classifier_scale",
+        "2",
+        "--timestep_respacing",
+        "ddim25",
+        "--use_ddim",
+        "True",
+        "--num_samples",
+        "20",
+        "--batch_size",
+        "20",
+        "--seed",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
     ]);
     ok(&o);
     assert!(dir.join("s.png").exists(), "the grid is written beside the npz");
@@ -42,13 +57,21 @@ fn builtin_guided_sampling_draws_the_asked_classes() {
     let images = npz.get("arr_0").unwrap().unwrap();
     let labels: Vec<i64> = npz.get("arr_1").unwrap().unwrap().to_vec1().unwrap();
     assert_eq!(images.dims(), [20, 32, 32, 1]);
-    let judge = Judge::new(Net::load_embedded(models().join("judge.safetensors"), &Device::Cpu).unwrap(), Device::Cpu).unwrap();
+    let judge = Judge::new(
+        Net::load_embedded(models().join("judge.safetensors"), &Device::Cpu).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap();
     let v = judge.judge(&images, 20).unwrap();
     let asked: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     let acc = v.accuracy(&asked).unwrap();
     // The sweep measures 74% for this setting on 300 samples (50% unguided, 10% chance);
     // 20 samples leave room for chance.
-    assert!(acc >= 0.5, "the judge recognises only {:.0}% of the guided samples as the asked class", 100.0 * acc);
+    assert!(
+        acc >= 0.5,
+        "the judge recognises only {:.0}% of the guided samples as the asked class",
+        100.0 * acc
+    );
 }
 
 #[test]
@@ -57,9 +80,27 @@ fn builtin_sampling_in_bf16_stays_close_to_f32() {
     let run = |precision: &str| {
         let out = dir.join(format!("{precision}.npz"));
         let o = gdiff(&[
-            "sample", "--classes", "0,1,2,3,4,5,6,7,8,9", "--classifier_scale", "2", "--timestep_respacing", "ddim10",
-            "--use_ddim", "True", "--num_samples", "10", "--batch_size", "10", "--seed", "1", "--output",
-            out.to_str().unwrap(), "--no_grid", "--quiet", "--precision", precision,
+            "sample",
+            "--classes",
+            "0,1,2,3,4,5,6,7,8,9",
+            "--classifier_scale",
+            "2",
+            "--timestep_respacing",
+            "ddim10",
+            "--use_ddim",
+            "True",
+            "--num_samples",
+            "10",
+            "--batch_size",
+            "10",
+            "--seed",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+            "--no_grid",
+            "--quiet",
+            "--precision",
+            precision,
         ]);
         ok(&o);
         let npz = candle_core::npy::NpzTensors::new(&out).unwrap();
@@ -74,7 +115,10 @@ fn builtin_sampling_in_bf16_stays_close_to_f32() {
     // Same noise, same model: bf16 rounding moves pixels by a fraction of a level on average
     // (0.24 of 255 measured with ddim25), never to another image.
     assert!(a != b, "--precision bf16 changed nothing");
-    assert!(mean < 1.5 && max < 64, "bf16 samples differ from f32 by {mean:.2} levels on average, {max} at most");
+    assert!(
+        mean < 1.5 && max < 64,
+        "bf16 samples differ from f32 by {mean:.2} levels on average, {max} at most"
+    );
 }
 
 #[test]
@@ -82,8 +126,21 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
     let dir = tmpdir("sweep");
     let cond = models().join("model.safetensors");
     let o = gdiff(&[
-        "guidance-sweep", "--model", &format!("conditional={}", cond.display()), "--scales", "0,4", "--samplers", "ddim10",
-        "--num_samples", "20", "--batch_size", "20", "--reference_images", "2000", "--out_dir", dir.to_str().unwrap(),
+        "guidance-sweep",
+        "--model",
+        &format!("conditional={}", cond.display()),
+        "--scales",
+        "0,4",
+        "--samplers",
+        "ddim10",
+        "--num_samples",
+        "20",
+        "--batch_size",
+        "20",
+        "--reference_images",
+        "2000",
+        "--out_dir",
+        dir.to_str().unwrap(),
         "--quiet",
     ]);
     ok(&o);
@@ -92,20 +149,27 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
     assert_eq!(rows[0], "model,sampler,scale,accuracy,fd,precision,recall,seconds");
     assert_eq!(rows.len(), 4, "{csv}");
     assert!(rows[1].starts_with("real test images,-,-,"), "{csv}");
-    assert!(rows[2].starts_with("conditional,ddim10,0,") && rows[3].starts_with("conditional,ddim10,4,"), "{csv}");
+    assert!(
+        rows[2].starts_with("conditional,ddim10,0,")
+            && rows[3].starts_with("conditional,ddim10,4,"),
+        "{csv}"
+    );
     for r in &rows[1..] {
         let f: Vec<f64> = r.split(',').skip(3).map(|x| x.parse().unwrap()).collect();
         assert!(f[0] >= 0.0 && f[0] <= 1.0 && f[1] >= 0.0 && f[1].is_finite(), "{r}");
         assert!((0.0..=1.0).contains(&f[2]) && (0.0..=1.0).contains(&f[3]), "{r}");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     assert!(json["judge_accuracy_on_reference"].as_f64().unwrap() > 0.8, "{json}");
     let png = std::fs::read(dir.join("tradeoff.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let plot = image::load_from_memory(&png).unwrap();
     assert_eq!((plot.width(), plot.height()), (1120, 800));
     assert!(dir.join("conditional_ddim10_scale4.png").exists());
-    assert!(std::fs::read_to_string(dir.join("results.md")).unwrap().contains("| conditional | ddim10 | 4 |"));
+    assert!(std::fs::read_to_string(dir.join("results.md"))
+        .unwrap()
+        .contains("| conditional | ddim10 | 4 |"));
 }
 
 #[test]

@@ -20,7 +20,8 @@ fn gdiff(args: &[&str]) -> std::process::Output {
 }
 
 fn case(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(golden(&format!("case_{name}.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(golden(&format!("case_{name}.safetensors")), &Device::Cpu)
+        .unwrap()
 }
 
 /// Runs the golden DDIM case through the command line and compares the npz.
@@ -32,23 +33,53 @@ fn sample_case(name: &str, guided: bool) {
     let out = dir.join("out.npz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let mut args: Vec<String> = [
-        "sample", "--model_path", &s(&golden("model_unet_a.safetensors")), "--model_config", &s(&golden("model_unet_a.json")),
-        "--diffusion_steps", "1000", "--noise_schedule", "cosine", "--timestep_respacing", "ddim10",
-        "--use_ddim", "True", "--clip_denoised", "True", "--classes", "3,7", "--num_samples", "2", "--batch_size", "2",
-        "--init_noise", &s(&noise), "--output", &s(&out), "--quiet",
+        "sample",
+        "--model_path",
+        &s(&golden("model_unet_a.safetensors")),
+        "--model_config",
+        &s(&golden("model_unet_a.json")),
+        "--diffusion_steps",
+        "1000",
+        "--noise_schedule",
+        "cosine",
+        "--timestep_respacing",
+        "ddim10",
+        "--use_ddim",
+        "True",
+        "--clip_denoised",
+        "True",
+        "--classes",
+        "3,7",
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--init_noise",
+        &s(&noise),
+        "--output",
+        &s(&out),
+        "--quiet",
     ]
     .iter()
     .map(|x| x.to_string())
     .collect();
     if guided {
-        for a in ["--classifier_path", &s(&golden("model_clf_attn.pt")), "--classifier_config", &s(&golden("model_clf_attn.json")), "--classifier_scale", "3.0"] {
+        for a in [
+            "--classifier_path",
+            &s(&golden("model_clf_attn.pt")),
+            "--classifier_config",
+            &s(&golden("model_clf_attn.json")),
+            "--classifier_scale",
+            "3.0",
+        ] {
             args.push(a.to_string());
         }
     }
     let o = gdiff(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "gdiff failed: {}", String::from_utf8_lossy(&o.stderr));
     let arrays = Tensor::read_npz(&out).unwrap();
-    let get = |k: &str| arrays.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("no {k}")).1.clone();
+    let get =
+        |k: &str| arrays.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("no {k}")).1.clone();
     let img = get("arr_0");
     assert_eq!(img.dtype(), DType::U8);
     let want = &c["out.sample_uint8_nhwc"];
@@ -84,8 +115,19 @@ fn err_of(args: &[&str]) -> String {
 }
 
 fn unet_a_args<'a>(extra: &[&'a str]) -> Vec<String> {
-    let mut v: Vec<String> = ["sample", "--model_path", golden("model_unet_a.pt").to_str().unwrap(), "--model_config", golden("model_unet_a.json").to_str().unwrap(), "--num_samples", "1", "--quiet"]
-        .iter().map(|s| s.to_string()).collect();
+    let mut v: Vec<String> = [
+        "sample",
+        "--model_path",
+        golden("model_unet_a.pt").to_str().unwrap(),
+        "--model_config",
+        golden("model_unet_a.json").to_str().unwrap(),
+        "--num_samples",
+        "1",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -104,9 +146,28 @@ fn cli_errors_are_one_clear_line() {
     assert!(e.contains("--timestep_respacing") && e.contains("999"), "{e}");
 
     // A flag that does not match the checkpoint: names the keys and the flag.
-    let e = err_of(&["sample", "--model_path", golden("model_unet_b.pt").to_str().unwrap(), "--image_size", "32",
-        "--num_channels", "64", "--num_res_blocks", "1", "--channel_mult", "1,1", "--attention_resolutions", "16", "--num_heads", "2",
-        "--use_scale_shift_norm", "False", "--num_samples", "1", "--quiet"]);
+    let e = err_of(&[
+        "sample",
+        "--model_path",
+        golden("model_unet_b.pt").to_str().unwrap(),
+        "--image_size",
+        "32",
+        "--num_channels",
+        "64",
+        "--num_res_blocks",
+        "1",
+        "--channel_mult",
+        "1,1",
+        "--attention_resolutions",
+        "16",
+        "--num_heads",
+        "2",
+        "--use_scale_shift_norm",
+        "False",
+        "--num_samples",
+        "1",
+        "--quiet",
+    ]);
     assert!(e.contains("time_embed.0.weight") && e.contains("--num_channels"), "{e}");
 
     let e = err_of(&["sample", "--class_cond", "maybe"]);
@@ -115,8 +176,16 @@ fn cli_errors_are_one_clear_line() {
     let dir = tmpdir("badnpz");
     let bad = dir.join("bad.npz");
     std::fs::write(&bad, b"not a zip").unwrap();
-    let e = err_of(&["super-res", "--model_path", golden("model_sr.pt").to_str().unwrap(), "--model_config", golden("model_sr.json").to_str().unwrap(),
-        "--base_samples", bad.to_str().unwrap(), "--quiet"]);
+    let e = err_of(&[
+        "super-res",
+        "--model_path",
+        golden("model_sr.pt").to_str().unwrap(),
+        "--model_config",
+        golden("model_sr.json").to_str().unwrap(),
+        "--base_samples",
+        bad.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(e.contains("bad.npz") && e.contains("npz"), "{e}");
 }
 
@@ -127,19 +196,61 @@ fn cli_sample_help_lists_every_reference_flag() {
     let help = String::from_utf8_lossy(&o.stdout);
     for flag in [
         // image_sample.py / classifier_sample.py
-        "clip_denoised", "num_samples", "batch_size", "use_ddim", "model_path", "classifier_path", "classifier_scale",
+        "clip_denoised",
+        "num_samples",
+        "batch_size",
+        "use_ddim",
+        "model_path",
+        "classifier_path",
+        "classifier_scale",
         // model_and_diffusion_defaults()
-        "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample", "num_head_channels",
-        "attention_resolutions", "channel_mult", "dropout", "class_cond", "use_checkpoint", "use_scale_shift_norm",
-        "resblock_updown", "use_fp16", "use_new_attention_order", "learn_sigma", "diffusion_steps", "noise_schedule",
-        "timestep_respacing", "use_kl", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas",
+        "image_size",
+        "num_channels",
+        "num_res_blocks",
+        "num_heads",
+        "num_heads_upsample",
+        "num_head_channels",
+        "attention_resolutions",
+        "channel_mult",
+        "dropout",
+        "class_cond",
+        "use_checkpoint",
+        "use_scale_shift_norm",
+        "resblock_updown",
+        "use_fp16",
+        "use_new_attention_order",
+        "learn_sigma",
+        "diffusion_steps",
+        "noise_schedule",
+        "timestep_respacing",
+        "use_kl",
+        "predict_xstart",
+        "rescale_timesteps",
+        "rescale_learned_sigmas",
         // classifier_defaults()
-        "classifier_use_fp16", "classifier_width", "classifier_depth", "classifier_attention_resolutions",
-        "classifier_use_scale_shift_norm", "classifier_resblock_updown", "classifier_pool",
+        "classifier_use_fp16",
+        "classifier_width",
+        "classifier_depth",
+        "classifier_attention_resolutions",
+        "classifier_use_scale_shift_norm",
+        "classifier_resblock_updown",
+        "classifier_pool",
         // additions
-        "model_config", "classifier_config", "num_classes", "classes", "seed", "init_noise", "eta", "output", "grid",
-        "quiet", "preset",
+        "model_config",
+        "classifier_config",
+        "num_classes",
+        "classes",
+        "seed",
+        "init_noise",
+        "eta",
+        "output",
+        "grid",
+        "quiet",
+        "preset",
     ] {
-        assert!(help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")), "--{flag} missing from sample --help");
+        assert!(
+            help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+            "--{flag} missing from sample --help"
+        );
     }
 }

@@ -6,12 +6,21 @@ use std::process::Command;
 use candle_core::Tensor;
 
 fn golden(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guided-diffusion/tests/golden").join(name).to_str().unwrap().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../guided-diffusion/tests/golden")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn gdiff(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_gdiff")).args(args).output().expect("gdiff runs");
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -21,8 +30,20 @@ fn ok(args: &[&str]) -> String {
 }
 
 const UNET_B_FLAGS: &[&str] = &[
-    "--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,1",
-    "--attention_resolutions", "16", "--num_heads", "2", "--use_scale_shift_norm", "False",
+    "--image_size",
+    "32",
+    "--num_channels",
+    "32",
+    "--num_res_blocks",
+    "1",
+    "--channel_mult",
+    "1,1",
+    "--attention_resolutions",
+    "16",
+    "--num_heads",
+    "2",
+    "--use_scale_shift_norm",
+    "False",
 ];
 
 #[test]
@@ -42,18 +63,40 @@ fn cli_convert_inspect_round_trip() {
 
     // The converted file samples with no model flags at all.
     let npz = dir.path().join("s.npz");
-    ok(&["sample", "--model_path", st.to_str().unwrap(), "--num_samples", "2", "--batch_size", "2",
-        "--timestep_respacing", "ddim5", "--use_ddim", "True", "--seed", "3", "--output", npz.to_str().unwrap(), "--quiet"]);
+    ok(&[
+        "sample",
+        "--model_path",
+        st.to_str().unwrap(),
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--timestep_respacing",
+        "ddim5",
+        "--use_ddim",
+        "True",
+        "--seed",
+        "3",
+        "--output",
+        npz.to_str().unwrap(),
+        "--quiet",
+    ]);
     let arrays = Tensor::read_npz(&npz).unwrap();
     assert_eq!(arrays.iter().find(|(n, _)| n == "arr_0").unwrap().1.dims(), &[2, 32, 32, 3]);
-    assert!(arrays.iter().all(|(n, _)| n != "arr_1"), "an unconditional, unguided run has no labels");
+    assert!(
+        arrays.iter().all(|(n, _)| n != "arr_1"),
+        "an unconditional, unguided run has no labels"
+    );
 
     // And back to .pt, which the golden config loads again.
     let pt = dir.path().join("back.pt");
     ok(&["convert", st.to_str().unwrap(), pt.to_str().unwrap()]);
     let inferred = ok(&["inspect", pt.to_str().unwrap(), "--no_keys"]);
     assert!(inferred.contains("inferred from the shapes"), "{inferred}");
-    assert!(inferred.contains("num_res_blocks: 1") && inferred.contains("channel_mult: [1, 1]"), "{inferred}");
+    assert!(
+        inferred.contains("num_res_blocks: 1") && inferred.contains("channel_mult: [1, 1]"),
+        "{inferred}"
+    );
     assert!(inferred.contains("attention_resolutions (downsample factors): [2]"), "{inferred}");
 }
 
@@ -62,11 +105,37 @@ fn cli_same_seed_same_samples_whatever_the_batch_size() {
     let dir = tempfile::tempdir().unwrap();
     let run = |batch: &str, name: &str| {
         let npz = dir.path().join(name);
-        ok(&["sample", "--model_path", &golden("model_unet_a.safetensors"), "--model_config", &golden("model_unet_a.json"),
-            "--noise_schedule", "cosine", "--timestep_respacing", "4", "--num_samples", "3", "--batch_size", batch,
-            "--seed", "42", "--output", npz.to_str().unwrap(), "--no_grid", "--quiet"]);
+        ok(&[
+            "sample",
+            "--model_path",
+            &golden("model_unet_a.safetensors"),
+            "--model_config",
+            &golden("model_unet_a.json"),
+            "--noise_schedule",
+            "cosine",
+            "--timestep_respacing",
+            "4",
+            "--num_samples",
+            "3",
+            "--batch_size",
+            batch,
+            "--seed",
+            "42",
+            "--output",
+            npz.to_str().unwrap(),
+            "--no_grid",
+            "--quiet",
+        ]);
         let a = Tensor::read_npz(&npz).unwrap();
-        let img: Vec<u8> = a.iter().find(|(n, _)| n == "arr_0").unwrap().1.flatten_all().unwrap().to_vec1().unwrap();
+        let img: Vec<u8> = a
+            .iter()
+            .find(|(n, _)| n == "arr_0")
+            .unwrap()
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let lab: Vec<i64> = a.iter().find(|(n, _)| n == "arr_1").unwrap().1.to_vec1().unwrap();
         (img, lab)
     };
@@ -78,15 +147,32 @@ fn cli_same_seed_same_samples_whatever_the_batch_size() {
     // move a pixel across a uint8 truncation boundary.
     let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     let max = a.iter().zip(&b).map(|(x, y)| (*x as i32 - *y as i32).abs()).max().unwrap();
-    assert!(max <= 1 && differ * 1000 <= a.len(), "batch size changed the samples: {differ} pixels, max {max} levels");
+    assert!(
+        max <= 1 && differ * 1000 <= a.len(),
+        "batch size changed the samples: {differ} pixels, max {max} levels"
+    );
 }
 
 #[test]
 fn cli_nll_writes_the_reference_term_files() {
     let dir = tempfile::tempdir().unwrap();
     let src = golden("model_unet_b.pt");
-    let mut args = vec!["nll", "--data_dir", "fashion-mnist:test", "--model_path", &src[..],
-        "--timestep_respacing", "5", "--num_samples", "2", "--batch_size", "2", "--quiet", "--log_dir", dir.path().to_str().unwrap()];
+    let mut args = vec![
+        "nll",
+        "--data_dir",
+        "fashion-mnist:test",
+        "--model_path",
+        &src[..],
+        "--timestep_respacing",
+        "5",
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--quiet",
+        "--log_dir",
+        dir.path().to_str().unwrap(),
+    ];
     args.extend_from_slice(UNET_B_FLAGS);
     let out = ok(&args);
     assert!(out.contains("bpd="), "{out}");
@@ -102,15 +188,43 @@ fn cli_nll_writes_the_reference_term_files() {
 fn cli_super_res_upsamples_base_samples() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.npz");
-    let imgs = Tensor::arange(0u32, 2 * 16 * 16 * 3, &candle_core::Device::Cpu).unwrap()
-        .affine(1.0, 0.0).unwrap().to_dtype(candle_core::DType::U8).unwrap().reshape((2, 16, 16, 3)).unwrap();
+    let imgs = Tensor::arange(0u32, 2 * 16 * 16 * 3, &candle_core::Device::Cpu)
+        .unwrap()
+        .affine(1.0, 0.0)
+        .unwrap()
+        .to_dtype(candle_core::DType::U8)
+        .unwrap()
+        .reshape((2, 16, 16, 3))
+        .unwrap();
     let labels = Tensor::new(&[7i64, 2], &candle_core::Device::Cpu).unwrap();
     Tensor::write_npz(&[("arr_0", &imgs), ("arr_1", &labels)], &base).unwrap();
     let out = dir.path().join("up.npz");
-    ok(&["super-res", "--model_path", &golden("model_sr.pt"), "--model_config", &golden("model_sr.json"),
-        "--base_samples", base.to_str().unwrap(), "--large_size", "32", "--small_size", "16", "--num_samples", "2",
-        "--batch_size", "2", "--timestep_respacing", "ddim4", "--use_ddim", "True", "--seed", "1",
-        "--output", out.to_str().unwrap(), "--quiet"]);
+    ok(&[
+        "super-res",
+        "--model_path",
+        &golden("model_sr.pt"),
+        "--model_config",
+        &golden("model_sr.json"),
+        "--base_samples",
+        base.to_str().unwrap(),
+        "--large_size",
+        "32",
+        "--small_size",
+        "16",
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--timestep_respacing",
+        "ddim4",
+        "--use_ddim",
+        "True",
+        "--seed",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     let a = Tensor::read_npz(&out).unwrap();
     assert_eq!(a.iter().find(|(n, _)| n == "arr_0").unwrap().1.dims(), &[2, 32, 32, 3]);
     let l: Vec<i64> = a.iter().find(|(n, _)| n == "arr_1").unwrap().1.to_vec1().unwrap();

@@ -14,15 +14,10 @@ struct Cli {
     args: eval::EvalArgs,
 }
 
-const FIX: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../guided-diffusion/tests/fixtures/eval"
-);
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guided-diffusion/tests/fixtures/eval");
 
 fn parse(argv: &[&str]) -> eval::EvalArgs {
-    Cli::try_parse_from(std::iter::once("gdiff-eval").chain(argv.iter().copied()))
-        .unwrap()
-        .args
+    Cli::try_parse_from(std::iter::once("gdiff-eval").chain(argv.iter().copied())).unwrap().args
 }
 
 fn json(path: &std::path::Path) -> serde_json::Value {
@@ -33,18 +28,8 @@ fn json(path: &std::path::Path) -> serde_json::Value {
 fn eval_cli_features_mode_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
-    let (r, s) = (
-        format!("{FIX}/e2e/ref_features.npz"),
-        format!("{FIX}/e2e/sample_features.npz"),
-    );
-    let args = parse(&[
-        &r,
-        &s,
-        "--features",
-        "--output",
-        out.to_str().unwrap(),
-        "--no_progress",
-    ]);
+    let (r, s) = (format!("{FIX}/e2e/ref_features.npz"), format!("{FIX}/e2e/sample_features.npz"));
+    let args = parse(&[&r, &s, "--features", "--output", out.to_str().unwrap(), "--no_progress"]);
     assert_eq!(args.batch_size, 64);
     eval::run(&args).unwrap();
     let got = json(&out);
@@ -60,10 +45,8 @@ fn eval_cli_features_mode_end_to_end() {
     close("recall", "recall_f16", 1e-12);
     assert_eq!(got["details"]["num_reference"], 60);
     // no temporary file left behind
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["results.json"]);
 }
 
@@ -73,9 +56,7 @@ fn eval_cli_images_through_synthetic_inception() {
     let imgs = format!("{FIX}/npz/images.npz");
     let imgs_c = format!("{FIX}/npz/images_compressed.npz");
     for with_head in [true, false] {
-        let w = dir
-            .path()
-            .join(format!("inception_{with_head}.safetensors"));
+        let w = dir.path().join(format!("inception_{with_head}.safetensors"));
         guided_diffusion::eval::inception::synthetic::save_synthetic_weights(&w, with_head)
             .unwrap();
         let out = dir.path().join("r.json");
@@ -98,10 +79,7 @@ fn eval_cli_images_through_synthetic_inception() {
         // same five images on both sides
         assert!(got["fid"].as_f64().unwrap().abs() < 1e-2, "{got}");
         assert!(got["sfid"].as_f64().unwrap().abs() < 1e-2, "{got}");
-        assert_eq!(
-            (got["precision"].as_f64(), got["recall"].as_f64()),
-            (Some(1.0), Some(1.0))
-        );
+        assert_eq!((got["precision"].as_f64(), got["recall"].as_f64()), (Some(1.0), Some(1.0)));
         assert_eq!(got["details"]["num_samples"], 5);
         if with_head {
             assert!(got["inception_score"].as_f64().unwrap() >= 1.0, "{got}");
@@ -122,22 +100,13 @@ fn eval_cli_errors_name_the_culprit() {
     let e = err(&[&imgs, &imgs]);
     assert!(e.contains("--inception") && e.contains("--features"), "{e}");
     let e = err(&[&imgs, &imgs, "--inception", "/nonexistent/w.pt"]);
-    assert!(
-        e.contains("/nonexistent/w.pt") && e.contains("not found"),
-        "{e}"
-    );
+    assert!(e.contains("/nonexistent/w.pt") && e.contains("not found"), "{e}");
     let e = err(&[&imgs, &imgs, "--features", "--batch_size", "0"]);
     assert!(e.contains("--batch_size"), "{e}");
     let e = err(&[&imgs, &imgs, "--features", "--device", "tpu"]);
     assert!(e.contains("--device"), "{e}");
     let bad = format!("{FIX}/npz/bad_missing_arr0.npz");
     let e = err(&[&bad, &imgs, "--features"]);
-    assert!(
-        e.contains("bad_missing_arr0.npz") && e.contains("'pool'"),
-        "{e}"
-    );
-    assert!(
-        Cli::try_parse_from(["gdiff-eval", &imgs]).is_err(),
-        "two batches are required"
-    );
+    assert!(e.contains("bad_missing_arr0.npz") && e.contains("'pool'"), "{e}");
+    assert!(Cli::try_parse_from(["gdiff-eval", &imgs]).is_err(), "two batches are required");
 }

@@ -51,7 +51,14 @@ fn single(batch: usize, dir: &Path) {
 
 fn mpirun(np: usize, batch: usize, dir: &Path) {
     let o = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), "-x", "RAYON_NUM_THREADS=1"])
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            &np.to_string(),
+            "-x",
+            "RAYON_NUM_THREADS=1",
+        ])
         .arg(env!("CARGO_BIN_EXE_gdiff"))
         .args(train_args(batch, dir))
         .output()
@@ -61,7 +68,8 @@ fn mpirun(np: usize, batch: usize, dir: &Path) {
 
 fn params(dir: &Path) -> HashMap<String, Tensor> {
     let p = dir.join(format!("model{STEPS:06}.safetensors"));
-    candle_core::safetensors::load(&p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    candle_core::safetensors::load(&p, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Largest |a - b| over all parameters, and the largest |a| (for scale).
@@ -70,7 +78,16 @@ fn max_abs_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32
     let mut m = 0f32;
     for (k, ta) in a {
         let tb = b.get(k).unwrap_or_else(|| panic!("{k} missing"));
-        let d = (ta - tb).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = (ta - tb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         m = m.max(d);
     }
     m
@@ -83,7 +100,8 @@ fn mpi_two_ranks_of_b_match_one_process_of_2b() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (one_2b, two_b, one_b) = (tmp.path().join("one_2b"), tmp.path().join("two_b"), tmp.path().join("one_b"));
+    let (one_2b, two_b, one_b) =
+        (tmp.path().join("one_2b"), tmp.path().join("two_b"), tmp.path().join("one_b"));
     single(2 * B, &one_2b);
     mpirun(2, B, &two_b);
     single(B, &one_b);
@@ -97,5 +115,8 @@ fn mpi_two_ranks_of_b_match_one_process_of_2b() {
     assert!(!two_b.join("log-rank001.txt").exists());
     // Adam moves each parameter by ~lr per step (3e-4 in all); fp summation order differs.
     assert!(diff < 2e-5, "2 ranks x b differ from 1 x 2b by {diff:e}");
-    assert!(control > 20.0 * diff.max(1e-7), "control run (different data) differs by only {control:e}: the comparison proves nothing");
+    assert!(
+        control > 20.0 * diff.max(1e-7),
+        "control run (different data) differs by only {control:e}: the comparison proves nothing"
+    );
 }

@@ -50,7 +50,9 @@ fn main() {
     for &(set, n, c, hw, co) in shapes {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap();
-        let w = (Tensor::randn(0f32, 1.0, (co, c, 3, 3), &dev).unwrap() * (1.0 / (9.0 * c as f64).sqrt())).unwrap();
+        let w = (Tensor::randn(0f32, 1.0, (co, c, 3, 3), &dev).unwrap()
+            * (1.0 / (9.0 * c as f64).sqrt()))
+        .unwrap();
         let b = Tensor::zeros(co, candle_core::DType::F32, &dev).unwrap();
         let flop = 2.0 * (n * co * hw * hw * c * 9) as f64;
         let d = time_conv(&x, &w, &b, false);

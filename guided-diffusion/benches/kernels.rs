@@ -32,7 +32,11 @@ fn candle_input_grad(gy: &Tensor, w: &Tensor, p: ConvParams, h: usize) -> Tensor
 
 /// candle's weight gradient exactly as its backprop of `Conv2D` computes it.
 fn candle_weight_grad(x: &Tensor, gy: &Tensor, p: ConvParams, k: usize) -> Tensor {
-    let g = x.transpose(0, 1).unwrap().conv2d(&gy.transpose(0, 1).unwrap(), p.padding, 1, p.stride, 1).unwrap();
+    let g = x
+        .transpose(0, 1)
+        .unwrap()
+        .conv2d(&gy.transpose(0, 1).unwrap(), p.padding, 1, p.stride, 1)
+        .unwrap();
     let g = g.transpose(0, 1).unwrap();
     let (_, _, gk0, gk1) = g.dims4().unwrap();
     if gk0 != k || gk1 != k {
@@ -94,7 +98,13 @@ fn gn_row(label: &str, n: usize, c: usize, hw: usize, ss: bool, reps: (usize, us
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap()).unwrap();
     let scale = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
     let shift = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
-    let f = || if ss { gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap() } else { gn.forward_silu(&x).unwrap() };
+    let f = || {
+        if ss {
+            gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap()
+        } else {
+            gn.forward_silu(&x).unwrap()
+        }
+    };
     let (min_r, max_r, budget) = reps;
     let mut out = Vec::new();
     for on in [false, true] {
@@ -120,7 +130,9 @@ fn gn_row(label: &str, n: usize, c: usize, hw: usize, ss: bool, reps: (usize, us
 /// are off) vs `kernels::qkv_attention`: forward and forward+backward ms, GFLOP/s of the forward.
 fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usize, usize, f64)) {
     use guided_diffusion::models::attention::{qkv_attention, HeadOrder};
-    let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * heads * ch, t), &Device::Cpu).unwrap()).unwrap();
+    let qkv =
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * heads * ch, t), &Device::Cpu).unwrap())
+            .unwrap();
     let (min_r, max_r, budget) = reps;
     let mut out = Vec::new();
     for on in [false, true] {

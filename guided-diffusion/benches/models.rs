@@ -49,7 +49,11 @@ fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
         );
         res.push((fwd, fb));
     }
-    println!("{name:<28} speed-up with kernels: forward x{:.2}, fwd+bwd x{:.2}", res[0].0 / res[1].0, res[0].1 / res[1].1);
+    println!(
+        "{name:<28} speed-up with kernels: forward x{:.2}, fwd+bwd x{:.2}",
+        res[0].0 / res[1].0,
+        res[0].1 / res[1].1
+    );
 }
 
 fn cfg_classes(cfg: &NetConfig) -> bool {

@@ -66,17 +66,33 @@ fn gn_op(b: usize, c: usize, hw: usize, count: usize, kind: &'static str) -> Op 
         count,
         run: Box::new(move || match kind {
             "GN+SiLU" => gn.forward_silu(&x).unwrap(),
-            "GN+scale/shift+SiLU" => gn.forward_scale_shift(&x, &scale, &shift).unwrap().silu().unwrap(),
+            "GN+scale/shift+SiLU" => {
+                gn.forward_scale_shift(&x, &scale, &shift).unwrap().silu().unwrap()
+            }
             _ => gn.forward(&x.reshape((b, c, hw * hw)).unwrap()).unwrap(),
         }),
     }
 }
 
-fn conv1x1_op(b: usize, cin: usize, tokens: usize, cout: usize, count: usize, kind: &'static str) -> Op {
+fn conv1x1_op(
+    b: usize,
+    cin: usize,
+    tokens: usize,
+    cout: usize,
+    count: usize,
+    kind: &'static str,
+) -> Op {
     let vm = VarMap::new();
-    let conv = Conv1x1::new(cin, cout, 1, false, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let conv =
+        Conv1x1::new(cin, cout, 1, false, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
+            .unwrap();
     let x = var(&[b, cin, tokens]);
-    Op { kind, shape: format!("{cin}->{cout} x{tokens}"), count, run: Box::new(move || conv.forward(&x).unwrap()) }
+    Op {
+        kind,
+        shape: format!("{cin}->{cout} x{tokens}"),
+        count,
+        run: Box::new(move || conv.forward(&x).unwrap()),
+    }
 }
 
 fn small_model_ops(b: usize) -> Vec<Op> {
@@ -98,7 +114,17 @@ fn small_model_ops(b: usize) -> Vec<Op> {
     ] {
         ops.push(conv_op(b, cin, hw, cout, n, true));
     }
-    for &(c, hw, n) in &[(32, 32, 3), (32, 16, 1), (64, 16, 2), (64, 8, 4), (128, 8, 2), (128, 16, 1), (96, 16, 1), (96, 32, 1), (64, 32, 1)] {
+    for &(c, hw, n) in &[
+        (32, 32, 3),
+        (32, 16, 1),
+        (64, 16, 2),
+        (64, 8, 4),
+        (128, 8, 2),
+        (128, 16, 1),
+        (96, 16, 1),
+        (96, 32, 1),
+        (64, 32, 1),
+    ] {
         ops.push(gn_op(b, c, hw, n, "GN+SiLU"));
     }
     for &(c, hw, n) in &[(32, 32, 3), (32, 16, 1), (64, 16, 4), (64, 8, 6), (64, 32, 1)] {
@@ -114,18 +140,37 @@ fn small_model_ops(b: usize) -> Vec<Op> {
         count: 4,
         run: Box::new(move || qkv_attention(&qkv, 2, HeadOrder::Legacy).unwrap()),
     });
-    for &(cin, tok, cout, n) in &[(128, 256, 64, 1), (128, 64, 64, 2), (32, 256, 64, 1), (64, 1024, 32, 1), (96, 1024, 32, 1), (96, 256, 64, 1)] {
+    for &(cin, tok, cout, n) in &[
+        (128, 256, 64, 1),
+        (128, 64, 64, 2),
+        (32, 256, 64, 1),
+        (64, 1024, 32, 1),
+        (96, 1024, 32, 1),
+        (96, 256, 64, 1),
+    ] {
         ops.push(conv1x1_op(b, cin, tok, cout, n, "skip 1x1"));
     }
     for &(c, hw, n) in &[(64, 8, 2), (64, 16, 2)] {
         let x = var(&[b, c, hw, hw]);
-        ops.push(Op { kind: "upsample", shape: format!("{c} {hw}x{hw}"), count: n, run: Box::new(move || upsample_nearest2x(&x).unwrap()) });
+        ops.push(Op {
+            kind: "upsample",
+            shape: format!("{c} {hw}x{hw}"),
+            count: n,
+            run: Box::new(move || upsample_nearest2x(&x).unwrap()),
+        });
     }
     for &(c, hw, n) in &[(32, 32, 2), (64, 16, 2)] {
         let x = var(&[b, c, hw, hw]);
-        ops.push(Op { kind: "avgpool", shape: format!("{c} {hw}x{hw}"), count: n, run: Box::new(move || avg_pool2x(&x).unwrap()) });
+        ops.push(Op {
+            kind: "avgpool",
+            shape: format!("{c} {hw}x{hw}"),
+            count: n,
+            run: Box::new(move || avg_pool2x(&x).unwrap()),
+        });
     }
-    for &(c1, c2, hw, n) in &[(64, 64, 8, 2), (64, 64, 16, 1), (64, 32, 16, 1), (64, 32, 32, 1), (32, 32, 32, 1)] {
+    for &(c1, c2, hw, n) in
+        &[(64, 64, 8, 2), (64, 64, 16, 1), (64, 32, 16, 1), (64, 32, 32, 1), (32, 32, 32, 1)]
+    {
         let (x1, x2) = (var(&[b, c1, hw, hw]), var(&[b, c2, hw, hw]));
         ops.push(Op {
             kind: "cat (skip)",
@@ -140,7 +185,11 @@ fn small_model_ops(b: usize) -> Vec<Op> {
 fn small_net() -> (Net, usize) {
     let f = common::small_flags();
     let vm = VarMap::new();
-    let net = Net::new(&NetConfig::UNet(f.to_config().unwrap()), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let net = Net::new(
+        &NetConfig::UNet(f.to_config().unwrap()),
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     // Keep the parameters alive as variables (the VarMap owns them).
     std::mem::forget(vm);
     (net, 1)
@@ -163,7 +212,8 @@ fn model_times(net: &Net, c: usize, b: usize) -> (f64, f64) {
 
 fn main() {
     guided_diffusion::kernels::malloc::tune();
-    let b: usize = std::env::var("GD_PROFILE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    let b: usize =
+        std::env::var("GD_PROFILE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let ops = small_model_ops(b);
     let (net, c) = small_net();
     // [candle, fast] x (fwd, bwd) per op, times the call count.
@@ -171,22 +221,39 @@ fn main() {
     let mut model = Vec::new();
     for on in [false, true] {
         kernels::set_enabled(on);
-        let t: Vec<(f64, f64)> = ops.iter().map(|op| {
-            let (f, bw) = time_op(op);
-            (f * op.count as f64, bw * op.count as f64)
-        }).collect();
+        let t: Vec<(f64, f64)> = ops
+            .iter()
+            .map(|op| {
+                let (f, bw) = time_op(op);
+                (f * op.count as f64, bw * op.count as f64)
+            })
+            .collect();
         rows.push(t);
         model.push(model_times(&net, c, b));
     }
-    println!("small model, batch {b}, {} threads; ms per model step (op time x calls), medians", rayon::current_num_threads());
-    println!("{:<28} {:<22} {:>5} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}", "op", "shape", "calls", "candle f", "candle b", "%", "fast f", "fast b", "%");
+    println!(
+        "small model, batch {b}, {} threads; ms per model step (op time x calls), medians",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<28} {:<22} {:>5} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
+        "op", "shape", "calls", "candle f", "candle b", "%", "fast f", "fast b", "%"
+    );
     let (mc, mf) = (model[0].0 + model[0].1, model[1].0 + model[1].1);
     for (i, op) in ops.iter().enumerate() {
         let (cf, cb) = rows[0][i];
         let (ff, fb) = rows[1][i];
         println!(
             "{:<28} {:<22} {:>5} | {:>9.2} {:>9.2} {:>5.1}% | {:>9.2} {:>9.2} {:>5.1}%",
-            op.kind, op.shape, op.count, cf * 1e3, cb * 1e3, 100.0 * (cf + cb) / mc, ff * 1e3, fb * 1e3, 100.0 * (ff + fb) / mf
+            op.kind,
+            op.shape,
+            op.count,
+            cf * 1e3,
+            cb * 1e3,
+            100.0 * (cf + cb) / mc,
+            ff * 1e3,
+            fb * 1e3,
+            100.0 * (ff + fb) / mf
         );
     }
     println!("--- by kind");
@@ -211,16 +278,34 @@ fn main() {
         }
         println!(
             "{:<51} | {:>9.1} {:>9.1} {:>5.1}% | {:>9.1} {:>9.1} {:>5.1}%",
-            k, s[0][0] * 1e3, s[0][1] * 1e3, 100.0 * (s[0][0] + s[0][1]) / mc, s[1][0] * 1e3, s[1][1] * 1e3, 100.0 * (s[1][0] + s[1][1]) / mf
+            k,
+            s[0][0] * 1e3,
+            s[0][1] * 1e3,
+            100.0 * (s[0][0] + s[0][1]) / mc,
+            s[1][0] * 1e3,
+            s[1][1] * 1e3,
+            100.0 * (s[1][0] + s[1][1]) / mf
         );
     }
     for (label, p) in [("rest (model - sum of ops)", None), ("model step (measured)", Some(()))] {
-        let v = |q: usize| if p.is_some() { model[q] } else { (model[q].0 - sums[q][0], model[q].1 - sums[q][1]) };
+        let v = |q: usize| {
+            if p.is_some() {
+                model[q]
+            } else {
+                (model[q].0 - sums[q][0], model[q].1 - sums[q][1])
+            }
+        };
         let (c0, c1) = v(0);
         let (f0, f1) = v(1);
         println!(
             "{:<51} | {:>9.1} {:>9.1} {:>5.1}% | {:>9.1} {:>9.1} {:>5.1}%",
-            label, c0 * 1e3, c1 * 1e3, 100.0 * (c0 + c1) / mc, f0 * 1e3, f1 * 1e3, 100.0 * (f0 + f1) / mf
+            label,
+            c0 * 1e3,
+            c1 * 1e3,
+            100.0 * (c0 + c1) / mc,
+            f0 * 1e3,
+            f1 * 1e3,
+            100.0 * (f0 + f1) / mf
         );
     }
 }

@@ -18,9 +18,13 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     let cfg = NetConfig::UNet(flags.to_config().unwrap());
     let vm = VarMap::new();
     let net = Net::new(&cfg, seeded_var_builder(&vm, 0, &dev)).unwrap();
-    let diffusion = DiffusionConfig { learn_sigma: flags.learn_sigma, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
-        .build()
-        .unwrap();
+    let diffusion = DiffusionConfig {
+        learn_sigma: flags.learn_sigma,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
     let sampler = create_named_schedule_sampler("uniform", 1000).unwrap();
     let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
     let dir = std::env::temp_dir().join(format!("gd-bench-train-{}", std::process::id()));

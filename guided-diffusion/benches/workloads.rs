@@ -33,12 +33,15 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use guided_diffusion::data::Batch;
 use guided_diffusion::diffusion::{
-    create_named_schedule_sampler, DiffusionConfig, Ddim, NoiseSchedule, SampleOptions, Sampler, SeededNoise,
+    create_named_schedule_sampler, Ddim, DiffusionConfig, NoiseSchedule, SampleOptions, Sampler,
+    SeededNoise,
 };
 use guided_diffusion::guidance::{classifier_log_prob_grad, ClassifierFn, ClassifierGuidance};
 use guided_diffusion::kernels;
 use guided_diffusion::models::init::seeded_var_builder;
-use guided_diffusion::models::{ClassifierFlags, EncoderConfig, ModelFlags, Net, NetConfig, Pool, UNetConfig};
+use guided_diffusion::models::{
+    ClassifierFlags, EncoderConfig, ModelFlags, Net, NetConfig, Pool, UNetConfig,
+};
 use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
 use guided_diffusion::Result;
 
@@ -118,7 +121,15 @@ impl Cost {
     }
 
     /// `ResBlock` from `res x res` (output at `res`, `res / 2` or `2 res`).
-    fn resblock(&mut self, cin: usize, cout: usize, res: usize, resample: i32, emb_dim: usize, scale_shift: bool) {
+    fn resblock(
+        &mut self,
+        cin: usize,
+        cout: usize,
+        res: usize,
+        resample: i32,
+        emb_dim: usize,
+        scale_shift: bool,
+    ) {
         let r = match resample {
             0 => res,
             -1 => res / 2,
@@ -335,7 +346,11 @@ struct Measured {
 }
 
 fn reps() -> usize {
-    std::env::var("GD_BENCH_REPS").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| n > 0).unwrap_or(3)
+    std::env::var("GD_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(3)
 }
 
 /// `GD_BENCH_DRY=1`: build every selected workload's networks and print the analytic FLOP
@@ -456,9 +471,12 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let dev = Device::Cpu;
     let cfg = unet_cfg(flags)?;
     let (net, vm, params) = trainable(&cfg, 0)?;
-    let diffusion =
-        DiffusionConfig { learn_sigma: flags.learn_sigma, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
-            .build()?;
+    let diffusion = DiffusionConfig {
+        learn_sigma: flags.learn_sigma,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    }
+    .build()?;
     let sampler = create_named_schedule_sampler("uniform", 1000)?;
     let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
     let dir = std::env::temp_dir().join(format!("gd-bench-workloads-{}", std::process::id()));
@@ -499,7 +517,8 @@ fn selection(big: bool) -> Vec<&'static str> {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
     if let Some(a) = &asked {
-        let unknown: Vec<&String> = a.iter().filter(|n| !WORKLOADS.iter().any(|(w, _)| w == n)).collect();
+        let unknown: Vec<&String> =
+            a.iter().filter(|n| !WORKLOADS.iter().any(|(w, _)| w == n)).collect();
         if !unknown.is_empty() {
             let known: Vec<&str> = WORKLOADS.iter().map(|(w, _)| *w).collect();
             eprintln!("GD_WORKLOADS: unknown workload(s) {unknown:?}; known: {}", known.join(","));
@@ -520,7 +539,9 @@ fn selection(big: bool) -> Vec<&'static str> {
         out.push(w);
     }
     if asked.is_none() && !big {
-        println!("# 64x64 workloads skipped (set GD_BENCH_BIG=1 to run them; seconds to minutes each)");
+        println!(
+            "# 64x64 workloads skipped (set GD_BENCH_BIG=1 to run them; seconds to minutes each)"
+        );
     }
     out
 }
@@ -552,7 +573,10 @@ fn main() {
                 "{name:<20} batch {:>3}  params {:>10}  {} (dry run: not timed)",
                 m.batch,
                 m.params,
-                m.flop.map_or("FLOPs not counted".to_string(), |f| format!("{:.3} GFLOP per call", f / 1e9))
+                m.flop.map_or("FLOPs not counted".to_string(), |f| format!(
+                    "{:.3} GFLOP per call",
+                    f / 1e9
+                ))
             );
             continue;
         }

@@ -2,7 +2,9 @@
 //! labels, padding/resizing, channels, batches; and the error when the files are missing.
 use std::sync::Arc;
 
-use guided_diffusion::data::fashion_mnist::{FashionMnist, FashionMnistOptions, Fit, Split, CLASS_NAMES};
+use guided_diffusion::data::fashion_mnist::{
+    FashionMnist, FashionMnistOptions, Fit, Split, CLASS_NAMES,
+};
 use guided_diffusion::data::idx::parse_idx;
 use guided_diffusion::data::rng::stream;
 use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Dataset, Loader, LoaderConfig};
@@ -95,6 +97,9 @@ fn data_idx_parser_checks_headers() {
     assert_eq!(a.dims, [2, 3]);
     assert_eq!(a.data, [1, 2, 3, 4, 5, 6]);
     assert!(parse_idx(&ok[..ok.len() - 1]).unwrap_err().to_string().contains("size mismatch"));
-    assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0]).unwrap_err().to_string().contains("unsupported"));
+    assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0])
+        .unwrap_err()
+        .to_string()
+        .contains("unsupported"));
     assert!(parse_idx(&[1, 2]).unwrap_err().to_string().contains("magic"));
 }

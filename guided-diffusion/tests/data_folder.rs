@@ -6,8 +6,8 @@ use std::sync::Arc;
 use guided_diffusion::data::files::{labels_from_file_names, shard};
 use guided_diffusion::data::rng::stream;
 use guided_diffusion::data::{
-    list_image_files_recursively, open_dataset, BatchSource, ClassList, DataSpec, Dataset, FolderDataset,
-    FolderOptions, Loader, LoaderConfig,
+    list_image_files_recursively, open_dataset, BatchSource, ClassList, DataSpec, Dataset,
+    FolderDataset, FolderOptions, Loader, LoaderConfig,
 };
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
@@ -36,10 +36,15 @@ fn data_folder_listing_and_labels_follow_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     make_tree(tmp.path());
     let files = list_image_files_recursively(tmp.path()).unwrap();
-    let rel: Vec<String> =
-        files.iter().map(|p| p.strip_prefix(tmp.path()).unwrap().to_string_lossy().into_owned()).collect();
+    let rel: Vec<String> = files
+        .iter()
+        .map(|p| p.strip_prefix(tmp.path()).unwrap().to_string_lossy().into_owned())
+        .collect();
     // sorted(listdir) at each level: "cat_2.jpg" < "dog_1.png" < "noext" < "notes.txt" < "sub" < "zebra_x.GIF"
-    assert_eq!(rel, ["cat_2.jpg", "dog_1.png", "sub/cat_1.png", "sub/deeper/bird.png", "zebra_x.GIF"]);
+    assert_eq!(
+        rel,
+        ["cat_2.jpg", "dog_1.png", "sub/cat_1.png", "sub/deeper/bird.png", "zebra_x.GIF"]
+    );
     let (classes, labels) = labels_from_file_names(&files);
     // "bird.png" has no underscore: the whole name is its class, as in the reference.
     assert_eq!(classes.names, ["bird.png", "cat", "dog", "zebra"]);
@@ -65,7 +70,8 @@ fn data_folder_shards_like_the_reference() {
     opts.rank = 1;
     opts.world_size = 2;
     let ds = FolderDataset::open(tmp.path(), opts).unwrap();
-    let names: Vec<_> = ds.files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<_> =
+        ds.files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["dog_1.png", "bird.png"]);
     // Labels are computed over all files before sharding: class indices agree across ranks.
     assert_eq!(ds.labels().unwrap(), [2, 0]);
@@ -100,7 +106,8 @@ fn data_folder_items_are_resized_cropped_and_scaled() {
     let a = ds.get(2, &mut stream(1, 2, 3)).unwrap();
     let b = ds.get(2, &mut stream(1, 2, 3)).unwrap();
     assert_eq!(a.pixels, b.pixels, "same stream, same pixels");
-    let differs = (0..20).any(|k| ds.get(2, &mut stream(1, 2, 100 + k)).unwrap().pixels != a.pixels);
+    let differs =
+        (0..20).any(|k| ds.get(2, &mut stream(1, 2, 100 + k)).unwrap().pixels != a.pixels);
     assert!(differs);
 }
 
@@ -151,7 +158,10 @@ fn data_folder_errors_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let e = FolderDataset::open(tmp.path(), FolderOptions::new(8)).err().unwrap().to_string();
     assert!(e.contains("no .jpg/.jpeg/.png/.gif"), "{e}");
-    let e = FolderDataset::open(tmp.path().join("missing"), FolderOptions::new(8)).err().unwrap().to_string();
+    let e = FolderDataset::open(tmp.path().join("missing"), FolderOptions::new(8))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("not a directory"), "{e}");
     std::fs::write(tmp.path().join("bad_1.png"), b"not a png").unwrap();
     let ds = FolderDataset::open(tmp.path(), FolderOptions::new(8)).unwrap();

@@ -28,7 +28,9 @@ fn data_resize_matches_pillow_fixture() {
         let input = load(&dir.join(format!("{name}_in.png")), channels);
         let expected = load(&dir.join(format!("{name}_out.png")), channels);
         let got = match case["op"].as_str().unwrap() {
-            "center_crop" => center_crop_arr(&input, case["arg"].as_u64().unwrap() as usize).unwrap(),
+            "center_crop" => {
+                center_crop_arr(&input, case["arg"].as_u64().unwrap() as usize).unwrap()
+            }
             op => {
                 let w = case["arg"][0].as_u64().unwrap() as usize;
                 let h = case["arg"][1].as_u64().unwrap() as usize;
@@ -38,7 +40,13 @@ fn data_resize_matches_pillow_fixture() {
         };
         assert_eq!((got.width, got.height), (expected.width, expected.height), "{name}: size");
         let diffs = got.data.iter().zip(&expected.data).filter(|(a, b)| a != b).count();
-        let max = got.data.iter().zip(&expected.data).map(|(a, b)| (*a as i32 - *b as i32).abs()).max();
-        assert_eq!(diffs, 0, "{name}: {diffs} of {} values differ from Pillow (max {max:?})", got.data.len());
+        let max =
+            got.data.iter().zip(&expected.data).map(|(a, b)| (*a as i32 - *b as i32).abs()).max();
+        assert_eq!(
+            diffs,
+            0,
+            "{name}: {diffs} of {} values differ from Pillow (max {max:?})",
+            got.data.len()
+        );
     }
 }

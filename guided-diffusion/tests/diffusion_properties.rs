@@ -4,9 +4,9 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use guided_diffusion::diffusion::likelihood::{discretized_gaussian_log_likelihood, normal_kl};
 use guided_diffusion::diffusion::{
-    get_named_beta_schedule, space_timesteps, DiffusionConfig, GaussianDiffusion, LossSecondMomentResampler,
-    ModelMeanType, ModelVarType, NoiseSchedule, NoiseSource, ProcessKind, ReplayNoise, ScheduleSampler, SeededNoise,
-    UniformSampler,
+    get_named_beta_schedule, space_timesteps, DiffusionConfig, GaussianDiffusion,
+    LossSecondMomentResampler, ModelMeanType, ModelVarType, NoiseSchedule, NoiseSource,
+    ProcessKind, ReplayNoise, ScheduleSampler, SeededNoise, UniformSampler,
 };
 use guided_diffusion::Result;
 use rand::SeedableRng;
@@ -40,11 +40,7 @@ fn toy_model(out_channels_factor: usize) -> impl Fn(&Tensor, &Tensor) -> Result<
         let t = (t.reshape((t.dim(0)?, 1, 1, 1))? / 1000.0)?;
         let y = (x.tanh()?.broadcast_mul(&(t.cos()? + 0.5)?)? + x.broadcast_mul(&t.sin()?)?)?;
         let v = (x * 0.3)?.sin()?.broadcast_add(&(t - 0.5)?)?;
-        Ok(if out_channels_factor == 2 {
-            Tensor::cat(&[&y, &v], 1)?
-        } else {
-            y
-        })
+        Ok(if out_channels_factor == 2 { Tensor::cat(&[&y, &v], 1)? } else { y })
     }
 }
 
@@ -60,12 +56,7 @@ fn respacing_full_t_reproduces_unspaced_process() {
         for &steps in &ts {
             if schedule == NoiseSchedule::Linear && steps < 20 {
                 // 1000/T * 0.02 > 1: the reference's assert rejects these betas, so do we.
-                assert!(DiffusionConfig {
-                    steps,
-                    ..Default::default()
-                }
-                .build()
-                .is_err());
+                assert!(DiffusionConfig { steps, ..Default::default() }.build().is_err());
                 continue;
             }
             let base = DiffusionConfig {
@@ -75,24 +66,27 @@ fn respacing_full_t_reproduces_unspaced_process() {
                 ..Default::default()
             };
             let unspaced = base.build().unwrap();
-            let raw = GaussianDiffusion::new(get_named_beta_schedule(schedule, steps), base.kind()).unwrap();
+            let raw = GaussianDiffusion::new(get_named_beta_schedule(schedule, steps), base.kind())
+                .unwrap();
             let mut specs = vec![steps.to_string(), format!("ddim{steps}")];
             if steps >= 4 {
                 specs.push(format!("{},{}", steps / 2 + steps % 2, steps / 2));
                 let k = 3.min(steps);
                 let per = steps / k;
                 let extra = steps % k;
-                let secs: Vec<String> = (0..k).map(|i| (per + usize::from(i < extra)).to_string()).collect();
+                let secs: Vec<String> =
+                    (0..k).map(|i| (per + usize::from(i < extra)).to_string()).collect();
                 specs.push(secs.join(","));
             }
             for spec in specs {
-                let cfg = DiffusionConfig {
-                    timestep_respacing: spec.clone(),
-                    ..base.clone()
-                };
+                let cfg = DiffusionConfig { timestep_respacing: spec.clone(), ..base.clone() };
                 let d = cfg.build().unwrap();
                 assert_eq!(d.timestep_map(), (0..steps).collect::<Vec<_>>().as_slice(), "{spec}");
-                assert_eq!(d.arrays(), unspaced.arrays(), "{schedule:?} T={steps} respacing {spec}");
+                assert_eq!(
+                    d.arrays(),
+                    unspaced.arrays(),
+                    "{schedule:?} T={steps} respacing {spec}"
+                );
                 for t in 0..steps {
                     assert_eq!(d.model_timestep(t), t as f32);
                 }
@@ -117,12 +111,8 @@ fn respacing_full_t_reproduces_unspaced_process() {
         learn_sigma: true,
         ..Default::default()
     };
-    let full = DiffusionConfig {
-        timestep_respacing: "100".into(),
-        ..base.clone()
-    }
-    .build()
-    .unwrap();
+    let full =
+        DiffusionConfig { timestep_respacing: "100".into(), ..base.clone() }.build().unwrap();
     let plain = base.build().unwrap();
     let x = randn(1, &[3, 3, 8, 8]);
     let t = vec![0, 57, 99];
@@ -151,47 +141,27 @@ fn respacing_error_cases_are_errors_not_panics() {
     assert!(space_timesteps(1000, "10,600").unwrap_err().to_string().contains("600"));
     // A single step (or none): the reference crashes; we refuse clearly.
     for spec in ["1", "0", "1,0", "0,0,0"] {
-        let cfg = DiffusionConfig {
-            timestep_respacing: spec.into(),
-            ..Default::default()
-        };
+        let cfg = DiffusionConfig { timestep_respacing: spec.into(), ..Default::default() };
         let e = cfg.build().expect_err(spec).to_string();
         println!("{spec}: {e}");
         assert!(e.contains("at least 2"), "{e}");
     }
     // 2 steps is the minimum that works.
-    let two = DiffusionConfig {
-        timestep_respacing: "2".into(),
-        ..Default::default()
-    }
-    .build()
-    .unwrap();
+    let two =
+        DiffusionConfig { timestep_respacing: "2".into(), ..Default::default() }.build().unwrap();
     assert_eq!(two.timestep_map(), &[0, 999]);
     // A 1-step or 0-step base process, bad betas, unknown schedule names.
-    assert!(DiffusionConfig {
-        steps: 1,
-        ..Default::default()
-    }
-    .build()
-    .is_err());
-    assert!(DiffusionConfig {
-        steps: 0,
-        ..Default::default()
-    }
-    .build()
-    .is_err());
+    assert!(DiffusionConfig { steps: 1, ..Default::default() }.build().is_err());
+    assert!(DiffusionConfig { steps: 0, ..Default::default() }.build().is_err());
     assert!(GaussianDiffusion::new(vec![0.1, 0.0, 0.2], ProcessKind::default()).is_err());
     assert!(GaussianDiffusion::new(vec![0.1, 1.5], ProcessKind::default()).is_err());
     assert!(GaussianDiffusion::new(vec![0.1, f64::NAN], ProcessKind::default()).is_err());
     assert!("quadratic".parse::<NoiseSchedule>().is_err());
     // Out-of-range timesteps.
-    let d = DiffusionConfig {
-        steps: 10,
-        noise_schedule: NoiseSchedule::Cosine,
-        ..Default::default()
-    }
-    .build()
-    .unwrap();
+    let d =
+        DiffusionConfig { steps: 10, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
+            .build()
+            .unwrap();
     let x = randn(0, &[1, 3, 4, 4]);
     assert!(d.q_sample(&x, &[10], &x).is_err());
     assert!(d.q_sample(&x, &[1, 2], &x).is_err());
@@ -239,11 +209,7 @@ fn p_mean_variance_mean_and_variance_types() {
     let mk = |mean, var| {
         GaussianDiffusion::new(
             get_named_beta_schedule(NoiseSchedule::Cosine, steps),
-            ProcessKind {
-                model_mean_type: mean,
-                model_var_type: var,
-                ..Default::default()
-            },
+            ProcessKind { model_mean_type: mean, model_var_type: var, ..Default::default() },
         )
         .unwrap()
     };
@@ -296,17 +262,10 @@ fn p_mean_variance_mean_and_variance_types() {
     let ts = d.model_timesteps(&t, &dev()).unwrap();
     let raw = toy_model(2)(&x, &ts).unwrap();
     assert_eq!(max_diff(&out.log_variance, &raw.narrow(1, 3, 3).unwrap()), 0.0);
-    assert_eq!(
-        max_diff(&out.variance, &raw.narrow(1, 3, 3).unwrap().exp().unwrap()),
-        0.0
-    );
+    assert_eq!(max_diff(&out.variance, &raw.narrow(1, 3, 3).unwrap().exp().unwrap()), 0.0);
     // EPSILON: pred_xstart from eps.
     let eps = raw.narrow(1, 0, 3).unwrap();
-    let px = d
-        .predict_xstart_from_eps(&x, &t, &eps)
-        .unwrap()
-        .clamp(-1f32, 1f32)
-        .unwrap();
+    let px = d.predict_xstart_from_eps(&x, &t, &eps).unwrap().clamp(-1f32, 1f32).unwrap();
     assert_eq!(max_diff(&out.pred_xstart, &px), 0.0);
 
     // LEARNED_RANGE: v = -1 -> min (clipped posterior), v = +1 -> max (betas).
@@ -317,11 +276,7 @@ fn p_mean_variance_mean_and_variance_types() {
         };
         let out = d.p_mean_variance(&m, &x, &t, true, None).unwrap();
         let lv = out.log_variance.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
-        assert!(
-            (lv[1][7] as f64 - want).abs() < 1e-5 * want.abs(),
-            "{} vs {want}",
-            lv[1][7]
-        );
+        assert!((lv[1][7] as f64 - want).abs() < 1e-5 * want.abs(), "{} vs {want}", lv[1][7]);
     }
 }
 
@@ -345,10 +300,7 @@ fn likelihood_helpers() {
     let zero = Tensor::zeros((), DType::F32, &dev()).unwrap();
     let one = Tensor::ones((), DType::F32, &dev()).unwrap();
     // KL(N(1, 1) || N(0, 1)) = 0.5
-    let v = normal_kl(&one, &zero, &zero, &zero)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let v = normal_kl(&one, &zero, &zero, &zero).unwrap().to_scalar::<f32>().unwrap();
     assert!((v - 0.5).abs() < 1e-6);
 
     // The discretized likelihood sums to ~1 over the 256 bins.
@@ -359,10 +311,7 @@ fn likelihood_helpers() {
         let ls = (x.ones_like().unwrap() * log_scale as f64).unwrap();
         let lp = discretized_gaussian_log_likelihood(&x, &means, &ls).unwrap();
         let total: f32 = lp.exp().unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(
-            (total - 1.0).abs() < 2e-3,
-            "mean {mean} log_scale {log_scale}: sum {total}"
-        );
+        assert!((total - 1.0).abs() < 2e-3, "mean {mean} log_scale {log_scale}: sum {total}");
     }
 }
 

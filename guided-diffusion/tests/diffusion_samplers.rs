@@ -7,10 +7,13 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use guided_diffusion::diffusion::likelihood::discretized_gaussian_log_likelihood;
 use guided_diffusion::diffusion::{
-    mean_flat, Ddim, Ddpm, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType, ModelVarType, NoiseSchedule,
-    NoiseSource, ProcessKind, ReplayNoise, SampleOptions, Sampler, SeededNoise, StepInfo,
+    mean_flat, Ddim, Ddpm, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType,
+    ModelVarType, NoiseSchedule, NoiseSource, ProcessKind, ReplayNoise, SampleOptions, Sampler,
+    SeededNoise, StepInfo,
 };
-use guided_diffusion::guidance::{classifier_log_prob_grad, ClassifierGuidance, Guidance, NoGuidance};
+use guided_diffusion::guidance::{
+    classifier_log_prob_grad, ClassifierGuidance, Guidance, NoGuidance,
+};
 use guided_diffusion::Result;
 
 fn dev() -> Device {
@@ -54,7 +57,10 @@ fn cosine(steps: usize, respacing: &str, learn_sigma: bool) -> GaussianDiffusion
 }
 
 /// The exact epsilon predictor when the data is the single point `c`, on the original process.
-fn point_mass_model(orig: GaussianDiffusion, c: Tensor) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> {
+fn point_mass_model(
+    orig: GaussianDiffusion,
+    c: Tensor,
+) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> {
     move |x: &Tensor, t: &Tensor| {
         let ts: Vec<usize> = t.to_vec1::<f32>()?.into_iter().map(|v| v as usize).collect();
         let a = orig.arrays();
@@ -65,7 +71,10 @@ fn point_mass_model(orig: GaussianDiffusion, c: Tensor) -> impl Fn(&Tensor, &Ten
 }
 
 /// The exact epsilon predictor for data ~ N(0, s^2 I).
-fn gaussian_data_model(orig: GaussianDiffusion, s: f64) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> {
+fn gaussian_data_model(
+    orig: GaussianDiffusion,
+    s: f64,
+) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> {
     move |x: &Tensor, t: &Tensor| {
         let ts: Vec<usize> = t.to_vec1::<f32>()?.into_iter().map(|v| v as usize).collect();
         let a = orig.arrays();
@@ -121,18 +130,12 @@ fn ddpm_loop_draws_one_noise_per_step_and_is_deterministic_per_seed() {
     };
     let x_t = randn(5, &[2, 3, 4, 4]);
     let (mut noise, _) = replay(10, &[2, 3, 4, 4], 7);
-    let a = d
-        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut noise, None)
-        .unwrap();
+    let a = d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut noise, None).unwrap();
     assert_eq!(noise.used(), 10);
     let (mut fewer, _) = replay(9, &[2, 3, 4, 4], 7);
-    assert!(d
-        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut fewer, None)
-        .is_err());
+    assert!(d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut fewer, None).is_err());
     let (mut again, _) = replay(10, &[2, 3, 4, 4], 7);
-    let b = d
-        .p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut again, None)
-        .unwrap();
+    let b = d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut again, None).unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
     // Seeded end to end: the same seed gives the same images.
     let s1 = d
@@ -180,9 +183,7 @@ fn ddpm_step_matches_formula() {
     let x = randn(11, &[2, 3, 4, 4]);
     for t in [vec![0, 0], vec![30, 30], vec![0, 49]] {
         let (mut noise, draws) = replay(1, &[2, 3, 4, 4], 12);
-        let out = d
-            .p_sample(&model, &x, &t, &SampleOptions::default(), &mut noise)
-            .unwrap();
+        let out = d.p_sample(&model, &x, &t, &SampleOptions::default(), &mut noise).unwrap();
         let p = d.p_mean_variance(&model, &x, &t, true, None).unwrap();
         let mask = d.extract(|i| if i == 0 { 0.0 } else { 1.0 }, &t, &x).unwrap();
         let want = (&p.mean
@@ -208,10 +209,7 @@ fn ddim_eta_step_and_reverse_ode() {
     let x = randn(21, &[2, 3, 4, 4]);
     let t = vec![30, 30];
     let (mut noise, draws) = replay(1, &[2, 3, 4, 4], 22);
-    let opts = SampleOptions {
-        clip_denoised: false,
-        ..Default::default()
-    };
+    let opts = SampleOptions { clip_denoised: false, ..Default::default() };
     let out = d.ddim_sample(&model, &x, &t, &opts, 0.7, &mut noise).unwrap();
     let a = d.arrays();
     let (ab, abp) = (a.alphas_cumprod[30], a.alphas_cumprod_prev[30]);
@@ -229,7 +227,8 @@ fn ddim_eta_step_and_reverse_ode() {
     let abn = a.alphas_cumprod_next[30];
     let p = d.p_mean_variance(&model, &x, &t, false, None).unwrap();
     let eps = d.predict_eps_from_xstart(&x, &t, &p.pred_xstart).unwrap();
-    let want = ((&p.pred_xstart * abn.sqrt()).unwrap() + (eps * (1.0 - abn).sqrt()).unwrap()).unwrap();
+    let want =
+        ((&p.pred_xstart * abn.sqrt()).unwrap() + (eps * (1.0 - abn).sqrt()).unwrap()).unwrap();
     assert!(max_diff(&rev.sample, &want) < 1e-5);
 
     // Reverse ODE image -> noise, then DDIM eta = 0 back: reconstructs the image up to the
@@ -282,14 +281,8 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     };
     let x = (randn(31, &[2, 3, 4, 4]) * 1.5).unwrap();
     let g = (randn(32, &[2, 3, 4, 4]) * 0.05).unwrap();
-    let guide = ConstGrad {
-        g: g.clone(),
-        seen: Mutex::new(vec![]),
-    };
-    let opts = SampleOptions {
-        guidance: &guide,
-        ..Default::default()
-    };
+    let guide = ConstGrad { g: g.clone(), seen: Mutex::new(vec![]) };
+    let opts = SampleOptions { guidance: &guide, ..Default::default() };
     let t = vec![6, 0];
 
     // DDPM: mean + variance * g, same noise.
@@ -314,18 +307,12 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
     let out = d.ddim_sample(&model, &x, &t, &opts, 0.0, &mut n2).unwrap();
     let eps = d.predict_eps_from_xstart(&x, &t, &p.pred_xstart).unwrap();
     let ab = d.extract(|i| d.arrays().alphas_cumprod[i], &t, &x).unwrap();
-    let eps = (eps - ab.affine(-1.0, 1.0).unwrap().sqrt().unwrap().broadcast_mul(&g).unwrap()).unwrap();
+    let eps =
+        (eps - ab.affine(-1.0, 1.0).unwrap().sqrt().unwrap().broadcast_mul(&g).unwrap()).unwrap();
     let pred = d.predict_xstart_from_eps(&x, &t, &eps).unwrap();
     assert_eq!(max_diff(&out.pred_xstart, &pred), 0.0);
-    let max_abs = pred
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let max_abs =
+        pred.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(max_abs > 1.0, "guided pred_xstart is not re-clipped ({max_abs})");
     // At t = 0 (alpha_bar_prev = 1) the DDIM sample is the guided pred_xstart.
     let s0 = out.sample.get(1).unwrap();
@@ -338,10 +325,7 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
             &model,
             &x,
             &t,
-            &SampleOptions {
-                guidance: &NoGuidance,
-                ..Default::default()
-            },
+            &SampleOptions { guidance: &NoGuidance, ..Default::default() },
             0.0,
             &mut n3,
         )
@@ -355,7 +339,12 @@ fn guidance_condition_mean_for_ddpm_and_condition_score_for_ddim() {
 fn guidance_can_replace_the_model_output() {
     struct Doubled;
     impl Guidance for Doubled {
-        fn model_output(&self, model: &guided_diffusion::diffusion::ModelFn, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        fn model_output(
+            &self,
+            model: &guided_diffusion::diffusion::ModelFn,
+            x: &Tensor,
+            t: &Tensor,
+        ) -> Result<Tensor> {
             Ok((model(x, t)? * 2.0)?)
         }
     }
@@ -372,16 +361,11 @@ fn guidance_can_replace_the_model_output() {
                 &model,
                 &x,
                 &[40],
-                &SampleOptions {
-                    guidance: &Doubled,
-                    ..Default::default()
-                },
+                &SampleOptions { guidance: &Doubled, ..Default::default() },
                 &mut n1,
             )
             .unwrap();
-        let b = sampler
-            .step(&d, &doubled, &x, &[40], &SampleOptions::default(), &mut n2)
-            .unwrap();
+        let b = sampler.step(&d, &doubled, &x, &[40], &SampleOptions::default(), &mut n2).unwrap();
         assert_eq!(max_diff(&a.sample, &b.sample), 0.0);
     }
 }
@@ -408,10 +392,7 @@ fn classifier_gradient_matches_analytic_linear_classifier() {
     let expected_w = p.matmul(&wmat).unwrap();
     let idx = Tensor::new(&[0u32, 4, 2], &dev()).unwrap();
     let wy = wmat.index_select(&idx, 0).unwrap();
-    let want = ((wy - expected_w).unwrap() * 3.0)
-        .unwrap()
-        .reshape((n, c, h, w))
-        .unwrap();
+    let want = ((wy - expected_w).unwrap() * 3.0).unwrap().reshape((n, c, h, w)).unwrap();
     let err = max_diff(&grad, &want);
     assert!(err < 1e-6, "{err}");
     assert_eq!(seen_t.lock().unwrap()[0], vec![10.0, 500.0, 999.0]);
@@ -447,8 +428,9 @@ fn training_losses_are_differentiable_with_stop_gradient_on_the_mean() {
     let g_loss = losses.loss.mean_all().unwrap().backward().unwrap();
     let g_mse = mse.mean_all().unwrap().backward().unwrap();
     let g_vb = vb.mean_all().unwrap().backward().unwrap();
-    let val =
-        |gs: &candle_core::backprop::GradStore, v: &Var| gs.get(v.as_tensor()).map(|g| g.to_scalar::<f32>().unwrap());
+    let val = |gs: &candle_core::backprop::GradStore, v: &Var| {
+        gs.get(v.as_tensor()).map(|g| g.to_scalar::<f32>().unwrap())
+    };
     // mean parameters: only the MSE term
     for p in [&a, &b] {
         let (gl, gm) = (val(&g_loss, p).unwrap(), val(&g_mse, p).unwrap());
@@ -466,11 +448,9 @@ fn training_losses_are_differentiable_with_stop_gradient_on_the_mean() {
     let x_t = d.q_sample(&x0, &t, &noise).unwrap();
     let ts = d.model_timesteps(&t, &dev()).unwrap();
     let out = model(&x_t, &ts).unwrap();
-    let frozen = Tensor::cat(
-        &[&out.narrow(1, 0, 3).unwrap().detach(), &out.narrow(1, 3, 3).unwrap()],
-        1,
-    )
-    .unwrap();
+    let frozen =
+        Tensor::cat(&[&out.narrow(1, 0, 3).unwrap().detach(), &out.narrow(1, 3, 3).unwrap()], 1)
+            .unwrap();
     let p = d.p_mean_variance_from_output(&frozen, &x_t, &t, false, None).unwrap();
     let nll = discretized_gaussian_log_likelihood(&x0, &p.mean, &(&p.log_variance * 0.5).unwrap())
         .unwrap()
@@ -528,10 +508,7 @@ fn loss_types_and_targets() {
     for mean_type in [ModelMeanType::StartX, ModelMeanType::PreviousX, ModelMeanType::Epsilon] {
         let d = GaussianDiffusion::new(
             guided_diffusion::diffusion::get_named_beta_schedule(NoiseSchedule::Linear, 500),
-            ProcessKind {
-                model_mean_type: mean_type,
-                ..Default::default()
-            },
+            ProcessKind { model_mean_type: mean_type, ..Default::default() },
         )
         .unwrap();
         let m = |x: &Tensor, _: &Tensor| -> Result<Tensor> { Ok((x * 0.7)?) };
@@ -552,8 +529,9 @@ fn loss_types_and_targets() {
 fn calc_bpd_loop_terms() {
     let d = cosine(20, "", true);
     let base = gaussian_data_model(d.clone(), 0.5);
-    let model =
-        move |x: &Tensor, t: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[&base(x, t)?, &x.zeros_like()?], 1)?) };
+    let model = move |x: &Tensor, t: &Tensor| -> Result<Tensor> {
+        Ok(Tensor::cat(&[&base(x, t)?, &x.zeros_like()?], 1)?)
+    };
     let x0 = (randn(81, &[2, 3, 4, 4]) * 0.5).unwrap().clamp(-1f32, 1f32).unwrap();
     let (mut noise, _) = replay(20, &[2, 3, 4, 4], 82);
     let bpd = d.calc_bpd_loop(&model, &x0, true, &mut noise).unwrap();

@@ -15,14 +15,8 @@ use std::time::Instant;
 
 fn features(key: &str, n: usize, d: usize, scale: f64, shift: f64) -> FeatureMatrix {
     let u = uniforms(key, n * d);
-    FeatureMatrix::new(
-        n,
-        d,
-        u.iter()
-            .map(|x| ((x - 0.5) * scale + shift) as f32)
-            .collect(),
-    )
-    .unwrap()
+    FeatureMatrix::new(n, d, u.iter().map(|x| ((x - 0.5) * scale + shift) as f32).collect())
+        .unwrap()
 }
 
 #[test]
@@ -36,10 +30,7 @@ fn eval_bench_fid_2048_matches_scipy() {
         let sa = FidStatistics::from_features(&a.slice_rows(0, rows)).unwrap();
         let sb = FidStatistics::from_features(&b.slice_rows(0, rows)).unwrap();
         let t_stats = t.elapsed();
-        for (m, tol) in [
-            (SqrtmMethod::SchurEigenvalues, 1e-8),
-            (SqrtmMethod::Symmetric, 1e-7),
-        ] {
+        for (m, tol) in [(SqrtmMethod::SchurEigenvalues, 1e-8), (SqrtmMethod::Symmetric, 1e-7)] {
             let t = Instant::now();
             let got = frechet_distance(&sa, &sb, m).unwrap();
             let rel = (got.distance - want).abs() / want;
@@ -68,15 +59,11 @@ fn eval_bench_inception_and_precision_recall_timings() {
         .map(|x| (x * 255.0).floor() as f32)
         .collect();
     let imgs = ImageBatch::new(&[n, 64, 64, 3], data).unwrap();
-    ex.extract(&ImageBatch::new(&[1, 64, 64, 3], vec![0.0; 64 * 64 * 3]).unwrap())
-        .unwrap();
+    ex.extract(&ImageBatch::new(&[1, 64, 64, 3], vec![0.0; 64 * 64 * 3]).unwrap()).unwrap();
     let t = Instant::now();
     ex.extract(&imgs).unwrap();
     let dt = t.elapsed();
-    println!(
-        "Inception forward (CPU, batch {n}, 64x64 -> 299): {:.2?} per image",
-        dt / n as u32
-    );
+    println!("Inception forward (CPU, batch {n}, 64x64 -> 299): {:.2?} per image", dt / n as u32);
 
     let a = features("bench_a", 5000, 2048, 1.0, 0.0);
     let b = features("bench_b", 5000, 2048, 1.1, 0.01);

@@ -19,12 +19,7 @@ fn fixture() -> HashMap<String, Tensor> {
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 /// max |a-b| / max |b|
@@ -43,11 +38,7 @@ fn images(f: &HashMap<String, Tensor>) -> ImageBatch {
 fn eval_inception_forward_matches_pytorch_fid() {
     let f = fixture();
     let sd = synthetic_state_dict(true).unwrap();
-    assert_eq!(
-        sd.len(),
-        94 * 5 + 2,
-        "94 conv+bn layers (5 tensors each) and the fc head"
-    );
+    assert_eq!(sd.len(), 94 * 5 + 2, "94 conv+bn layers (5 tensors each) and the fc head");
     let w = WeightMap::from_tensors("synthetic", sd).unwrap();
     let imgs = images(&f);
     for (conv, name) in [
@@ -72,10 +63,7 @@ fn eval_inception_forward_matches_pytorch_fid() {
         let rs = max_rel(&spatial.data, &flat(&f[&format!("{name}_spatial")]));
         let rl = max_rel(&logits.data, &flat(&f[&format!("{name}_logits")]));
         println!("{name}: max rel err pool {rp:.2e} spatial {rs:.2e} logits {rl:.2e}");
-        assert!(
-            rp < 2e-5 && rs < 2e-5 && rl < 2e-5,
-            "{name}: pool {rp} spatial {rs} logits {rl}"
-        );
+        assert!(rp < 2e-5 && rs < 2e-5 && rl < 2e-5, "{name}: pool {rp} spatial {rs} logits {rl}");
     }
 }
 
@@ -83,21 +71,11 @@ fn eval_inception_forward_matches_pytorch_fid() {
 fn eval_inception_resize_matches_tensorflow_and_torch() {
     let f = fixture();
     // [1, 5, 7, 2] NHWC -> NCHW
-    let small = f["resize_small"]
-        .permute((0, 3, 1, 2))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    for (conv, tag) in [
-        (InputConvention::TfReference, "tf"),
-        (InputConvention::PytorchFid, "pt"),
-    ] {
+    let small = f["resize_small"].permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+    for (conv, tag) in [(InputConvention::TfReference, "tf"), (InputConvention::PytorchFid, "pt")] {
         let up = resize_bilinear(&small, 13, 11, conv).unwrap();
         let down = resize_bilinear(&up, 4, 3, conv).unwrap();
-        for (got, key) in [
-            (up, format!("resize_{tag}_up")),
-            (down, format!("resize_{tag}_down")),
-        ] {
+        for (got, key) in [(up, format!("resize_{tag}_up")), (down, format!("resize_{tag}_down"))] {
             let got = got.permute((0, 2, 3, 1)).unwrap();
             let r = max_rel(&flat(&got), &flat(&f[&key]));
             assert!(r < 1e-6, "{key}: rel err {r}");
@@ -111,30 +89,21 @@ fn eval_inception_loads_pt_state_dict() {
     let key = "Conv2d_1a_3x3.conv.weight";
     let t = w.get(key, &[32, 3, 3, 3]).unwrap();
     assert_eq!(flat(&t), synthetic_values(key, &[32, 3, 3, 3]));
-    assert!(
-        !w.contains("Conv2d_1a_3x3.bn.num_batches_tracked"),
-        "integer buffers are dropped"
-    );
+    assert!(!w.contains("Conv2d_1a_3x3.bn.num_batches_tracked"), "integer buffers are dropped");
     let e = w.get(key, &[32, 3, 5, 5]).unwrap_err().to_string();
     assert!(
         e.contains("tiny_state_dict.pt") && e.contains(key) && e.contains("[32, 3, 3, 3]"),
         "{e}"
     );
     // the network names the first key it misses
-    let e = InceptionV3::load(&w, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = InceptionV3::load(&w, &Device::Cpu).err().unwrap().to_string();
     assert!(
         e.contains("tiny_state_dict.pt")
             && e.contains("Conv2d_1a_3x3.bn.weight")
             && e.contains("missing"),
         "{e}"
     );
-    let e = WeightMap::load(format!("{DIR}/nope.pt"))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = WeightMap::load(format!("{DIR}/nope.pt")).err().unwrap().to_string();
     assert!(e.contains("nope.pt") && e.contains("not found"), "{e}");
 }
 

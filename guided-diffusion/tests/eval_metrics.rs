@@ -58,8 +58,7 @@ fn eval_streaming_covariance_is_batch_independent() {
     let whole = FidStatistics::from_features(&m).unwrap();
     let mut acc = guided_diffusion::eval::MomentAccumulator::new(m.cols);
     for start in (0..m.rows).step_by(37) {
-        acc.update(&m.slice_rows(start, (start + 37).min(m.rows)))
-            .unwrap();
+        acc.update(&m.slice_rows(start, (start + 37).min(m.rows))).unwrap();
     }
     let streamed = acc.finish().unwrap();
     for (x, y) in whole.sigma.iter().zip(&streamed.sigma) {
@@ -88,18 +87,10 @@ fn eval_fid_matches_scipy_sqrtm() {
             rel(got.distance, want),
             got.eps_fallback
         );
-        assert!(
-            rel(got.distance, want) < tol_schur,
-            "{case}: {} vs scipy {want}",
-            got.distance
-        );
+        assert!(rel(got.distance, want) < tol_schur, "{case}: {} vs scipy {want}", got.distance);
         assert_eq!(got.eps_fallback, want_fallback, "{case}: eps fallback");
         let sym = frechet_distance(&sa, &sb, SqrtmMethod::Symmetric).unwrap();
-        println!(
-            "{case}: symmetric {} rel {:.2e}",
-            sym.distance,
-            rel(sym.distance, want)
-        );
+        println!("{case}: symmetric {} rel {:.2e}", sym.distance, rel(sym.distance, want));
         if !want_fallback {
             assert!(
                 rel(sym.distance, want) < tol_sym,
@@ -115,16 +106,10 @@ fn eval_fid_of_identical_statistics_is_zero_and_symmetric() {
     let (a, _) = fixtures();
     let sa = FidStatistics::from_features(&matrix(&a, "fullrank_a")).unwrap();
     let sb = FidStatistics::from_features(&matrix(&a, "fullrank_b")).unwrap();
-    let zero = frechet_distance(&sa, &sa, SqrtmMethod::default())
-        .unwrap()
-        .distance;
+    let zero = frechet_distance(&sa, &sa, SqrtmMethod::default()).unwrap().distance;
     assert!(zero.abs() < 1e-9, "{zero}");
-    let ab = frechet_distance(&sa, &sb, SqrtmMethod::default())
-        .unwrap()
-        .distance;
-    let ba = frechet_distance(&sb, &sa, SqrtmMethod::default())
-        .unwrap()
-        .distance;
+    let ab = frechet_distance(&sa, &sb, SqrtmMethod::default()).unwrap().distance;
+    let ba = frechet_distance(&sb, &sa, SqrtmMethod::default()).unwrap().distance;
     assert!(rel(ab, ba) < 1e-11);
 }
 
@@ -132,15 +117,11 @@ fn eval_fid_of_identical_statistics_is_zero_and_symmetric() {
 fn eval_fid_errors_on_mismatched_dims_and_complex_sqrt() {
     let a = FidStatistics::new(vec![0.0; 2], vec![1.0, 0.0, 0.0, 1.0]).unwrap();
     let b = FidStatistics::new(vec![0.0; 3], vec![0.0; 9]).unwrap();
-    let e = frechet_distance(&a, &b, SqrtmMethod::default())
-        .unwrap_err()
-        .to_string();
+    let e = frechet_distance(&a, &b, SqrtmMethod::default()).unwrap_err().to_string();
     assert!(e.contains("different lengths"), "{e}");
     // an indefinite "covariance" makes the product's square root clearly complex
     let c = FidStatistics::new(vec![0.0; 2], vec![1.0, 0.0, 0.0, -1.0]).unwrap();
-    let e = frechet_distance(&a, &c, SqrtmMethod::default())
-        .unwrap_err()
-        .to_string();
+    let e = frechet_distance(&a, &c, SqrtmMethod::default()).unwrap_err().to_string();
     assert!(e.contains("Imaginary component"), "{e}");
 }
 
@@ -183,11 +164,7 @@ fn eval_precision_recall_f32_matches_numpy() {
             j["pr_f32"]["precision"].as_f64().unwrap(),
             "precision, blocks {rows}x{cols}"
         );
-        assert_eq!(
-            rc,
-            j["pr_f32"]["recall"].as_f64().unwrap(),
-            "recall, blocks {rows}x{cols}"
-        );
+        assert_eq!(rc, j["pr_f32"]["recall"].as_f64().unwrap(), "recall, blocks {rows}x{cols}");
     }
 }
 
@@ -201,34 +178,20 @@ fn eval_precision_recall_f16_emulation_matches_numpy() {
     // f16 results: equal, or one f16 ulp apart where f32 summation order differs
     let mut exact = 0;
     for (x, y) in rr.data.iter().zip(&want) {
-        assert!(
-            (x - y).abs() <= 2f32.powi(-10) * y.abs().max(1.0) * 2.0,
-            "radius {x} vs {y}"
-        );
+        assert!((x - y).abs() <= 2f32.powi(-10) * y.abs().max(1.0) * 2.0, "radius {x} vs {y}");
         exact += (x == y) as usize;
     }
     println!("f16 radii identical to numpy: {exact}/{}", rr.rows);
     let (p, rc) = est.precision_recall(&r, &s).unwrap();
-    let (wp, wr) = (
-        j["pr_f16"]["precision"].as_f64().unwrap(),
-        j["pr_f16"]["recall"].as_f64().unwrap(),
-    );
-    assert!(
-        (p - wp).abs() <= 1.0 / s.rows as f64 + 1e-12,
-        "precision {p} vs {wp}"
-    );
-    assert!(
-        (rc - wr).abs() <= 1.0 / r.rows as f64 + 1e-12,
-        "recall {rc} vs {wr}"
-    );
+    let (wp, wr) =
+        (j["pr_f16"]["precision"].as_f64().unwrap(), j["pr_f16"]["recall"].as_f64().unwrap());
+    assert!((p - wp).abs() <= 1.0 / s.rows as f64 + 1e-12, "precision {p} vs {wp}");
+    assert!((rc - wr).abs() <= 1.0 / r.rows as f64 + 1e-12, "recall {rc} vs {wr}");
 }
 
 #[test]
 fn eval_precision_recall_needs_enough_points() {
     let m = FeatureMatrix::new(3, 2, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
-    let e = estimator(DistancePrecision::F32, 10, 10)
-        .manifold_radii(&m)
-        .unwrap_err()
-        .to_string();
+    let e = estimator(DistancePrecision::F32, 10, 10).manifold_radii(&m).unwrap_err().to_string();
     assert!(e.contains("more than 3"), "{e}");
 }

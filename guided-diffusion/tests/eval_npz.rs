@@ -10,11 +10,7 @@ fn expected() -> serde_json::Value {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 #[test]
@@ -52,10 +48,7 @@ fn eval_npz_reads_float_variants() {
         let a = npz.read_f64("arr_0").unwrap();
         assert_eq!(a.shape, [7, 3], "{file}");
         for (x, y) in a.data.iter().zip(&want) {
-            assert!(
-                (x - y).abs() <= tol * y.abs().max(1.0),
-                "{file}: {x} vs {y}"
-            );
+            assert!((x - y).abs() <= tol * y.abs().max(1.0), "{file}: {x} vs {y}");
         }
         // streaming gives the same rows, Fortran order included
         let mut rows = Vec::new();
@@ -64,11 +57,7 @@ fn eval_npz_reads_float_variants() {
             Ok(())
         })
         .unwrap();
-        assert_eq!(
-            rows,
-            a.data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            "{file}"
-        );
+        assert_eq!(rows, a.data.iter().map(|&v| v as f32).collect::<Vec<_>>(), "{file}");
     }
 }
 
@@ -76,10 +65,7 @@ fn err_of(file: &str, key: &str) -> String {
     let path = format!("{DIR}/{file}");
     match NpzFile::open(&path) {
         Err(e) => e.to_string(),
-        Ok(npz) => npz
-            .for_each_batch(key, 4, |_, _| Ok(()))
-            .unwrap_err()
-            .to_string(),
+        Ok(npz) => npz.for_each_batch(key, 4, |_, _| Ok(())).unwrap_err().to_string(),
     }
 }
 
@@ -101,10 +87,7 @@ fn eval_npz_errors_name_file_and_key() {
         "{e}"
     );
     let e = err_of("not_a_zip.npz", "arr_0");
-    assert!(
-        e.contains("not_a_zip.npz") && e.contains("not a readable .npz"),
-        "{e}"
-    );
+    assert!(e.contains("not_a_zip.npz") && e.contains("not a readable .npz"), "{e}");
     let e = err_of("does_not_exist.npz", "arr_0");
     assert!(e.contains("does_not_exist.npz"), "{e}");
 }

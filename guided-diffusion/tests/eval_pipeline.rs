@@ -20,10 +20,7 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 fn run(ref_file: &str, pr: DistancePrecision) -> guided_diffusion::eval::EvalResults {
-    let opts = EvalOptions {
-        pr_distance: pr,
-        ..Default::default()
-    };
+    let opts = EvalOptions { pr_distance: pr, ..Default::default() };
     let ev = Evaluator::new(Source::Features, opts);
     let mut stages = Vec::new();
     let r = ev
@@ -33,31 +30,17 @@ fn run(ref_file: &str, pr: DistancePrecision) -> guided_diffusion::eval::EvalRes
             &mut |stage, done, total| stages.push((stage.to_string(), done, total)),
         )
         .unwrap();
-    assert!(stages
-        .iter()
-        .any(|(s, d, t)| s == "precision/recall" && d == t));
+    assert!(stages.iter().any(|(s, d, t)| s == "precision/recall" && d == t));
     r
 }
 
 #[test]
 fn eval_pipeline_features_mode_matches_numpy() {
     let want = expected();
-    for (pr, tag) in [
-        (DistancePrecision::F32, "f32"),
-        (DistancePrecision::ReferenceF16, "f16"),
-    ] {
+    for (pr, tag) in [(DistancePrecision::F32, "f32"), (DistancePrecision::ReferenceF16, "f16")] {
         let r = run("ref_features.npz", pr);
-        assert!(
-            rel(
-                r.inception_score.unwrap(),
-                want["inception_score"].as_f64().unwrap()
-            ) < 1e-12
-        );
-        assert!(
-            rel(r.fid, want["fid"].as_f64().unwrap()) < 1e-10,
-            "fid {}",
-            r.fid
-        );
+        assert!(rel(r.inception_score.unwrap(), want["inception_score"].as_f64().unwrap()) < 1e-12);
+        assert!(rel(r.fid, want["fid"].as_f64().unwrap()) < 1e-10, "fid {}", r.fid);
         assert!(rel(r.sfid.unwrap(), want["sfid"].as_f64().unwrap()) < 1e-10);
         // fractions of 50 and 60 points: equal up to the JSON round trip
         assert!(
@@ -77,11 +60,7 @@ fn eval_pipeline_features_mode_matches_numpy() {
 fn eval_pipeline_uses_precomputed_reference_statistics() {
     let want = expected();
     let r = run("ref_features_with_stats.npz", DistancePrecision::F32);
-    assert!(
-        rel(r.fid, want["fid_with_stats"].as_f64().unwrap()) < 1e-10,
-        "fid {}",
-        r.fid
-    );
+    assert!(rel(r.fid, want["fid_with_stats"].as_f64().unwrap()) < 1e-10, "fid {}", r.fid);
     assert!(rel(r.sfid.unwrap(), want["sfid_with_stats"].as_f64().unwrap()) < 1e-10);
     assert!(r.details.reference_statistics.starts_with("precomputed"));
     // precision/recall still come from the reference's features
@@ -123,31 +102,17 @@ impl FeatureExtractor for Toy {
 #[test]
 fn eval_pipeline_runs_a_custom_extractor_on_images() {
     let toy = Toy;
-    let opts = EvalOptions {
-        batch_size: 2,
-        ..Default::default()
-    };
+    let opts = EvalOptions { batch_size: 2, ..Default::default() };
     let ev = Evaluator::new(Source::Images(&toy), opts);
-    let f = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/eval/npz/images.npz"
-    ));
+    let f = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/eval/npz/images.npz"));
     let r = ev.evaluate(f, f, &mut |_, _, _| {}).unwrap();
     // 5 images, 5-d features: a singular covariance, so only ~sqrt(machine eps) from 0
     assert!(r.fid.abs() < 1e-5, "same batch: FID {}", r.fid);
     assert_eq!((r.precision, r.recall), (1.0, 1.0));
     assert!(r.inception_score.is_none() && r.sfid.is_none());
-    assert!(r
-        .details
-        .inception_score_unavailable
-        .as_deref()
-        .unwrap()
-        .contains("fc.weight"));
+    assert!(r.details.inception_score_unavailable.as_deref().unwrap().contains("fc.weight"));
     let report = r.report();
-    assert!(
-        report.starts_with("Inception Score: unavailable ("),
-        "{report}"
-    );
+    assert!(report.starts_with("Inception Score: unavailable ("), "{report}");
     assert!(
         report.contains("\nFID: ")
             && report.contains("\nsFID: unavailable")
@@ -163,9 +128,7 @@ fn eval_pipeline_errors_name_file_and_key() {
     let npz = |f: &str| format!("{DIR}/npz/{f}");
     let good = npz("images.npz");
     let err = |a: &str, b: &str| {
-        ev.evaluate(Path::new(a), Path::new(b), &mut |_, _, _| {})
-            .unwrap_err()
-            .to_string()
+        ev.evaluate(Path::new(a), Path::new(b), &mut |_, _, _| {}).unwrap_err().to_string()
     };
     let e = err(&good, &npz("bad_shape.npz"));
     assert!(
@@ -173,10 +136,7 @@ fn eval_pipeline_errors_name_file_and_key() {
         "{e}"
     );
     let e = err(&npz("bad_channels_first.npz"), &good);
-    assert!(
-        e.contains("bad_channels_first.npz") && e.contains("channels first"),
-        "{e}"
-    );
+    assert!(e.contains("bad_channels_first.npz") && e.contains("channels first"), "{e}");
     let e = err(&good, &npz("bad_missing_arr0.npz"));
     assert!(
         e.contains("bad_missing_arr0.npz") && e.contains("'arr_0'") && e.contains("missing"),
@@ -186,12 +146,7 @@ fn eval_pipeline_errors_name_file_and_key() {
     assert!(e.contains("bad_dtype.npz") && e.contains("dtype"), "{e}");
     // features mode: image batches lack 'pool'
     let fe = Evaluator::new(Source::Features, EvalOptions::default());
-    let e = fe
-        .evaluate(Path::new(&good), Path::new(&good), &mut |_, _, _| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("images.npz") && e.contains("'pool'") && e.contains("missing"),
-        "{e}"
-    );
+    let e =
+        fe.evaluate(Path::new(&good), Path::new(&good), &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("images.npz") && e.contains("'pool'") && e.contains("missing"), "{e}");
 }

@@ -22,7 +22,14 @@ fn rounded(t: &Tensor) -> Tensor {
 }
 
 /// (y, dx) of `sum(conv(x, w, b) * r)`.
-fn run(x: &Var, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -> (Vec<f32>, Vec<f32>) {
+fn run(
+    x: &Var,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let y = kernels::conv2d(x, w, Some(b), stride, pad).unwrap();
     let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     (vals(&y), vals(g.get(x).unwrap()))
@@ -94,15 +101,24 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
                 run(&x, &w, &b, &r, stride, pad)
             };
             let e = rel_err(&got.0, &want);
-            println!("case {i} amx {use_amx}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}", rel_err(&got.0, &plain.0));
-            assert!(e < 2e-6 * ((c * k * k) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: {e}");
+            println!(
+                "case {i} amx {use_amx}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}",
+                rel_err(&got.0, &plain.0)
+            );
+            assert!(
+                e < 2e-6 * ((c * k * k) as f32).sqrt().max(1.0) + 1e-6,
+                "case {i} amx {use_amx}: {e}"
+            );
             assert!(rel_err(&got.0, &plain.0) < 2e-2, "case {i}: bf16 too far from f32");
             // (No input channels: the bias alone, in either precision.)
             assert!(c == 0 || rel_err(&got.0, &plain.0) > 0.0, "case {i}: the scope did not round");
             if bf16_dx {
                 let e = rel_err(&got.1, &want_dx);
                 println!("case {i} amx {use_amx}: input gradient vs rounded f32 {e:.2e}");
-                assert!(e < 2e-6 * ((co * k * k) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: dx {e}");
+                assert!(
+                    e < 2e-6 * ((co * k * k) as f32).sqrt().max(1.0) + 1e-6,
+                    "case {i} amx {use_amx}: dx {e}"
+                );
                 assert!(rel_err(&got.1, &plain.1) < 2e-2, "case {i}: bf16 dx too far from f32");
             } else {
                 assert_eq!(got.1, plain.1, "case {i}: this input gradient must stay f32");
@@ -116,11 +132,17 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
             if c > 0 && n * ho * ho > 0 && co >= 128 && use_amx {
                 let e = rel_err(&got_dw, &want_dw);
                 println!("case {i} amx {use_amx}: weight gradient vs rounded f32 {e:.2e}");
-                assert!(e < 4e-6 * ((n * ho * ho) as f32).sqrt().max(1.0) + 1e-6, "case {i} amx {use_amx}: dw {e}");
+                assert!(
+                    e < 4e-6 * ((n * ho * ho) as f32).sqrt().max(1.0) + 1e-6,
+                    "case {i} amx {use_amx}: dw {e}"
+                );
                 assert!(rel_err(&got_dw, &plain_dw) < 2e-2, "case {i}: bf16 dw too far from f32");
             } else if c > 0 && n * ho * ho > 0 {
                 let e = rel_err(&got_dw, &plain_dw);
-                assert!(e < 1e-5, "case {i} amx {use_amx}: this weight gradient must stay f32 ({e})");
+                assert!(
+                    e < 1e-5,
+                    "case {i} amx {use_amx}: this weight gradient must stay f32 ({e})"
+                );
             }
             // Frozen weights keep the packed form: same values.
             let _frozen = kernels::freeze();
@@ -130,7 +152,11 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
             }
         }
         assert!(!bf16::active());
-        assert_eq!(run(&x, &w, &b, &r, stride, pad).0, plain.0, "case {i}: after the scope, f32 again");
+        assert_eq!(
+            run(&x, &w, &b, &r, stride, pad).0,
+            plain.0,
+            "case {i}: after the scope, f32 again"
+        );
     }
     kernels::set_amx(true);
     attention(&mut rng, amx_modes);
@@ -138,7 +164,8 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
 
 /// (out, dqkv) of `sum(attention(qkv) * r)`.
 fn run_attention(qkv: &Var, heads: usize, new_order: bool, r: &Tensor) -> (Vec<f32>, Vec<f32>) {
-    let a = kernels::qkv_attention(qkv, heads, new_order).unwrap().expect("the fast attention applies");
+    let a =
+        kernels::qkv_attention(qkv, heads, new_order).unwrap().expect("the fast attention applies");
     let g = (&a * r).unwrap().sum_all().unwrap().backward().unwrap();
     (vals(&a), vals(g.get(qkv).unwrap()))
 }
@@ -147,7 +174,9 @@ fn run_attention(qkv: &Var, heads: usize, new_order: bool, r: &Tensor) -> (Vec<f
 /// backward f32.
 fn attention(rng: &mut StdRng, amx_modes: &[bool]) {
     // (batch, heads, ch, T): T not a multiple of 16, 32 or the 64-row blocks; ch not of 32.
-    for (i, &(n, heads, ch, t)) in [(2, 2, 24, 100), (1, 3, 64, 64), (1, 1, 8, 17)].iter().enumerate() {
+    for (i, &(n, heads, ch, t)) in
+        [(2, 2, 24, 100), (1, 3, 64, 64), (1, 1, 8, 17)].iter().enumerate()
+    {
         for new_order in [false, true] {
             let qkv = Var::from_tensor(&rand_tensor(rng, &[n, 3 * heads * ch, t])).unwrap();
             let r = rand_tensor(rng, &[n, heads * ch, t]);

@@ -12,7 +12,16 @@ use support::rand_tensor;
 /// Max |a - b| must stay within `rtol` of max |b| (plus a tiny floor).
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(diff <= rtol * scale + 1e-6, "{what}: max abs diff {diff:e} vs scale {scale:e}");
 }
@@ -38,7 +47,11 @@ fn check(case: &Case, seed: u64) {
     let wt = Var::from_tensor(&rand_tensor(&mut rng, &[co, c, k, k])).unwrap();
     let b = Var::from_tensor(&rand_tensor(&mut rng, &[co])).unwrap();
 
-    let want = x.conv2d(&wt, pad, stride, 1, 1).unwrap().broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap();
+    let want = x
+        .conv2d(&wt, pad, stride, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
+        .unwrap();
     let got = kernels::conv2d(&x, &wt, Some(&b), stride, pad).unwrap();
     assert_close(&format!("{name}: forward"), &got, &want, 1e-5);
 
@@ -219,7 +232,12 @@ fn kernels_conv2d_falls_back_where_it_does_not_apply() {
     let w64 = w.to_dtype(DType::F64).unwrap();
     let got = kernels::conv2d(&x64, &w64, None, 1, 1).unwrap();
     assert_eq!(got.dtype(), DType::F64);
-    assert_close("f64 fallback", &got.to_dtype(DType::F32).unwrap(), &x.conv2d(&w, 1, 1, 1, 1).unwrap(), 1e-5);
+    assert_close(
+        "f64 fallback",
+        &got.to_dtype(DType::F32).unwrap(),
+        &x.conv2d(&w, 1, 1, 1, 1).unwrap(),
+        1e-5,
+    );
     // Channel mismatch: an error, not a panic.
     let bad = rand_tensor(&mut rng, &[3, 4, 3, 3]);
     assert!(kernels::conv2d(&x, &bad, None, 1, 1).is_err());
@@ -267,7 +285,10 @@ fn kernels_conv2d_winograd_matches_definition() {
         let name = format!("n{n} c{c} {h}x{w} co{co} p{pad}");
         // Weights scaled as the models initialise them, so outputs are O(1).
         let x = Var::from_tensor(&rand_tensor(&mut rng, &[n, c, h, w])).unwrap();
-        let wt = Var::from_tensor(&(rand_tensor(&mut rng, &[co, c, 3, 3]) * (3.0 / (9.0 * c as f64)).sqrt()).unwrap()).unwrap();
+        let wt = Var::from_tensor(
+            &(rand_tensor(&mut rng, &[co, c, 3, 3]) * (3.0 / (9.0 * c as f64)).sqrt()).unwrap(),
+        )
+        .unwrap();
         let y = kernels::conv2d(&x, &wt, None, 1, pad).unwrap();
         let r = rand_tensor(&mut rng, y.dims());
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -278,11 +299,13 @@ fn kernels_conv2d_winograd_matches_definition() {
             let d = a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
             d / b.iter().map(|y| y.abs()).fold(0.0, f64::max)
         };
-        let (ey, edx, edw) = (rel(&y, &wy), rel(g.get(&x).unwrap(), &wdx), rel(g.get(&wt).unwrap(), &wdw));
+        let (ey, edx, edw) =
+            (rel(&y, &wy), rel(g.get(&x).unwrap(), &wdx), rel(g.get(&wt).unwrap(), &wdw));
         kernels::set_winograd(false);
         let yd = kernels::conv2d(&x, &wt, None, 1, pad).unwrap();
         let gd = (&yd * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let (dy, ddx, ddw) = (rel(&yd, &wy), rel(gd.get(&x).unwrap(), &wdx), rel(gd.get(&wt).unwrap(), &wdw));
+        let (dy, ddx, ddw) =
+            (rel(&yd, &wy), rel(gd.get(&x).unwrap(), &wdx), rel(gd.get(&wt).unwrap(), &wdw));
         kernels::set_winograd(true);
         println!(
             "{name}: max error / max |value|, Winograd vs direct: output {ey:.1e} vs {dy:.1e}, \
@@ -291,6 +314,9 @@ fn kernels_conv2d_winograd_matches_definition() {
         // Rounding errors add up over the channels summed: 1e-5 up to 64 channels, growing as
         // their square root beyond.
         let bound = 1e-5 * (c.max(co) as f64 / 64.0).sqrt().max(1.0);
-        assert!(ey < bound && edx < bound && edw < bound, "{name}: Winograd error {ey:e} / {edx:e} / {edw:e} (bound {bound:e})");
+        assert!(
+            ey < bound && edx < bound && edw < bound,
+            "{name}: Winograd error {ey:e} / {edx:e} / {edw:e} (bound {bound:e})"
+        );
     }
 }

@@ -14,7 +14,14 @@ fn bits(t: &Tensor) -> Vec<u32> {
 }
 
 /// (y, dx) of `sum(conv(x, w, b) * r)` for a constant weight `w` and bias.
-fn run(x: &Var, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -> (Vec<u32>, Vec<u32>) {
+fn run(
+    x: &Var,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> (Vec<u32>, Vec<u32>) {
     let y = kernels::conv2d(x, w, Some(b), stride, pad).unwrap();
     let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     (bits(&y), bits(g.get(x).unwrap()))
@@ -65,7 +72,11 @@ fn kernels_frozen_scope_reuses_derived_weights_with_identical_results() {
         // case nothing.
         let kept = |i: usize| {
             let d = frozen::lookup(&layers[i].1).unwrap();
-            (d.winograd.get().is_some(), d.flipped.get().is_some(), d.flipped_winograd.get().is_some())
+            (
+                d.winograd.get().is_some(),
+                d.flipped.get().is_some(),
+                d.flipped_winograd.get().is_some(),
+            )
         };
         assert_eq!(kept(0), (true, false, true));
         assert_eq!(kept(1), (false, true, false));

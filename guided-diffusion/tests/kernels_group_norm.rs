@@ -16,7 +16,16 @@ fn rand_tensor(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(diff <= rtol * scale + 1e-6, "{what}: max abs diff {diff:e} vs scale {scale:e}");
 }
@@ -37,7 +46,14 @@ fn check(dims: &[usize], groups: usize, ss: bool, silu: bool, seed: u64) {
     bshape[0] = n;
     bshape[1] = c;
     let reference = {
-        let gn = candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), c, groups, 1e-5).unwrap();
+        let gn = candle_nn::GroupNorm::new(
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            c,
+            groups,
+            1e-5,
+        )
+        .unwrap();
         let mut h = gn.forward(&x).unwrap();
         if ss {
             let scale = sst.narrow(1, 0, c).unwrap().reshape(bshape.as_slice()).unwrap();
@@ -49,9 +65,10 @@ fn check(dims: &[usize], groups: usize, ss: bool, silu: bool, seed: u64) {
         }
         h
     };
-    let fast = kernels::group_norm(&x, &gamma, &beta, groups, 1e-5, ss.then_some(sst.as_tensor()), silu)
-        .unwrap()
-        .expect("fast path applies");
+    let fast =
+        kernels::group_norm(&x, &gamma, &beta, groups, 1e-5, ss.then_some(sst.as_tensor()), silu)
+            .unwrap()
+            .expect("fast path applies");
     assert_close(&format!("{name}: forward"), &fast, &reference, 2e-5);
 
     let r = rand_tensor(&mut rng, dims, -1.0, 1.0);
@@ -69,7 +86,9 @@ fn check(dims: &[usize], groups: usize, ss: bool, silu: bool, seed: u64) {
 #[test]
 fn kernels_group_norm_matches_candle() {
     let mut seed = 0;
-    for dims in [&[2usize, 64, 8, 8][..], &[1, 32, 5, 7], &[3, 96, 4, 4], &[2, 64, 64], &[1, 128, 16, 16]] {
+    for dims in
+        [&[2usize, 64, 8, 8][..], &[1, 32, 5, 7], &[3, 96, 4, 4], &[2, 64, 64], &[1, 128, 16, 16]]
+    {
         for (ss, silu) in [(false, false), (false, true), (true, false), (true, true)] {
             check(dims, 32, ss, silu, seed);
             seed += 1;
@@ -95,7 +114,9 @@ fn kernels_group_norm_not_applicable_is_none() {
     assert!(kernels::group_norm(&x, &g, &b, 32, 1e-5, None, true).unwrap().is_none());
     let x64 = x.to_dtype(DType::F64).unwrap();
     assert!(kernels::group_norm(&x64, &g, &b, 2, 1e-5, None, true).unwrap().is_none());
-    assert!(kernels::group_norm(&x.flatten_from(1).unwrap(), &g, &b, 2, 1e-5, None, true).unwrap().is_none());
+    assert!(kernels::group_norm(&x.flatten_from(1).unwrap(), &g, &b, 2, 1e-5, None, true)
+        .unwrap()
+        .is_none());
 }
 
 /// The model-facing methods agree with the plain candle composition they replace.
@@ -121,6 +142,16 @@ fn kernels_group_norm32_methods() {
     assert_close("forward", &gn.forward(&x).unwrap(), &plain, 2e-5);
     assert_close("forward_silu", &gn.forward_silu(&x).unwrap(), &plain.silu().unwrap(), 2e-5);
     let ada = plain.broadcast_mul(&(&scale + 1.0).unwrap()).unwrap().broadcast_add(&shift).unwrap();
-    assert_close("forward_scale_shift", &gn.forward_scale_shift(&x, &scale, &shift).unwrap(), &ada, 2e-5);
-    assert_close("forward_scale_shift_silu", &gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap(), &ada.silu().unwrap(), 2e-5);
+    assert_close(
+        "forward_scale_shift",
+        &gn.forward_scale_shift(&x, &scale, &shift).unwrap(),
+        &ada,
+        2e-5,
+    );
+    assert_close(
+        "forward_scale_shift_silu",
+        &gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap(),
+        &ada.silu().unwrap(),
+        2e-5,
+    );
 }

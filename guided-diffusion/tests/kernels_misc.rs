@@ -11,7 +11,16 @@ use support::rand_tensor;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -48,15 +57,21 @@ fn kernels_upsample_and_sum_pool_match_candle() {
 #[test]
 fn kernels_upsample_gradient_accumulates() {
     kernels::set_enabled(true);
-    let x = Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let loss = |up: Tensor| (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap()).unwrap();
+    let x =
+        Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let loss =
+        |up: Tensor| (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap()).unwrap();
     let g = loss(kernels::upsample_nearest2x(&x).unwrap()).backward().unwrap();
     let got: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(got, vec![14.0; 4]);
     let g = loss(x.upsample_nearest2d(4, 4).unwrap()).backward().unwrap();
     let candle: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     // Documents the upstream bug (fix the expectation when candle is fixed).
-    assert_eq!(candle, vec![4.0; 4], "candle's upsample backward changed; re-check the note in kernels::upsample");
+    assert_eq!(
+        candle,
+        vec![4.0; 4],
+        "candle's upsample backward changed; re-check the note in kernels::upsample"
+    );
 }
 
 /// The fused softmax against candle's composition (`candle_nn::ops::softmax_last_dim`'s
@@ -88,10 +103,14 @@ fn kernels_qkv_attention_matches_candle() {
     kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(10);
     // The last case has several blocks of query rows (64 each), the last one partial.
-    for &(b, heads, ch, t) in &[(2usize, 2usize, 8usize, 16usize), (1, 3, 4, 17), (3, 1, 16, 5), (2, 2, 8, 150)] {
+    for &(b, heads, ch, t) in
+        &[(2usize, 2usize, 8usize, 16usize), (1, 3, 4, 17), (3, 1, 16, 5), (2, 2, 8, 150)]
+    {
         for new_order in [false, true] {
             let order = if new_order { HeadOrder::New } else { HeadOrder::Legacy };
-            let qkv = Var::from_tensor(&(rand_tensor(&mut rng, &[b, 3 * heads * ch, t]) * 2.0).unwrap()).unwrap();
+            let qkv =
+                Var::from_tensor(&(rand_tensor(&mut rng, &[b, 3 * heads * ch, t]) * 2.0).unwrap())
+                    .unwrap();
             let r = rand_tensor(&mut rng, &[b, heads * ch, t]);
             // The model's path uses `softmax_last_f32`, itself fused while the kernels are on;
             // that softmax is checked against candle's ops in kernels_softmax_matches_candle.
@@ -101,7 +120,10 @@ fn kernels_qkv_attention_matches_candle() {
             assert!(max_diff(&got, &want) < 1e-5, "{what}: forward");
             let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gg = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(max_diff(gg.get(&qkv).unwrap(), gw.get(&qkv).unwrap()) < 1e-4, "{what}: gradient");
+            assert!(
+                max_diff(gg.get(&qkv).unwrap(), gw.get(&qkv).unwrap()) < 1e-4,
+                "{what}: gradient"
+            );
         }
     }
 }
@@ -118,7 +140,10 @@ fn kernels_empty_inputs() {
     let y = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
     assert_eq!(y.dims(), [0, 6, 5, 5]);
     let g = y.sum_all().unwrap().backward().unwrap();
-    assert_eq!(g.get(&w).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        g.get(&w).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
+        0.0
+    );
     let g4 = Tensor::ones(4, DType::F32, &dev).unwrap();
     let z4 = Tensor::zeros(4, DType::F32, &dev).unwrap();
     let gn = kernels::group_norm(&x, &g4, &z4, 2, 1e-5, None, true).unwrap().unwrap();
@@ -130,5 +155,11 @@ fn kernels_empty_inputs() {
     gn.sum_all().unwrap().backward().unwrap();
     let qkv = Tensor::zeros((0, 6, 4), DType::F32, &dev).unwrap();
     assert_eq!(kernels::qkv_attention(&qkv, 1, true).unwrap().unwrap().dims(), [0, 2, 4]);
-    assert_eq!(kernels::softmax_last(&Tensor::zeros((3, 0), DType::F32, &dev).unwrap()).unwrap().unwrap().dims(), [3, 0]);
+    assert_eq!(
+        kernels::softmax_last(&Tensor::zeros((3, 0), DType::F32, &dev).unwrap())
+            .unwrap()
+            .unwrap()
+            .dims(),
+        [3, 0]
+    );
 }

@@ -25,7 +25,10 @@ fn upsample_off_is_correct() {
     let x = Var::from_tensor(&rand_tensor(&mut rng, &[2, 3, 4, 5])).unwrap();
     let up = kernels::upsample_nearest2x(&x).unwrap();
     assert_eq!(max_diff(&up, &x.upsample_nearest2d(8, 10).unwrap()), 0.0);
-    let g = (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap()).unwrap().backward().unwrap();
+    let g = (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
     let got: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert!(got.iter().all(|&v| v == 14.0));
     kernels::set_enabled(true);
@@ -35,12 +38,20 @@ fn conv2d_off_is_candle() {
     kernels::set_enabled(false);
     assert!(!kernels::enabled());
     let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::arange(0f32, 50.0, &dev).unwrap().reshape((1, 2, 5, 5)).unwrap()).unwrap();
-    let w = Tensor::arange(0f32, 54.0, &dev).unwrap().affine(0.01, -0.2).unwrap().reshape((3, 2, 3, 3)).unwrap();
+    let x =
+        Var::from_tensor(&Tensor::arange(0f32, 50.0, &dev).unwrap().reshape((1, 2, 5, 5)).unwrap())
+            .unwrap();
+    let w = Tensor::arange(0f32, 54.0, &dev)
+        .unwrap()
+        .affine(0.01, -0.2)
+        .unwrap()
+        .reshape((3, 2, 3, 3))
+        .unwrap();
     let b = Tensor::new(&[0.5f32, -1.0, 2.0], &dev).unwrap();
     let off = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
     let g_off = off.sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
-    let want = x.conv2d(&w, 1, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap();
+    let want =
+        x.conv2d(&w, 1, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap();
     let d = (&off - &want).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(d, 0.0, "off: exactly candle's result");
     let big = Tensor::zeros((3, 2, 9, 9), DType::F32, &dev).unwrap();
@@ -50,7 +61,16 @@ fn conv2d_off_is_candle() {
     assert!(kernels::enabled());
     let on = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
     let g_on = on.sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
-    let d = (&on - &want).unwrap().abs().unwrap().max_keepdim(3).unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (&on - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_keepdim(3)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
     let d = (&g_on - &g_off).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
@@ -60,7 +80,9 @@ fn conv2d_off_is_candle() {
 fn conv1x1_on_matches_off() {
     let mut rng = StdRng::seed_from_u64(3);
     let vm = VarMap::new();
-    let conv = Conv1x1::new(12, 7, 1, false, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let conv =
+        Conv1x1::new(12, 7, 1, false, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
+            .unwrap();
     let x = Var::from_tensor(&rand_tensor(&mut rng, &[3, 12, 10])).unwrap();
     let r = rand_tensor(&mut rng, &[3, 7, 10]);
     let mut outs = Vec::new();
@@ -82,5 +104,14 @@ fn conv1x1_on_matches_off() {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

@@ -11,7 +11,8 @@ use support::{assert_close, golden, Case};
 
 fn unet_b_flags() -> ModelFlags {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden("model_unet_b.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(golden("model_unet_b.json")).unwrap())
+            .unwrap();
     serde_json::from_value(v["kwargs"].clone()).unwrap()
 }
 
@@ -30,7 +31,10 @@ fn wrong_num_channels_names_shapes_and_flag() {
     let msg = load_err(&f, "model_unet_b.pt");
     println!("{msg}");
     assert!(msg.contains("model_unet_b.pt"), "{msg}");
-    assert!(msg.contains("time_embed.0.weight is [128, 32] in the file but [256, 64] in the model"), "{msg}");
+    assert!(
+        msg.contains("time_embed.0.weight is [128, 32] in the file but [256, 64] in the model"),
+        "{msg}"
+    );
     assert!(msg.contains("--num_channels"), "{msg}");
 }
 
@@ -95,7 +99,9 @@ fn golden_kwargs_are_valid_configs_and_round_trip() {
         assert_eq!(cfg, back, "{model}");
     }
     // create_model's mapping: "16" at 32x32 is ds 2, "1,1" is the channel_mult, eps only.
-    let NetConfig::UNet(c) = NetConfig::from_file(golden("model_unet_b.json")).unwrap() else { panic!() };
+    let NetConfig::UNet(c) = NetConfig::from_file(golden("model_unet_b.json")).unwrap() else {
+        panic!()
+    };
     assert_eq!(c.attention_resolutions, vec![2]);
     assert_eq!(c.channel_mult, vec![1.0, 1.0]);
     assert_eq!((c.in_channels, c.out_channels, c.num_classes), (3, 3, None));
@@ -106,10 +112,15 @@ fn script_flag_semantics() {
     assert_eq!(flags::attention_ds(64, "32,16,8", "attention_resolutions").unwrap(), vec![2, 4, 8]);
     assert_eq!(flags::default_channel_mult(512).unwrap(), vec![0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]);
     assert!(flags::default_channel_mult(48).unwrap_err().to_string().contains("--channel_mult"));
-    for (s, b) in [("True", true), ("yes", true), ("1", true), ("False", false), ("no", false), ("0", false)] {
+    for (s, b) in
+        [("True", true), ("yes", true), ("1", true), ("False", false), ("no", false), ("0", false)]
+    {
         assert_eq!(flags::parse_bool(s, "class_cond").unwrap(), b);
     }
-    assert!(flags::parse_bool("maybe", "class_cond").unwrap_err().to_string().contains("--class_cond"));
+    assert!(flags::parse_bool("maybe", "class_cond")
+        .unwrap_err()
+        .to_string()
+        .contains("--class_cond"));
 
     // The released 64x64 model: learn_sigma doubles out channels, class_cond gives 1000 classes.
     let mut f = ModelFlags::script_defaults();
@@ -122,7 +133,10 @@ fn script_flag_semantics() {
     f.resblock_updown = true;
     f.use_new_attention_order = true;
     let c = f.to_config().unwrap();
-    assert_eq!((c.out_channels, c.num_classes, c.attention_resolutions.clone()), (6, Some(1000), vec![2, 4, 8]));
+    assert_eq!(
+        (c.out_channels, c.num_classes, c.attention_resolutions.clone()),
+        (6, Some(1000), vec![2, 4, 8])
+    );
     assert_eq!(c.channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
 
     let cf = flags::ClassifierFlags::script_defaults().to_config().unwrap();
@@ -168,7 +182,9 @@ fn spatial_v2_pool_builds_with_reference_names_and_runs() {
 
 #[test]
 fn bad_inputs_give_clear_errors() {
-    let net = Net::load(golden("model_unet_a.json"), golden("model_unet_a.safetensors"), &Device::Cpu).unwrap();
+    let net =
+        Net::load(golden("model_unet_a.json"), golden("model_unet_a.safetensors"), &Device::Cpu)
+            .unwrap();
     let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
     let e = net.forward(&x, &t, None, None).unwrap_err().to_string();
@@ -176,9 +192,13 @@ fn bad_inputs_give_clear_errors() {
     let y = Tensor::new(&[3i64, 10], &Device::Cpu).unwrap();
     let e = net.forward(&x, &t, Some(&y), None).unwrap_err().to_string();
     assert!(e.contains("class label 10 is out of range"), "{e}");
-    let e = Net::load(golden("model_unet_a.json"), golden("missing.pt"), &Device::Cpu).unwrap_err().to_string();
+    let e = Net::load(golden("model_unet_a.json"), golden("missing.pt"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.pt"), "{e}");
-    let e = Net::load(golden("model_unet_a.json"), golden("case_q_sample.json"), &Device::Cpu).unwrap_err().to_string();
+    let e = Net::load(golden("model_unet_a.json"), golden("case_q_sample.json"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("neither a PyTorch .pt zip nor a safetensors file"), "{e}");
 }
 

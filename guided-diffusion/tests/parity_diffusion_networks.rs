@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use candle_core::{Device, Tensor};
 use diffusion_support::{assert_close, golden_dir, to_uint8_nhwc, uint8_diff, Case};
 use guided_diffusion::diffusion::{
-    Ddim, Ddpm, GaussianDiffusion, NoiseSource, ReplayNoise, SampleOptions, Sampler, SeededNoise, StepInfo,
+    Ddim, Ddpm, GaussianDiffusion, NoiseSource, ReplayNoise, SampleOptions, Sampler, SeededNoise,
+    StepInfo,
 };
 use guided_diffusion::guidance::{ClassifierGuidance, Guidance, NoGuidance};
 use guided_diffusion::models::Net;
@@ -75,16 +76,15 @@ fn run_losses_case(name: &str) {
     let t = case.usizes("in.t");
     assert!(t.contains(&0), "the case exercises the t = 0 decoder term");
     let y = case.has("in.y").then(|| case.get("in.y").clone());
-    let model = |x: &Tensor, ts: &Tensor| -> Result<Tensor> { net.forward(x, ts, y.as_ref(), None) };
+    let model =
+        |x: &Tensor, ts: &Tensor| -> Result<Tensor> { net.forward(x, ts, y.as_ref(), None) };
     for (n, call) in case.params()["calls"].as_array().unwrap().iter().enumerate() {
         let d = build(&call["diffusion"]);
         let losses = d.training_losses(&model, x_start, &t, noise).unwrap();
         let mut checked = 0;
-        for (term, got) in [
-            ("loss", Some(&losses.loss)),
-            ("mse", losses.mse.as_ref()),
-            ("vb", losses.vb.as_ref()),
-        ] {
+        for (term, got) in
+            [("loss", Some(&losses.loss)), ("mse", losses.mse.as_ref()), ("vb", losses.vb.as_ref())]
+        {
             let key = format!("out.call{n}.{term}");
             if case.has(&key) {
                 let got = got.unwrap_or_else(|| panic!("{name} call{n}: no {term} term"));
@@ -127,7 +127,9 @@ fn run_sample_case(name: &str) {
         net.forward(x, ts, if class_cond { Some(&y) } else { None }, None)
     };
     let clf = p["classifier"].as_str().map(load_net);
-    let classifier = |x: &Tensor, ts: &Tensor| -> Result<Tensor> { clf.as_ref().unwrap().forward(x, ts, None, None) };
+    let classifier = |x: &Tensor, ts: &Tensor| -> Result<Tensor> {
+        clf.as_ref().unwrap().forward(x, ts, None, None)
+    };
     let scale = p["classifier_scale"].as_f64().unwrap();
     let guided: Box<dyn Guidance> = match clf {
         Some(_) => Box::new(ClassifierGuidance::from_label_tensor(&classifier, &y, scale).unwrap()),
@@ -140,9 +142,7 @@ fn run_sample_case(name: &str) {
         guidance: guided.as_ref(),
     };
     let mut sampler: Box<dyn Sampler> = match p["method"].as_str().unwrap() {
-        "ddim" => Box::new(Ddim {
-            eta: p["eta"].as_f64().unwrap(),
-        }),
+        "ddim" => Box::new(Ddim { eta: p["eta"].as_f64().unwrap() }),
         "ddpm" => Box::new(Ddpm),
         m => panic!("unknown method {m}"),
     };
@@ -173,14 +173,7 @@ fn run_sample_case(name: &str) {
     };
     let started = std::time::Instant::now();
     let sample = d
-        .sample_loop(
-            &model,
-            sampler.as_mut(),
-            case.get("in.x_T"),
-            &opts,
-            noise,
-            Some(&mut cb),
-        )
+        .sample_loop(&model, sampler.as_mut(), case.get("in.x_T"), &opts, noise, Some(&mut cb))
         .unwrap();
     println!("{name}: {steps} steps in {:.1?}", started.elapsed());
     if let Some(r) = &replay {
@@ -189,12 +182,7 @@ fn run_sample_case(name: &str) {
     }
     assert_eq!(t_spaced, case.get("out.t_spaced").to_vec1::<i64>().unwrap(), "t_spaced");
     assert_eq!(t_model, case.get("out.t_model").to_vec1::<i64>().unwrap(), "t_model");
-    assert_close(
-        &format!("{name}.sample"),
-        &sample,
-        case.get("out.sample"),
-        case.atol("sample"),
-    );
+    assert_close(&format!("{name}.sample"), &sample, case.get("out.sample"), case.atol("sample"));
     if case.has("out.steps_sample") {
         let s = Tensor::stack(&samples, 0).unwrap();
         let px = Tensor::stack(&preds, 0).unwrap();
@@ -214,12 +202,11 @@ fn run_sample_case(name: &str) {
     // uint8 images: at most 1 level, on at most 1% of the elements (truncation boundary).
     let img = to_uint8_nhwc(&sample);
     let (max_level, n_diff, total) = uint8_diff(&img, case.get("out.sample_uint8_nhwc"));
-    println!("{name}.sample_uint8_nhwc: max level diff {max_level}, {n_diff} of {total} elements differ");
-    assert!(max_level <= 1, "{name}: uint8 differs by {max_level} levels");
-    assert!(
-        n_diff * 100 <= total,
-        "{name}: {n_diff} of {total} uint8 elements differ (> 1%)"
+    println!(
+        "{name}.sample_uint8_nhwc: max level diff {max_level}, {n_diff} of {total} elements differ"
     );
+    assert!(max_level <= 1, "{name}: uint8 differs by {max_level} levels");
+    assert!(n_diff * 100 <= total, "{name}: {n_diff} of {total} uint8 elements differ (> 1%)");
 }
 
 #[test]

@@ -83,7 +83,8 @@ fn parity_respacing_timestep_maps_and_arrays() {
         let prefix = format!("out.{base}@{respacing}");
         let mut cfg = schedule_config(&case, base);
 
-        let sorted: Vec<usize> = space_timesteps(cfg.steps, respacing).unwrap().into_iter().collect();
+        let sorted: Vec<usize> =
+            space_timesteps(cfg.steps, respacing).unwrap().into_iter().collect();
         assert_eq!(
             sorted,
             case.usizes(&format!("{prefix}.space_timesteps_sorted")),

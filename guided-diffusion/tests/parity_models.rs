@@ -18,8 +18,12 @@ fn load(model: &str, fmt: Fmt) -> Net {
         Fmt::Pt => "pt",
         Fmt::Safetensors => "safetensors",
     };
-    Net::load(golden(&format!("model_{model}.json")), golden(&format!("model_{model}.{ext}")), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {model}.{ext}: {e}"))
+    Net::load(
+        golden(&format!("model_{model}.json")),
+        golden(&format!("model_{model}.{ext}")),
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("loading {model}.{ext}: {e}"))
 }
 
 fn timesteps(case: &Case) -> Tensor {
@@ -31,8 +35,14 @@ fn unet_forward(case_name: &str, model: &str, fmt: Fmt) {
     let net = load(model, fmt);
     let y = case.tensors.get("in.y").cloned();
     let low_res = case.tensors.get("in.low_res").cloned();
-    let out = net.forward(&case.get("in.x"), &timesteps(&case), y.as_ref(), low_res.as_ref()).unwrap();
-    assert_close(&format!("{case_name} ({fmt:?}) out"), &out, &case.get("out.out"), case.atol("out"));
+    let out =
+        net.forward(&case.get("in.x"), &timesteps(&case), y.as_ref(), low_res.as_ref()).unwrap();
+    assert_close(
+        &format!("{case_name} ({fmt:?}) out"),
+        &out,
+        &case.get("out.out"),
+        case.atol("out"),
+    );
 }
 
 #[test]
@@ -68,8 +78,14 @@ fn parity_super_res_forward_safetensors() {
 #[test]
 fn parity_super_res_bilinear_upsampling() {
     let case = Case::load("sr_forward");
-    let up = guided_diffusion::models::unet::upsample_bilinear(&case.get("in.low_res"), 32, 32).unwrap();
-    assert_close("sr upsampled low_res", &up, &case.get("out.debug_upsampled_low_res"), case.atol("debug_upsampled_low_res"));
+    let up =
+        guided_diffusion::models::unet::upsample_bilinear(&case.get("in.low_res"), 32, 32).unwrap();
+    assert_close(
+        "sr upsampled low_res",
+        &up,
+        &case.get("out.debug_upsampled_low_res"),
+        case.atol("debug_upsampled_low_res"),
+    );
 }
 
 /// logits, log_softmax and `d/dx sum_i log_softmax(logits)[i, y_i] * scale`.
@@ -79,9 +95,19 @@ fn classifier_case(case_name: &str, model: &str, fmt: Fmt) {
     let x = case.get("in.x");
     let t = timesteps(&case);
     let logits = net.forward(&x, &t, None, None).unwrap();
-    assert_close(&format!("{case_name} ({fmt:?}) logits"), &logits, &case.get("out.logits"), case.atol("logits"));
+    assert_close(
+        &format!("{case_name} ({fmt:?}) logits"),
+        &logits,
+        &case.get("out.logits"),
+        case.atol("logits"),
+    );
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-    assert_close(&format!("{case_name} ({fmt:?}) log_probs"), &log_probs, &case.get("out.log_probs"), case.atol("log_probs"));
+    assert_close(
+        &format!("{case_name} ({fmt:?}) log_probs"),
+        &log_probs,
+        &case.get("out.log_probs"),
+        case.atol("log_probs"),
+    );
 
     let scale = case.params()["classifier_scale"].as_f64().unwrap();
     let xv = Var::from_tensor(&x).unwrap();
@@ -91,7 +117,12 @@ fn classifier_case(case_name: &str, model: &str, fmt: Fmt) {
     let selected = lp.gather(&y, 1).unwrap().sum_all().unwrap();
     let grads = selected.backward().unwrap();
     let g = (grads.get(xv.as_tensor()).unwrap() * scale).unwrap();
-    assert_close(&format!("{case_name} ({fmt:?}) grad"), &g, &case.get("out.grad"), case.atol("grad"));
+    assert_close(
+        &format!("{case_name} ({fmt:?}) grad"),
+        &g,
+        &case.get("out.grad"),
+        case.atol("grad"),
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ fn f32s(v: &serde_json::Value) -> Vec<f32> {
 #[test]
 fn train_adamw_matches_pytorch_formula_fixture() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/adamw/adamw_steps.json");
-    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for case in fx["cases"].as_array().unwrap() {
         let params = one_param(&f32s(&case["param0"]));
         let cfg = AdamWConfig {
@@ -36,7 +37,13 @@ fn train_adamw_matches_pytorch_formula_fixture() {
             eps: 1e-8,
         };
         let mut opt = AdamW::new(&params, cfg).unwrap();
-        for (i, (g, want)) in case["grads"].as_array().unwrap().iter().zip(case["steps"].as_array().unwrap()).enumerate() {
+        for (i, (g, want)) in case["grads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["steps"].as_array().unwrap())
+            .enumerate()
+        {
             opt.step(&params, &grads_of(&f32s(g))).unwrap();
             let got = vec_of(params.vars()[0].as_tensor());
             let exp = f32s(&want["param"]);
@@ -54,13 +61,17 @@ fn train_adamw_matches_pytorch_formula_fixture() {
 fn train_adamw_first_step_by_hand() {
     // Step 1, no decay: m_hat = g, v_hat = g^2, so p1 = p0 - lr * g / (|g| + eps) ~ p0 - lr * sign(g).
     let params = one_param(&[1.0, -2.0, 0.5]);
-    let mut opt = AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt =
+        AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.0, ..Default::default() })
+            .unwrap();
     opt.step(&params, &grads_of(&[0.3, -4.0, 0.0])).unwrap();
     let p = vec_of(params.vars()[0].as_tensor());
     assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6 && p[2] == 0.5, "{p:?}");
     // Decoupled decay: with a zero gradient only p *= (1 - lr * wd).
     let params = one_param(&[2.0]);
-    let mut opt = AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() }).unwrap();
+    let mut opt =
+        AdamW::new(&params, AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() })
+            .unwrap();
     opt.step(&params, &grads_of(&[0.0])).unwrap();
     assert!((vec_of(params.vars()[0].as_tensor())[0] - 1.9).abs() < 1e-6);
     // No gradient: untouched, step count unchanged (as PyTorch).
@@ -73,14 +84,16 @@ fn train_adamw_state_round_trip() {
     let params = one_param(&[0.1, 0.2]);
     let mut a = AdamW::new(&params, AdamWConfig::default()).unwrap();
     a.step(&params, &grads_of(&[1.0, -1.0])).unwrap();
-    let saved: std::collections::HashMap<_, _> = a.state_tensors(&params).unwrap().into_iter().collect();
+    let saved: std::collections::HashMap<_, _> =
+        a.state_tensors(&params).unwrap().into_iter().collect();
     let mut b = AdamW::new(&params, AdamWConfig::default()).unwrap();
     b.load_state_tensors(&params, &saved, "test").unwrap();
     assert_eq!(b.state()[0].step, 1);
     assert_eq!(vec_of(&b.state()[0].exp_avg_sq), vec_of(&a.state()[0].exp_avg_sq));
     let mut missing = saved.clone();
     missing.remove("exp_avg.w");
-    let e = b.load_state_tensors(&params, &missing, "opt000001.safetensors").err().unwrap().to_string();
+    let e =
+        b.load_state_tensors(&params, &missing, "opt000001.safetensors").err().unwrap().to_string();
     assert!(e.contains("opt000001.safetensors") && e.contains("exp_avg.w"), "{e}");
 }
 
@@ -113,14 +126,18 @@ fn train_optimizer_and_ema_state_keep_no_graph() {
     let loss = (w * w).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap().get(w).unwrap().clone();
     assert!(g.track_op(), "a gradient records its graph (else this test proves nothing)");
-    let mut opt = AdamW::new(&params, AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
+    let mut opt =
+        AdamW::new(&params, AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
     let mut ema = Ema::new(0.99, &params).unwrap();
     for _ in 0..3 {
         opt.step(&params, &Grads { grads: vec![Some(g.clone())] }).unwrap();
         ema.update(&params).unwrap();
     }
     let st = &opt.state()[0];
-    assert!(!st.exp_avg.track_op() && !st.exp_avg_sq.track_op(), "optimizer moments record a graph");
+    assert!(
+        !st.exp_avg.track_op() && !st.exp_avg_sq.track_op(),
+        "optimizer moments record a graph"
+    );
     assert!(!ema.params[0].track_op(), "the EMA records a graph");
 }
 
@@ -140,18 +157,27 @@ fn train_fused_updates_match_candle_ops_bitwise() {
         let n = 200_003;
         let p0: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let params = one_param(&p0);
-        let mut opt = AdamW::new(&params, AdamWConfig { lr: 3e-3, weight_decay: wd, ..Default::default() }).unwrap();
+        let mut opt =
+            AdamW::new(&params, AdamWConfig { lr: 3e-3, weight_decay: wd, ..Default::default() })
+                .unwrap();
         let mut emas = [Ema::new(0.999, &params).unwrap(), Ema::new(0.9, &params).unwrap()];
         let mut sqs = Vec::new();
         for _ in 0..4 {
             let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
             let var = &params.vars()[0];
-            sqs.push(guided_diffusion::train::params::sq_norm(std::iter::once(var.as_tensor())).unwrap());
+            sqs.push(
+                guided_diffusion::train::params::sq_norm(std::iter::once(var.as_tensor())).unwrap(),
+            );
             if mode == 2 {
                 let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
-                let targets: Vec<(&Tensor, f32, f32)> =
-                    emas.iter().map(|e| (&e.params[0], e.rate as f32, (1.0 - e.rate) as f32)).collect();
-                let sq = opt.step_param_fused(0, var, &g, &targets).unwrap().expect("the one-pass update applies");
+                let targets: Vec<(&Tensor, f32, f32)> = emas
+                    .iter()
+                    .map(|e| (&e.params[0], e.rate as f32, (1.0 - e.rate) as f32))
+                    .collect();
+                let sq = opt
+                    .step_param_fused(0, var, &g, &targets)
+                    .unwrap()
+                    .expect("the one-pass update applies");
                 assert_eq!(sq, *sqs.last().unwrap(), "sum of squares before the step");
             } else {
                 opt.step(&params, &grads_of(&g)).unwrap();
@@ -183,7 +209,10 @@ fn train_fused_updates_match_candle_ops_bitwise() {
                 ("ema 0.9", &got.4, &want.4),
             ];
             for (what, x, y) in pairs {
-                assert!(bits(x) == bits(y), "weight decay {wd}, mode {mode}: {what} differs from candle's ops");
+                assert!(
+                    bits(x) == bits(y),
+                    "weight decay {wd}, mode {mode}: {what} differs from candle's ops"
+                );
             }
         }
     }

@@ -15,10 +15,17 @@ use support::train::{fashion_loader, tiny_config};
 fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
     let cfg = tiny_config();
     let vm = VarMap::new();
-    let net = Net::new(&cfg, guided_diffusion::models::init::seeded_var_builder(&vm, 11, &Device::Cpu)).unwrap();
-    let diffusion = DiffusionConfig { steps: 1000, learn_sigma: true, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
-        .build()
-        .unwrap();
+    let net =
+        Net::new(&cfg, guided_diffusion::models::init::seeded_var_builder(&vm, 11, &Device::Cpu))
+            .unwrap();
+    let diffusion = DiffusionConfig {
+        steps: 1000,
+        learn_sigma: true,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
     let sampler = create_named_schedule_sampler("uniform", 1000).unwrap();
     let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
     let mut tc = TrainConfig::new(16, 2e-3, dir);
@@ -54,8 +61,19 @@ fn train_bf16_losses_match_f32_and_fall() {
     assert_eq!(run[0], f32_run[0]);
     for i in 1..3 {
         let rel = (run[i] - f32_run[i]).abs() / f32_run[i];
-        println!("loss of step {}: f32 {:.5}, bf16 {:.5} ({rel:.1e} apart)", i + 1, f32_run[i], run[i]);
-        assert!(rel > 0.0 && rel < 2e-2, "step {} loss in bf16 {} vs f32 {}", i + 1, run[i], f32_run[i]);
+        println!(
+            "loss of step {}: f32 {:.5}, bf16 {:.5} ({rel:.1e} apart)",
+            i + 1,
+            f32_run[i],
+            run[i]
+        );
+        assert!(
+            rel > 0.0 && rel < 2e-2,
+            "step {} loss in bf16 {} vs f32 {}",
+            i + 1,
+            run[i],
+            f32_run[i]
+        );
     }
     let (first, last) = (run[..5].iter().sum::<f64>() / 5.0, run[35..].iter().sum::<f64>() / 5.0);
     println!("bf16 loss: first 5 steps {first:.4}, last 5 steps {last:.4}");

@@ -7,7 +7,9 @@ use candle_nn::VarMap;
 use guided_diffusion::data::Loader;
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
 use guided_diffusion::models::{Net, NetConfig};
-use guided_diffusion::train::{DiffusionObjective, Logger, MicroScaling, ParamSet, TrainConfig, TrainLoop};
+use guided_diffusion::train::{
+    DiffusionObjective, Logger, MicroScaling, ParamSet, TrainConfig, TrainLoop,
+};
 use support::train::{fashion_loader, tiny_config};
 use support::{golden, Case};
 
@@ -23,18 +25,30 @@ fn train_step_on_golden_model_matches_training_losses_and_reaches_every_paramete
     let cfg = NetConfig::from_file(golden("model_unet_a.json")).unwrap();
     let (net, vm) = trainable(&cfg);
     let params = ParamSet::from_varmap(&vm);
-    let sd = guided_diffusion::checkpoint::read(golden("model_unet_a.safetensors"), &Device::Cpu).unwrap();
+    let sd = guided_diffusion::checkpoint::read(golden("model_unet_a.safetensors"), &Device::Cpu)
+        .unwrap();
     params.load_from(&sd.tensors, "model_unet_a").unwrap();
 
     let case = Case::load("training_losses_a");
-    let d = DiffusionConfig { steps: 1000, learn_sigma: true, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
-        .build()
-        .unwrap();
+    let d = DiffusionConfig {
+        steps: 1000,
+        learn_sigma: true,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
     let y = case.get("in.y");
-    let t: Vec<usize> = case.get("in.t").to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
+    let t: Vec<usize> =
+        case.get("in.t").to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
     let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, Some(&y), None);
     let tl = d.training_losses(&model, &case.get("in.x_start"), &t, &case.get("in.noise")).unwrap();
-    support::assert_close("train loss = reference training_losses", &tl.loss, &case.get("out.call0.loss"), case.atol("call0.loss"));
+    support::assert_close(
+        "train loss = reference training_losses",
+        &tl.loss,
+        &case.get("out.call0.loss"),
+        case.atol("call0.loss"),
+    );
 
     let grads = tl.loss.mean_all().unwrap().backward().unwrap();
     let mut zero = Vec::new();
@@ -49,12 +63,21 @@ fn train_step_on_golden_model_matches_training_losses_and_reaches_every_paramete
     assert!(zero.is_empty(), "parameters with an all-zero gradient: {zero:?}");
 }
 
-fn train_loop(dir: &std::path::Path, steps: u64, lr: f64) -> (TrainLoop<DiffusionObjective>, VarMap) {
+fn train_loop(
+    dir: &std::path::Path,
+    steps: u64,
+    lr: f64,
+) -> (TrainLoop<DiffusionObjective>, VarMap) {
     let cfg = tiny_config();
     let (net, vm) = trainable(&cfg);
-    let diffusion = DiffusionConfig { steps: 1000, learn_sigma: true, noise_schedule: NoiseSchedule::Cosine, ..Default::default() }
-        .build()
-        .unwrap();
+    let diffusion = DiffusionConfig {
+        steps: 1000,
+        learn_sigma: true,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
     let sampler = create_named_schedule_sampler("loss-second-moment", 1000).unwrap();
     let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
     let mut tc = TrainConfig::new(16, lr, dir);

@@ -13,7 +13,8 @@ use guided_diffusion::data::{Batch, ClassList, Dataset, Item, Loader, LoaderConf
 use guided_diffusion::train::ckpt::{self, meta};
 use guided_diffusion::train::logger::{format_g, timestamp_dir_name};
 use guided_diffusion::train::{
-    randn, Logger, Losses, MicroScaling, Objective, ParamSet, StepContext, StepOutcome, TrainConfig, TrainLoop,
+    randn, Logger, Losses, MicroScaling, Objective, ParamSet, StepContext, StepOutcome,
+    TrainConfig, TrainLoop,
 };
 use rand::Rng;
 
@@ -63,7 +64,11 @@ struct ToyObjective {
 }
 
 impl Objective for ToyObjective {
-    fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> guided_diffusion::Result<Losses> {
+    fn losses(
+        &mut self,
+        batch: &Batch,
+        ctx: &mut StepContext<'_>,
+    ) -> guided_diffusion::Result<Losses> {
         self.calls += 1;
         let n = batch.len();
         let x = batch.images.flatten_from(1)?;
@@ -76,7 +81,12 @@ impl Objective for ToyObjective {
             loss = (loss * f64::NAN)?;
         }
         let ts: Vec<i64> = (0..n).map(|_| ctx.rng.gen_range(0..1000)).collect();
-        Ok(Losses { loss: loss.clone(), weights: None, terms: vec![("loss".into(), loss)], timesteps: Some((ts, 1000)) })
+        Ok(Losses {
+            loss: loss.clone(),
+            weights: None,
+            terms: vec![("loss".into(), loss)],
+            timesteps: Some((ts, 1000)),
+        })
     }
     fn state(&self) -> guided_diffusion::Result<Vec<(String, Tensor)>> {
         Ok(vec![("calls".into(), Tensor::new(&[self.calls as i64], &Device::Cpu)?)])
@@ -94,7 +104,10 @@ fn toy_model() -> (ToyObjective, ParamSet) {
     let model = candle_nn::linear(D, 1, vb.pp("lin")).unwrap();
     let params = ParamSet::from_varmap(&vm);
     let init: HashMap<String, Tensor> = [
-        ("lin.weight".to_string(), Tensor::new(&[[0.1f32, 0.2, -0.3, 0.05]], &Device::Cpu).unwrap()),
+        (
+            "lin.weight".to_string(),
+            Tensor::new(&[[0.1f32, 0.2, -0.3, 0.05]], &Device::Cpu).unwrap(),
+        ),
         ("lin.bias".to_string(), Tensor::new(&[0.0f32], &Device::Cpu).unwrap()),
     ]
     .into_iter()
@@ -130,11 +143,15 @@ fn new_loop(dir: &Path, max_steps: u64) -> TrainLoop<ToyObjective> {
 }
 
 fn bits(ts: &[Tensor]) -> Vec<u32> {
-    ts.iter().flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).map(f32::to_bits).collect()
+    ts.iter()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(f32::to_bits)
+        .collect()
 }
 
 fn snapshot(l: &TrainLoop<ToyObjective>) -> (Vec<u32>, Vec<Vec<u32>>, Vec<u32>, Vec<u64>) {
-    let opt: Vec<Tensor> = l.opt.state().iter().flat_map(|s| [s.exp_avg.clone(), s.exp_avg_sq.clone()]).collect();
+    let opt: Vec<Tensor> =
+        l.opt.state().iter().flat_map(|s| [s.exp_avg.clone(), s.exp_avg_sq.clone()]).collect();
     (
         bits(&l.params.tensors()),
         l.emas.iter().map(|e| bits(&e.params)).collect(),
@@ -195,7 +212,12 @@ fn train_loop_resume_is_bit_identical() {
     assert_eq!(oa, ob, "optimizer moments differ after resume");
     assert_eq!(sa, sb);
     // And the checkpoint files of the two runs hold identical tensors and metadata at step 20.
-    for name in ["model000020.safetensors", "ema_0.9999_000020.safetensors", "ema_0.99_000020.safetensors", "opt000020.safetensors"] {
+    for name in [
+        "model000020.safetensors",
+        "ema_0.9999_000020.safetensors",
+        "ema_0.99_000020.safetensors",
+        "opt000020.safetensors",
+    ] {
         let (x, mx) = ckpt::load_safetensors(&a_dir.path().join(name), &Device::Cpu).unwrap();
         let (y, my) = ckpt::load_safetensors(&b_dir.path().join(name), &Device::Cpu).unwrap();
         assert_eq!(mx, my, "{name}: metadata differs");
@@ -203,7 +225,15 @@ fn train_loop_resume_is_bit_identical() {
         keys.sort();
         for k in keys {
             let (a, b) = (x[k].flatten_all().unwrap(), y[k].flatten_all().unwrap());
-            let eq = a.eq(&b).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let eq = a
+                .eq(&b)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(eq as usize, a.elem_count(), "{name}: {k} differs");
         }
     }
@@ -223,7 +253,10 @@ fn train_loop_skips_non_finite_steps_and_stops_after_repeats() {
     let mut data = loader(3);
     use guided_diffusion::data::BatchSource;
     for _ in 0..2 {
-        assert!(matches!(lp.run_step(&data.next_batch().unwrap()).unwrap(), StepOutcome::Taken { .. }));
+        assert!(matches!(
+            lp.run_step(&data.next_batch().unwrap()).unwrap(),
+            StepOutcome::Taken { .. }
+        ));
     }
     let before = snapshot(&lp);
     assert_eq!(lp.run_step(&data.next_batch().unwrap()).unwrap(), StepOutcome::Skipped);
@@ -251,7 +284,11 @@ fn train_loop_skips_non_finite_steps_and_stops_after_repeats() {
     lp.params.vars()[0].set(&Tensor::new(&[f32::NAN], &Device::Cpu).unwrap()).unwrap();
     let err = lp.save().unwrap_err().to_string();
     assert!(err.contains("not finite"), "{err}");
-    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("model")));
+    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("model")));
 }
 
 #[test]
@@ -285,7 +322,10 @@ fn train_checkpoints_and_logs_are_as_specified() {
     let dir = tmp.path();
     let mut lp = new_loop(dir, 12);
     lp.run(&mut loader(1), None).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     for want in [
         "classes.json",
@@ -311,12 +351,23 @@ fn train_checkpoints_and_logs_are_as_specified() {
     assert_eq!(md[meta::CONFIG], r#"{"toy":true}"#);
     assert_eq!(md[meta::CLASSES], r#"["a","b"]"#);
     assert_eq!(ClassList::load(dir.join("classes.json")).unwrap().names, ["a", "b"]);
-    let (_, emd) = ckpt::load_safetensors(&dir.join("ema_0.99_000012.safetensors"), &Device::Cpu).unwrap();
+    let (_, emd) =
+        ckpt::load_safetensors(&dir.join("ema_0.99_000012.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(emd[meta::EMA_RATE], "0.99");
 
     let csv = std::fs::read_to_string(dir.join("progress.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    for key in ["grad_norm", "loss", "loss_q0", "loss_q3", "lr", "param_norm", "samples", "step", "steps_per_sec"] {
+    for key in [
+        "grad_norm",
+        "loss",
+        "loss_q0",
+        "loss_q3",
+        "lr",
+        "param_norm",
+        "samples",
+        "step",
+        "steps_per_sec",
+    ] {
         assert!(header.contains(&key), "{key} missing from progress.csv header {header:?}");
     }
     assert_eq!(csv.lines().count(), 1 + 2, "two dumps (steps 5 and 10)");

@@ -5,9 +5,8 @@ use clap::Args;
 
 /// Booleans as the reference's `str2bool`: yes/true/t/y/1, no/false/f/n/0.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
-    guided_diffusion::models::flags::parse_bool(s, "flag").map_err(|_| {
-        format!("{s:?} is not a boolean: use True/False, yes/no or 1/0")
-    })
+    guided_diffusion::models::flags::parse_bool(s, "flag")
+        .map_err(|_| format!("{s:?} is not a boolean: use True/False, yes/no or 1/0"))
 }
 
 /// Network flags of `create_model` / `sr_create_model` (`model_and_diffusion_defaults`).

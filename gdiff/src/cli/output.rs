@@ -12,7 +12,8 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = Tensor::write_npz(arrays, &tmp);
-    if let Err(e) = res.and_then(|_| std::fs::rename(&tmp, path).map_err(candle_core::Error::from)) {
+    if let Err(e) = res.and_then(|_| std::fs::rename(&tmp, path).map_err(candle_core::Error::from))
+    {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{}: cannot write", path.display()));
     }
@@ -24,18 +25,23 @@ pub fn read_npz_array(path: &Path, key: &str) -> Result<Tensor> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    let all = Tensor::read_npz(path).map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
+    let all = Tensor::read_npz(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
     let keys: Vec<String> = all.iter().map(|(k, _)| k.clone()).collect();
-    all.into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, t)| t)
-        .ok_or_else(|| anyhow::anyhow!("{}: has no array {key:?} (it has {})", path.display(), keys.join(", ")))
+    all.into_iter().find(|(k, _)| k == key).map(|(_, t)| t).ok_or_else(|| {
+        anyhow::anyhow!("{}: has no array {key:?} (it has {})", path.display(), keys.join(", "))
+    })
 }
 
 /// A bf16 scope for `--precision bf16` on `device` (named `device_flag` on the command line):
 /// CPU only, with the fast kernels on; without AMX it says that it will be slow (unless
 /// `quiet`).
-pub fn precision_scope(precision: &str, device: &Device, device_flag: &str, quiet: bool) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
+pub fn precision_scope(
+    precision: &str,
+    device: &Device,
+    device_flag: &str,
+    quiet: bool,
+) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
     if precision != "bf16" {
         return Ok(None);
     }
@@ -46,7 +52,9 @@ pub fn precision_scope(precision: &str, device: &Device, device_flag: &str, quie
         bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
     }
     if !quiet && !guided_diffusion::kernels::amx::available() {
-        eprintln!("note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed");
+        eprintln!(
+            "note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed"
+        );
     }
     Ok(Some(guided_diffusion::kernels::bf16()))
 }
@@ -56,8 +64,12 @@ pub fn device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map(str::parse::<usize>).transpose()
-                .map_err(|_| anyhow::anyhow!("--device {s:?}: expected cuda:N"))?.unwrap_or(0);
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(str::parse::<usize>)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--device {s:?}: expected cuda:N"))?
+                .unwrap_or(0);
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {s}: this gdiff was built without CUDA (rebuild with --features cuda)");
             }

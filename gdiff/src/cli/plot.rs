@@ -27,7 +27,9 @@ pub struct Panel {
 
 fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *ONCE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    let ok = *ONCE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
     if ok {
         Ok(())
     } else {
@@ -36,7 +38,9 @@ fn register_font() -> Result<()> {
 }
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -46,7 +50,13 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Draws `panels` in a grid of `cols` columns, each `panel_size` pixels, and writes the PNG to
 /// `path` (through a temporary file renamed into place).
-pub fn write_panels(path: &Path, panels: &[Panel], x_label: &str, cols: usize, panel_size: (u32, u32)) -> Result<()> {
+pub fn write_panels(
+    path: &Path,
+    panels: &[Panel],
+    x_label: &str,
+    cols: usize,
+    panel_size: (u32, u32),
+) -> Result<()> {
     register_font()?;
     let cols = cols.max(1);
     let rows = panels.len().div_ceil(cols).max(1);
@@ -61,13 +71,25 @@ pub fn write_panels(path: &Path, panels: &[Panel], x_label: &str, cols: usize, p
         root.present().map_err(|e| anyhow!("plot: {e}"))?;
     }
     let mut bytes = Vec::new();
-    image::write_buffer_with_format(&mut std::io::Cursor::new(&mut bytes), &buf, w, h, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
-        .context("encoding the plot")?;
-    guided_diffusion::checkpoint::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    image::write_buffer_with_format(
+        &mut std::io::Cursor::new(&mut bytes),
+        &buf,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .context("encoding the plot")?;
+    guided_diffusion::checkpoint::write_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, panel: &Panel, x_label: &str) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+    x_label: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let xs = panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let (x0, x1) = range(xs);
@@ -78,14 +100,21 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart.configure_mesh().x_desc(x_label).y_desc(&panel.y_label).label_style(("sans-serif", 13)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(&panel.y_label)
+        .label_style(("sans-serif", 13))
+        .draw()?;
     for (i, s) in panel.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let marker = i;
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
             .label(&s.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart.draw_series(s.points.iter().map(move |&p| -> DynElement<DB, (f64, f64)> {
             if marker % 2 == 0 {
                 Circle::new(p, 4, color.filled()).into_dyn()
@@ -110,7 +139,12 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
 /// Writes uint8 NHWC images (1 or 3 channels) as a PNG grid with a caption under every image
 /// (e.g. the asked class's name). Small images are enlarged (nearest neighbour) to at least
 /// 64 pixels so the captions fit. Written to a temporary file and renamed into place.
-pub fn write_captioned_grid(path: &Path, images: &candle_core::Tensor, captions: &[String], cols: usize) -> Result<()> {
+pub fn write_captioned_grid(
+    path: &Path,
+    images: &candle_core::Tensor,
+    captions: &[String],
+    cols: usize,
+) -> Result<()> {
     register_font()?;
     let (n, h, w, c) = images.dims4()?;
     if c != 1 && c != 3 {
@@ -143,17 +177,31 @@ pub fn write_captioned_grid(path: &Path, images: &candle_core::Tensor, captions:
         let root = BitMapBackend::with_buffer(&mut buf, (gw as u32, gh as u32)).into_drawing_area();
         let style = TextStyle::from(("sans-serif", 11).into_font()).color(&BLACK);
         for (i, cap) in captions.iter().enumerate() {
-            let (x0, y0) = (gap + (i % cols) * (cw + gap), gap + (i / cols) * (ch + strip + gap) + ch + 2);
+            let (x0, y0) =
+                (gap + (i % cols) * (cw + gap), gap + (i / cols) * (ch + strip + gap) + ch + 2);
             // Cut to the cell's width (about 5.5 px per character at this size).
             let max_chars = (cw * 2 / 11).max(3);
-            let text: String = if cap.chars().count() > max_chars { cap.chars().take(max_chars - 1).chain(['…']).collect() } else { cap.clone() };
-            root.draw_text(&text, &style, (x0 as i32, y0 as i32)).map_err(|e| anyhow!("grid caption: {e}"))?;
+            let text: String = if cap.chars().count() > max_chars {
+                cap.chars().take(max_chars - 1).chain(['…']).collect()
+            } else {
+                cap.clone()
+            };
+            root.draw_text(&text, &style, (x0 as i32, y0 as i32))
+                .map_err(|e| anyhow!("grid caption: {e}"))?;
         }
         root.present().map_err(|e| anyhow!("grid: {e}"))?;
     }
     let mut bytes = Vec::new();
-    image::write_buffer_with_format(&mut std::io::Cursor::new(&mut bytes), &buf, gw as u32, gh as u32, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
-        .context("encoding the grid")?;
-    guided_diffusion::checkpoint::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    image::write_buffer_with_format(
+        &mut std::io::Cursor::new(&mut bytes),
+        &buf,
+        gw as u32,
+        gh as u32,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .context("encoding the grid")?;
+    guided_diffusion::checkpoint::write_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use guided_diffusion::checkpoint;
 use guided_diffusion::diffusion::{DiffusionConfig, NoiseSchedule};
 use guided_diffusion::models::flags::{attention_ds, default_channel_mult, parse_list};
-use guided_diffusion::models::{ClassifierFlags, EncoderConfig, ModelFlags, NetConfig, Pool, SuperResFlags, UNetConfig};
+use guided_diffusion::models::{
+    ClassifierFlags, EncoderConfig, ModelFlags, NetConfig, Pool, SuperResFlags, UNetConfig,
+};
 
 use super::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
 
@@ -15,8 +17,8 @@ pub use checkpoint::DIFFUSION_KEY;
 /// A config file: `{"builder": ..., "kwargs": {...}}`, or bare kwargs of `default_builder`.
 pub fn read_config_file(path: &Path, default_builder: &str) -> Result<NetConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let cfg = if v.get("builder").is_some() {
         NetConfig::from_json(&v)
     } else {
@@ -126,9 +128,26 @@ fn flags_from_args(a: &ModelArgs) -> ModelFlags {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = &a.$field { f.$field = v.clone(); } )* };
     }
-    set!(image_size, num_channels, num_res_blocks, num_heads, num_heads_upsample, num_head_channels,
-         attention_resolutions, channel_mult, dropout, class_cond, use_checkpoint, use_scale_shift_norm,
-         resblock_updown, use_fp16, use_new_attention_order, learn_sigma, num_classes, in_channels);
+    set!(
+        image_size,
+        num_channels,
+        num_res_blocks,
+        num_heads,
+        num_heads_upsample,
+        num_head_channels,
+        attention_resolutions,
+        channel_mult,
+        dropout,
+        class_cond,
+        use_checkpoint,
+        use_scale_shift_norm,
+        resblock_updown,
+        use_fp16,
+        use_new_attention_order,
+        learn_sigma,
+        num_classes,
+        in_channels
+    );
     f
 }
 
@@ -156,13 +175,20 @@ pub fn unet_config(a: &ModelArgs, weights: Option<&Path>) -> Result<UNetConfig> 
 }
 
 /// The super-resolution model's config (`sr_create_model` semantics for flags).
-pub fn super_res_config(a: &ModelArgs, large: usize, small: usize, weights: Option<&Path>) -> Result<UNetConfig> {
+pub fn super_res_config(
+    a: &ModelArgs,
+    large: usize,
+    small: usize,
+    weights: Option<&Path>,
+) -> Result<UNetConfig> {
     match base_config(a, weights, "unet.SuperResModel")? {
         Some(NetConfig::SuperRes(mut c)) => {
             override_unet(&mut c, a)?;
             Ok(c)
         }
-        Some(other) => bail!("the model config describes a {}, not a SuperResModel", other.builder()),
+        Some(other) => {
+            bail!("the model config describes a {}, not a SuperResModel", other.builder())
+        }
         None => {
             let m = flags_from_args(a);
             let f = SuperResFlags {
@@ -192,7 +218,12 @@ pub fn super_res_config(a: &ModelArgs, large: usize, small: usize, weights: Opti
 
 /// The classifier's config (`create_classifier` semantics; `image_size` is shared with the
 /// model as in the reference scripts).
-pub fn classifier_config(c: &ClassifierArgs, image_size: usize, num_classes: Option<usize>, weights: &Path) -> Result<EncoderConfig> {
+pub fn classifier_config(
+    c: &ClassifierArgs,
+    image_size: usize,
+    num_classes: Option<usize>,
+    weights: &Path,
+) -> Result<EncoderConfig> {
     let base = match &c.classifier_config {
         Some(p) => Some(read_config_file(p, "unet.EncoderUNetModel")?),
         None => embedded(weights)?.0,
@@ -206,7 +237,8 @@ pub fn classifier_config(c: &ClassifierArgs, image_size: usize, num_classes: Opt
                 e.num_res_blocks = v;
             }
             if let Some(s) = &c.classifier_attention_resolutions {
-                e.attention_resolutions = ds_list(e.image_size, s, "classifier_attention_resolutions")?;
+                e.attention_resolutions =
+                    ds_list(e.image_size, s, "classifier_attention_resolutions")?;
             }
             if let Some(v) = c.classifier_use_scale_shift_norm {
                 e.use_scale_shift_norm = v;
@@ -219,7 +251,9 @@ pub fn classifier_config(c: &ClassifierArgs, image_size: usize, num_classes: Opt
             }
             Ok(e)
         }
-        Some(other) => bail!("the classifier config describes a {}, not an EncoderUNetModel", other.builder()),
+        Some(other) => {
+            bail!("the classifier config describes a {}, not an EncoderUNetModel", other.builder())
+        }
         None => classifier_config_from_flags(c, image_size, num_classes, 3, None),
     }
 }
@@ -244,20 +278,32 @@ pub fn classifier_config_from_flags(
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = &c.$field { f.$field = v.clone(); } )* };
     }
-    set!(classifier_use_fp16, classifier_width, classifier_depth, classifier_attention_resolutions,
-         classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool);
+    set!(
+        classifier_use_fp16,
+        classifier_width,
+        classifier_depth,
+        classifier_attention_resolutions,
+        classifier_use_scale_shift_norm,
+        classifier_resblock_updown,
+        classifier_pool
+    );
     Ok(f.to_config()?)
 }
 
 /// The diffusion config: the checkpoint's own (if any), then the flags; `learn_sigma` always
 /// follows the model's output channels.
-pub fn diffusion_config(d: &DiffusionArgs, base: Option<DiffusionConfig>, learn_sigma: bool) -> Result<DiffusionConfig> {
+pub fn diffusion_config(
+    d: &DiffusionArgs,
+    base: Option<DiffusionConfig>,
+    learn_sigma: bool,
+) -> Result<DiffusionConfig> {
     let mut c = base.unwrap_or_default();
     if let Some(v) = d.diffusion_steps {
         c.steps = v;
     }
     if let Some(s) = &d.noise_schedule {
-        c.noise_schedule = s.parse::<NoiseSchedule>().map_err(|e| anyhow::anyhow!("--noise_schedule: {e}"))?;
+        c.noise_schedule =
+            s.parse::<NoiseSchedule>().map_err(|e| anyhow::anyhow!("--noise_schedule: {e}"))?;
     }
     if let Some(s) = &d.timestep_respacing {
         c.timestep_respacing = s.clone();

@@ -59,7 +59,12 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         )?),
         "classifier" => {
             let image_size = a.model.image_size.unwrap_or(64);
-            NetConfig::Classifier(resolve::classifier_config(&a.classifier, image_size, a.model.num_classes, &a.input)?)
+            NetConfig::Classifier(resolve::classifier_config(
+                &a.classifier,
+                image_size,
+                a.model.num_classes,
+                &a.input,
+            )?)
         }
         k => bail!("--kind {k:?}: expected model, super-res or classifier"),
     };

@@ -70,12 +70,7 @@ pub struct EvalArgs {
     )]
     pub input_convention: ConventionArg,
     /// Arithmetic of the precision/recall pairwise distances
-    #[arg(
-        long = "pr_distance",
-        visible_alias = "pr-distance",
-        value_enum,
-        default_value = "f16"
-    )]
+    #[arg(long = "pr_distance", visible_alias = "pr-distance", value_enum, default_value = "f16")]
     pub pr_distance: PrDistanceArg,
     /// How tr(sqrtm(S1·S2)) is computed for FID/sFID
     #[arg(long, value_enum, default_value = "schur")]
@@ -177,11 +172,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
              .pt or .safetensors) to evaluate images, or --features for npz files of precomputed features"
         ),
     };
-    let mut bars = Bars {
-        enabled: !args.no_progress,
-        stage: String::new(),
-        bar: None,
-    };
+    let mut bars = Bars { enabled: !args.no_progress, stage: String::new(), bar: None };
     let results = Evaluator::new(source, options).evaluate(
         &args.ref_batch,
         &args.sample_batch,

@@ -29,7 +29,9 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("tensors: {}, parameters: {}", sd.tensors.len(), sd.num_params());
     let (net, diffusion) = resolve::embedded(&a.file)?;
     match net {
-        Some(cfg) => println!("config (embedded): {}", serde_json::to_string_pretty(&cfg.to_json())?),
+        Some(cfg) => {
+            println!("config (embedded): {}", serde_json::to_string_pretty(&cfg.to_json())?)
+        }
         None => match checkpoint::infer::infer(&sd.tensors) {
             Some(inf) => {
                 println!("config (inferred from the shapes): {}", inf.builder);
@@ -50,7 +52,8 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         }
     }
     if !a.no_keys {
-        let mut keys: Vec<_> = sd.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+        let mut keys: Vec<_> =
+            sd.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
         keys.sort();
         for (k, s) in keys {
             println!("{k} {s:?}");

@@ -76,7 +76,8 @@ pub fn run(a: &NllArgs) -> Result<()> {
         let y = batch.labels.clone();
         let model_fn = |x: &Tensor, t: &Tensor| model.forward(x, t, y.as_ref(), None);
         let mut noise = PerSampleNoise::new(a.seed, done, n);
-        let terms = diffusion.calc_bpd_loop(&model_fn, &batch.images, a.clip_denoised, &mut noise)?;
+        let terms =
+            diffusion.calc_bpd_loop(&model_fn, &batch.images, a.clip_denoised, &mut noise)?;
         for (i, t) in [&terms.vb, &terms.mse, &terms.xstart_mse].into_iter().enumerate() {
             let m = t.to_dtype(DType::F64)?.mean(0)?;
             sums[i] = Some(match sums[i].take() {

@@ -35,7 +35,11 @@ pub fn builtin_model() -> Option<PathBuf> {
         std::env::var_os("GDIFF_MODELS").map(PathBuf::from),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")),
     ];
-    candidates.into_iter().flatten().map(|d| d.join("fashion-mnist")).find(|d| d.join("model.safetensors").exists())
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("fashion-mnist"))
+        .find(|d| d.join("model.safetensors").exists())
 }
 
 /// Parses `--classes 3,7` (names the flag in errors).
@@ -48,9 +52,15 @@ pub fn read_init_noise(path: &Path) -> Result<Tensor> {
     if !path.exists() {
         bail!("--init_noise {}: no such file", path.display());
     }
-    let t = Tensor::read_npy(path).map_err(|e| anyhow::anyhow!("--init_noise {}: not a readable .npy: {e}", path.display()))?;
+    let t = Tensor::read_npy(path).map_err(|e| {
+        anyhow::anyhow!("--init_noise {}: not a readable .npy: {e}", path.display())
+    })?;
     if t.rank() != 4 {
-        bail!("--init_noise {}: expected a float32 NCHW array, got shape {:?}", path.display(), t.dims());
+        bail!(
+            "--init_noise {}: expected a float32 NCHW array, got shape {:?}",
+            path.display(),
+            t.dims()
+        );
     }
     Ok(t.to_dtype(DType::F32)?)
 }
@@ -58,13 +68,19 @@ pub fn read_init_noise(path: &Path) -> Result<Tensor> {
 /// A random seed when none is given (printed so the run can be repeated).
 pub fn seed_or_random(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
     })
 }
 
 /// Loads the classifier for guidance, if asked for.
-pub fn load_classifier(c: &ClassifierArgs, image_size: usize, num_classes: Option<usize>, device: &Device) -> Result<Option<(Net, f64)>> {
+pub fn load_classifier(
+    c: &ClassifierArgs,
+    image_size: usize,
+    num_classes: Option<usize>,
+    device: &Device,
+) -> Result<Option<(Net, f64)>> {
     let Some(path) = &c.classifier_path else {
         return Ok(None);
     };
@@ -84,20 +100,34 @@ pub fn class_names(path: &Path) -> Option<Vec<String>> {
 
 /// Runs a sampling job and writes the npz and the grid (captioned with `class_names` when the
 /// samples have labels).
-pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs, class_names: Option<&[String]>) -> Result<()> {
+pub fn run_and_write(
+    s: &Sampling,
+    req: &Request,
+    a: &SamplingArgs,
+    class_names: Option<&[String]>,
+) -> Result<()> {
     let steps = s.diffusion.num_timesteps();
     let num_batches = req.num_samples.div_ceil(req.batch_size.max(1));
     let pb = output::progress_bar((steps * num_batches) as u64, a.quiet);
     let mut on_step = |p: Progress| {
         pb.set_position((p.batch * p.steps_per_batch + p.step) as u64);
-        pb.set_message(format!("batch {}/{} samples {}/{}", p.batch + 1, p.num_batches, p.samples_done, p.num_samples));
+        pb.set_message(format!(
+            "batch {}/{} samples {}/{}",
+            p.batch + 1,
+            p.num_batches,
+            p.samples_done,
+            p.num_samples
+        ));
     };
     let _bf16 = output::precision_scope(&a.precision, &s.device, &a.device, a.quiet)?;
     let out = s.run(req, &mut on_step)?;
     pb.finish_and_clear();
     let dims = out.images.dims().to_vec();
     let npz = a.output.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("samples_{}.npz", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")))
+        PathBuf::from(format!(
+            "samples_{}.npz",
+            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+        ))
     });
     let labels = match &out.labels {
         Some(l) => Some(Tensor::new(l.as_slice(), &Device::Cpu)?),
@@ -108,16 +138,28 @@ pub fn run_and_write(s: &Sampling, req: &Request, a: &SamplingArgs, class_names:
         arrays.push(("arr_1", l));
     }
     output::write_npz(&npz, &arrays)?;
-    let grid = if a.no_grid { None } else { Some(a.grid.clone().unwrap_or_else(|| npz.with_extension("png"))) };
+    let grid = if a.no_grid {
+        None
+    } else {
+        Some(a.grid.clone().unwrap_or_else(|| npz.with_extension("png")))
+    };
     if let Some(g) = &grid {
         let cols = (out.images.dim(0)? as f64).sqrt().ceil() as usize;
-        let cols = if out.labels.is_some() && req.num_samples >= 10 { 10.max(cols).min(req.num_samples) } else { cols };
+        let cols = if out.labels.is_some() && req.num_samples >= 10 {
+            10.max(cols).min(req.num_samples)
+        } else {
+            cols
+        };
         match &out.labels {
             // Labelled samples: every image captioned with its class (name when known).
             Some(l) => {
                 let captions: Vec<String> = l
                     .iter()
-                    .map(|&k| class_names.and_then(|n| n.get(k as usize).cloned()).unwrap_or_else(|| format!("class {k}")))
+                    .map(|&k| {
+                        class_names
+                            .and_then(|n| n.get(k as usize).cloned())
+                            .unwrap_or_else(|| format!("class {k}"))
+                    })
                     .collect();
                 crate::cli::plot::write_captioned_grid(g, &out.images, &captions, cols)
             }
@@ -154,22 +196,30 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &model_path, &device)?;
     let (_, emb_diffusion) = resolve::embedded(&model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, ucfg.learns_sigma())?;
-    let diffusion = dcfg.build().map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
+    let diffusion = dcfg
+        .build()
+        .map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
 
     let mut clf_args = a.classifier.clone();
     if builtin && clf_args.classifier_path.is_none() && a.classifier.classifier_scale.is_some() {
         // The built-in model comes with its guidance classifier.
-        clf_args.classifier_path = builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
+        clf_args.classifier_path =
+            builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
     }
     let classifier = load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device)?;
-    let num_classes = ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
+    let num_classes =
+        ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
     let classes = match &a.sampling.classes {
         Some(s) => Classes::Cycle(parse_classes(s)?),
         None => Classes::Random,
     };
     let init_noise = a.sampling.init_noise.as_deref().map(read_init_noise).transpose()?;
     // The reference's 10000 would keep a new user waiting for an hour on the built-in model.
-    let num_samples = a.sampling.num_samples.unwrap_or(if builtin { BUILTIN_NUM_SAMPLES } else { DEFAULT_NUM_SAMPLES });
+    let num_samples = a.sampling.num_samples.unwrap_or(if builtin {
+        BUILTIN_NUM_SAMPLES
+    } else {
+        DEFAULT_NUM_SAMPLES
+    });
     let seed = seed_or_random(a.sampling.seed);
     if a.sampling.seed.is_none() && !a.sampling.quiet {
         eprintln!("seed {seed} (give --seed {seed} to repeat this run)");
@@ -178,7 +228,11 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         model: &model,
         diffusion: &diffusion,
         classifier: classifier.as_ref().map(|(c, s)| (c, *s)),
-        method: if a.sampling.use_ddim { Method::Ddim { eta: a.sampling.eta } } else { Method::Ddpm },
+        method: if a.sampling.use_ddim {
+            Method::Ddim { eta: a.sampling.eta }
+        } else {
+            Method::Ddpm
+        },
         clip_denoised: a.sampling.clip_denoised,
         shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
         num_classes,
@@ -192,6 +246,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         init_noise: init_noise.as_ref(),
         low_res: None,
     };
-    let names = class_names(&model_path).or_else(|| clf_args.classifier_path.as_deref().and_then(class_names));
+    let names = class_names(&model_path)
+        .or_else(|| clf_args.classifier_path.as_deref().and_then(class_names));
     run_and_write(&s, &req, &a.sampling, names.as_deref())
 }

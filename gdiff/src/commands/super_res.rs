@@ -9,9 +9,9 @@ use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::sample::{images, Classes, Method, Request, Sampling};
 
 use super::sample::{read_init_noise, run_and_write, seed_or_random};
-use crate::commands::sample::DEFAULT_NUM_SAMPLES;
 use crate::cli::args::{DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::{output, resolve};
+use crate::commands::sample::DEFAULT_NUM_SAMPLES;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -47,11 +47,18 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
     let model = Net::load_with_config(&NetConfig::SuperRes(cfg.clone()), model_path, &device)?;
     let (_, emb_diffusion) = resolve::embedded(model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, cfg.learns_sigma())?;
-    let diffusion = dcfg.build().map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
+    let diffusion = dcfg
+        .build()
+        .map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
 
     let base = output::read_npz_array(&a.base_samples, "arr_0")?;
     if base.dtype() != DType::U8 || base.rank() != 4 {
-        bail!("{}: arr_0 must be uint8 NHWC images, got {:?} {:?}", a.base_samples.display(), base.dtype(), base.dims());
+        bail!(
+            "{}: arr_0 must be uint8 NHWC images, got {:?} {:?}",
+            a.base_samples.display(),
+            base.dtype(),
+            base.dims()
+        );
     }
     let (n, h, w, c) = base.dims4()?;
     if c != cfg.in_channels || h != small || w != small {
@@ -81,7 +88,11 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
         model: &model,
         diffusion: &diffusion,
         classifier: None,
-        method: if a.sampling.use_ddim { Method::Ddim { eta: a.sampling.eta } } else { Method::Ddpm },
+        method: if a.sampling.use_ddim {
+            Method::Ddim { eta: a.sampling.eta }
+        } else {
+            Method::Ddpm
+        },
         clip_denoised: a.sampling.clip_denoised,
         shape: [cfg.in_channels, large, large],
         num_classes: cfg.num_classes,

@@ -16,7 +16,7 @@ use clap::Args;
 use guided_diffusion::checkpoint::write_atomic;
 use guided_diffusion::data::{open_dataset, rng, DataSpec};
 use guided_diffusion::eval::judge::score;
-use guided_diffusion::eval::{FidStatistics, FeatureMatrix, Judge, JudgedMetrics};
+use guided_diffusion::eval::{FeatureMatrix, FidStatistics, Judge, JudgedMetrics};
 use guided_diffusion::models::Net;
 use guided_diffusion::sample::{self, Classes, Method, Request, Sampling};
 use rand::seq::SliceRandom;
@@ -85,11 +85,18 @@ struct SamplerSpec {
 fn parse_sampler(s: &str) -> Result<SamplerSpec> {
     let s = s.trim();
     let steps = |rest: &str| -> Result<usize> {
-        rest.parse::<usize>().ok().filter(|&n| n > 0).with_context(|| format!("--samplers: {s:?} is not ddimN or ddpmN with N > 0"))
+        rest.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--samplers: {s:?} is not ddimN or ddpmN with N > 0"))
     };
     if let Some(rest) = s.strip_prefix("ddim") {
         let n = steps(rest)?;
-        Ok(SamplerSpec { name: s.into(), respacing: format!("ddim{n}"), method: Method::Ddim { eta: 0.0 } })
+        Ok(SamplerSpec {
+            name: s.into(),
+            respacing: format!("ddim{n}"),
+            method: Method::Ddim { eta: 0.0 },
+        })
     } else if let Some(rest) = s.strip_prefix("ddpm") {
         let n = steps(rest)?;
         Ok(SamplerSpec { name: s.into(), respacing: n.to_string(), method: Method::Ddpm })
@@ -100,7 +107,8 @@ fn parse_sampler(s: &str) -> Result<SamplerSpec> {
 
 fn parse_models(specs: &[String]) -> Result<Vec<(String, PathBuf)>> {
     if specs.is_empty() {
-        let dir = builtin_model().context("no --model given and no built-in models found (models/fashion-mnist)")?;
+        let dir = builtin_model()
+            .context("no --model given and no built-in models found (models/fashion-mnist)")?;
         return Ok(vec![
             ("conditional".into(), dir.join("model.safetensors")),
             ("unconditional".into(), dir.join("unconditional.safetensors")),
@@ -110,7 +118,8 @@ fn parse_models(specs: &[String]) -> Result<Vec<(String, PathBuf)>> {
     specs
         .iter()
         .map(|s| {
-            let (name, path) = s.split_once('=').with_context(|| format!("--model {s:?}: expected NAME=PATH"))?;
+            let (name, path) =
+                s.split_once('=').with_context(|| format!("--model {s:?}: expected NAME=PATH"))?;
             if name.is_empty() || !seen.insert(name.to_string()) {
                 bail!("--model {s:?}: names must be non-empty and different");
             }
@@ -122,7 +131,9 @@ fn parse_models(specs: &[String]) -> Result<Vec<(String, PathBuf)>> {
 fn builtin_file(given: &Option<PathBuf>, file: &str, flag: &str) -> Result<PathBuf> {
     let p = match given {
         Some(p) => p.clone(),
-        None => builtin_model().map(|d| d.join(file)).with_context(|| format!("no {flag} given and no built-in models found"))?,
+        None => builtin_model()
+            .map(|d| d.join(file))
+            .with_context(|| format!("no {flag} given and no built-in models found"))?,
     };
     if !p.exists() {
         bail!("{flag} {}: no such file", p.display());
@@ -151,7 +162,15 @@ struct Reference {
     len: usize,
 }
 
-fn load_reference(spec: &str, limit: Option<usize>, judge: &Judge, channels: usize, n: usize, seed: u64, batch: usize) -> Result<Reference> {
+fn load_reference(
+    spec: &str,
+    limit: Option<usize>,
+    judge: &Judge,
+    channels: usize,
+    n: usize,
+    seed: u64,
+    batch: usize,
+) -> Result<Reference> {
     let size = judge.image_size();
     let mut ds = DataSpec::new(spec, size);
     ds.class_cond = true;
@@ -168,7 +187,10 @@ fn load_reference(spec: &str, limit: Option<usize>, judge: &Judge, channels: usi
     for i in 0..len {
         let item = data.get(i, &mut r)?;
         pixels.extend_from_slice(&item.pixels);
-        labels.push(item.label.with_context(|| format!("--reference {spec}: item {i} has no label"))? as usize);
+        labels.push(
+            item.label.with_context(|| format!("--reference {spec}: item {i} has no label"))?
+                as usize,
+        );
     }
     let x = Tensor::from_vec(pixels, (len, channels, size, size), &Device::Cpu)?;
     let verdict = judge.judge_scaled(&x, batch)?;
@@ -187,7 +209,11 @@ fn load_reference(spec: &str, limit: Option<usize>, judge: &Judge, channels: usi
     Ok(Reference {
         stats,
         pr_subset: pick(&order[..n])?,
-        held_out: (pick(held)?, held.iter().map(|&i| verdict.predicted[i]).collect(), held.iter().map(|&i| labels[i]).collect()),
+        held_out: (
+            pick(held)?,
+            held.iter().map(|&i| verdict.predicted[i]).collect(),
+            held.iter().map(|&i| labels[i]).collect(),
+        ),
         judge_accuracy,
         len,
     })
@@ -257,8 +283,10 @@ fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("--append: reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--append: {} is not valid JSON", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--append: reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--append: {} is not valid JSON", path.display()))?;
     let same = v["num_samples"].as_u64() == Some(a.num_samples as u64)
         && v["seed"].as_u64() == Some(a.seed)
         && v["reference"].as_str() == Some(a.reference.as_str());
@@ -271,16 +299,26 @@ fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
             v["reference"]
         );
     }
-    let rows = v["rows"].as_array().with_context(|| format!("--append: {} has no rows", path.display()))?;
+    let rows = v["rows"]
+        .as_array()
+        .with_context(|| format!("--append: {} has no rows", path.display()))?;
     rows.iter()
         .filter(|r| !r["scale"].is_null())
         .map(|r| {
-            let num = |k: &str| r[k].as_f64().with_context(|| format!("--append: {}: a row without {k}", path.display()));
+            let num = |k: &str| {
+                r[k].as_f64()
+                    .with_context(|| format!("--append: {}: a row without {k}", path.display()))
+            };
             Ok(Row {
                 model: r["model"].as_str().unwrap_or_default().to_string(),
                 sampler: r["sampler"].as_str().unwrap_or_default().to_string(),
                 scale: Some(num("scale")?),
-                metrics: JudgedMetrics { accuracy: num("accuracy")?, fd: num("fd")?, precision: num("precision")?, recall: num("recall")? },
+                metrics: JudgedMetrics {
+                    accuracy: num("accuracy")?,
+                    fd: num("fd")?,
+                    precision: num("precision")?,
+                    recall: num("recall")?,
+                },
                 seconds: num("seconds")?,
             })
         })
@@ -299,8 +337,12 @@ fn insert_row(rows: &mut Vec<Row>, row: Row) {
             order.push(k);
         }
     }
-    let rank = |r: &Row| (r.scale.is_some(), order.iter().position(|k| k.0 == r.model && k.1 == r.sampler));
-    rows.sort_by(|x, y| rank(x).cmp(&rank(y)).then(x.scale.unwrap_or(-1.0).total_cmp(&y.scale.unwrap_or(-1.0))));
+    let rank = |r: &Row| {
+        (r.scale.is_some(), order.iter().position(|k| k.0 == r.model && k.1 == r.sampler))
+    };
+    rows.sort_by(|x, y| {
+        rank(x).cmp(&rank(y)).then(x.scale.unwrap_or(-1.0).total_cmp(&y.scale.unwrap_or(-1.0)))
+    });
 }
 
 fn write_plot(out: &Path, rows: &[Row]) -> Result<()> {
@@ -351,13 +393,21 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let clf_path = builtin_file(&a.classifier_path, "classifier.safetensors", "--classifier_path")?;
     let judge_path = builtin_file(&a.judge_path, "judge.safetensors", "--judge_path")?;
     if clf_path.canonicalize().ok() == judge_path.canonicalize().ok() {
-        bail!("--judge_path is the guidance classifier: the judge must be an independent classifier");
+        bail!(
+            "--judge_path is the guidance classifier: the judge must be an independent classifier"
+        );
     }
-    let classifier = Net::load_embedded(&clf_path, &device).with_context(|| format!("--classifier_path {}", clf_path.display()))?;
-    let judge = Judge::new(Net::load_embedded(&judge_path, &device).with_context(|| format!("--judge_path {}", judge_path.display()))?, device.clone())
-        .with_context(|| format!("--judge_path {}", judge_path.display()))?;
+    let classifier = Net::load_embedded(&clf_path, &device)
+        .with_context(|| format!("--classifier_path {}", clf_path.display()))?;
+    let judge = Judge::new(
+        Net::load_embedded(&judge_path, &device)
+            .with_context(|| format!("--judge_path {}", judge_path.display()))?,
+        device.clone(),
+    )
+    .with_context(|| format!("--judge_path {}", judge_path.display()))?;
     let num_classes = classifier.num_classes().context("--classifier_path: not a classifier")?;
-    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("--out_dir {}", a.out_dir.display()))?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("--out_dir {}", a.out_dir.display()))?;
     let log = |s: String| {
         if !a.quiet {
             eprintln!("{s}");
@@ -369,11 +419,18 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         if !path.exists() {
             bail!("--model {name}={}: no such file", path.display());
         }
-        let net = Net::load_embedded(path, &device).with_context(|| format!("--model {name}={}", path.display()))?;
-        let Net::UNet(u) = &net else { bail!("--model {name}={}: not a diffusion UNet", path.display()) };
+        let net = Net::load_embedded(path, &device)
+            .with_context(|| format!("--model {name}={}", path.display()))?;
+        let Net::UNet(u) = &net else {
+            bail!("--model {name}={}: not a diffusion UNet", path.display())
+        };
         let ucfg = u.config().clone();
         if ucfg.image_size != judge.image_size() {
-            bail!("--model {name}: {0}x{0} images, but the judge takes {1}x{1}", ucfg.image_size, judge.image_size());
+            bail!(
+                "--model {name}: {0}x{0} images, but the judge takes {1}x{1}",
+                ucfg.image_size,
+                judge.image_size()
+            );
         }
         if let Some(k) = ucfg.num_classes {
             if k != num_classes {
@@ -381,13 +438,26 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             }
         }
         let (_, emb) = resolve::embedded(path)?;
-        let base = emb.with_context(|| format!("--model {name}={}: no embedded diffusion config (convert it with gdiff convert)", path.display()))?;
+        let base = emb.with_context(|| {
+            format!(
+                "--model {name}={}: no embedded diffusion config (convert it with gdiff convert)",
+                path.display()
+            )
+        })?;
         loaded.push((name.clone(), net, base, ucfg));
     }
 
     let t0 = Instant::now();
     let channels = loaded.first().map(|l| l.3.in_channels).unwrap_or(1);
-    let reference = load_reference(&a.reference, a.reference_images, &judge, channels, a.num_samples, a.seed, a.batch_size)?;
+    let reference = load_reference(
+        &a.reference,
+        a.reference_images,
+        &judge,
+        channels,
+        a.num_samples,
+        a.seed,
+        a.batch_size,
+    )?;
     log(format!(
         "reference {}: {} images, judge accuracy {:.2}% ({:.0} s)",
         a.reference,
@@ -399,15 +469,26 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let mut rows = if a.append { earlier_rows(&a.out_dir, a)? } else { Vec::new() };
     {
         let (f, predicted, labels) = &reference.held_out;
-        let v = guided_diffusion::eval::Verdict { features: f.clone(), predicted: predicted.clone() };
+        let v =
+            guided_diffusion::eval::Verdict { features: f.clone(), predicted: predicted.clone() };
         let metrics = score(&v, labels, &reference.stats, &reference.pr_subset, &device)?;
-        insert_row(&mut rows, Row { model: "real test images".into(), sampler: "-".into(), scale: None, metrics, seconds: 0.0 });
+        insert_row(
+            &mut rows,
+            Row {
+                model: "real test images".into(),
+                sampler: "-".into(),
+                scale: None,
+                metrics,
+                seconds: 0.0,
+            },
+        );
     }
     for (name, net, base, ucfg) in &loaded {
         for sp in &samplers {
             let mut dcfg = base.clone();
             dcfg.timestep_respacing = sp.respacing.clone();
-            let diffusion = dcfg.build().map_err(|e| anyhow::anyhow!("--samplers {}: {e}", sp.name))?;
+            let diffusion =
+                dcfg.build().map_err(|e| anyhow::anyhow!("--samplers {}: {e}", sp.name))?;
             for &scale in &scales {
                 let t = Instant::now();
                 let s = Sampling {
@@ -430,10 +511,15 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 };
                 let out = s.run(&req, &mut |_| {})?;
                 let verdict = judge.judge(&out.images, a.batch_size)?;
-                let metrics = score(&verdict, &asked, &reference.stats, &reference.pr_subset, &device)?;
+                let metrics =
+                    score(&verdict, &asked, &reference.stats, &reference.pr_subset, &device)?;
                 let grid_n = (num_classes * 10).min(a.num_samples);
                 let grid = a.out_dir.join(format!("{name}_{}_scale{scale}.png", sp.name));
-                sample::images::write_grid(&grid, &out.images.narrow(0, 0, grid_n)?, num_classes.min(grid_n))?;
+                sample::images::write_grid(
+                    &grid,
+                    &out.images.narrow(0, 0, grid_n)?,
+                    num_classes.min(grid_n),
+                )?;
                 let seconds = t.elapsed().as_secs_f64();
                 log(format!(
                     "{name} {} scale {scale}: accuracy {:.1}%, FD {:.3}, precision {:.3}, recall {:.3} ({seconds:.0} s)",
@@ -443,14 +529,26 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                     metrics.precision,
                     metrics.recall
                 ));
-                insert_row(&mut rows, Row { model: name.clone(), sampler: sp.name.clone(), scale: Some(scale), metrics, seconds });
+                insert_row(
+                    &mut rows,
+                    Row {
+                        model: name.clone(),
+                        sampler: sp.name.clone(),
+                        scale: Some(scale),
+                        metrics,
+                        seconds,
+                    },
+                );
                 // Keep what is measured so far, so an interrupted sweep loses nothing.
                 write_tables(&a.out_dir, &rows, &reference, a)?;
             }
         }
     }
     write_plot(&a.out_dir, &rows)?;
-    log(format!("wrote {}/results.md, results.csv, results.json and tradeoff.png", a.out_dir.display()));
+    log(format!(
+        "wrote {}/results.md, results.csv, results.json and tradeoff.png",
+        a.out_dir.display()
+    ));
     Ok(())
 }
 
@@ -474,13 +572,30 @@ mod tests {
     #[test]
     fn rows_stay_ordered_and_replace_remeasured_settings() {
         let m = |acc: f64| JudgedMetrics { accuracy: acc, fd: 0.0, precision: 0.0, recall: 0.0 };
-        let row = |model: &str, scale: Option<f64>, acc: f64| Row { model: model.into(), sampler: "ddim25".into(), scale, metrics: m(acc), seconds: 0.0 };
-        let mut rows = vec![row("cond", Some(0.0), 0.1), row("cond", Some(4.0), 0.2), row("uncond", Some(0.0), 0.3)];
+        let row = |model: &str, scale: Option<f64>, acc: f64| Row {
+            model: model.into(),
+            sampler: "ddim25".into(),
+            scale,
+            metrics: m(acc),
+            seconds: 0.0,
+        };
+        let mut rows = vec![
+            row("cond", Some(0.0), 0.1),
+            row("cond", Some(4.0), 0.2),
+            row("uncond", Some(0.0), 0.3),
+        ];
         insert_row(&mut rows, row("real", None, 0.9));
         insert_row(&mut rows, row("cond", Some(2.0), 0.4));
         insert_row(&mut rows, row("cond", Some(4.0), 0.5));
-        let got: Vec<(String, Option<f64>, f64)> = rows.iter().map(|r| (r.model.clone(), r.scale, r.metrics.accuracy)).collect();
-        let want = [("real", None, 0.9), ("cond", Some(0.0), 0.1), ("cond", Some(2.0), 0.4), ("cond", Some(4.0), 0.5), ("uncond", Some(0.0), 0.3)];
+        let got: Vec<(String, Option<f64>, f64)> =
+            rows.iter().map(|r| (r.model.clone(), r.scale, r.metrics.accuracy)).collect();
+        let want = [
+            ("real", None, 0.9),
+            ("cond", Some(0.0), 0.1),
+            ("cond", Some(2.0), 0.4),
+            ("cond", Some(4.0), 0.5),
+            ("uncond", Some(0.0), 0.3),
+        ];
         assert_eq!(got, want.map(|(a, b, c)| (a.to_string(), b, c)));
     }
 

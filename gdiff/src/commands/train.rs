@@ -23,8 +23,8 @@ use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::dist::{init_from_env, RankSlice};
 use guided_diffusion::train::{
-    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed, Logger, MicroScaling,
-    Objective, ParamSet, TrainConfig, TrainLoop,
+    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed, Logger,
+    MicroScaling, Objective, ParamSet, TrainConfig, TrainLoop,
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
@@ -148,7 +148,17 @@ pub struct TrainClassifierArgs {
     pub diffusion: DiffusionArgs,
 }
 
-fn open_loader(c: &CommonTrainArgs, data_dir: &str, image_size: usize, channels: usize, class_cond: bool, random_crop: bool, batch: usize, seed: u64, device: &candle_core::Device) -> Result<Loader> {
+fn open_loader(
+    c: &CommonTrainArgs,
+    data_dir: &str,
+    image_size: usize,
+    channels: usize,
+    class_cond: bool,
+    random_crop: bool,
+    batch: usize,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Loader> {
     let mut spec = DataSpec::new(data_dir, image_size);
     spec.class_cond = class_cond;
     spec.random_crop = random_crop;
@@ -167,7 +177,13 @@ fn data_classes(c: &CommonTrainArgs, image_size: usize, channels: usize) -> Resu
     Ok(open_dataset(&spec)?.classes().map(|l| l.len()))
 }
 
-fn train_config(c: &CommonTrainArgs, batch: usize, lr: f64, log_dir: &std::path::Path, net: &NetConfig) -> Result<TrainConfig> {
+fn train_config(
+    c: &CommonTrainArgs,
+    batch: usize,
+    lr: f64,
+    log_dir: &std::path::Path,
+    net: &NetConfig,
+) -> Result<TrainConfig> {
     let mut tc = TrainConfig::new(batch, lr, log_dir);
     tc.microbatch = if c.microbatch <= 0 { 0 } else { c.microbatch as usize };
     tc.weight_decay = c.weight_decay;
@@ -201,7 +217,10 @@ fn rank_setup(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<(std::path:
 /// all-gathers them); not supported across ranks yet.
 fn check_sampler(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<()> {
     if dist.world_size() > 1 && c.schedule_sampler != "uniform" {
-        bail!("--schedule_sampler {} is not supported with several MPI ranks yet (use uniform)", c.schedule_sampler);
+        bail!(
+            "--schedule_sampler {} is not supported with several MPI ranks yet (use uniform)",
+            c.schedule_sampler
+        );
     }
     Ok(())
 }
@@ -209,18 +228,45 @@ fn check_sampler(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<()> {
 /// The rank's loader: every rank reads the same global batches (`world_size * batch`, same
 /// seed) and keeps its rows.
 #[allow(clippy::too_many_arguments)]
-fn open_rank_loader(c: &CommonTrainArgs, data_dir: &str, image_size: usize, channels: usize, class_cond: bool, random_crop: bool, batch: usize, seed: u64, device: &candle_core::Device, dist: &dyn Distributed) -> Result<RankSlice<Loader>> {
+fn open_rank_loader(
+    c: &CommonTrainArgs,
+    data_dir: &str,
+    image_size: usize,
+    channels: usize,
+    class_cond: bool,
+    random_crop: bool,
+    batch: usize,
+    seed: u64,
+    device: &candle_core::Device,
+    dist: &dyn Distributed,
+) -> Result<RankSlice<Loader>> {
     let global = batch * dist.world_size();
-    let l = open_loader(c, data_dir, image_size, channels, class_cond, random_crop, global, seed, device)?;
+    let l = open_loader(
+        c,
+        data_dir,
+        image_size,
+        channels,
+        class_cond,
+        random_crop,
+        global,
+        seed,
+        device,
+    )?;
     Ok(RankSlice::new(l, dist.rank(), dist.world_size())?)
 }
 
-fn run_loop<O: Objective, S: BatchSource>(mut lp: TrainLoop<O>, c: &CommonTrainArgs, mut data: S, mut val: Option<S>) -> Result<()> {
+fn run_loop<O: Objective, S: BatchSource>(
+    mut lp: TrainLoop<O>,
+    c: &CommonTrainArgs,
+    mut data: S,
+    mut val: Option<S>,
+) -> Result<()> {
     if let Some(p) = lp.resume(c.resume_checkpoint.as_deref())? {
         eprintln!("resumed from {} at step {}", p.display(), lp.step());
     }
     lp.set_classes(data.classes());
-    let _bf16 = output::precision_scope(&c.precision, &output::device(&c.device)?, &c.device, false)?;
+    let _bf16 =
+        output::precision_scope(&c.precision, &output::device(&c.device)?, &c.device, false)?;
     lp.run(&mut data, val.as_mut().map(|v| v as &mut dyn BatchSource))?;
     Ok(())
 }
@@ -241,7 +287,8 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let mut margs = a.model.clone();
     let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
     let channels = margs.in_channels.unwrap_or(3);
-    if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none() {
+    if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none()
+    {
         margs.num_classes = data_classes(c, image_size, channels)?;
     }
     let (ucfg, net_cfg) = match small {
@@ -258,7 +305,8 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let diffusion = dcfg.build()?;
     let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
-    let mut tc = train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
+    let mut tc =
+        train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
     tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
     tc.micro_scaling = MicroScaling::SumOfMicroMeans;
     tc.ema_rates = parse_ema_rates(&a.ema_rate)?;
@@ -267,8 +315,20 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
         tc.max_steps = Some(c.max_steps.map_or(a.lr_anneal_steps, |m| m.min(a.lr_anneal_steps)));
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
-    let objective = DiffusionObjective { net, diffusion, sampler, small_size: small.map(|(_, s)| s) };
-    let data = open_rank_loader(c, &c.data_dir, image_size, ucfg.in_channels, ucfg.num_classes.is_some(), false, tc.batch_size, c.seed, &device, dist.as_ref())?;
+    let objective =
+        DiffusionObjective { net, diffusion, sampler, small_size: small.map(|(_, s)| s) };
+    let data = open_rank_loader(
+        c,
+        &c.data_dir,
+        image_size,
+        ucfg.in_channels,
+        ucfg.num_classes.is_some(),
+        false,
+        tc.batch_size,
+        c.seed,
+        &device,
+        dist.as_ref(),
+    )?;
     run_loop(TrainLoop::with_dist(tc, params, objective, logger, dist)?, c, data, None)
 }
 
@@ -295,12 +355,19 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     };
     let mut cargs = a.classifier.clone();
     cargs.classifier_path = None;
-    let cfg = resolve::classifier_config_from_flags(&cargs, a.image_size, num_classes, a.in_channels, a.channel_mult.as_deref())?;
+    let cfg = resolve::classifier_config_from_flags(
+        &cargs,
+        a.image_size,
+        num_classes,
+        a.in_channels,
+        a.channel_mult.as_deref(),
+    )?;
     let net_cfg = NetConfig::Classifier(cfg);
     let diffusion = resolve::diffusion_config(&a.diffusion, None, false)?.build()?;
     let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
-    let mut tc = train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
+    let mut tc =
+        train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
     tc.micro_scaling = MicroScaling::BatchMean;
     tc.ema_rates = vec![];
     tc.eval_interval = a.eval_interval;
@@ -310,10 +377,32 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
     let objective = ClassifierObjective { net, diffusion, sampler, noised: a.noised };
-    let data = open_rank_loader(c, &c.data_dir, a.image_size, a.in_channels, true, true, tc.batch_size, c.seed, &device, dist.as_ref())?;
+    let data = open_rank_loader(
+        c,
+        &c.data_dir,
+        a.image_size,
+        a.in_channels,
+        true,
+        true,
+        tc.batch_size,
+        c.seed,
+        &device,
+        dist.as_ref(),
+    )?;
     let val = match &a.val_data_dir {
         Some(v) => {
-            let mut l = open_rank_loader(c, v, a.image_size, a.in_channels, true, false, tc.batch_size, c.seed ^ 0x5eed, &device, dist.as_ref())?;
+            let mut l = open_rank_loader(
+                c,
+                v,
+                a.image_size,
+                a.in_channels,
+                true,
+                false,
+                tc.batch_size,
+                c.seed ^ 0x5eed,
+                &device,
+                dist.as_ref(),
+            )?;
             l.seek(0)?;
             Some(l)
         }

@@ -9,7 +9,9 @@ pub fn median_secs<F: FnMut()>(min_reps: usize, max_reps: usize, budget_s: f64, 
     f();
     let start = Instant::now();
     let mut times = Vec::new();
-    while times.len() < min_reps.max(1) || (times.len() < max_reps && start.elapsed().as_secs_f64() < budget_s) {
+    while times.len() < min_reps.max(1)
+        || (times.len() < max_reps && start.elapsed().as_secs_f64() < budget_s)
+    {
         let t = Instant::now();
         f();
         times.push(t.elapsed().as_secs_f64());

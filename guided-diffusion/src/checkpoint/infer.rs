@@ -64,9 +64,10 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     let in_ch = k.shape("input_blocks.0.0.weight")?[1];
     let mut known = vec![("model_channels", mc.to_string())];
     let mut unknown = vec!["num_heads", "num_head_channels", "use_new_attention_order"];
-    if let (Some(e), Some(o)) =
-        (k.shape("input_blocks.1.0.emb_layers.1.weight"), k.shape("input_blocks.1.0.in_layers.2.weight"))
-    {
+    if let (Some(e), Some(o)) = (
+        k.shape("input_blocks.1.0.emb_layers.1.weight"),
+        k.shape("input_blocks.1.0.in_layers.2.weight"),
+    ) {
         known.push(("use_scale_shift_norm", (e[0] == 2 * o[0]).to_string()));
     }
     let n_out = k.count(true);
@@ -79,7 +80,9 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     let levels = n_out / (nrb + 1);
     known.push(("num_res_blocks", nrb.to_string()));
     let mult: Vec<String> = (0..levels)
-        .filter_map(|l| k.shape(&format!("output_blocks.{}.0.in_layers.2.weight", (levels - 1 - l) * (nrb + 1))))
+        .filter_map(|l| {
+            k.shape(&format!("output_blocks.{}.0.in_layers.2.weight", (levels - 1 - l) * (nrb + 1)))
+        })
         .map(|s| format!("{}", s[0] as f64 / mc as f64))
         .collect();
     known.push(("channel_mult", format!("[{}]", mult.join(", "))));
@@ -112,7 +115,9 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     };
     known.push((
         "num_classes",
-        k.shape("label_emb.weight").map(|s| s[0].to_string()).unwrap_or_else(|| "None (unconditional)".into()),
+        k.shape("label_emb.weight")
+            .map(|s| s[0].to_string())
+            .unwrap_or_else(|| "None (unconditional)".into()),
     ));
     unknown.push("image_size");
     Some(Inferred { builder, known, unknown })

@@ -6,10 +6,10 @@
 //! - [`verify`] builds a network against a state dict and reports missing, unexpected and
 //!   mis-shaped keys together with the flag that most likely differs.
 //! - [`write_safetensors`] writes atomically (temporary file, then rename).
+pub mod infer;
 mod pt;
 mod pt_write;
 mod st;
-pub mod infer;
 pub mod verify;
 
 use std::collections::HashMap;

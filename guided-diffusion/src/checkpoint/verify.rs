@@ -31,7 +31,14 @@ fn placeholder(s: &Shape, dtype: DType, dev: &Device) -> candle_core::Result<Ten
 }
 
 impl candle_nn::var_builder::SimpleBackend for CheckingBackend {
-    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut rec = self.record.lock().expect("record lock");
         rec.used.insert(name.to_string());
         match self.tensors.get(name) {
@@ -69,8 +76,10 @@ pub fn build_checked<T>(
     build: impl FnOnce(VarBuilder) -> Result<T>,
 ) -> Result<T> {
     let all: BTreeSet<String> = tensors.keys().cloned().collect();
-    let backend = std::sync::Arc::new(CheckingBackend { tensors, record: Mutex::new(Record::default()) });
-    let boxed: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(ArcBackend(backend.clone()));
+    let backend =
+        std::sync::Arc::new(CheckingBackend { tensors, record: Mutex::new(Record::default()) });
+    let boxed: Box<dyn candle_nn::var_builder::SimpleBackend> =
+        Box::new(ArcBackend(backend.clone()));
     let vb = VarBuilder::from_backend(boxed, DType::F32, device.clone());
     let built = build(vb);
     let rec = std::mem::take(&mut *backend.record.lock().expect("record lock"));
@@ -84,7 +93,14 @@ pub fn build_checked<T>(
 struct ArcBackend(std::sync::Arc<CheckingBackend>);
 
 impl candle_nn::var_builder::SimpleBackend for ArcBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.0.get(s, name, h, dtype, dev)
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -116,7 +132,9 @@ pub fn mismatch_report(
         parts.push(format!(
             "{} shape mismatch(es): {}",
             mismatched.len(),
-            list(mismatched, |(n, file, model)| format!("{n} is {file:?} in the file but {model:?} in the model"))
+            list(mismatched, |(n, file, model)| format!(
+                "{n} is {file:?} in the file but {model:?} in the model"
+            ))
         ));
     }
     if !missing.is_empty() {
@@ -127,7 +145,11 @@ pub fn mismatch_report(
         ));
     }
     if !unexpected.is_empty() {
-        parts.push(format!("{} unexpected key(s) in the file: {}", unexpected.len(), list(unexpected, |n| n.clone())));
+        parts.push(format!(
+            "{} unexpected key(s) in the file: {}",
+            unexpected.len(),
+            list(unexpected, |n| n.clone())
+        ));
     }
     let flags = likely_flags(missing, unexpected, mismatched);
     let hint = if flags.is_empty() {
@@ -150,7 +172,8 @@ fn likely_flags(
             flags.push(f)
         }
     };
-    let absent = missing.iter().map(|(n, _)| n.as_str()).chain(unexpected.iter().map(String::as_str));
+    let absent =
+        missing.iter().map(|(n, _)| n.as_str()).chain(unexpected.iter().map(String::as_str));
     for n in absent {
         if n.starts_with("label_emb") {
             add("--class_cond");
@@ -170,13 +193,19 @@ fn likely_flags(
     for (n, file, model) in mismatched {
         if n.starts_with("label_emb") {
             add("--num_classes");
-        } else if n.contains("emb_layers.1") && file.len() == model.len() && (file[0] * 2 == model[0] || model[0] * 2 == file[0]) {
+        } else if n.contains("emb_layers.1")
+            && file.len() == model.len()
+            && (file[0] * 2 == model[0] || model[0] * 2 == file[0])
+        {
             add("--use_scale_shift_norm");
         } else if (n == "out.2.weight" || n == "out.2.bias") && file.first() != model.first() {
             add("--learn_sigma");
         } else if n.starts_with("out.") && file.first() != model.first() {
             add("--num_classes");
-        } else if n == "input_blocks.0.0.weight" && file.get(1) != model.get(1) && file[0] == model[0] {
+        } else if n == "input_blocks.0.0.weight"
+            && file.get(1) != model.get(1)
+            && file[0] == model[0]
+        {
             add("--in_channels");
         } else if n.contains("positional_embedding") {
             add("--image_size");

@@ -50,7 +50,14 @@ pub struct FolderOptions {
 
 impl FolderOptions {
     pub fn new(image_size: usize) -> Self {
-        Self { image_size, class_cond: false, random_crop: false, random_flip: true, rank: 0, world_size: 1 }
+        Self {
+            image_size,
+            class_cond: false,
+            random_crop: false,
+            random_flip: true,
+            rank: 0,
+            world_size: 1,
+        }
     }
 }
 

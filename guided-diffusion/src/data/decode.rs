@@ -17,7 +17,8 @@ use crate::{Error, Result};
 /// Decodes `path` to RGB (3 channels).
 pub fn load_rgb(path: &Path) -> Result<RawImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb(&bytes).map_err(|e| Error::msg(format!("{}: cannot decode image: {e}", path.display())))
+    decode_rgb(&bytes)
+        .map_err(|e| Error::msg(format!("{}: cannot decode image: {e}", path.display())))
 }
 
 /// Decodes an in-memory PNG/JPEG/GIF to RGB.

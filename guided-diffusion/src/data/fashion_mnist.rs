@@ -22,8 +22,18 @@ pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Environment variable overriding [`DEFAULT_DIR`].
 pub const DIR_ENV: &str = "FASHION_MNIST_DIR";
 /// Class names in label order.
-pub const CLASS_NAMES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const CLASS_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 /// Native side length.
 pub const NATIVE_SIZE: usize = 28;
 
@@ -130,7 +140,8 @@ impl FashionMnist {
         require(&lbl_path)?;
         let images = read_idx(&img_path)?;
         let labels = read_idx(&lbl_path)?;
-        if images.dims.len() != 3 || images.dims[1] != NATIVE_SIZE || images.dims[2] != NATIVE_SIZE {
+        if images.dims.len() != 3 || images.dims[1] != NATIVE_SIZE || images.dims[2] != NATIVE_SIZE
+        {
             bail!("{}: expected N x 28 x 28 images, found {:?}", img_path.display(), images.dims);
         }
         if labels.dims != [images.dims[0]] {
@@ -142,7 +153,13 @@ impl FashionMnist {
         let all: Vec<usize> = (0..images.dims[0]).collect();
         let local = super::files::shard(&all, opts.rank, opts.world_size)?;
         let classes = ClassList::new(CLASS_NAMES.iter().map(|s| s.to_string()).collect());
-        Ok(Self { images: Arc::new(images.data), labels: Arc::new(labels.data), local, classes, opts })
+        Ok(Self {
+            images: Arc::new(images.data),
+            labels: Arc::new(labels.data),
+            local,
+            classes,
+            opts,
+        })
     }
 
     /// Label (0..10) of local item `index`.
@@ -154,7 +171,12 @@ impl FashionMnist {
     pub fn raw(&self, index: usize) -> Option<RawImage> {
         let i = *self.local.get(index)?;
         let n = NATIVE_SIZE * NATIVE_SIZE;
-        Some(RawImage { width: NATIVE_SIZE, height: NATIVE_SIZE, channels: 1, data: self.images[i * n..(i + 1) * n].to_vec() })
+        Some(RawImage {
+            width: NATIVE_SIZE,
+            height: NATIVE_SIZE,
+            channels: 1,
+            data: self.images[i * n..(i + 1) * n].to_vec(),
+        })
     }
 
     fn fit(&self, img: &RawImage) -> Result<RawImage> {

@@ -96,8 +96,9 @@ impl ClassList {
         serde_json::to_string(&self.names).unwrap_or_else(|_| "[]".into())
     }
     pub fn from_json(text: &str) -> Result<Self> {
-        let names: Vec<String> = serde_json::from_str(text)
-            .map_err(|e| Error::msg(format!("class list: expected a JSON array of strings: {e}")))?;
+        let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+            Error::msg(format!("class list: expected a JSON array of strings: {e}"))
+        })?;
         Ok(Self { names })
     }
     /// Writes the JSON list to `path` (temp file + rename).

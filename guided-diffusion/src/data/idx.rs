@@ -41,7 +41,9 @@ pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray> {
         bail!("IDX header truncated");
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize
+        })
         .collect();
     let n: usize = dims.iter().product();
     if bytes.len() != header + n {

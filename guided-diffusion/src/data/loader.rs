@@ -79,8 +79,16 @@ pub struct LoaderConfig {
 
 impl LoaderConfig {
     pub fn new(batch_size: usize, seed: u64) -> Self {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
-        Self { batch_size, shuffle: true, seed, workers, prefetch: 2 * workers, device: Device::Cpu }
+        let workers =
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        Self {
+            batch_size,
+            shuffle: true,
+            seed,
+            workers,
+            prefetch: 2 * workers,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -158,7 +166,12 @@ struct Workers {
 impl Workers {
     fn start(plan: Arc<Plan>, start: u64, n: usize, prefetch: usize) -> Self {
         let state = Arc::new((
-            Mutex::new(Shared { next_claim: start, next_deliver: start, ready: BTreeMap::new(), stop: false }),
+            Mutex::new(Shared {
+                next_claim: start,
+                next_deliver: start,
+                ready: BTreeMap::new(),
+                stop: false,
+            }),
             Condvar::new(),
         ));
         let handles = (0..n)
@@ -183,7 +196,10 @@ impl Workers {
             if self.handles.iter().all(|h| h.is_finished()) {
                 return Err(Error::msg("data loader threads exited unexpectedly"));
             }
-            s = cv.wait_timeout(s, std::time::Duration::from_millis(200)).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0);
+            s = cv
+                .wait_timeout(s, std::time::Duration::from_millis(200))
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 }
@@ -259,7 +275,12 @@ impl Loader {
     fn restart(&mut self) {
         self.workers = None; // joins the old threads first
         if self.cfg.workers > 0 {
-            self.workers = Some(Workers::start(self.plan.clone(), self.position, self.cfg.workers, self.cfg.prefetch));
+            self.workers = Some(Workers::start(
+                self.plan.clone(),
+                self.position,
+                self.cfg.workers,
+                self.cfg.prefetch,
+            ));
         }
     }
 
@@ -285,7 +306,8 @@ impl BatchSource for Loader {
         let ds = &self.plan.dataset;
         let (c, s) = (ds.channels(), ds.image_size());
         let n = self.cfg.batch_size;
-        let images = Tensor::from_vec(host.pixels, (n, c, s, s), &Device::Cpu)?.to_device(&self.cfg.device)?;
+        let images = Tensor::from_vec(host.pixels, (n, c, s, s), &Device::Cpu)?
+            .to_device(&self.cfg.device)?;
         let labels = match host.labels {
             Some(l) => Some(Tensor::from_vec(l, n, &Device::Cpu)?.to_device(&self.cfg.device)?),
             None => None,

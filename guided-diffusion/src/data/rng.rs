@@ -55,8 +55,10 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u32> = (0..4).map(|_| 0).scan(stream(1, 2, 3), |r, _| Some(r.next_u32())).collect();
-        let b: Vec<u32> = (0..4).map(|_| 0).scan(stream(1, 2, 3), |r, _| Some(r.next_u32())).collect();
+        let a: Vec<u32> =
+            (0..4).map(|_| 0).scan(stream(1, 2, 3), |r, _| Some(r.next_u32())).collect();
+        let b: Vec<u32> =
+            (0..4).map(|_| 0).scan(stream(1, 2, 3), |r, _| Some(r.next_u32())).collect();
         assert_eq!(a, b);
         let mut c = stream(1, 2, 4);
         let mut d = stream(1, 3, 3);

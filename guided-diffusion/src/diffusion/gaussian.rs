@@ -139,20 +139,15 @@ impl DiffusionArrays {
             .map(|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i]))
             .collect();
         let posterior_log_variance_clipped: Vec<f64> = (0..n)
-            .map(|i| {
-                if i == 0 {
-                    posterior_variance[1]
-                } else {
-                    posterior_variance[i]
-                }
-                .ln()
-            })
+            .map(|i| if i == 0 { posterior_variance[1] } else { posterior_variance[i] }.ln())
             .collect();
         let posterior_mean_coef1 = (0..n)
             .map(|i| betas[i] * alphas_cumprod_prev[i].sqrt() / (1.0 - alphas_cumprod[i]))
             .collect();
         let posterior_mean_coef2 = (0..n)
-            .map(|i| (1.0 - alphas_cumprod_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i]))
+            .map(|i| {
+                (1.0 - alphas_cumprod_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i])
+            })
             .collect();
         Ok(Self {
             betas,
@@ -201,22 +196,23 @@ impl GaussianDiffusion {
     pub fn new(betas: Vec<f64>, kind: ProcessKind) -> Result<Self> {
         let n = betas.len();
         let arrays = DiffusionArrays::from_betas(betas)?;
-        Ok(Self {
-            arrays,
-            kind,
-            timestep_map: (0..n).collect(),
-            original_num_steps: n,
-        })
+        Ok(Self { arrays, kind, timestep_map: (0..n).collect(), original_num_steps: n })
     }
 
     /// The reference's `SpacedDiffusion(use_timesteps, betas=base_betas)`: keeps the given
     /// original timesteps, with betas rebuilt so that the kept `alphas_cumprod` are unchanged:
     /// `new_beta_i = 1 - ab[map[i]] / ab[map[i-1]]` (previous = 1 for i = 0).
-    pub fn spaced(base_betas: Vec<f64>, use_timesteps: &BTreeSet<usize>, kind: ProcessKind) -> Result<Self> {
+    pub fn spaced(
+        base_betas: Vec<f64>,
+        use_timesteps: &BTreeSet<usize>,
+        kind: ProcessKind,
+    ) -> Result<Self> {
         let original_num_steps = base_betas.len();
         let base = DiffusionArrays::from_betas(base_betas)?;
         if let Some(&bad) = use_timesteps.iter().find(|&&t| t >= original_num_steps) {
-            bail!("respaced timestep {bad} is out of range for a {original_num_steps}-step process");
+            bail!(
+                "respaced timestep {bad} is out of range for a {original_num_steps}-step process"
+            );
         }
         if use_timesteps.len() < 2 {
             bail!(
@@ -236,12 +232,7 @@ impl GaussianDiffusion {
             }
         }
         let arrays = DiffusionArrays::from_betas(new_betas)?;
-        Ok(Self {
-            arrays,
-            kind,
-            timestep_map,
-            original_num_steps,
-        })
+        Ok(Self { arrays, kind, timestep_map, original_num_steps })
     }
 
     pub fn arrays(&self) -> &DiffusionArrays {
@@ -282,10 +273,7 @@ impl GaussianDiffusion {
 
     pub(crate) fn check_t(&self, t: &[usize]) -> Result<()> {
         if let Some(&bad) = t.iter().find(|&&i| i >= self.num_timesteps()) {
-            bail!(
-                "timestep {bad} out of range for a {}-step process",
-                self.num_timesteps()
-            );
+            bail!("timestep {bad} out of range for a {}-step process", self.num_timesteps());
         }
         Ok(())
     }
@@ -309,15 +297,18 @@ impl GaussianDiffusion {
     }
 
     /// q(x_t | x_0): `(mean, variance, log_variance)`, each of x_start's shape.
-    pub fn q_mean_variance(&self, x_start: &Tensor, t: &[usize]) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn q_mean_variance(
+        &self,
+        x_start: &Tensor,
+        t: &[usize],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let a = &self.arrays;
         let mean = self.ex(&a.sqrt_alphas_cumprod, t, x_start)?.broadcast_mul(x_start)?;
         let variance = self
             .extract(|i| 1.0 - a.alphas_cumprod[i], t, x_start)?
             .broadcast_as(x_start.shape())?;
-        let log_variance = self
-            .ex(&a.log_one_minus_alphas_cumprod, t, x_start)?
-            .broadcast_as(x_start.shape())?;
+        let log_variance =
+            self.ex(&a.log_one_minus_alphas_cumprod, t, x_start)?.broadcast_as(x_start.shape())?;
         Ok((mean, variance, log_variance))
     }
 
@@ -332,9 +323,7 @@ impl GaussianDiffusion {
         }
         let a = &self.arrays;
         let lhs = self.ex(&a.sqrt_alphas_cumprod, t, x_start)?.broadcast_mul(x_start)?;
-        let rhs = self
-            .ex(&a.sqrt_one_minus_alphas_cumprod, t, x_start)?
-            .broadcast_mul(noise)?;
+        let rhs = self.ex(&a.sqrt_one_minus_alphas_cumprod, t, x_start)?.broadcast_mul(noise)?;
         Ok((lhs + rhs)?)
     }
 
@@ -356,9 +345,8 @@ impl GaussianDiffusion {
         let mean = (self.ex(&a.posterior_mean_coef1, t, x_t)?.broadcast_mul(x_start)?
             + self.ex(&a.posterior_mean_coef2, t, x_t)?.broadcast_mul(x_t)?)?;
         let var = self.ex(&a.posterior_variance, t, x_t)?.broadcast_as(x_t.shape())?;
-        let logvar = self
-            .ex(&a.posterior_log_variance_clipped, t, x_t)?
-            .broadcast_as(x_t.shape())?;
+        let logvar =
+            self.ex(&a.posterior_log_variance_clipped, t, x_t)?.broadcast_as(x_t.shape())?;
         Ok((mean, var, logvar))
     }
 
@@ -437,11 +425,7 @@ impl GaussianDiffusion {
                     self.ex(&a.posterior_log_variance_clipped, t, x)?,
                 )
             };
-            (
-                model_output.clone(),
-                var.broadcast_as(x.shape())?,
-                logvar.broadcast_as(x.shape())?,
-            )
+            (model_output.clone(), var.broadcast_as(x.shape())?, logvar.broadcast_as(x.shape())?)
         };
 
         let process_xstart = |p: Tensor| -> Result<Tensor> {
@@ -465,23 +449,28 @@ impl GaussianDiffusion {
                 (self.q_posterior_mean_variance(&pred, x, t)?.0, pred)
             }
         };
-        Ok(PMeanVariance {
-            mean,
-            variance,
-            log_variance,
-            pred_xstart,
-        })
+        Ok(PMeanVariance { mean, variance, log_variance, pred_xstart })
     }
 
     /// x_0 = sqrt(1/ab) x_t - sqrt(1/ab - 1) eps.
-    pub fn predict_xstart_from_eps(&self, x_t: &Tensor, t: &[usize], eps: &Tensor) -> Result<Tensor> {
+    pub fn predict_xstart_from_eps(
+        &self,
+        x_t: &Tensor,
+        t: &[usize],
+        eps: &Tensor,
+    ) -> Result<Tensor> {
         let a = &self.arrays;
         Ok((self.ex(&a.sqrt_recip_alphas_cumprod, t, x_t)?.broadcast_mul(x_t)?
             - self.ex(&a.sqrt_recipm1_alphas_cumprod, t, x_t)?.broadcast_mul(eps)?)?)
     }
 
     /// x_0 = (x_{t-1} - coef2 x_t) / coef1.
-    pub fn predict_xstart_from_xprev(&self, x_t: &Tensor, t: &[usize], xprev: &Tensor) -> Result<Tensor> {
+    pub fn predict_xstart_from_xprev(
+        &self,
+        x_t: &Tensor,
+        t: &[usize],
+        xprev: &Tensor,
+    ) -> Result<Tensor> {
         let a = &self.arrays;
         let c1 = self.extract(|i| 1.0 / a.posterior_mean_coef1[i], t, x_t)?;
         let c2 = self.extract(|i| a.posterior_mean_coef2[i] / a.posterior_mean_coef1[i], t, x_t)?;
@@ -489,9 +478,15 @@ impl GaussianDiffusion {
     }
 
     /// eps = (sqrt(1/ab) x_t - x_0) / sqrt(1/ab - 1).
-    pub fn predict_eps_from_xstart(&self, x_t: &Tensor, t: &[usize], pred_xstart: &Tensor) -> Result<Tensor> {
+    pub fn predict_eps_from_xstart(
+        &self,
+        x_t: &Tensor,
+        t: &[usize],
+        pred_xstart: &Tensor,
+    ) -> Result<Tensor> {
         let a = &self.arrays;
-        let num = (self.ex(&a.sqrt_recip_alphas_cumprod, t, x_t)?.broadcast_mul(x_t)? - pred_xstart)?;
+        let num =
+            (self.ex(&a.sqrt_recip_alphas_cumprod, t, x_t)?.broadcast_mul(x_t)? - pred_xstart)?;
         Ok(num.broadcast_div(&self.ex(&a.sqrt_recipm1_alphas_cumprod, t, x_t)?)?)
     }
 }

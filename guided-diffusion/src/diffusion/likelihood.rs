@@ -7,14 +7,17 @@ use crate::Result;
 
 /// KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), element-wise (tensors broadcast):
 /// `0.5 * (-1 + lv2 - lv1 + exp(lv1 - lv2) + (m1 - m2)^2 * exp(-lv2))`.
-pub fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Tensor) -> Result<Tensor> {
-    let a = (logvar2.broadcast_add(&Tensor::new(-1f32, logvar2.device())?.to_dtype(logvar2.dtype())?)?)
-        .broadcast_sub(logvar1)?;
+pub fn normal_kl(
+    mean1: &Tensor,
+    logvar1: &Tensor,
+    mean2: &Tensor,
+    logvar2: &Tensor,
+) -> Result<Tensor> {
+    let a = (logvar2
+        .broadcast_add(&Tensor::new(-1f32, logvar2.device())?.to_dtype(logvar2.dtype())?)?)
+    .broadcast_sub(logvar1)?;
     let b = a.broadcast_add(&logvar1.broadcast_sub(logvar2)?.exp()?)?;
-    let c = mean1
-        .broadcast_sub(mean2)?
-        .sqr()?
-        .broadcast_mul(&logvar2.neg()?.exp()?)?;
+    let c = mean1.broadcast_sub(mean2)?.sqr()?.broadcast_mul(&logvar2.neg()?.exp()?)?;
     Ok((b.broadcast_add(&c)? * 0.5)?)
 }
 
@@ -29,7 +32,11 @@ pub fn approx_standard_normal_cdf(x: &Tensor) -> Result<Tensor> {
 
 /// Log-likelihood (nats, element-wise) of images `x` (uint8 values rescaled to [-1, 1]) under a
 /// Gaussian discretised to bins of width 2/255; the edge bins extend to -inf / +inf.
-pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Result<Tensor> {
+pub fn discretized_gaussian_log_likelihood(
+    x: &Tensor,
+    means: &Tensor,
+    log_scales: &Tensor,
+) -> Result<Tensor> {
     if x.shape() != means.shape() || x.shape() != log_scales.shape() {
         crate::bail!(
             "discretized_gaussian_log_likelihood: shapes {:?}, {:?}, {:?} differ",

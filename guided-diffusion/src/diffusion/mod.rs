@@ -28,13 +28,16 @@ pub mod training;
 
 pub use config::DiffusionConfig;
 pub use gaussian::{
-    mean_flat, DiffusionArrays, GaussianDiffusion, LossType, ModelMeanType, ModelVarType, PMeanVariance, ProcessKind,
+    mean_flat, DiffusionArrays, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
+    PMeanVariance, ProcessKind,
 };
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use respace::space_timesteps;
 pub use sampling::{Ddim, Ddpm, SampleOptions, Sampler, StepCallback, StepInfo, StepOutput};
 pub use schedule::{get_named_beta_schedule, NoiseSchedule};
-pub use schedule_sampler::{create_named_schedule_sampler, LossSecondMomentResampler, ScheduleSampler, UniformSampler};
+pub use schedule_sampler::{
+    create_named_schedule_sampler, LossSecondMomentResampler, ScheduleSampler, UniformSampler,
+};
 pub use training::{BpdTerms, TrainingLosses, VbTerms};
 
 /// The denoising network as a function: `(x_t [N, C, H, W] f32, t [N] f32) -> output`, where `t`

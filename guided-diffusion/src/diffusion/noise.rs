@@ -25,17 +25,14 @@ pub struct SeededNoise {
 
 impl SeededNoise {
     pub fn new(seed: u64) -> Self {
-        Self {
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Self { rng: StdRng::seed_from_u64(seed) }
     }
 }
 
 impl NoiseSource for SeededNoise {
     fn randn(&mut self, shape: &Shape, device: &Device) -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.elem_count())
-            .map(|_| StandardNormal.sample(&mut self.rng))
-            .collect();
+        let v: Vec<f32> =
+            (0..shape.elem_count()).map(|_| StandardNormal.sample(&mut self.rng)).collect();
         Ok(Tensor::from_vec(v, shape.clone(), &Device::Cpu)?.to_device(device)?)
     }
 }
@@ -56,9 +53,7 @@ impl ReplayNoise {
     /// Split a `[K, ...]` tensor into K draws along dim 0.
     pub fn from_stacked(stacked: &Tensor) -> Result<Self> {
         let k = stacked.dim(0)?;
-        let draws = (0..k)
-            .map(|i| stacked.get(i))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let draws = (0..k).map(|i| stacked.get(i)).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self::new(draws))
     }
 

@@ -63,11 +63,7 @@ pub fn space_timesteps_sections(num_timesteps: usize, counts: &[usize]) -> Resul
                 "cannot divide section {i} of {size} steps into {count} (respacing {counts:?} of {num_timesteps} steps)"
             );
         }
-        let frac_stride = if count <= 1 {
-            1.0
-        } else {
-            (size - 1) as f64 / (count - 1) as f64
-        };
+        let frac_stride = if count <= 1 { 1.0 } else { (size - 1) as f64 / (count - 1) as f64 };
         let mut cur_idx = 0.0f64;
         for _ in 0..count {
             all.insert(start_idx + cur_idx.round_ties_even() as usize);

@@ -29,11 +29,7 @@ pub struct SampleOptions<'a> {
 
 impl Default for SampleOptions<'_> {
     fn default() -> Self {
-        Self {
-            clip_denoised: true,
-            denoised_fn: None,
-            guidance: &NoGuidance,
-        }
+        Self { clip_denoised: true, denoised_fn: None, guidance: &NoGuidance }
     }
 }
 
@@ -132,7 +128,14 @@ impl GaussianDiffusion {
     }
 
     /// p_mean_variance of the guidance's model output at `(x, ts)`.
-    fn guided_pmv(&self, model: &ModelFn, x: &Tensor, t: &[usize], ts: &Tensor, opts: &SampleOptions) -> Result<PMeanVariance> {
+    fn guided_pmv(
+        &self,
+        model: &ModelFn,
+        x: &Tensor,
+        t: &[usize],
+        ts: &Tensor,
+        opts: &SampleOptions,
+    ) -> Result<PMeanVariance> {
         let out = opts.guidance.model_output(model, x, ts)?;
         self.p_mean_variance_from_output(&out, x, t, opts.clip_denoised, opts.denoised_fn)
     }
@@ -213,10 +216,7 @@ impl GaussianDiffusion {
         };
         let std = (&out.log_variance * 0.5)?.exp()?;
         let sample = (mean + mask.broadcast_mul(&std)?.mul(&eps)?)?;
-        Ok(StepOutput {
-            sample,
-            pred_xstart: out.pred_xstart,
-        })
+        Ok(StepOutput { sample, pred_xstart: out.pred_xstart })
     }
 
     /// One DDIM step (`ddim_sample`, Eq. 12 of the DDIM paper) with the guidance gradient applied
@@ -244,13 +244,11 @@ impl GaussianDiffusion {
             .mul(&ab.div(&ab_prev)?.affine(-1.0, 1.0)?.sqrt()?)?;
         let z = noise.randn(x.shape(), x.device())?.to_dtype(x.dtype())?;
         let c_eps = (one_minus_ab_prev - sigma.sqr()?)?.sqrt()?;
-        let mean_pred = (out.pred_xstart.broadcast_mul(&ab_prev.sqrt()?)? + c_eps.broadcast_mul(&eps)?)?;
+        let mean_pred =
+            (out.pred_xstart.broadcast_mul(&ab_prev.sqrt()?)? + c_eps.broadcast_mul(&eps)?)?;
         let mask = self.nonzero_mask(t, x)?;
         let sample = (mean_pred + mask.mul(&sigma)?.broadcast_mul(&z)?)?;
-        Ok(StepOutput {
-            sample,
-            pred_xstart: out.pred_xstart,
-        })
+        Ok(StepOutput { sample, pred_xstart: out.pred_xstart })
     }
 
     /// One step of the DDIM reverse ODE (`ddim_reverse_sample`, eta = 0): x_t -> x_{t+1}.
@@ -267,10 +265,7 @@ impl GaussianDiffusion {
         let ab_next = self.extract(|i| self.arrays().alphas_cumprod_next[i], t, x)?;
         let mean_pred = (out.pred_xstart.broadcast_mul(&ab_next.sqrt()?)?
             + ab_next.affine(-1.0, 1.0)?.sqrt()?.broadcast_mul(&eps)?)?;
-        Ok(StepOutput {
-            sample: mean_pred,
-            pred_xstart: out.pred_xstart,
-        })
+        Ok(StepOutput { sample: mean_pred, pred_xstart: out.pred_xstart })
     }
 
     /// Run `sampler` from `x_start_noise` (x_T) over t = T-1 .. 0; returns the final sample.

@@ -44,7 +44,11 @@ pub fn cosine_alpha_bar(t: f64) -> f64 {
 
 /// Betas discretising a cumulative-product function `alpha_bar` on [0, 1]:
 /// `beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta)`.
-pub fn betas_for_alpha_bar(num_steps: usize, alpha_bar: impl Fn(f64) -> f64, max_beta: f64) -> Vec<f64> {
+pub fn betas_for_alpha_bar(
+    num_steps: usize,
+    alpha_bar: impl Fn(f64) -> f64,
+    max_beta: f64,
+) -> Vec<f64> {
     (0..num_steps)
         .map(|i| {
             let t1 = i as f64 / num_steps as f64;

@@ -74,11 +74,16 @@ fn check_update(num_timesteps: usize, ts: &[usize], losses: &[f64]) -> Result<()
 }
 
 /// `create_named_schedule_sampler`: `"uniform"` or `"loss-second-moment"`.
-pub fn create_named_schedule_sampler(name: &str, num_timesteps: usize) -> Result<Box<dyn ScheduleSampler>> {
+pub fn create_named_schedule_sampler(
+    name: &str,
+    num_timesteps: usize,
+) -> Result<Box<dyn ScheduleSampler>> {
     match name {
         "uniform" => Ok(Box::new(UniformSampler::new(num_timesteps))),
         "loss-second-moment" => Ok(Box::new(LossSecondMomentResampler::new(num_timesteps))),
-        other => bail!("unknown schedule sampler {other:?} (expected \"uniform\" or \"loss-second-moment\")"),
+        other => bail!(
+            "unknown schedule sampler {other:?} (expected \"uniform\" or \"loss-second-moment\")"
+        ),
     }
 }
 

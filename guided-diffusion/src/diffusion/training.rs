@@ -66,15 +66,13 @@ impl GaussianDiffusion {
         let kl = normal_kl(&true_mean, &true_log_var, &out.mean, &out.log_variance)?;
         let kl = div_ln2(&mean_flat(&kl)?)?;
         let log_scales = (&out.log_variance * 0.5)?;
-        let decoder_nll = discretized_gaussian_log_likelihood(x_start, &out.mean, &log_scales)?.neg()?;
+        let decoder_nll =
+            discretized_gaussian_log_likelihood(x_start, &out.mean, &log_scales)?.neg()?;
         let decoder_nll = div_ln2(&mean_flat(&decoder_nll)?)?;
         let is_zero: Vec<u8> = t.iter().map(|&i| u8::from(i == 0)).collect();
         let mask = Tensor::from_vec(is_zero, t.len(), x_t.device())?;
         let output = mask.where_cond(&decoder_nll, &kl)?;
-        Ok(VbTerms {
-            output,
-            pred_xstart: out.pred_xstart,
-        })
+        Ok(VbTerms { output, pred_xstart: out.pred_xstart })
     }
 
     /// `_vb_terms_bpd`: calls the model at `x_t` and returns the VB term for timesteps `t`.
@@ -111,11 +109,7 @@ impl GaussianDiffusion {
             if kind.loss_type == LossType::RescaledKl {
                 loss = (loss * self.num_timesteps() as f64)?;
             }
-            return Ok(TrainingLosses {
-                loss,
-                mse: None,
-                vb: None,
-            });
+            return Ok(TrainingLosses { loss, mse: None, vb: None });
         }
         let model_output = self.call_model(model, &x_t, t)?;
         let c = x_t.dim(1)?;
@@ -156,11 +150,7 @@ impl GaussianDiffusion {
             Some(vb) => (&mse + vb)?,
             None => mse.clone(),
         };
-        Ok(TrainingLosses {
-            loss,
-            mse: Some(mse),
-            vb,
-        })
+        Ok(TrainingLosses { loss, mse: Some(mse), vb })
     }
 
     /// `_prior_bpd`: KL(q(x_T | x_0) || N(0, I)) per batch element, in bits per dimension.
@@ -187,9 +177,7 @@ impl GaussianDiffusion {
         let (mut vb, mut xstart_mse, mut mse) = (vec![], vec![], vec![]);
         for step in (0..self.num_timesteps()).rev() {
             let t = vec![step; n];
-            let eps = noise
-                .randn(x_start.shape(), x_start.device())?
-                .to_dtype(x_start.dtype())?;
+            let eps = noise.randn(x_start.shape(), x_start.device())?.to_dtype(x_start.dtype())?;
             let x_t = self.q_sample(x_start, &t, &eps)?;
             let out = self.vb_terms_bpd(model, x_start, &x_t, &t, clip_denoised)?;
             let pred = out.pred_xstart.detach();
@@ -204,12 +192,6 @@ impl GaussianDiffusion {
         let prior_bpd = self.prior_bpd(x_start)?;
         // Sum the T terms in f64 (like mean_flat) before adding the prior.
         let total_bpd = (vb.to_dtype(DType::F64)?.sum(1)?.to_dtype(vb.dtype())? + &prior_bpd)?;
-        Ok(BpdTerms {
-            total_bpd,
-            prior_bpd,
-            vb,
-            xstart_mse,
-            mse,
-        })
+        Ok(BpdTerms { total_bpd, prior_bpd, vb, xstart_mse, mse })
     }
 }

@@ -148,12 +148,7 @@ impl<'a> Evaluator<'a> {
                     None
                 };
                 progress(stage, pool.rows, pool.rows);
-                Ok(Activations {
-                    pool,
-                    pool_stats,
-                    spatial_stats,
-                    logits,
-                })
+                Ok(Activations { pool, pool_stats, spatial_stats, logits })
             }
         }
     }
@@ -190,15 +185,11 @@ impl<'a> Evaluator<'a> {
                 .update(&f.pool)?;
             pool.append(&f.pool)?;
             if let Some(s) = &f.spatial {
-                spatial_stats
-                    .get_or_insert_with(|| MomentAccumulator::new(s.cols))
-                    .update(s)?;
+                spatial_stats.get_or_insert_with(|| MomentAccumulator::new(s.cols)).update(s)?;
             }
             if want_logits {
                 if let Some(l) = &f.logits {
-                    logits
-                        .get_or_insert_with(FeatureMatrix::default)
-                        .append(l)?;
+                    logits.get_or_insert_with(FeatureMatrix::default).append(l)?;
                 }
             }
             done += batch.n;
@@ -206,12 +197,7 @@ impl<'a> Evaluator<'a> {
             Ok(())
         })?;
         let pool_stats = pool_stats.expect("at least one batch");
-        Ok(Activations {
-            pool,
-            pool_stats,
-            spatial_stats,
-            logits,
-        })
+        Ok(Activations { pool, pool_stats, spatial_stats, logits })
     }
 
     /// `(pool statistics, spatial statistics, description)`, from the npz when it has `mu`
@@ -230,21 +216,14 @@ impl<'a> Evaluator<'a> {
                 )
             } else {
                 (
-                    acts.spatial_stats
-                        .as_ref()
-                        .map(|a| a.finish())
-                        .transpose()?,
+                    acts.spatial_stats.as_ref().map(|a| a.finish()).transpose()?,
                     "precomputed (mu, sigma); spatial computed",
                 )
             };
             return Ok((pool, spatial, how.to_string()));
         }
         let pool = acts.pool_stats.finish()?;
-        let spatial = acts
-            .spatial_stats
-            .as_ref()
-            .map(|a| a.finish())
-            .transpose()?;
+        let spatial = acts.spatial_stats.as_ref().map(|a| a.finish()).transpose()?;
         Ok((pool, spatial, "computed".to_string()))
     }
 
@@ -314,13 +293,6 @@ impl<'a> Evaluator<'a> {
         progress("precision/recall", 0, 1);
         let (precision, recall) = est.precision_recall(&ref_acts.pool, &sample_acts.pool)?;
         progress("precision/recall", 1, 1);
-        Ok(EvalResults {
-            inception_score,
-            fid: fid.distance,
-            sfid,
-            precision,
-            recall,
-            details,
-        })
+        Ok(EvalResults { inception_score, fid: fid.distance, sfid, precision, recall, details })
     }
 }

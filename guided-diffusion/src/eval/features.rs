@@ -21,11 +21,7 @@ impl FeatureMatrix {
     }
 
     pub fn empty(cols: usize) -> Self {
-        Self {
-            rows: 0,
-            cols,
-            data: Vec::new(),
-        }
+        Self { rows: 0, cols, data: Vec::new() }
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -47,11 +43,7 @@ impl FeatureMatrix {
             self.cols = other.cols;
         }
         if other.cols != self.cols {
-            bail!(
-                "feature width changed between batches: {} then {}",
-                self.cols,
-                other.cols
-            );
+            bail!("feature width changed between batches: {} then {}", self.cols, other.cols);
         }
         self.data.extend_from_slice(&other.data);
         self.rows += other.rows;
@@ -70,11 +62,7 @@ impl FeatureMatrix {
     }
 
     pub fn to_tensor(&self, device: &candle_core::Device) -> Result<candle_core::Tensor> {
-        Ok(candle_core::Tensor::from_slice(
-            &self.data,
-            (self.rows, self.cols),
-            device,
-        )?)
+        Ok(candle_core::Tensor::from_slice(&self.data, (self.rows, self.cols), device)?)
     }
 }
 
@@ -97,13 +85,7 @@ impl ImageBatch {
         if data.len() != n * height * width * channels {
             bail!("image batch: {} values for shape {shape:?}", data.len());
         }
-        Ok(Self {
-            n,
-            height,
-            width,
-            channels,
-            data,
-        })
+        Ok(Self { n, height, width, channels, data })
     }
 }
 

@@ -67,15 +67,7 @@ pub struct FrechetOutcome {
 fn count_zero_rows(m: MatRef<'_, f64>, by_column: bool) -> usize {
     let n = m.nrows();
     (0..n)
-        .filter(|&i| {
-            (0..n).all(|j| {
-                if by_column {
-                    m[(j, i)] == 0.0
-                } else {
-                    m[(i, j)] == 0.0
-                }
-            })
-        })
+        .filter(|&i| (0..n).all(|j| if by_column { m[(j, i)] == 0.0 } else { m[(i, j)] == 0.0 }))
         .count()
 }
 
@@ -90,11 +82,7 @@ pub fn trace_sqrt_product(
         bail!("sqrtm: covariances must be square and of equal size");
     }
     if (0..n).any(|i| (0..n).any(|j| !s1[(i, j)].is_finite() || !s2[(i, j)].is_finite())) {
-        return Ok(TraceSqrt {
-            trace: f64::NAN,
-            max_imag: 0.0,
-            singular: true,
-        });
+        return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true });
     }
     match method {
         SqrtmMethod::SchurEigenvalues => {
@@ -102,13 +90,7 @@ pub fn trace_sqrt_product(
             faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, s1, s2, 1.0, parallelism());
             let eig = match p.eigenvalues() {
                 Ok(e) => e,
-                Err(_) => {
-                    return Ok(TraceSqrt {
-                        trace: f64::NAN,
-                        max_imag: 0.0,
-                        singular: true,
-                    })
-                }
+                Err(_) => return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true }),
             };
             let mut trace = 0.0;
             let mut max_imag: f64 = 0.0;
@@ -125,11 +107,7 @@ pub fn trace_sqrt_product(
             }
             let structural = count_zero_rows(s1, false).max(count_zero_rows(s2, true));
             let singular = !finite || zeros.max(structural) >= 2;
-            Ok(TraceSqrt {
-                trace,
-                max_imag,
-                singular,
-            })
+            Ok(TraceSqrt { trace, max_imag, singular })
         }
         SqrtmMethod::Symmetric => {
             let e1 = s1.self_adjoint_eigen(faer::Side::Lower).map_err(|_| {
@@ -171,11 +149,7 @@ pub fn trace_sqrt_product(
                 .map_err(|_| crate::Error::msg("sqrtm: eigen-decomposition did not converge"))?;
             let trace = ev.iter().map(|l| l.max(0.0).sqrt()).sum();
             let max_imag = ev.iter().map(|l| (-l).max(0.0).sqrt()).fold(0.0, f64::max);
-            Ok(TraceSqrt {
-                trace,
-                max_imag,
-                singular: false,
-            })
+            Ok(TraceSqrt { trace, max_imag, singular: false })
         }
     }
 }

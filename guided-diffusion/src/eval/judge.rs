@@ -67,7 +67,9 @@ impl Judge {
                 m.set_training(false);
                 Ok(Self { net: m, device })
             }
-            _ => bail!("the judge must be a classifier (an EncoderUNetModel checkpoint), not a UNet"),
+            _ => {
+                bail!("the judge must be a classifier (an EncoderUNetModel checkpoint), not a UNet")
+            }
         }
     }
 
@@ -80,14 +82,18 @@ impl Judge {
     pub fn judge(&self, images: &Tensor, batch_size: usize) -> Result<Verdict> {
         let (n, h, w, c) = images.dims4()?;
         self.check_shape(h, w, c)?;
-        self.judge_batches(n, batch_size, |start, len| from_uint8_nhwc(&images.narrow(0, start, len)?.to_device(&self.device)?))
+        self.judge_batches(n, batch_size, |start, len| {
+            from_uint8_nhwc(&images.narrow(0, start, len)?.to_device(&self.device)?)
+        })
     }
 
     /// Judges images already scaled to `[-1, 1]`, NCHW (as data sets deliver them).
     pub fn judge_scaled(&self, images: &Tensor, batch_size: usize) -> Result<Verdict> {
         let (n, c, h, w) = images.dims4()?;
         self.check_shape(h, w, c)?;
-        self.judge_batches(n, batch_size, |start, len| Ok(images.narrow(0, start, len)?.to_device(&self.device)?))
+        self.judge_batches(n, batch_size, |start, len| {
+            Ok(images.narrow(0, start, len)?.to_device(&self.device)?)
+        })
     }
 
     fn check_shape(&self, h: usize, w: usize, c: usize) -> Result<()> {
@@ -102,7 +108,12 @@ impl Judge {
         Ok(())
     }
 
-    fn judge_batches(&self, n: usize, batch_size: usize, batch: impl Fn(usize, usize) -> Result<Tensor>) -> Result<Verdict> {
+    fn judge_batches(
+        &self,
+        n: usize,
+        batch_size: usize,
+        batch: impl Fn(usize, usize) -> Result<Tensor>,
+    ) -> Result<Verdict> {
         let bs = batch_size.max(1);
         let mut features = FeatureMatrix::empty(0);
         let mut predicted = Vec::with_capacity(n);
@@ -112,7 +123,14 @@ impl Judge {
             let t = Tensor::zeros(len, DType::U32, &self.device)?;
             let (logits, f) = self.net.forward_with_features(&x, &t)?;
             features.append(&FeatureMatrix::from_tensor(&f)?)?;
-            predicted.extend(logits.argmax(1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize));
+            predicted.extend(
+                logits
+                    .argmax(1)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|v| v as usize),
+            );
         }
         Ok(Verdict { features, predicted })
     }
@@ -131,7 +149,10 @@ pub fn score(
     let accuracy = samples.accuracy(asked)?;
     let stats = FidStatistics::from_features(&samples.features)?;
     let fd = frechet_distance(&stats, reference_stats, SqrtmMethod::default())?.distance;
-    let (precision, recall) = ManifoldEstimator { precision: super::DistancePrecision::F32, ..ManifoldEstimator::new(device.clone()) }
-        .precision_recall(reference_subset, &samples.features)?;
+    let (precision, recall) = ManifoldEstimator {
+        precision: super::DistancePrecision::F32,
+        ..ManifoldEstimator::new(device.clone())
+    }
+    .precision_recall(reference_subset, &samples.features)?;
     Ok(JudgedMetrics { accuracy, fd, precision, recall })
 }

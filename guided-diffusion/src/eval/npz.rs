@@ -101,10 +101,7 @@ fn ctx(path: &Path, key: &str, what: impl std::fmt::Display) -> Error {
 fn open_archive(path: &Path) -> Result<zip::ZipArchive<BufReader<File>>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     zip::ZipArchive::new(BufReader::new(f)).map_err(|e| {
-        Error::msg(format!(
-            "{}: not a readable .npz (zip) archive: {e}",
-            path.display()
-        ))
+        Error::msg(format!("{}: not a readable .npz (zip) archive: {e}", path.display()))
     })
 }
 
@@ -144,10 +141,7 @@ impl NpzFile {
         ctx(
             &self.path,
             key,
-            format!(
-                "missing from the archive (it holds: {})",
-                self.keys.join(", ")
-            ),
+            format!("missing from the archive (it holds: {})", self.keys.join(", ")),
         )
     }
 
@@ -191,15 +185,8 @@ impl NpzFile {
             let bytes = read_exact_vec(r, h.numel() * h.dtype.size())
                 .map_err(|e| ctx(&self.path, key, e))?;
             let data = conv(h, &bytes);
-            let data = if h.fortran_order {
-                fortran_to_c(&h.shape, &data)
-            } else {
-                data
-            };
-            Ok(NpyArray {
-                shape: h.shape.clone(),
-                data,
-            })
+            let data = if h.fortran_order { fortran_to_c(&h.shape, &data) } else { data };
+            Ok(NpyArray { shape: h.shape.clone(), data })
         })
     }
 
@@ -237,11 +224,7 @@ impl NpzFile {
             while start < h.rows() {
                 let n = batch_rows.min(h.rows() - start);
                 let bytes = read_exact_vec(r, n * row_bytes).map_err(|e| {
-                    ctx(
-                        &self.path,
-                        key,
-                        format!("{e} (at entry {start} of {})", h.rows()),
-                    )
+                    ctx(&self.path, key, format!("{e} (at entry {start} of {})", h.rows()))
                 })?;
                 let mut shape = h.shape.clone();
                 shape[0] = n;
@@ -298,9 +281,7 @@ fn dict_value<'a>(text: &'a str, key: &str) -> std::result::Result<&'a str, Stri
         .or_else(|| text.find(&pat_dq).map(|p| p + pat_dq.len()))
         .ok_or_else(|| format!("npy header lacks '{key}': {text}"))?;
     let rest = text[pos..].trim_start();
-    let rest = rest
-        .strip_prefix(':')
-        .ok_or_else(|| format!("malformed npy header: {text}"))?;
+    let rest = rest.strip_prefix(':').ok_or_else(|| format!("malformed npy header: {text}"))?;
     Ok(rest.trim_start())
 }
 
@@ -310,16 +291,11 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
     let quote = d.chars().next().filter(|c| *c == '\'' || *c == '"');
     let descr = match quote {
         Some(q) => {
-            let end = d[1..]
-                .find(q)
-                .ok_or_else(|| format!("malformed descr in npy header: {text}"))?;
+            let end =
+                d[1..].find(q).ok_or_else(|| format!("malformed descr in npy header: {text}"))?;
             d[1..1 + end].to_string()
         }
-        None => {
-            return Err(format!(
-                "unsupported dtype (structured or object array): {text}"
-            ))
-        }
+        None => return Err(format!("unsupported dtype (structured or object array): {text}")),
     };
     let (big_endian, dtype) = parse_descr(&descr)?;
     // fortran_order
@@ -333,12 +309,8 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
     };
     // shape
     let s = dict_value(text, "shape")?;
-    let s = s
-        .strip_prefix('(')
-        .ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
-    let end = s
-        .find(')')
-        .ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
+    let s = s.strip_prefix('(').ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
+    let end = s.find(')').ok_or_else(|| format!("malformed shape in npy header: {text}"))?;
     let shape = s[..end]
         .split(',')
         .map(str::trim)
@@ -346,13 +318,7 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
         .map(|t| t.trim_end_matches('L').parse::<usize>())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| format!("malformed shape in npy header: {text}"))?;
-    Ok(NpyHeader {
-        descr,
-        dtype,
-        big_endian,
-        fortran_order,
-        shape,
-    })
+    Ok(NpyHeader { descr, dtype, big_endian, fortran_order, shape })
 }
 
 fn parse_descr(descr: &str) -> std::result::Result<(bool, NpyDtype), String> {
@@ -373,9 +339,7 @@ fn parse_descr(descr: &str) -> std::result::Result<(bool, NpyDtype), String> {
         "f4" => NpyDtype::F32,
         "f8" => NpyDtype::F64,
         _ => {
-            return Err(format!(
-                "unsupported dtype '{descr}' (expected an integer or float type)"
-            ))
+            return Err(format!("unsupported dtype '{descr}' (expected an integer or float type)"))
         }
     };
     let big = order == '>' || (order == '=' && cfg!(target_endian = "big"));
@@ -392,11 +356,7 @@ fn decode<T>(h: &NpyHeader, bytes: &[u8], conv: impl Fn(f64) -> T) -> Vec<T> {
                 .chunks_exact($n)
                 .map(|c| {
                     let a: [u8; $n] = c.try_into().unwrap();
-                    let v = if be {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    };
+                    let v = if be { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) };
                     conv(v as f64)
                 })
                 .collect()
@@ -416,11 +376,7 @@ fn decode<T>(h: &NpyHeader, bytes: &[u8], conv: impl Fn(f64) -> T) -> Vec<T> {
             .chunks_exact(2)
             .map(|c| {
                 let a = [c[0], c[1]];
-                let bits = if be {
-                    u16::from_be_bytes(a)
-                } else {
-                    u16::from_le_bytes(a)
-                };
+                let bits = if be { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) };
                 conv(half::f16::from_bits(bits).to_f64())
             })
             .collect(),

@@ -47,11 +47,7 @@ pub fn py_float(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
+        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
     let sci = format!("{x:e}"); // e.g. "-1.2345e-7", shortest round-trip digits
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -59,11 +55,8 @@ pub fn py_float(x: f64) -> String {
     let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
     if !(-4..16).contains(&exp) {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
+        let m =
+            if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
         let es = if exp < 0 { "-" } else { "+" };
         return format!("{sign}{m}e{es}{:02}", exp.abs());
     }
@@ -73,11 +66,7 @@ pub fn py_float(x: f64) -> String {
     } else if (point as usize) >= digits.len() {
         format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
     } else {
-        format!(
-            "{}.{}",
-            &digits[..point as usize],
-            &digits[point as usize..]
-        )
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
     };
     format!("{sign}{s}")
 }
@@ -91,10 +80,7 @@ impl EvalResults {
         };
         format!(
             "Inception Score: {}\nFID: {}\nsFID: {}\nPrecision: {}\nRecall: {}\n",
-            opt(
-                self.inception_score,
-                &self.details.inception_score_unavailable
-            ),
+            opt(self.inception_score, &self.details.inception_score_unavailable),
             py_float(self.fid),
             opt(self.sfid, &self.details.sfid_unavailable),
             py_float(self.precision),

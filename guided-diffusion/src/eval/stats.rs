@@ -48,10 +48,7 @@ impl FidStatistics {
         let mu = npz.read_f64(mu_key)?;
         let sigma = npz.read_f64(sigma_key)?;
         let &[d] = mu.shape.as_slice() else {
-            bail!(
-                "{p}: array '{mu_key}': expected a 1-d mean vector, got shape {:?}",
-                mu.shape
-            );
+            bail!("{p}: array '{mu_key}': expected a 1-d mean vector, got shape {:?}", mu.shape);
         };
         if sigma.shape != [d, d] {
             bail!(
@@ -85,13 +82,7 @@ pub(crate) fn parallelism() -> Par {
 
 impl MomentAccumulator {
     pub fn new(dim: usize) -> Self {
-        Self {
-            dim,
-            n: 0,
-            shift: None,
-            sum: vec![0.0; dim],
-            sxx: Mat::zeros(dim, dim),
-        }
+        Self { dim, n: 0, shift: None, sum: vec![0.0; dim], sxx: Mat::zeros(dim, dim) }
     }
 
     pub fn count(&self) -> usize {

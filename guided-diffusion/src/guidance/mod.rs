@@ -46,15 +46,15 @@ pub struct ClassifierGuidance<'a> {
 impl<'a> ClassifierGuidance<'a> {
     /// `labels`: the asked class of each batch element; `scale`: `classifier_scale`.
     pub fn new(classifier: &'a ClassifierFn<'a>, labels: Vec<usize>, scale: f64) -> Self {
-        Self {
-            classifier,
-            labels,
-            scale,
-        }
+        Self { classifier, labels, scale }
     }
 
     /// Labels from an integer tensor `[N]` (u8/u32/i64).
-    pub fn from_label_tensor(classifier: &'a ClassifierFn<'a>, labels: &Tensor, scale: f64) -> Result<Self> {
+    pub fn from_label_tensor(
+        classifier: &'a ClassifierFn<'a>,
+        labels: &Tensor,
+        scale: f64,
+    ) -> Result<Self> {
         let labels = labels_to_vec(labels)?;
         Ok(Self::new(classifier, labels, scale))
     }
@@ -78,12 +78,9 @@ pub fn labels_to_vec(labels: &Tensor) -> Result<Vec<usize>> {
     let labels = labels.flatten_all()?;
     Ok(match labels.dtype() {
         DType::I64 => labels.to_vec1::<i64>()?.into_iter().map(|v| v as usize).collect(),
-        _ => labels
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|v| v as usize)
-            .collect(),
+        _ => {
+            labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize).collect()
+        }
     })
 }
 

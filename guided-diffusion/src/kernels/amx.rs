@@ -176,7 +176,9 @@ pub unsafe fn gemm_blocks(
                 Start::Dst => {
                     // A partial block: its valid part through the spill area, zeros elsewhere.
                     spill.0.fill(0.0);
-                    valid_rows(r0, pair, m, ldc, |s, o, n| std::ptr::copy_nonoverlapping(dst.add(o), sp.add(s), n));
+                    valid_rows(r0, pair, m, ldc, |s, o, n| {
+                        std::ptr::copy_nonoverlapping(dst.add(o), sp.add(s), n)
+                    });
                     load_c(in_spill, 64);
                 }
             }
@@ -215,7 +217,9 @@ pub unsafe fn gemm_blocks(
                 store_c(in_dst, ldc * 4);
             } else {
                 store_c(in_spill, 64);
-                valid_rows(r0, pair, m, ldc, |s, o, n| std::ptr::copy_nonoverlapping(sp.add(s), dst.add(o), n));
+                valid_rows(r0, pair, m, ldc, |s, o, n| {
+                    std::ptr::copy_nonoverlapping(sp.add(s), dst.add(o), n)
+                });
             }
         }
         ib += 2;
@@ -263,7 +267,13 @@ unsafe fn store_c(p: [*mut f32; 4], stride: usize) {
 /// in the spill area, offset in dst, columns)`, both in floats.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn valid_rows(r0: usize, pair: &[Block], m: usize, ldc: usize, mut f: impl FnMut(usize, usize, usize)) {
+fn valid_rows(
+    r0: usize,
+    pair: &[Block],
+    m: usize,
+    ldc: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     for t in 0..4 {
         let (tr, blk) = (r0 + (t / 2) * TILE, pair[t % 2]);
         if tr >= m || blk.cols == 0 {

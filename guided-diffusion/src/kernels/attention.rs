@@ -42,7 +42,9 @@ struct Heads {
 
 impl Heads {
     fn new(d: &[usize], heads: usize, new_order: bool, op: &str) -> Result<Heads> {
-        let &[b, width, t] = d else { bail!("{op}: qkv must be [B, 3 * heads * ch, T], got {d:?}") };
+        let &[b, width, t] = d else {
+            bail!("{op}: qkv must be [B, 3 * heads * ch, T], got {d:?}")
+        };
         if heads == 0 || width % (3 * heads) != 0 {
             bail!("{op}: qkv width {width} is not divisible by 3 * {heads} heads");
         }
@@ -71,7 +73,17 @@ impl Heads {
     fn scores(&self, q: *const f32, k: *const f32, w: &mut [f32]) {
         let t = self.t;
         unsafe {
-            sgemm_scaled(t, t, self.ch, MatMut::rows(w.as_mut_ptr(), t), false, MatRef::rows_t(q, t), MatRef::rows(k, t), self.scale(), 1)
+            sgemm_scaled(
+                t,
+                t,
+                self.ch,
+                MatMut::rows(w.as_mut_ptr(), t),
+                false,
+                MatRef::rows_t(q, t),
+                MatRef::rows(k, t),
+                self.scale(),
+                1,
+            )
         };
         for row in w.chunks_mut(t.max(1)) {
             softmax_row_inplace(row);
@@ -132,7 +144,17 @@ impl CustomOp1 for Attn {
                     // w[r, s] = softmax_s(scale * sum_c q[c, r0 + r] k[c, s])
                     unsafe {
                         let lhs = MatRef::rows_t(q.add(r0), t);
-                        sgemm_scaled(nr, t, ch, MatMut::rows(w.as_mut_ptr(), t), false, lhs, MatRef::rows(k, t), hd.scale(), 1)
+                        sgemm_scaled(
+                            nr,
+                            t,
+                            ch,
+                            MatMut::rows(w.as_mut_ptr(), t),
+                            false,
+                            lhs,
+                            MatRef::rows(k, t),
+                            hd.scale(),
+                            1,
+                        )
                     };
                     for row in w.chunks_mut(t) {
                         softmax_row_inplace(row);
@@ -149,7 +171,10 @@ impl CustomOp1 for Attn {
     }
 
     fn bwd(&self, qkv: &Tensor, _a: &Tensor, da: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(qkv.apply_op2_no_bwd(&da.contiguous()?, &AttnBwd { heads: self.heads, new_order: self.new_order })?))
+        Ok(Some(qkv.apply_op2_no_bwd(
+            &da.contiguous()?,
+            &AttnBwd { heads: self.heads, new_order: self.new_order },
+        )?))
     }
 }
 
@@ -164,7 +189,13 @@ impl CustomOp2 for AttnBwd {
         "gd-qkv-attention-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let hd = Heads::new(l1.dims(), self.heads, self.new_order, op)?;
         let (x, da) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?);
@@ -187,8 +218,28 @@ impl CustomOp2 for AttnBwd {
                     let s = hd.scale();
                     unsafe {
                         // dv = da w ; dw = da^T v
-                        sgemm_scaled(ch, t, t, MatMut::rows(dv, t), false, MatRef::rows(g, t), MatRef::rows(w.as_ptr(), t), 1.0, 1);
-                        sgemm_scaled(t, t, ch, MatMut::rows(dw.as_mut_ptr(), t), false, MatRef::rows_t(g, t), MatRef::rows(v, t), 1.0, 1);
+                        sgemm_scaled(
+                            ch,
+                            t,
+                            t,
+                            MatMut::rows(dv, t),
+                            false,
+                            MatRef::rows(g, t),
+                            MatRef::rows(w.as_ptr(), t),
+                            1.0,
+                            1,
+                        );
+                        sgemm_scaled(
+                            t,
+                            t,
+                            ch,
+                            MatMut::rows(dw.as_mut_ptr(), t),
+                            false,
+                            MatRef::rows_t(g, t),
+                            MatRef::rows(v, t),
+                            1.0,
+                            1,
+                        );
                     }
                     // ds = w * (dw - rowsum(dw * w)), in place of dw.
                     for (wr, gr) in w.chunks(t).zip(dw.chunks_mut(t)) {
@@ -196,8 +247,28 @@ impl CustomOp2 for AttnBwd {
                     }
                     unsafe {
                         // dq = s k ds^T ; dk = s q ds
-                        sgemm_scaled(ch, t, t, MatMut::rows(dq, t), false, MatRef::rows(k, t), MatRef::rows_t(dw.as_ptr(), t), s, 1);
-                        sgemm_scaled(ch, t, t, MatMut::rows(dk, t), false, MatRef::rows(q, t), MatRef::rows(dw.as_ptr(), t), s, 1);
+                        sgemm_scaled(
+                            ch,
+                            t,
+                            t,
+                            MatMut::rows(dq, t),
+                            false,
+                            MatRef::rows(k, t),
+                            MatRef::rows_t(dw.as_ptr(), t),
+                            s,
+                            1,
+                        );
+                        sgemm_scaled(
+                            ch,
+                            t,
+                            t,
+                            MatMut::rows(dk, t),
+                            false,
+                            MatRef::rows(q, t),
+                            MatRef::rows(dw.as_ptr(), t),
+                            s,
+                            1,
+                        );
                     }
                 },
             );
@@ -233,11 +304,30 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
                 });
                 // SAFETY: `w` holds nr x t values; the head's output columns r0.. are this
                 // task's alone.
-                unsafe { bf16::gemm_packed(&pq, &pk, super::amx::Start::Bias(&zr[..nr]), w.as_mut_ptr(), t, 1) };
+                unsafe {
+                    bf16::gemm_packed(
+                        &pq,
+                        &pk,
+                        super::amx::Start::Bias(&zr[..nr]),
+                        w.as_mut_ptr(),
+                        t,
+                        1,
+                    )
+                };
                 for row in w[..nr * t].chunks_mut(t) {
                     scaled_softmax(row, hd.scale());
                 }
-                unsafe { bf16::gemm(&pv, &Rhs::Cols { b: &w[..nr * t], ld: t }, nr, &zc, head.add(r0), t, 1) };
+                unsafe {
+                    bf16::gemm(
+                        &pv,
+                        &Rhs::Cols { b: &w[..nr * t], ld: t },
+                        nr,
+                        &zc,
+                        head.add(r0),
+                        t,
+                        1,
+                    )
+                };
             }
         } else {
             let mut qkv = scratch::take(3 * ch * t);
@@ -253,14 +343,36 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
                 let w = &mut w[..nr * t];
                 unsafe {
                     let lhs = MatRef::rows_t(qr.as_ptr().add(r0), t);
-                    sgemm_scaled(nr, t, ch, MatMut::rows(w.as_mut_ptr(), t), false, lhs, MatRef::rows(kr.as_ptr(), t), 1.0, 1)
+                    sgemm_scaled(
+                        nr,
+                        t,
+                        ch,
+                        MatMut::rows(w.as_mut_ptr(), t),
+                        false,
+                        lhs,
+                        MatRef::rows(kr.as_ptr(), t),
+                        1.0,
+                        1,
+                    )
                 };
                 for row in w.chunks_mut(t) {
                     scaled_softmax(row, hd.scale());
                     bf16::round_slice(row);
                 }
                 let dst = MatMut::rows(unsafe { head.add(r0) }, t);
-                unsafe { sgemm_scaled(ch, nr, t, dst, false, MatRef::rows(vr.as_ptr(), t), MatRef::rows_t(w.as_ptr(), t), 1.0, 1) };
+                unsafe {
+                    sgemm_scaled(
+                        ch,
+                        nr,
+                        t,
+                        dst,
+                        false,
+                        MatRef::rows(vr.as_ptr(), t),
+                        MatRef::rows_t(w.as_ptr(), t),
+                        1.0,
+                        1,
+                    )
+                };
             }
         }
     });

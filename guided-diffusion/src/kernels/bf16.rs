@@ -115,7 +115,10 @@ impl PackedWeight {
             for r in 0..amx::TILE.min(m.saturating_sub(ib * amx::TILE)) {
                 fill(ib * amx::TILE + r, &mut row);
                 for (kbi, chunk) in row.chunks(amx::DEPTH).enumerate() {
-                    to_bits16(chunk, &mut blk[kbi * amx::TILE_ELEMS + r * amx::DEPTH..][..chunk.len()]);
+                    to_bits16(
+                        chunk,
+                        &mut blk[kbi * amx::TILE_ELEMS + r * amx::DEPTH..][..chunk.len()],
+                    );
                 }
             }
         });
@@ -208,7 +211,14 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_pair_avx512(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [u32]) {
+unsafe fn pack_pair_avx512(
+    r0: &[f32],
+    r1: &[f32],
+    p: usize,
+    nb: usize,
+    kb: usize,
+    out: &mut [u32],
+) {
     pack_pair(r0, r1, p, nb, kb, out)
 }
 
@@ -281,7 +291,15 @@ fn pack_pair(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [
 /// written by anyone else meanwhile; `rhs` must have the weight's `k` rows of `n` values;
 /// `bias` has one value per row of `W`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mut f32, ldc: usize, threads: usize) {
+pub unsafe fn gemm(
+    w: &PackedWeight,
+    rhs: &Rhs,
+    n: usize,
+    bias: &[f32],
+    dst: *mut f32,
+    ldc: usize,
+    threads: usize,
+) {
     use super::scratch;
     use super::sgemm::{sgemm, MatMut, MatRef};
     match w {
@@ -297,9 +315,20 @@ pub unsafe fn gemm(w: &PackedWeight, rhs: &Rhs, n: usize, bias: &[f32], dst: *mu
             for (r, &bv) in bias.iter().enumerate() {
                 std::slice::from_raw_parts_mut(dst.add(r * ldc), n).fill(bv);
             }
-            sgemm(m, n, k, MatMut::rows(dst, ldc), true, MatRef::rows(wr.as_ptr(), k), MatRef::rows(br.as_ptr(), n), threads);
+            sgemm(
+                m,
+                n,
+                k,
+                MatMut::rows(dst, ldc),
+                true,
+                MatRef::rows(wr.as_ptr(), k),
+                MatRef::rows(br.as_ptr(), n),
+                threads,
+            );
         }
-        PackedWeight::Amx { k, .. } => gemm_packed(w, &PackedB::new(rhs, *k, n), amx::Start::Bias(bias), dst, ldc, threads),
+        PackedWeight::Amx { k, .. } => {
+            gemm_packed(w, &PackedB::new(rhs, *k, n), amx::Start::Bias(bias), dst, ldc, threads)
+        }
     }
 }
 
@@ -314,7 +343,8 @@ impl PackedB {
     pub fn new(rhs: &Rhs, k: usize, n: usize) -> PackedB {
         let mut buf = super::scratch::take(packed_b_len(k, n));
         // SAFETY: f32 and u32 have the same size and alignment.
-        let words: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let words: &mut [u32] =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
         match rhs {
             Rhs::Cols { b, ld } => pack_b_cols(b, *ld, k, n, words),
             _ => pack_b(rhs, k, n, words),
@@ -328,8 +358,17 @@ impl PackedB {
 ///
 /// # Safety
 /// As [`gemm`]; with [`amx::Start::Dst`], `dst` must also be readable.
-pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, start: amx::Start, dst: *mut f32, ldc: usize, threads: usize) {
-    let PackedWeight::Amx { m, k, data } = w else { panic!("gemm_packed: the weight is not packed for AMX") };
+pub unsafe fn gemm_packed(
+    w: &PackedWeight,
+    b: &PackedB,
+    start: amx::Start,
+    dst: *mut f32,
+    ldc: usize,
+    threads: usize,
+) {
+    let PackedWeight::Amx { m, k, data } = w else {
+        panic!("gemm_packed: the weight is not packed for AMX")
+    };
     let (m, k, n) = (*m, *k, b.n);
     assert!(b.k == k);
     if let amx::Start::Bias(bias) = start {
@@ -360,7 +399,9 @@ pub unsafe fn gemm_packed(w: &PackedWeight, b: &PackedB, start: amx::Start, dst:
         run(0, mb);
     } else {
         use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(|p| run(2 * (p * pairs / parts), 2 * ((p + 1) * pairs / parts)));
+        (0..parts)
+            .into_par_iter()
+            .for_each(|p| run(2 * (p * pairs / parts), 2 * ((p + 1) * pairs / parts)));
     }
 }
 
@@ -392,7 +433,13 @@ mod tests {
         for p in 0..kb * 16 {
             for j in 0..blocks32(n) * 32 {
                 let w = out[((j / 16 * kb + p / 16) * 16 + p % 16) * 16 + j % 16];
-                let want = |kk: usize| if kk < k && j < n { round_bits(src[kk * ld + j]) >> 16 } else { 0 };
+                let want = |kk: usize| {
+                    if kk < k && j < n {
+                        round_bits(src[kk * ld + j]) >> 16
+                    } else {
+                        0
+                    }
+                };
                 assert_eq!(w & 0xffff, want(2 * p), "row {} col {j}", 2 * p);
                 assert_eq!(w >> 16, want(2 * p + 1), "row {} col {j}", 2 * p + 1);
             }

@@ -24,7 +24,13 @@ pub struct ConvParams {
 
 /// `conv2d(x, w) + bias` with `x: [N, C, H, W]`, `w: [CO, C, KH, KW]`, `bias: [CO]`, the given
 /// stride and padding; the fast kernels when they apply, candle's op otherwise.
-pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let p = ConvParams { stride, padding };
     // candle does not check these (its output size would underflow).
     if let (Ok((_, c, h, wd)), Ok((_, _, kh, kw))) = (x.dims4(), w.dims4()) {
@@ -51,17 +57,36 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padd
 
 /// The gradient of [`conv2d`] with respect to its input of spatial size `(h, w)`, given the
 /// output gradient `gy: [N, CO, HO, WO]` and the weight `w: [CO, C, KH, KW]` (fast path only).
-pub fn conv2d_input_grad(gy: &Tensor, w: &Tensor, p: ConvParams, h: usize, wd: usize) -> Result<Tensor> {
+pub fn conv2d_input_grad(
+    gy: &Tensor,
+    w: &Tensor,
+    p: ConvParams,
+    h: usize,
+    wd: usize,
+) -> Result<Tensor> {
     check_cpu_f32(&[gy, w], "conv2d_input_grad")?;
-    let op = ConvInputGrad { p, h, w: wd, frozen: super::frozen::lookup(w), bf16: super::bf16::active() };
+    let op = ConvInputGrad {
+        p,
+        h,
+        w: wd,
+        frozen: super::frozen::lookup(w),
+        bf16: super::bf16::active(),
+    };
     gy.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// The gradient of [`conv2d`] with respect to its `kh x kw` weight, given the input
 /// `x: [N, C, H, W]` and the output gradient `gy: [N, CO, HO, WO]` (fast path only).
-pub fn conv2d_weight_grad(x: &Tensor, gy: &Tensor, p: ConvParams, kh: usize, kw: usize) -> Result<Tensor> {
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    gy: &Tensor,
+    p: ConvParams,
+    kh: usize,
+    kw: usize,
+) -> Result<Tensor> {
     check_cpu_f32(&[x, gy], "conv2d_weight_grad")?;
-    x.contiguous()?.apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw, bf16: super::bf16::active() })
+    x.contiguous()?
+        .apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw, bf16: super::bf16::active() })
 }
 
 fn fast_conv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> bool {
@@ -77,7 +102,11 @@ fn fast_conv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParam
 fn check_cpu_f32(ts: &[&Tensor], op: &str) -> Result<()> {
     for t in ts {
         if !matches!(t.device(), Device::Cpu) || t.dtype() != DType::F32 {
-            bail!("{op}: the fast kernels take f32 tensors on the CPU, got {:?} on {:?}", t.dtype(), t.device());
+            bail!(
+                "{op}: the fast kernels take f32 tensors on the CPU, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            );
         }
     }
     Ok(())
@@ -97,10 +126,22 @@ fn dims4(d: &[usize], op: &str, what: &str) -> Result<(usize, usize, usize, usiz
     }
 }
 
-fn geom(c: usize, h: usize, w: usize, kh: usize, kw: usize, p: ConvParams, op: &str) -> Result<Geom> {
+fn geom(
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    p: ConvParams,
+    op: &str,
+) -> Result<Geom> {
     match Geom::new(c, h, w, kh, kw, p.stride, p.padding, p.padding) {
         Some(g) => Ok(g),
-        None => bail!("{op}: kernel {kh}x{kw} does not fit input {h}x{w} with padding {} (stride {})", p.padding, p.stride),
+        None => bail!(
+            "{op}: kernel {kh}x{kw} does not fit input {h}x{w} with padding {} (stride {})",
+            p.padding,
+            p.stride
+        ),
     }
 }
 
@@ -139,14 +180,36 @@ impl CustomOp3 for ConvFwd {
         let mut y = vec![0f32; n * co * g.out_px()];
         let cv = Conv { n, co, g };
         if self.bf16 {
-            super::conv_bf16::forward(&cv, x, w, false, b, &mut y, self.frozen.as_ref().map(|d| &d.bf16));
+            super::conv_bf16::forward(
+                &cv,
+                x,
+                w,
+                false,
+                b,
+                &mut y,
+                self.frozen.as_ref().map(|d| &d.bf16),
+            );
         } else {
-            conv_cpu::forward(&cv, x, w, Some(b), &mut y, self.frozen.as_ref().map(|d| &d.winograd));
+            conv_cpu::forward(
+                &cv,
+                x,
+                w,
+                Some(b),
+                &mut y,
+                self.frozen.as_ref().map(|d| &d.winograd),
+            );
         }
         Ok((CpuStorage::F32(y), Shape::from((n, co, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let gx = if x.track_op() { Some(conv2d_input_grad(gy, w, self.p, h, wd)?) } else { None };
@@ -171,7 +234,13 @@ impl CustomOp2 for ConvInputGrad {
         "gd-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (gy, gd) = f32_arg(s1, l1, op)?;
         let (w, wdims) = f32_arg(s2, l2, op)?;
@@ -179,7 +248,11 @@ impl CustomOp2 for ConvInputGrad {
         let (co2, c, kh, kw) = dims4(&wdims, op, "weight")?;
         let g = geom(c, self.h, self.w, kh, kw, self.p, op)?;
         if co != co2 || (g.ho, g.wo) != (ho, wo) {
-            bail!("{op}: output gradient {gd:?} does not match weight {wdims:?} and input {}x{}", self.h, self.w);
+            bail!(
+                "{op}: output gradient {gd:?} does not match weight {wdims:?} and input {}x{}",
+                self.h,
+                self.w
+            );
         }
         let mut dx = vec![0f32; n * g.in_len()];
         conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx, self.frozen.as_deref(), self.bf16);
@@ -187,9 +260,19 @@ impl CustomOp2 for ConvInputGrad {
     }
 
     /// `dx = A(w) gy` is linear in both: `d gy = conv(u, w)`, `d w = weight_grad(u, gy)`.
-    fn bwd(&self, gy: &Tensor, w: &Tensor, _dx: &Tensor, u: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gy: &Tensor,
+        w: &Tensor,
+        _dx: &Tensor,
+        u: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, kw) = w.dims4()?;
-        let dgy = if gy.track_op() { Some(conv2d(u, w, None, self.p.stride, self.p.padding)?) } else { None };
+        let dgy = if gy.track_op() {
+            Some(conv2d(u, w, None, self.p.stride, self.p.padding)?)
+        } else {
+            None
+        };
         let dw = if w.track_op() { Some(conv2d_weight_grad(u, gy, self.p, kh, kw)?) } else { None };
         Ok((dgy, dw))
     }
@@ -208,7 +291,13 @@ impl CustomOp2 for ConvWeightGrad {
         "gd-conv2d-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (x, xd) = f32_arg(s1, l1, op)?;
         let (gy, gd) = f32_arg(s2, l2, op)?;
@@ -229,11 +318,20 @@ impl CustomOp2 for ConvWeightGrad {
     }
 
     /// `dw = B(x) gy` is linear in both: `d x = input_grad(gy, v)`, `d gy = conv(x, v)`.
-    fn bwd(&self, x: &Tensor, gy: &Tensor, _dw: &Tensor, v: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gy: &Tensor,
+        _dw: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let dx = if x.track_op() { Some(conv2d_input_grad(gy, v, self.p, h, wd)?) } else { None };
-        let dgy = if gy.track_op() { Some(conv2d(x, v, None, self.p.stride, self.p.padding)?) } else { None };
+        let dgy = if gy.track_op() {
+            Some(conv2d(x, v, None, self.p.stride, self.p.padding)?)
+        } else {
+            None
+        };
         Ok((dx, dgy))
     }
 }
-

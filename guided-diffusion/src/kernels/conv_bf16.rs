@@ -65,10 +65,23 @@ pub struct Cache {
 /// `cache`, when given, keeps the packed weight across calls (a frozen weight's).
 /// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
 /// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does).
-pub fn forward(cv: &Conv, x: &[f32], w: &[f32], flipped: bool, bias: &[f32], out: &mut [f32], cache: Option<&Cache>) {
+pub fn forward(
+    cv: &Conv,
+    x: &[f32],
+    w: &[f32],
+    flipped: bool,
+    bias: &[f32],
+    out: &mut [f32],
+    cache: Option<&Cache>,
+) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && bias.len() == cv.co && out.len() >= cv.n * cv.co * px);
+    assert!(
+        x.len() >= cv.n * g.in_len()
+            && w.len() >= cv.co * k
+            && bias.len() == cv.co
+            && out.len() >= cv.n * cv.co * px
+    );
     let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
     if taps_apply(&g) {
         return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
@@ -131,7 +144,8 @@ impl TapsWeight {
                     for cb in 0..cblocks {
                         let c0 = cb * amx::DEPTH;
                         let len = (c - c0).min(amx::DEPTH);
-                        let dst = &mut blk[(tap * cblocks + cb) * amx::TILE_ELEMS + r * amx::DEPTH..][..len];
+                        let dst = &mut blk
+                            [(tap * cblocks + cb) * amx::TILE_ELEMS + r * amx::DEPTH..][..len];
                         bf16::to_bits16(&row[tap * c + c0..tap * c + c0 + len], dst);
                     }
                 }
@@ -144,7 +158,14 @@ impl TapsWeight {
 /// [`forward`] in the taps form: the image goes once into a zero-padded, channel-pair
 /// interleaved bf16 copy `[c/2][h + 2ph][wp]`, and every B tile is read from it in place (16
 /// channel pairs x 16 pixels of one row, shifted by the tap): no column matrix.
-fn forward_taps(cv: &Conv, x: &[f32], w: &Weight, bias: &[f32], out: &mut [f32], packed: Option<&OnceLock<TapsWeight>>) {
+fn forward_taps(
+    cv: &Conv,
+    x: &[f32],
+    w: &Weight,
+    bias: &[f32],
+    out: &mut [f32],
+    packed: Option<&OnceLock<TapsWeight>>,
+) {
     let g = cv.g;
     let px = g.out_px();
     let own;
@@ -178,7 +199,8 @@ fn forward_taps(cv: &Conv, x: &[f32], w: &Weight, bias: &[f32], out: &mut [f32],
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
         let mut buf = scratch::take(pairs * plane);
         // SAFETY: f32 and u32 have the same size and alignment.
-        let xp: &mut [u32] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let xp: &mut [u32] =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
         interleave(xi, &g, wp, hp, pairs, xp);
         let base = xp.as_ptr() as *const u16;
         let mut blocks: Vec<amx::Block> = Vec::with_capacity(g.ho * xblocks + 1);
@@ -186,7 +208,11 @@ fn forward_taps(cv: &Conv, x: &[f32], w: &Weight, bias: &[f32], out: &mut [f32],
             for xb in 0..xblocks {
                 // SAFETY: inside the interleaved image (u16 index = 2 x u32 index).
                 let b = unsafe { base.add(2 * (oy * wp + xb * T)) };
-                blocks.push(amx::Block { b, col: oy * g.wo + xb * T, cols: (g.wo - xb * T).min(T) });
+                blocks.push(amx::Block {
+                    b,
+                    col: oy * g.wo + xb * T,
+                    cols: (g.wo - xb * T).min(T),
+                });
             }
         }
         if blocks.len() % 2 == 1 {
@@ -196,7 +222,17 @@ fn forward_taps(cv: &Conv, x: &[f32], w: &Weight, bias: &[f32], out: &mut [f32],
         let a = tw.data.as_ptr() as usize;
         let sb = bf16::SendBlocks(&blocks);
         let run = |range: &[amx::Block]| unsafe {
-            amx::gemm_blocks(0, mb, a as *const u16, tw.m, amx::Start::Bias(bias), range, &layout, dst as *mut f32, px)
+            amx::gemm_blocks(
+                0,
+                mb,
+                a as *const u16,
+                tw.m,
+                amx::Start::Bias(bias),
+                range,
+                &layout,
+                dst as *mut f32,
+                px,
+            )
         };
         let npairs = blocks.len() / 2;
         let parts = parts.clamp(1, npairs.max(1));
@@ -231,7 +267,11 @@ fn interleave(xi: &[f32], g: &Geom, wp: usize, hp: usize, pairs: usize, xp: &mut
                 continue;
             }
             let r0 = &xi[c0 * hw + iy * g.w..c0 * hw + (iy + 1) * g.w];
-            let r1 = if c1 < g.c { &xi[c1 * hw + iy * g.w..c1 * hw + (iy + 1) * g.w] } else { &zeros[..] };
+            let r1 = if c1 < g.c {
+                &xi[c1 * hw + iy * g.w..c1 * hw + (iy + 1) * g.w]
+            } else {
+                &zeros[..]
+            };
             row[..g.pw].fill(0);
             row[g.pw + g.w..].fill(0);
             bf16::pack_pairs(r0, r1, &mut row[g.pw..g.pw + g.w]);
@@ -277,7 +317,9 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             let gyb = &gy[img * cv.co * px + oy0 * g.wo..];
             let col = &mut col[..k * tp];
             super::im2col::im2col(xi, &g, oy0, oy1, col);
-            let a = PackedWeight::from_rows(cv.co, tp, |o, row| row.copy_from_slice(&gyb[o * px..o * px + tp]));
+            let a = PackedWeight::from_rows(cv.co, tp, |o, row| {
+                row.copy_from_slice(&gyb[o * px..o * px + tp])
+            });
             let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
             // SAFETY: `acc` is this group's own `[co, K]` partial.
             unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };

@@ -77,7 +77,13 @@ impl Conv {
         let tiles_per_img = g.ho.div_ceil(rows).max(1);
         let tiles = self.n * tiles_per_img;
         let par_tiles = threads > 1 && tiles >= threads;
-        Plan { rows, tiles_per_img, tiles, par_tiles, gemm_threads: if par_tiles { 1 } else { threads } }
+        Plan {
+            rows,
+            tiles_per_img,
+            tiles,
+            par_tiles,
+            gemm_threads: if par_tiles { 1 } else { threads },
+        }
     }
 
     /// Tile `t`: (image, first output row, end output row).
@@ -183,7 +189,8 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     // Per-thread partial sums only when each thread reduces over enough pixels to pay for its
     // own `[co, K]` partial; otherwise one pass over the tiles with a threaded gemm.
     let threads = rayon::current_num_threads().max(1);
-    let groups = if plan.par_tiles && cv.n * px >= 128 * threads { threads.min(plan.tiles) } else { 1 };
+    let groups =
+        if plan.par_tiles && cv.n * px >= 128 * threads { threads.min(plan.tiles) } else { 1 };
     if groups == 1 {
         plan.par_tiles = false;
         plan.gemm_threads = threads;
@@ -193,7 +200,8 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let accumulate = |acc: &mut [f32], gi: usize| {
         let (t0, t1) = bounds(gi);
         let dst = MatMut::rows(acc.as_mut_ptr(), k);
-        let mut col = if g.is_pointwise() { None } else { Some(scratch::take(k * plan.rows * g.wo)) };
+        let mut col =
+            if g.is_pointwise() { None } else { Some(scratch::take(k * plan.rows * g.wo)) };
         for t in t0..t1 {
             let (img, oy0, oy1) = cv.tile(&plan, t);
             let tp = (oy1 - oy0) * g.wo;
@@ -256,7 +264,14 @@ pub(super) fn add_partials(dst: &mut [f32], partials: &[f32]) {
 /// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
 ///
 /// `frozen`, when given, keeps the flipped weight and its Winograd transform across calls.
-pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Option<&Derived>, bf16: bool) {
+pub fn input_grad(
+    cv: &Conv,
+    gy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    frozen: Option<&Derived>,
+    bf16: bool,
+) {
     let g = cv.g;
     if g.is_pointwise() {
         return input_grad_pointwise(cv, gy, w, dx);
@@ -278,11 +293,27 @@ pub fn input_grad(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32], frozen: Opti
             // In a bf16 scope (classifier guidance while sampling): the bf16 forward, packing
             // the flipped weight straight from `w`.
             let zeros = vec![0f32; g.c];
-            return super::conv_bf16::forward(&t, gy, w, true, &zeros, dx, frozen.map(|d| &d.bf16_flipped));
+            return super::conv_bf16::forward(
+                &t,
+                gy,
+                w,
+                true,
+                &zeros,
+                dx,
+                frozen.map(|d| &d.bf16_flipped),
+            );
         }
         if winograd::applies(&t) {
             // The transform reads the flipped weight straight from `w`.
-            return forward_winograd(&t, gy, w, true, None, dx, frozen.map(|d| &d.flipped_winograd));
+            return forward_winograd(
+                &t,
+                gy,
+                w,
+                true,
+                None,
+                dx,
+                frozen.map(|d| &d.flipped_winograd),
+            );
         }
         let len = g.c * cv.co * kh * kw;
         let flip = |wt: &mut [f32]| flip_transpose(w, cv.co, g.c, kh * kw, wt);
@@ -339,7 +370,9 @@ fn flip_transpose(w: &[f32], co: usize, c: usize, taps: usize, wt: &mut [f32]) {
             let ci = b * BLOCK + dc;
             for (o, d) in drow.chunks_exact_mut(taps).enumerate() {
                 let s = &w[(o * c + ci) * taps..][..taps];
-                if let (Ok(d), Ok(s)) = (<&mut [f32; 9]>::try_from(&mut *d), <&[f32; 9]>::try_from(s)) {
+                if let (Ok(d), Ok(s)) =
+                    (<&mut [f32; 9]>::try_from(&mut *d), <&[f32; 9]>::try_from(s))
+                {
                     // 3x3, the common case: a fixed-size reversal the compiler unrolls.
                     for t in 0..9 {
                         d[t] = s[8 - t];
@@ -371,7 +404,18 @@ fn input_grad_col2im(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
             let tp = (oy1 - oy0) * g.wo;
             let lhs = MatRef::rows_t(w.as_ptr(), k);
             let rhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
-            unsafe { sgemm(k, tp, cv.co, MatMut::rows(dcol.as_mut_ptr(), tp), false, lhs, rhs, gemm_threads) };
+            unsafe {
+                sgemm(
+                    k,
+                    tp,
+                    cv.co,
+                    MatMut::rows(dcol.as_mut_ptr(), tp),
+                    false,
+                    lhs,
+                    rhs,
+                    gemm_threads,
+                )
+            };
             col2im_add(&dcol, &g, oy0, oy1, dxi);
         }
     };

@@ -30,11 +30,14 @@ pub fn group_norm(
         return Ok(None);
     }
     let (n, c) = (dims[0], dims[1]);
-    if !cpu_f32(x) || !cpu_f32(gamma) || !cpu_f32(beta) || gamma.dims() != [c] || beta.dims() != [c] {
+    if !cpu_f32(x) || !cpu_f32(gamma) || !cpu_f32(beta) || gamma.dims() != [c] || beta.dims() != [c]
+    {
         return Ok(None);
     }
     let ss = match scale_shift {
-        Some(s) if cpu_f32(s) && s.elem_count() == n * 2 * c && s.dim(0)? == n => s.reshape((n, 2 * c))?,
+        Some(s) if cpu_f32(s) && s.elem_count() == n * 2 * c && s.dim(0)? == n => {
+            s.reshape((n, 2 * c))?
+        }
         Some(_) => return Ok(None),
         None => Tensor::zeros((n, 2 * c), DType::F32, x.device())?,
     };
@@ -50,7 +53,15 @@ fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
 }
 
 /// The problem of `x` (dims `[N, C, ...]`) with `gb: [2, C]` and `ss: [N, 2C]`.
-fn problem(xd: &[usize], gbd: &[usize], ssd: &[usize], groups: usize, eps: f64, silu: bool, op: &str) -> Result<Gn> {
+fn problem(
+    xd: &[usize],
+    gbd: &[usize],
+    ssd: &[usize],
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    op: &str,
+) -> Result<Gn> {
     if xd.len() < 3 {
         bail!("{op}: input must be [N, C, ...], got {xd:?}");
     }
@@ -73,7 +84,15 @@ impl CustomOp3 for GnFwd {
         "gd-group-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let p = problem(l1.dims(), l2.dims(), l3.dims(), self.groups, self.eps, self.silu, op)?;
         let (x, gb, ss) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?, f32_arg(s3, l3, op)?);
@@ -82,7 +101,14 @@ impl CustomOp3 for GnFwd {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gb: &Tensor, ss: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        ss: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let xl = x.elem_count();
         // One packed tensor [dx | d(gamma, beta) | d(scale, shift)], split with views.
@@ -90,8 +116,12 @@ impl CustomOp3 for GnFwd {
         let op = GnBwd { groups: self.groups, eps: self.eps, silu: self.silu, n, c };
         let packed = x.apply_op3_no_bwd(&dy.contiguous()?, &params, &op)?;
         let dx = x.track_op().then(|| packed.narrow(0, 0, xl)?.reshape(x.shape())).transpose()?;
-        let dgb = gb.track_op().then(|| packed.narrow(0, xl, 2 * c)?.reshape((2, c))).transpose()?;
-        let dss = ss.track_op().then(|| packed.narrow(0, xl + 2 * c, n * 2 * c)?.reshape((n, 2 * c))).transpose()?;
+        let dgb =
+            gb.track_op().then(|| packed.narrow(0, xl, 2 * c)?.reshape((2, c))).transpose()?;
+        let dss = ss
+            .track_op()
+            .then(|| packed.narrow(0, xl + 2 * c, n * 2 * c)?.reshape((n, 2 * c)))
+            .transpose()?;
         Ok((dx, dgb, dss))
     }
 }
@@ -110,13 +140,26 @@ impl CustomOp3 for GnBwd {
         "gd-group-norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (n, c) = (self.n, self.c);
         let p = problem(l1.dims(), &[2, c], &[n, 2 * c], self.groups, self.eps, self.silu, op)?;
         let (x, dy, params) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?, f32_arg(s3, l3, op)?);
         if l2.dims() != l1.dims() || params.len() != 2 * c + n * 2 * c || (p.n, p.c) != (n, c) {
-            bail!("{op}: gradient {:?} / parameters ({}) do not match input {:?}", l2.dims(), params.len(), l1.dims());
+            bail!(
+                "{op}: gradient {:?} / parameters ({}) do not match input {:?}",
+                l2.dims(),
+                params.len(),
+                l1.dims()
+            );
         }
         let (gb, ss) = params.split_at(2 * c);
         let mut out = vec![0f32; x.len() + 2 * c + n * 2 * c];

@@ -40,7 +40,15 @@ impl Gn {
     }
     /// `(a, b, k)` of channel `c` of image `n`: `z = a x + b`, `du/dz`-factor `k = gamma (1 + s)`.
     #[inline(always)]
-    fn coeffs(&self, gb: &[f32], ss: &[f32], n: usize, c: usize, mean: f32, rstd: f32) -> (f32, f32, f32) {
+    fn coeffs(
+        &self,
+        gb: &[f32],
+        ss: &[f32],
+        n: usize,
+        c: usize,
+        mean: f32,
+        rstd: f32,
+    ) -> (f32, f32, f32) {
         let (gamma, beta) = (gb[c], gb[self.c + c]);
         let (s1, shift) = (1.0 + ss[n * 2 * self.c + c], ss[n * 2 * self.c + self.c + c]);
         let k = gamma * s1;
@@ -95,7 +103,16 @@ vmath::avx2_fn! {
 #[allow(clippy::too_many_arguments)]
 /// Backward: `dx` (layout of `x`), `dgb` (`[2, c]`: d gamma, d beta) and `dss` (`[n, 2c]`:
 /// d scale, d shift) from the output gradient `dy`.
-pub fn backward(p: &Gn, x: &[f32], gb: &[f32], ss: &[f32], dy: &[f32], dx: &mut [f32], dgb: &mut [f32], dss: &mut [f32]) {
+pub fn backward(
+    p: &Gn,
+    x: &[f32],
+    gb: &[f32],
+    ss: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgb: &mut [f32],
+    dss: &mut [f32],
+) {
     let gl = p.group_len().max(1);
     let (cg, c) = (p.cg(), p.c);
     let per = blocks_per_task(gl);

@@ -26,7 +26,16 @@ pub struct Geom {
 impl Geom {
     /// `None` when the padded input is smaller than the kernel or the stride is 0.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(c: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, ph: usize, pw: usize) -> Option<Geom> {
+    pub fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        ph: usize,
+        pw: usize,
+    ) -> Option<Geom> {
         if stride == 0 || kh == 0 || kw == 0 || h + 2 * ph < kh || w + 2 * pw < kw {
             return None;
         }
@@ -59,7 +68,11 @@ impl Geom {
         let s = self.stride;
         let lo = if self.pw > j { (self.pw - j).div_ceil(s) } else { 0 };
         // ox * s + j - pw <= w - 1  <=>  ox <= (w - 1 + pw - j) / s
-        let hi = if self.w + self.pw > j { ((self.w - 1 + self.pw - j) / s + 1).min(self.wo) } else { 0 };
+        let hi = if self.w + self.pw > j {
+            ((self.w - 1 + self.pw - j) / s + 1).min(self.wo)
+        } else {
+            0
+        };
         (lo.min(hi), hi)
     }
 
@@ -161,7 +174,8 @@ mod tests {
                             let y = (oy * g.stride + i) as isize - g.ph as isize;
                             let xx = (ox * g.stride + j) as isize - g.pw as isize;
                             if y >= 0 && xx >= 0 && (y as usize) < g.h && (xx as usize) < g.w {
-                                col[r * p + oy * g.wo + ox] = x[(c * g.h + y as usize) * g.w + xx as usize];
+                                col[r * p + oy * g.wo + ox] =
+                                    x[(c * g.h + y as usize) * g.w + xx as usize];
                             }
                         }
                     }
@@ -173,9 +187,14 @@ mod tests {
 
     #[test]
     fn im2col_matches_definition_and_col2im_is_its_adjoint() {
-        for &(c, h, w, k, s, p) in
-            &[(2, 5, 7, 3, 1, 1), (3, 6, 5, 3, 2, 1), (1, 4, 4, 1, 1, 0), (2, 7, 6, 1, 2, 0), (2, 5, 5, 3, 3, 2), (1, 3, 3, 5, 1, 2)]
-        {
+        for &(c, h, w, k, s, p) in &[
+            (2, 5, 7, 3, 1, 1),
+            (3, 6, 5, 3, 2, 1),
+            (1, 4, 4, 1, 1, 0),
+            (2, 7, 6, 1, 2, 0),
+            (2, 5, 5, 3, 3, 2),
+            (1, 3, 3, 5, 1, 2),
+        ] {
             let g = Geom::new(c, h, w, k, k, s, p, p).unwrap();
             let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.37).sin()).collect();
             let want = naive(&x, &g);

@@ -52,15 +52,15 @@ pub mod update;
 pub mod upsample;
 
 pub use attention::qkv_attention;
+pub use bf16::bf16;
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
 pub use conv_cpu::set_tile_bytes;
+pub use frozen::freeze;
 pub use group_norm::group_norm;
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
-pub use upsample::{sum_pool2x, upsample_nearest2x};
-pub use bf16::bf16;
-pub use frozen::freeze;
 pub use switch::{
-    amx_enabled, applies_to, enabled, frozen_cache_enabled, set_amx, set_enabled, set_frozen_cache, set_winograd,
-    winograd_enabled,
+    amx_enabled, applies_to, enabled, frozen_cache_enabled, set_amx, set_enabled, set_frozen_cache,
+    set_winograd, winograd_enabled,
 };
+pub use upsample::{sum_pool2x, upsample_nearest2x};

@@ -12,7 +12,11 @@ type Result<T> = candle_core::Result<T>;
 /// otherwise. Its gradient broadcasts back.
 pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || rank < 2 || !super::enabled() {
+    if !matches!(x.device(), Device::Cpu)
+        || x.dtype() != DType::F32
+        || rank < 2
+        || !super::enabled()
+    {
         let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
         return x.sum(axes);
     }
@@ -28,7 +32,9 @@ impl CustomOp1 for ChannelSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(v) = s else { bail!("channel-sum: expected f32 data") };
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("channel-sum: expected a contiguous tensor") };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("channel-sum: expected a contiguous tensor")
+        };
         let d = l.dims();
         if d.len() < 2 {
             bail!("channel-sum: expected [N, C, ...], got {d:?}");
@@ -38,7 +44,8 @@ impl CustomOp1 for ChannelSum {
         let x = &v[a..b];
         let mut out = vec![0f32; c];
         out.par_iter_mut().enumerate().for_each(|(ch, o)| {
-            let s: f64 = (0..n).map(|i| vmath::sum(&x[(i * c + ch) * p..(i * c + ch + 1) * p])).sum();
+            let s: f64 =
+                (0..n).map(|i| vmath::sum(&x[(i * c + ch) * p..(i * c + ch + 1) * p])).sum();
             *o = s as f32;
         });
         Ok((CpuStorage::F32(out), Shape::from(c)))

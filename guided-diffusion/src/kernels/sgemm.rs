@@ -48,7 +48,16 @@ impl MatMut {
 /// Every view must address valid memory for its `m x k`, `k x n`, `m x n` extent, and `dst`
 /// must not alias `lhs` or `rhs` nor be written concurrently by someone else.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(m: usize, n: usize, k: usize, dst: MatMut, accumulate: bool, lhs: MatRef, rhs: MatRef, threads: usize) {
+pub unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+    threads: usize,
+) {
     sgemm_scaled(m, n, k, dst, accumulate, lhs, rhs, 1.0, threads)
 }
 
@@ -83,7 +92,7 @@ pub unsafe fn sgemm_scaled(
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     gemm::gemm(
-        m, n, k, dst.ptr, dst.cs, dst.rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
-        1.0f32, scale, false, false, false, par,
+        m, n, k, dst.ptr, dst.cs, dst.rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
+        rhs.rs, 1.0f32, scale, false, false, false, par,
     );
 }

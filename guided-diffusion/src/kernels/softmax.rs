@@ -110,7 +110,13 @@ impl CustomOp2 for SoftmaxBwd {
         "gd-softmax-last-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (y, n) = rows(s1, l1, self.name())?;
         let (dy, _) = rows(s2, l2, self.name())?;
         if l1.dims() != l2.dims() {
@@ -119,11 +125,14 @@ impl CustomOp2 for SoftmaxBwd {
         let mut dx = vec![0f32; y.len()];
         if n > 0 {
             let per = rows_per_task(n);
-            dx.par_chunks_mut(n * per).zip(y.par_chunks(n * per)).zip(dy.par_chunks(n * per)).for_each(|((dc, yc), gc)| {
-                for ((dr, yr), gr) in dc.chunks_mut(n).zip(yc.chunks(n)).zip(gc.chunks(n)) {
-                    softmax_bwd_row(yr, gr, dr);
-                }
-            });
+            dx.par_chunks_mut(n * per)
+                .zip(y.par_chunks(n * per))
+                .zip(dy.par_chunks(n * per))
+                .for_each(|((dc, yc), gc)| {
+                    for ((dr, yr), gr) in dc.chunks_mut(n).zip(yc.chunks(n)).zip(gc.chunks(n)) {
+                        softmax_bwd_row(yr, gr, dr);
+                    }
+                });
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

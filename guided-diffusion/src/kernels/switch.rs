@@ -77,14 +77,22 @@ fn read(flag: &AtomicU8, var: &str) -> bool {
         _ => {
             let on = from_env(std::env::var(var).ok().as_deref());
             // Keep an explicit setting that raced with us.
-            let _ = flag.compare_exchange(UNSET, if on { ON } else { OFF }, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = flag.compare_exchange(
+                UNSET,
+                if on { ON } else { OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             flag.load(Ordering::Relaxed) == ON
         }
     }
 }
 
 fn from_env(v: Option<&str>) -> bool {
-    !matches!(v.map(|s| s.trim().to_ascii_lowercase()).as_deref(), Some("candle" | "off" | "0" | "false"))
+    !matches!(
+        v.map(|s| s.trim().to_ascii_lowercase()).as_deref(),
+        Some("candle" | "off" | "0" | "false")
+    )
 }
 
 #[cfg(test)]

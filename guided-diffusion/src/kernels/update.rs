@@ -69,11 +69,13 @@ fn update1(
 
 /// `dst[i] = f(dst[i], a[i], b[i])` in parallel chunks.
 fn zip2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) {
-    dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(d, (a, b))| {
-        for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
-            *d = f(*d, *a, *b);
-        }
-    });
+    dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(
+        |(d, (a, b))| {
+            for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
+                *d = f(*d, *a, *b);
+            }
+        },
+    );
 }
 
 /// AdamW's first moment: `m <- m + (g - m) * (1 - beta1)` (torch's `lerp_`, weight < 0.5).
@@ -85,7 +87,13 @@ impl InplaceOp2 for FirstMoment {
     fn name(&self) -> &'static str {
         "gd-adamw-m"
     }
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+    ) -> Result<()> {
         let w = self.one_minus_beta1;
         update1(self.name(), (dst, dst_l), (s1, l1), |m, g| m + ((g - m) * w + 0.0))
     }
@@ -101,7 +109,13 @@ impl InplaceOp2 for SecondMoment {
     fn name(&self) -> &'static str {
         "gd-adamw-v"
     }
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+    ) -> Result<()> {
         let (b2, w) = (self.beta2, self.one_minus_beta2);
         update1(self.name(), (dst, dst_l), (s1, l1), |v, g| (v * b2 + 0.0) + (g * w + 0.0) * g)
     }
@@ -158,7 +172,13 @@ impl InplaceOp2 for EmaStep {
     fn name(&self) -> &'static str {
         "gd-ema"
     }
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s1: &CpuStorage, l1: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+    ) -> Result<()> {
         let (r, w) = (self.rate, self.one_minus_rate);
         update1(self.name(), (dst, dst_l), (s1, l1), |e, p| (e * r + 0.0) + (p * w + 0.0))
     }
@@ -192,7 +212,14 @@ pub struct AdamConsts {
 /// read and written once instead of once per op (the 64x64 model's update: 14 passes over
 /// 1.2 GB became 9). Returns the sum of squares, or `None` (nothing done) where the fast
 /// kernels do not apply.
-pub fn adamw_ema_step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, emas: &[(&Tensor, f32, f32)], c: AdamConsts) -> Result<Option<f64>> {
+pub fn adamw_ema_step(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    emas: &[(&Tensor, f32, f32)],
+    c: AdamConsts,
+) -> Result<Option<f64>> {
     let mut all = vec![p, g, m, v];
     all.extend(emas.iter().map(|e| e.0));
     if !applies(&all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
@@ -250,7 +277,12 @@ fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut HeldFn) -
 }
 
 /// The fused pass over `bufs` = [p, m, v, emas...] (addresses of held f32 data) and `g`.
-fn fused_chunks(bufs: &[(usize, usize)], g: &[f32], emas: &[(&Tensor, f32, f32)], c: AdamConsts) -> f64 {
+fn fused_chunks(
+    bufs: &[(usize, usize)],
+    g: &[f32],
+    emas: &[(&Tensor, f32, f32)],
+    c: AdamConsts,
+) -> f64 {
     let n = g.len();
     let rates: Vec<(f32, f32)> = emas.iter().map(|e| (e.1, e.2)).collect();
     (0..n.div_ceil(CHUNK))
@@ -259,7 +291,9 @@ fn fused_chunks(bufs: &[(usize, usize)], g: &[f32], emas: &[(&Tensor, f32, f32)]
             let (a, b) = (ci * CHUNK, ((ci + 1) * CHUNK).min(n));
             // SAFETY: every buffer is held for writing by `with_all_mut` and has `n` values;
             // chunks are disjoint.
-            let sl = |k: usize| unsafe { std::slice::from_raw_parts_mut((bufs[k].0 as *mut f32).add(a), b - a) };
+            let sl = |k: usize| unsafe {
+                std::slice::from_raw_parts_mut((bufs[k].0 as *mut f32).add(a), b - a)
+            };
             let (p, m, v) = (sl(0), sl(1), sl(2));
             let sq = super::vmath::sum_sq_dev(p, 0.0);
             adam_chunk(p, &g[a..b], m, v, c);

@@ -85,7 +85,9 @@ impl CustomOp1 for SumPool2 {
             y.par_chunks_mut(w * h).zip(x.par_chunks(4 * w * h)).for_each(|(yp, xp)| {
                 for (r, yr) in yp.chunks_mut(w).enumerate() {
                     let (top, bottom) = xp[4 * w * r..4 * w * (r + 1)].split_at(2 * w);
-                    for ((o, t), b) in yr.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                    for ((o, t), b) in
+                        yr.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2))
+                    {
                         *o = (t[0] + t[1]) + (b[0] + b[1]);
                     }
                 }

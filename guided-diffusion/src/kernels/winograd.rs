@@ -67,7 +67,11 @@ pub fn applies(cv: &Conv) -> bool {
 pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let g = cv.g;
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
-    assert!(x.len() >= cv.n * g.in_len() && u.len() >= 36 * cv.co * g.c && out.len() >= cv.n * cv.co * g.out_px());
+    assert!(
+        x.len() >= cv.n * g.in_len()
+            && u.len() >= 36 * cv.co * g.c
+            && out.len() >= cv.n * cv.co * g.out_px()
+    );
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
     let imgs = (BLOCK_FLOATS / (36 * (g.c + cv.co) * tpi)).clamp(1, cv.n);

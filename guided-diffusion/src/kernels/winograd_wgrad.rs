@@ -32,7 +32,9 @@ use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
-use super::winograd::{gather_patches, input_transform, load_lanes, store_lanes, Lanes, SendPtr, L};
+use super::winograd::{
+    gather_patches, input_transform, load_lanes, store_lanes, Lanes, SendPtr, L,
+};
 
 /// Blocks for a large `P` (wide layers): at most this many floats of `V` and `Q` (64 MiB),
 /// so that the products sum over as many tiles as possible per pass over `P`.
@@ -57,11 +59,22 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
 /// [`weight_grad`] with at most `block_floats` of `V` and `Q` per block of images, the blocks
 /// shared out among up to `groups` parallel tasks that each sum into their own `P` (with one
 /// group, each block's transforms and products run in parallel instead).
-fn weight_grad_in_blocks(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], block_floats: usize, groups: usize) {
+fn weight_grad_in_blocks(
+    cv: &Conv,
+    x: &[f32],
+    gy: &[f32],
+    dw: &mut [f32],
+    block_floats: usize,
+    groups: usize,
+) {
     let g = cv.g;
     let (co, c) = (cv.co, g.c);
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
-    assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * co * g.out_px() && dw.len() >= co * c * 9);
+    assert!(
+        x.len() >= cv.n * g.in_len()
+            && gy.len() >= cv.n * co * g.out_px()
+            && dw.len() >= co * c * 9
+    );
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
     let imgs = (block_floats / (36 * (c + co) * tpi)).clamp(1, cv.n.max(1));
@@ -266,7 +279,8 @@ mod tests {
                             for ox in 0..w {
                                 let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    let xv = x[((b * c + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                    let xv = x[((b * c + ci) * h + iy as usize) * w + ix as usize]
+                                        as f64;
                                     *acc += xv * gy[((b * co + o) * h + oy) * w + ox] as f64;
                                 }
                             }
@@ -277,11 +291,16 @@ mod tests {
         }
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         let tiles_floats = 36 * (c + co) * 16;
-        for (block, groups) in [(tiles_floats, 1), (usize::MAX / 2, 1), (tiles_floats, 2), (2 * tiles_floats, 3)] {
+        for (block, groups) in
+            [(tiles_floats, 1), (usize::MAX / 2, 1), (tiles_floats, 2), (2 * tiles_floats, 3)]
+        {
             let mut dw = vec![0f32; co * c * 9];
             weight_grad_in_blocks(&cv, &x, &gy, &mut dw, block, groups);
             let err = dw.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
-            assert!(err < 1e-5 * scale, "block {block}, {groups} groups: error {err:e} of {scale:e}");
+            assert!(
+                err < 1e-5 * scale,
+                "block {block}, {groups} groups: error {err:e} of {scale:e}"
+            );
         }
     }
 
@@ -289,8 +308,12 @@ mod tests {
     /// vectors against the matrices written out).
     #[test]
     fn transforms_are_the_transposes() {
-        let at: [[f32; 6]; 4] =
-            [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
+        let at: [[f32; 6]; 4] = [
+            [1., 1., 1., 1., 1., 0.],
+            [0., 1., -1., 2., -2., 0.],
+            [0., 1., 1., 4., 4., 0.],
+            [0., 1., -1., 8., -8., 1.],
+        ];
         for a in 0..4 {
             let mut q = [[0f32; L]; 4];
             q[a] = [1.0; L];
@@ -312,7 +335,12 @@ mod tests {
             p[i] = [1.0; L];
             let o = gt_apply(&p);
             for k in 0..3 {
-                assert!((o[k][0] - g[i][k]).abs() < 1e-7, "G[{i}][{k}]: {} vs {}", o[k][0], g[i][k]);
+                assert!(
+                    (o[k][0] - g[i][k]).abs() < 1e-7,
+                    "G[{i}][{k}]: {} vs {}",
+                    o[k][0],
+                    g[i][k]
+                );
             }
         }
     }

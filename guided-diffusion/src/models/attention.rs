@@ -24,7 +24,9 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, order: HeadOrder) -> Result<Ten
     if width % (3 * heads) != 0 {
         bail!("attention: qkv width {width} is not divisible by 3 * {heads} heads");
     }
-    if let Some(fast) = crate::kernels::attention::qkv_attention(qkv, heads, order == HeadOrder::New)? {
+    if let Some(fast) =
+        crate::kernels::attention::qkv_attention(qkv, heads, order == HeadOrder::New)?
+    {
         return Ok(fast);
     }
     let ch = width / (3 * heads);
@@ -55,7 +57,9 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, order: HeadOrder) -> Result<Ten
 pub fn head_count(channels: usize, num_heads: usize, num_head_channels: i64) -> Result<usize> {
     if num_head_channels == -1 {
         if num_heads == 0 || channels % num_heads != 0 {
-            bail!("attention: {channels} channels cannot be split into num_heads={num_heads} heads");
+            bail!(
+                "attention: {channels} channels cannot be split into num_heads={num_heads} heads"
+            );
         }
         Ok(num_heads)
     } else {

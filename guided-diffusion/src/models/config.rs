@@ -339,9 +339,8 @@ impl NetConfig {
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            crate::Error::msg(format!("{}: not valid JSON: {e}", path.display()))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| crate::Error::msg(format!("{}: not valid JSON: {e}", path.display())))?;
         Self::from_json(&v).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
     }
 
@@ -352,7 +351,9 @@ impl NetConfig {
             NetConfig::Classifier(c) => {
                 c.trunk().validate(c.image_size, c.dims)?;
                 if c.pool == Pool::Attention && c.num_head_channels == -1 {
-                    bail!("pool=attention needs num_head_channels != -1 (the reference asserts it)");
+                    bail!(
+                        "pool=attention needs num_head_channels != -1 (the reference asserts it)"
+                    );
                 }
                 Ok(())
             }

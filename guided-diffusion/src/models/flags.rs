@@ -57,9 +57,8 @@ pub fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
         .map(|p| p.trim())
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.parse::<T>().map_err(|_| {
-                crate::Error::msg(format!("--{flag} {s:?}: {p:?} is not a number"))
-            })
+            p.parse::<T>()
+                .map_err(|_| crate::Error::msg(format!("--{flag} {s:?}: {p:?} is not a number")))
         })
         .collect()
 }

@@ -15,14 +15,23 @@ struct SeededInit {
 
 /// FNV-1a of the name: a stable per-parameter stream id.
 fn name_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-fn values(init: Init, n: usize, fan_in: usize, rng: &mut impl Rng) -> candle_core::Result<Vec<f32>> {
+fn values(
+    init: Init,
+    n: usize,
+    fan_in: usize,
+    rng: &mut impl Rng,
+) -> candle_core::Result<Vec<f32>> {
     Ok(match init {
         Init::Const(v) => vec![v as f32; n],
         Init::Randn { mean, stdev } => (0..n)
-            .map(|_| { let z: f64 = StandardNormal.sample(rng); (mean + stdev * z) as f32 })
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(rng);
+                (mean + stdev * z) as f32
+            })
             .collect(),
         Init::Uniform { lo, up } => (0..n).map(|_| rng.gen_range(lo..up) as f32).collect(),
         Init::Kaiming { .. } => {
@@ -33,11 +42,21 @@ fn values(init: Init, n: usize, fan_in: usize, rng: &mut impl Rng) -> candle_cor
 }
 
 impl candle_nn::var_builder::SimpleBackend for SeededInit {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut data = self.varmap.data().lock().expect("varmap lock");
         if let Some(v) = data.get(name) {
             if v.shape() != &s {
-                candle_core::bail!("parameter {name} requested with shape {s:?} but exists with {:?}", v.shape());
+                candle_core::bail!(
+                    "parameter {name} requested with shape {s:?} but exists with {:?}",
+                    v.shape()
+                );
             }
             return Ok(v.as_tensor().clone());
         }
@@ -51,7 +70,12 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         Ok(out)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.varmap.data().lock().expect("varmap lock").get(name) {
             Some(v) => Ok(v.as_tensor().clone()),
             None => candle_core::bail!("no parameter {name}"),

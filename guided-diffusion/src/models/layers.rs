@@ -36,13 +36,32 @@ impl GroupNorm32 {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, Self::GROUPS, Self::EPS)?;
+        let inner = candle_nn::GroupNorm::new(
+            weight.clone(),
+            bias.clone(),
+            channels,
+            Self::GROUPS,
+            Self::EPS,
+        )?;
         Ok(GroupNorm32 { inner, weight, bias })
     }
 
     /// The fused kernel, or `None` where it does not apply.
-    fn fused(&self, x: &Tensor, scale_shift: Option<&Tensor>, silu: bool) -> Result<Option<Tensor>> {
-        Ok(kernels::group_norm(x, &self.weight, &self.bias, Self::GROUPS, Self::EPS, scale_shift, silu)?)
+    fn fused(
+        &self,
+        x: &Tensor,
+        scale_shift: Option<&Tensor>,
+        silu: bool,
+    ) -> Result<Option<Tensor>> {
+        Ok(kernels::group_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            Self::GROUPS,
+            Self::EPS,
+            scale_shift,
+            silu,
+        )?)
     }
 
     /// Normalises `[N, C, ...]` in float32 and casts back to the input dtype.
@@ -66,16 +85,32 @@ impl GroupNorm32 {
     }
 
     /// `GN(x) * (1 + scale) + shift` (AdaGN), `scale`/`shift` broadcast from `[N, C, 1, 1]`.
-    pub fn forward_scale_shift(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    pub fn forward_scale_shift(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
         self.scale_shift(x, scale, shift, false)
     }
 
     /// `silu(GN(x) * (1 + scale) + shift)`, the AdaGN + SiLU of a ResBlock's out layers.
-    pub fn forward_scale_shift_silu(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    pub fn forward_scale_shift_silu(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
         self.scale_shift(x, scale, shift, true)
     }
 
-    fn scale_shift(&self, x: &Tensor, scale: &Tensor, shift: &Tensor, silu: bool) -> Result<Tensor> {
+    fn scale_shift(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        silu: bool,
+    ) -> Result<Tensor> {
         if scale.dims() == shift.dims() && scale.rank() >= 2 {
             let ss = Tensor::cat(&[scale, shift], 1)?;
             if let Some(y) = self.fused(x, Some(&ss), silu)? {
@@ -149,7 +184,13 @@ pub struct Conv1x1 {
 impl Conv1x1 {
     /// `dims` = 1 for `conv_nd(1, ...)` (weight `[cout, cin, 1]`), 2 for a 2-D 1x1 conv
     /// (weight `[cout, cin, 1, 1]`).
-    pub fn new(cin: usize, cout: usize, dims: usize, zero_init: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        dims: usize,
+        zero_init: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (wi, bi) = if zero_init {
             (Init::Const(0.0), Init::Const(0.0))
         } else {
@@ -169,7 +210,8 @@ impl Conv1x1 {
     /// convolution over `[N, Cin, T, 1]`), else a broadcast matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() == 3 && kernels::applies_to(&[x, &self.weight, &self.bias]) {
-            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &self.weight_4d, Some(&self.bias), 1, 0)?.squeeze(3)?);
+            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &self.weight_4d, Some(&self.bias), 1, 0)?
+                .squeeze(3)?);
         }
         let y = self.weight.broadcast_matmul(x)?;
         Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)
@@ -204,8 +246,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, device: &Device) -> Result<Ten
     let half = dim / 2;
     // Same float32 operation order as `-math.log(10000) * arange(half, float32) / half`.
     let neg_log = -(10000f64.ln() as f32);
-    let freqs: Vec<f32> =
-        (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
     let mut out = Vec::with_capacity(ts.len() * dim);
     for &tv in &ts {
         out.extend(freqs.iter().map(|&f| (tv * f).cos()));

@@ -51,14 +51,23 @@ impl Net {
 
     /// Builds the network from a state dict, failing with a report of every mismatching key.
     /// `source` names the file in errors.
-    pub fn from_tensors(config: &NetConfig, tensors: HashMap<String, Tensor>, source: &str, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        config: &NetConfig,
+        tensors: HashMap<String, Tensor>,
+        source: &str,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         verify::build_checked(tensors, source, device, |vb| Net::new(config, vb))
     }
 
     /// Loads weights (`.pt` or `.safetensors`) for `config`. If the file embeds a config of its
     /// own and it disagrees with `config`, the error names the differing arguments.
-    pub fn load_with_config(config: &NetConfig, weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    pub fn load_with_config(
+        config: &NetConfig,
+        weights: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let weights = weights.as_ref();
         let sd = checkpoint::read(weights, device)?;
         if let Some(saved) = sd.embedded_config()? {
@@ -97,7 +106,11 @@ impl Net {
 
     /// Loads a network from a model description (`{"builder", "kwargs"}` JSON, as the golden
     /// `model_<name>.json` files) and a weights file.
-    pub fn load(json_path: impl AsRef<Path>, weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    pub fn load(
+        json_path: impl AsRef<Path>,
+        weights: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let config = NetConfig::from_file(json_path)?;
         Self::load_with_config(&config, weights, device)
     }
@@ -136,7 +149,13 @@ impl Net {
     /// One call of the network: `x [N, C, H, W]` f32, `t [N]` f32 timesteps as the network sees
     /// them, `y [N]` class labels (class-conditional models), `low_res` (super-res models).
     /// A classifier returns logits `[N, classes]` and ignores `y`. Differentiable in `x`.
-    pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, low_res: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: Option<&Tensor>,
+        low_res: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let t = if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? };
         match self {
             Net::UNet(m) => {
@@ -146,7 +165,8 @@ impl Net {
                 m.forward(x, &t, y)
             }
             Net::SuperRes(m) => {
-                let lr = low_res.ok_or_else(|| Error::msg("a super-resolution model needs low_res"))?;
+                let lr =
+                    low_res.ok_or_else(|| Error::msg("a super-resolution model needs low_res"))?;
                 m.forward(x, &t, lr, y)
             }
             Net::Classifier(m) => m.forward(x, &t),

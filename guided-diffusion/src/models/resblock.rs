@@ -129,7 +129,12 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    pub fn new(channels: usize, use_conv: bool, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        use_conv: bool,
+        out_channels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv = if use_conv {
             Some(Conv2d::new(channels, out_channels, 3, 2, 1, false, vb.pp("op"))?)
         } else {
@@ -153,7 +158,12 @@ pub struct Upsample {
 }
 
 impl Upsample {
-    pub fn new(channels: usize, use_conv: bool, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        use_conv: bool,
+        out_channels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv = if use_conv {
             Some(Conv2d::k3(channels, out_channels, false, vb.pp("conv"))?)
         } else {

@@ -85,8 +85,12 @@ impl Trunk {
         let level_ch = cfg.level_channels();
         let vbi = vb.pp("input_blocks");
         let mut ch = level_ch[0];
-        let mut input_blocks =
-            vec![Sequential(vec![Layer::Conv(Conv2d::k3(cfg.in_channels, ch, false, vbi.pp("0.0"))?)])];
+        let mut input_blocks = vec![Sequential(vec![Layer::Conv(Conv2d::k3(
+            cfg.in_channels,
+            ch,
+            false,
+            vbi.pp("0.0"),
+        )?)])];
         let mut input_block_chans = vec![ch];
         let mut feature_size = ch;
         let mut ds = 1;
@@ -161,9 +165,22 @@ fn middle(cfg: &TrunkConfig, ch: usize, emb_dim: usize, vb: VarBuilder) -> Resul
 }
 
 /// The decoder's up block at the end of a level: an up ResBlock or an `Upsample`.
-pub(crate) fn up_layer(cfg: &TrunkConfig, ch: usize, emb_dim: usize, vb: VarBuilder) -> Result<Layer> {
+pub(crate) fn up_layer(
+    cfg: &TrunkConfig,
+    ch: usize,
+    emb_dim: usize,
+    vb: VarBuilder,
+) -> Result<Layer> {
     Ok(if cfg.resblock_updown {
-        Layer::Res(ResBlock::new(ch, emb_dim, cfg.dropout, ch, cfg.use_scale_shift_norm, Resample::Up, vb)?)
+        Layer::Res(ResBlock::new(
+            ch,
+            emb_dim,
+            cfg.dropout,
+            ch,
+            cfg.use_scale_shift_norm,
+            Resample::Up,
+            vb,
+        )?)
     } else {
         Layer::Up(Upsample::new(ch, cfg.conv_resample, ch, vb)?)
     })

@@ -29,7 +29,11 @@ impl UNetModel {
     }
 
     /// `in_channels` may differ from the config's (the super-res model doubles it).
-    pub(crate) fn with_input_channels(config: &UNetConfig, in_channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn with_input_channels(
+        config: &UNetConfig,
+        in_channels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let mut tc = config.trunk();
         tc.validate(config.image_size, config.dims)?;
         tc.in_channels = in_channels;
@@ -123,8 +127,12 @@ impl UNetModel {
                 Ok((emb + table.index_select(&idx, 0)?)?)
             }
             (None, None) => Ok(emb),
-            (Some(_), None) => bail!("the model is class-conditional: class labels (y) are required"),
-            (None, Some(_)) => bail!("the model is unconditional: class labels (y) must not be given"),
+            (Some(_), None) => {
+                bail!("the model is class-conditional: class labels (y) are required")
+            }
+            (None, Some(_)) => {
+                bail!("the model is unconditional: class labels (y) must not be given")
+            }
         }
     }
 
@@ -174,7 +182,9 @@ pub struct SuperResModel {
 
 impl SuperResModel {
     pub fn new(config: &UNetConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(SuperResModel { unet: UNetModel::with_input_channels(config, 2 * config.in_channels, vb)? })
+        Ok(SuperResModel {
+            unet: UNetModel::with_input_channels(config, 2 * config.in_channels, vb)?,
+        })
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -185,7 +195,13 @@ impl SuperResModel {
         self.unet.set_training(training)
     }
 
-    pub fn forward(&self, x: &Tensor, t: &Tensor, low_res: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        low_res: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let up = upsample_bilinear(low_res, h, w)?;
         let x = Tensor::cat(&[x, &up], 1)?;

@@ -10,7 +10,9 @@ pub mod noise;
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
-use crate::diffusion::{Ddim, Ddpm, GaussianDiffusion, NoiseSource, SampleOptions, Sampler, StepInfo};
+use crate::diffusion::{
+    Ddim, Ddpm, GaussianDiffusion, NoiseSource, SampleOptions, Sampler, StepInfo,
+};
 use crate::guidance::{ClassifierGuidance, Guidance, NoGuidance};
 use crate::models::Net;
 use crate::{bail, Result};
@@ -113,10 +115,15 @@ impl Sampling<'_> {
             bail!("--batch_size must be positive");
         }
         let [c, h, w] = self.shape;
-        for (what, t) in [("--init_noise", req.init_noise), ("low-resolution samples", req.low_res)] {
+        for (what, t) in [("--init_noise", req.init_noise), ("low-resolution samples", req.low_res)]
+        {
             if let Some(t) = t {
                 if t.dim(0)? < req.num_samples {
-                    bail!("{what} holds {} images but {} samples were asked for", t.dim(0)?, req.num_samples);
+                    bail!(
+                        "{what} holds {} images but {} samples were asked for",
+                        t.dim(0)?,
+                        req.num_samples
+                    );
                 }
             }
         }
@@ -140,7 +147,10 @@ impl Sampling<'_> {
                 None => noise.randn(&candle_core::Shape::from_dims(&[n, c, h, w]), &self.device)?,
             };
             let y = match &labels {
-                Some(l) => Some(Tensor::from_iter(l[first..first + n].iter().map(|&v| v as u32), &self.device)?),
+                Some(l) => Some(Tensor::from_iter(
+                    l[first..first + n].iter().map(|&v| v as u32),
+                    &self.device,
+                )?),
                 None => None,
             };
             let model_y = if self.model.takes_labels() { y.clone() } else { None };
@@ -149,7 +159,8 @@ impl Sampling<'_> {
                 None => None,
             };
             let model = self.model;
-            let model_fn = |x: &Tensor, t: &Tensor| model.forward(x, t, model_y.as_ref(), low_res.as_ref());
+            let model_fn =
+                |x: &Tensor, t: &Tensor| model.forward(x, t, model_y.as_ref(), low_res.as_ref());
             let classifier_fn;
             let guidance: Box<dyn Guidance + '_> = match (self.classifier, &y) {
                 (Some((clf, scale)), Some(y)) => {
@@ -158,7 +169,11 @@ impl Sampling<'_> {
                 }
                 _ => Box::new(NoGuidance),
             };
-            let opts = SampleOptions { clip_denoised: self.clip_denoised, denoised_fn: None, guidance: guidance.as_ref() };
+            let opts = SampleOptions {
+                clip_denoised: self.clip_denoised,
+                denoised_fn: None,
+                guidance: guidance.as_ref(),
+            };
             let mut sampler: Box<dyn Sampler> = match self.method {
                 Method::Ddpm => Box::new(Ddpm),
                 Method::Ddim { eta } => Box::new(Ddim { eta }),
@@ -174,7 +189,14 @@ impl Sampling<'_> {
                 });
                 Ok(())
             };
-            let x0 = self.diffusion.sample_loop(&model_fn, sampler.as_mut(), &x_t, &opts, &mut noise, Some(&mut cb))?;
+            let x0 = self.diffusion.sample_loop(
+                &model_fn,
+                sampler.as_mut(),
+                &x_t,
+                &opts,
+                &mut noise,
+                Some(&mut cb),
+            )?;
             out.push(images::to_uint8_nhwc(&x0)?.to_device(&Device::Cpu)?);
         }
         Ok(Samples {

@@ -56,7 +56,8 @@ mod tests {
         let a = first.randn(&shape(2), &Device::Cpu).unwrap();
         let b = rest.randn(&shape(3), &Device::Cpu).unwrap();
         let split = Tensor::cat(&[&a, &b], 0).unwrap();
-        let d: f32 = (whole - split).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 =
+            (whole - split).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         assert_eq!(d, 0.0);
         // A second draw continues each sample's own stream.
         let mut whole2 = PerSampleNoise::new(9, 0, 5);
@@ -64,7 +65,14 @@ mod tests {
         let second = whole2.randn(&shape(5), &Device::Cpu).unwrap();
         let a2 = first.randn(&shape(2), &Device::Cpu).unwrap();
         let b2 = rest.randn(&shape(3), &Device::Cpu).unwrap();
-        let d2: f32 = (second - Tensor::cat(&[&a2, &b2], 0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d2: f32 = (second - Tensor::cat(&[&a2, &b2], 0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d2, 0.0);
     }
 }

@@ -59,7 +59,11 @@ impl AdamW {
             .vars()
             .iter()
             .map(|v| {
-                Ok(AdamState { exp_avg: v.as_tensor().zeros_like()?, exp_avg_sq: v.as_tensor().zeros_like()?, step: 0 })
+                Ok(AdamState {
+                    exp_avg: v.as_tensor().zeros_like()?,
+                    exp_avg_sq: v.as_tensor().zeros_like()?,
+                    step: 0,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { config, state })
@@ -89,7 +93,12 @@ impl AdamW {
     /// Fails unless there is one gradient slot and one state per parameter.
     pub fn check(&self, params: &ParamSet, grads: &Grads) -> Result<()> {
         if grads.grads.len() != params.len() || self.state.len() != params.len() {
-            bail!("optimizer: {} gradients / {} states for {} parameters", grads.grads.len(), self.state.len(), params.len());
+            bail!(
+                "optimizer: {} gradients / {} states for {} parameters",
+                grads.grads.len(),
+                self.state.len(),
+                params.len()
+            );
         }
         Ok(())
     }
@@ -99,7 +108,13 @@ impl AdamW {
     /// one pass over the values (`kernels::update::adamw_ema_step`; the same bits as the
     /// three separately). Returns the sum of squares, or `None` with nothing done where the
     /// fast kernels do not apply.
-    pub fn step_param_fused(&mut self, i: usize, var: &Var, g: &Tensor, emas: &[(&Tensor, f32, f32)]) -> Result<Option<f64>> {
+    pub fn step_param_fused(
+        &mut self,
+        i: usize,
+        var: &Var,
+        g: &Tensor,
+        emas: &[(&Tensor, f32, f32)],
+    ) -> Result<Option<f64>> {
         let c = self.config;
         let Some(st) = self.state.get_mut(i) else {
             bail!("optimizer: no state for parameter {i} of {}", self.state.len());
@@ -118,7 +133,14 @@ impl AdamW {
                 step_size: (c.lr / bias_correction1) as f32,
             },
         };
-        let done = update::adamw_ema_step(var.as_tensor(), &g.detach(), &st.exp_avg, &st.exp_avg_sq, emas, consts)?;
+        let done = update::adamw_ema_step(
+            var.as_tensor(),
+            &g.detach(),
+            &st.exp_avg,
+            &st.exp_avg_sq,
+            emas,
+            consts,
+        )?;
         if done.is_some() {
             st.step += 1;
         }
@@ -143,8 +165,15 @@ impl AdamW {
         let step_size = c.lr / bias_correction1;
         if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
             // The same f32 operations as below, in one in-place pass per tensor.
-            st.exp_avg.inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
-            st.exp_avg_sq.inplace_op2(g, &update::SecondMoment { beta2: c.beta2 as f32, one_minus_beta2: (1.0 - c.beta2) as f32 })?;
+            st.exp_avg
+                .inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;
+            st.exp_avg_sq.inplace_op2(
+                g,
+                &update::SecondMoment {
+                    beta2: c.beta2 as f32,
+                    one_minus_beta2: (1.0 - c.beta2) as f32,
+                },
+            )?;
             let step = update::AdamStep {
                 decay: (c.weight_decay != 0.0).then_some((1.0 - c.lr * c.weight_decay) as f32),
                 bc2_sqrt: bias_correction2.sqrt() as f32,
@@ -160,7 +189,8 @@ impl AdamW {
         }
         let m = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
         let v = (st.exp_avg_sq.affine(c.beta2, 0.0)? + (g.affine(1.0 - c.beta2, 0.0)? * g)?)?;
-        let bc2_sqrt = Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
+        let bc2_sqrt =
+            Tensor::new(bias_correction2.sqrt() as f32, v.device())?.to_dtype(v.dtype())?;
         let denom = v.sqrt()?.broadcast_div(&bc2_sqrt)?.affine(1.0, c.eps)?;
         let p = (p - (&m / &denom)?.affine(step_size, 0.0)?)?;
         var.set(&p)?;
@@ -175,13 +205,21 @@ impl AdamW {
         for (name, st) in params.names().iter().zip(&self.state) {
             out.push((format!("exp_avg.{name}"), st.exp_avg.clone()));
             out.push((format!("exp_avg_sq.{name}"), st.exp_avg_sq.clone()));
-            out.push((format!("step.{name}"), Tensor::new(&[st.step as i64], &candle_core::Device::Cpu)?));
+            out.push((
+                format!("step.{name}"),
+                Tensor::new(&[st.step as i64], &candle_core::Device::Cpu)?,
+            ));
         }
         Ok(out)
     }
 
     /// Restores what [`AdamW::state_tensors`] wrote; `source` names the file in errors.
-    pub fn load_state_tensors(&mut self, params: &ParamSet, t: &HashMap<String, Tensor>, source: &str) -> Result<()> {
+    pub fn load_state_tensors(
+        &mut self,
+        params: &ParamSet,
+        t: &HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<()> {
         let mut state = Vec::with_capacity(params.len());
         for (name, var) in params.names().iter().zip(params.vars()) {
             let get = |k: String| -> Result<Tensor> {
@@ -193,7 +231,11 @@ impl AdamW {
             let m = get(format!("exp_avg.{name}"))?;
             let v = get(format!("exp_avg_sq.{name}"))?;
             if m.dims() != var.dims() || v.dims() != var.dims() {
-                bail!("{source}: optimizer state of {name} has shape {:?}, parameter {:?}", m.dims(), var.dims());
+                bail!(
+                    "{source}: optimizer state of {name} has shape {:?}, parameter {:?}",
+                    m.dims(),
+                    var.dims()
+                );
             }
             let step = get(format!("step.{name}"))?.flatten_all()?.to_vec1::<i64>()?;
             let step = match step.as_slice() {

@@ -36,18 +36,26 @@ pub fn opt_file_name(step: u64) -> String {
 }
 
 /// Serialises `tensors` with `metadata` and writes them atomically to `path`.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
-        .map_err(|e| Error::msg(format!("{}: cannot serialise: {e}", path.display())))?;
+    let bytes =
+        safetensors::tensor::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
+            .map_err(|e| Error::msg(format!("{}: cannot serialise: {e}", path.display())))?;
     write_atomic(path, &bytes)
 }
 
 /// Tensors (on `device`) and string metadata of a safetensors file.
-pub fn load_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+pub fn load_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::msg(format!("{}: not a safetensors file: {e}", path.display())))?;
@@ -89,7 +97,11 @@ pub fn find_latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Reads `key` of `metadata` as an integer; `source` names the file in errors.
-pub fn meta_u64(metadata: &HashMap<String, String>, key: &str, source: &Path) -> Result<Option<u64>> {
+pub fn meta_u64(
+    metadata: &HashMap<String, String>,
+    key: &str,
+    source: &Path,
+) -> Result<Option<u64>> {
     match metadata.get(key) {
         None => Ok(None),
         Some(v) => match v.parse() {

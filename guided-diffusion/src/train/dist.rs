@@ -171,7 +171,11 @@ mod tests {
             let v: Vec<f32> = (0..6).map(|i| (self.0 * 6 + i) as f32).collect();
             let index = self.0;
             self.0 += 1;
-            Ok(Batch { images: Tensor::from_vec(v, (6, 1, 1, 1), &Device::Cpu)?, labels: None, index })
+            Ok(Batch {
+                images: Tensor::from_vec(v, (6, 1, 1, 1), &Device::Cpu)?,
+                labels: None,
+                index,
+            })
         }
         fn seek(&mut self, n: u64) -> Result<()> {
             self.0 = n;

@@ -16,7 +16,11 @@ pub struct Ema {
 impl Ema {
     /// Starts as a copy of the current parameters (the reference's `copy.deepcopy`).
     pub fn new(rate: f64, params: &ParamSet) -> Result<Self> {
-        let params = params.tensors().iter().map(|t| t.detach().copy()).collect::<candle_core::Result<Vec<_>>>()?;
+        let params = params
+            .tensors()
+            .iter()
+            .map(|t| t.detach().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { rate, params })
     }
 
@@ -34,7 +38,10 @@ impl Ema {
         };
         if kernels::update::applies(&[e, p]) {
             // The same f32 operations as below, in one in-place pass.
-            let op = kernels::update::EmaStep { rate: self.rate as f32, one_minus_rate: (1.0 - self.rate) as f32 };
+            let op = kernels::update::EmaStep {
+                rate: self.rate as f32,
+                one_minus_rate: (1.0 - self.rate) as f32,
+            };
             e.inplace_op2(p, &op)?;
             return Ok(());
         }
@@ -58,7 +65,10 @@ pub fn parse_ema_rates(s: &str) -> Result<Vec<f64>> {
     }
     s.split(',')
         .map(|x| {
-            let v: f64 = x.trim().parse().map_err(|_| crate::Error::msg(format!("--ema_rate: {x:?} is not a number")))?;
+            let v: f64 = x
+                .trim()
+                .parse()
+                .map_err(|_| crate::Error::msg(format!("--ema_rate: {x:?} is not a number")))?;
             if !(0.0..=1.0).contains(&v) {
                 bail!("--ema_rate: {v} is outside [0, 1]");
             }

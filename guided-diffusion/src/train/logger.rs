@@ -55,7 +55,13 @@ pub fn format_g(v: f64, precision: usize) -> String {
         return "0".into();
     }
     if !v.is_finite() {
-        return if v.is_nan() { "nan".into() } else if v > 0.0 { "inf".into() } else { "-inf".into() };
+        return if v.is_nan() {
+            "nan".into()
+        } else if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
     }
     let p = precision.max(1);
     let sci = format!("{:.*e}", p - 1, v);
@@ -91,7 +97,10 @@ impl CsvOut {
         let (keys, rows) = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mut lines = text.lines();
-                let keys = lines.next().map(|h| h.split(',').map(String::from).collect()).unwrap_or_default();
+                let keys = lines
+                    .next()
+                    .map(|h| h.split(',').map(String::from).collect())
+                    .unwrap_or_default();
                 (keys, lines.count())
             }
             Err(_) => (Vec::new(), 0),
@@ -113,8 +122,16 @@ impl CsvOut {
             }
             write_atomic(&self.path, text.as_bytes())?;
         }
-        let row: Vec<String> = self.keys.iter().map(|k| kvs.get(k).map(|v| format!("{v}")).unwrap_or_default()).collect();
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let row: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| kvs.get(k).map(|v| format!("{v}")).unwrap_or_default())
+            .collect();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
         writeln!(f, "{}", row.join(",")).map_err(|e| Error::io(&self.path, e))?;
         self.rows += 1;
         Ok(())
@@ -138,9 +155,14 @@ impl Logger {
     pub fn open(dir: impl AsRef<Path>, rank: usize) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let log_name = if rank == 0 { "log.txt".to_string() } else { format!("log-rank{rank:03}.txt") };
+        let log_name =
+            if rank == 0 { "log.txt".to_string() } else { format!("log-rank{rank:03}.txt") };
         let log_path = dir.join(log_name);
-        let f = OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(&log_path, e))?;
         let csv = if rank == 0 { Some(CsvOut::open(dir.join("progress.csv"))?) } else { None };
         let mut l = Self {
             dir,
@@ -197,7 +219,9 @@ impl Logger {
         }
         let table = render_table(&kvs);
         if let Some((path, f)) = &mut self.log_file {
-            f.write_all(table.as_bytes()).and_then(|_| f.flush()).map_err(|e| Error::io(&*path, e))?;
+            f.write_all(table.as_bytes())
+                .and_then(|_| f.flush())
+                .map_err(|e| Error::io(&*path, e))?;
         }
         if self.echo_stdout {
             print!("{table}");
@@ -224,8 +248,15 @@ impl Logger {
 
 /// The reference's `HumanOutputFormat` table.
 pub fn render_table(kvs: &BTreeMap<String, f64>) -> String {
-    let trunc = |s: String| if s.chars().count() > 30 { format!("{}...", s.chars().take(27).collect::<String>()) } else { s };
-    let mut rows: Vec<(String, String)> = kvs.iter().map(|(k, v)| (trunc(k.clone()), trunc(format_g(*v, 3)))).collect();
+    let trunc = |s: String| {
+        if s.chars().count() > 30 {
+            format!("{}...", s.chars().take(27).collect::<String>())
+        } else {
+            s
+        }
+    };
+    let mut rows: Vec<(String, String)> =
+        kvs.iter().map(|(k, v)| (trunc(k.clone()), trunc(format_g(*v, 3)))).collect();
     rows.sort_by_key(|(k, _)| k.to_lowercase());
     let kw = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
     let vw = rows.iter().map(|(_, v)| v.chars().count()).max().unwrap_or(0).max(8);
@@ -241,7 +272,9 @@ pub fn render_table(kvs: &BTreeMap<String, f64>) -> String {
 
 fn progress_line(kvs: &BTreeMap<String, f64>) -> String {
     let mut parts = Vec::new();
-    for key in ["step", "samples", "loss", "train_loss", "val_loss", "grad_norm", "lr", "steps_per_sec"] {
+    for key in
+        ["step", "samples", "loss", "train_loss", "val_loss", "grad_norm", "lr", "steps_per_sec"]
+    {
         if let Some(v) = kvs.get(key) {
             parts.push(format!("{key} {}", format_g(*v, 4)));
         }

@@ -34,7 +34,11 @@ impl StepContext<'_> {
     /// here so that the draws do not depend on how the global batch is split into ranks and
     /// micro-batches: N ranks with batch b see exactly what one process with batch N*b sees.
     pub fn row_rng(&self, i: usize) -> StreamRng {
-        crate::data::rng::stream(self.row_key, crate::data::rng::domain::STEP, self.first_row + i as u64)
+        crate::data::rng::stream(
+            self.row_key,
+            crate::data::rng::domain::STEP,
+            self.first_row + i as u64,
+        )
     }
 }
 

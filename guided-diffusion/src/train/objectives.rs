@@ -37,10 +37,15 @@ fn vec_tensor(values: &[f32], like: &Tensor) -> Result<Tensor> {
 /// Timestep, importance weight and noise of every sample of `x0`, each sample drawn from its
 /// own [`StepContext::row_rng`] (timestep first, then its noise), so the draws do not depend on
 /// the rank / micro-batch split.
-fn per_row_draws(sampler: &dyn ScheduleSampler, ctx: &StepContext<'_>, x0: &Tensor) -> Result<(Vec<usize>, Vec<f32>, Tensor)> {
+fn per_row_draws(
+    sampler: &dyn ScheduleSampler,
+    ctx: &StepContext<'_>,
+    x0: &Tensor,
+) -> Result<(Vec<usize>, Vec<f32>, Tensor)> {
     let n = x0.dims()[0];
     let row_shape: Vec<usize> = std::iter::once(1).chain(x0.dims()[1..].iter().copied()).collect();
-    let (mut ts, mut ws, mut noise) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ts, mut ws, mut noise) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let mut rng = ctx.row_rng(i);
         let (t, w) = sampler.sample(1, &mut rng);
@@ -105,7 +110,10 @@ impl Objective for DiffusionObjective {
             weights: Some(vec_tensor(&weights, x0)?),
             loss: tl.loss,
             terms,
-            timesteps: Some((t.iter().map(|&v| v as i64).collect(), self.diffusion.num_timesteps())),
+            timesteps: Some((
+                t.iter().map(|&v| v as i64).collect(),
+                self.diffusion.num_timesteps(),
+            )),
         })
     }
 
@@ -158,7 +166,9 @@ impl Objective for ClassifierObjective {
             loss,
             weights: None,
             terms,
-            timesteps: self.noised.then(|| (t.iter().map(|&v| v as i64).collect(), self.diffusion.num_timesteps())),
+            timesteps: self
+                .noised
+                .then(|| (t.iter().map(|&v| v as i64).collect(), self.diffusion.num_timesteps())),
         })
     }
 }
@@ -174,7 +184,11 @@ pub fn top_k_hits(logits: &Tensor, labels: &Tensor, k: usize) -> Result<Tensor> 
             let target = row[c as usize];
             // Rank = number of logits strictly above the target's.
             let above = row.iter().filter(|&&v| v > target).count();
-            if above < k { 1.0 } else { 0.0 }
+            if above < k {
+                1.0
+            } else {
+                0.0
+            }
         })
         .collect();
     vec_tensor(&hits, logits)

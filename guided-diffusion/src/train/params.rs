@@ -22,7 +22,8 @@ impl ParamSet {
     /// All variables of a `VarMap` (what `VarBuilder::from_varmap` created while building a model).
     pub fn from_varmap(vm: &VarMap) -> Self {
         let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-        let mut named: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut named: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         drop(data);
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, vars) = named.into_iter().unzip();
@@ -70,7 +71,11 @@ impl ParamSet {
                 bail!("{source}: missing parameter {name}");
             };
             if t.dims() != var.dims() {
-                bail!("{source}: parameter {name} has shape {:?}, the model expects {:?}", t.dims(), var.dims());
+                bail!(
+                    "{source}: parameter {name} has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                );
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
@@ -93,7 +98,9 @@ pub fn sq_norm<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<f64> {
     for t in ts {
         acc += match crate::kernels::update::sum_sq(t) {
             Some(s) => s,
-            None => t.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            None => {
+                t.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+            }
         };
     }
     Ok(acc)

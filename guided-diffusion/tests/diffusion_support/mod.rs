@@ -26,19 +26,14 @@ impl Case {
         let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
             .unwrap_or_else(|e| panic!("loading {}: {e}", st.display()));
         let js = dir.join(format!("case_{name}.json"));
-        let text = std::fs::read_to_string(&js).unwrap_or_else(|e| panic!("reading {}: {e}", js.display()));
+        let text = std::fs::read_to_string(&js)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", js.display()));
         let json = serde_json::from_str(&text).unwrap();
-        Case {
-            name: name.to_string(),
-            tensors,
-            json,
-        }
+        Case { name: name.to_string(), tensors, json }
     }
 
     pub fn get(&self, key: &str) -> &Tensor {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("case {}: no key {key}", self.name))
+        self.tensors.get(key).unwrap_or_else(|| panic!("case {}: no key {key}", self.name))
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -78,24 +73,9 @@ impl Case {
 /// Max |got - want| over all elements (f64 arithmetic); panics on shape mismatch.
 pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g = got
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let w = want
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    g.iter()
-        .zip(&w)
-        .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
-        .fold(0.0, f64::max)
+    let g = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let w = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    g.iter().zip(&w).map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() }).fold(0.0, f64::max)
 }
 
 /// Assert |got - want| <= atol everywhere; prints and returns the max deviation.

@@ -28,8 +28,11 @@ pub struct Case {
 
 impl Case {
     pub fn load(name: &str) -> Case {
-        let tensors = candle_core::safetensors::load(golden(&format!("case_{name}.safetensors")), &Device::Cpu)
-            .unwrap_or_else(|e| panic!("case {name}: {e}"));
+        let tensors = candle_core::safetensors::load(
+            golden(&format!("case_{name}.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("case {name}: {e}"));
         let text = std::fs::read_to_string(golden(&format!("case_{name}.json"))).unwrap();
         Case { name: name.into(), tensors, json: serde_json::from_str(&text).unwrap() }
     }
@@ -54,7 +57,16 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Asserts `|got - want| <= atol` elementwise and prints the observed difference.

@@ -71,9 +71,7 @@ impl InceptionA {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b1.forward(x)?;
         let b = self.b5_2.forward(&self.b5_1.forward(x)?)?;
-        let c = self
-            .b3_3
-            .forward(&self.b3_2.forward(&self.b3_1.forward(x)?)?)?;
+        let c = self.b3_3.forward(&self.b3_2.forward(&self.b3_1.forward(x)?)?)?;
         let d = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
         Ok(Tensor::cat(&[a, b, c, d], 1)?)
     }
@@ -100,9 +98,7 @@ impl InceptionB {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b3.forward(x)?;
-        let b = self
-            .bd_3
-            .forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
+        let b = self.bd_3.forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
         let c = max_pool_3x3_s2(x)?;
         Ok(Tensor::cat(&[a, b, c], 1)?)
     }
@@ -162,10 +158,7 @@ impl InceptionC {
         }
         let p = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
         let output = Tensor::cat(&[&a, &b, &d, &p], 1)?;
-        Ok(InceptionCOutput {
-            output,
-            branch1x1: a,
-        })
+        Ok(InceptionCOutput { output, branch1x1: a })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

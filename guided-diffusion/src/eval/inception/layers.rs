@@ -32,10 +32,7 @@ impl ConvBn {
         pad: (usize, usize),
         device: &Device,
     ) -> Result<Self> {
-        let conv = w.get(
-            &format!("{prefix}.conv.weight"),
-            &[c_out, c_in, kernel.0, kernel.1],
-        )?;
+        let conv = w.get(&format!("{prefix}.conv.weight"), &[c_out, c_in, kernel.0, kernel.1])?;
         let gamma = w.get(&format!("{prefix}.bn.weight"), &[c_out])?;
         let beta = w.get(&format!("{prefix}.bn.bias"), &[c_out])?;
         let mean = w.get(&format!("{prefix}.bn.running_mean"), &[c_out])?;
@@ -43,19 +40,11 @@ impl ConvBn {
         let f64v =
             |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?) };
         let (gamma, beta, mean, var) = (f64v(&gamma)?, f64v(&beta)?, f64v(&mean)?, f64v(&var)?);
-        let scale: Vec<f64> = gamma
-            .iter()
-            .zip(&var)
-            .map(|(g, v)| g / (v + BN_EPS).sqrt())
-            .collect();
-        let bias: Vec<f32> = (0..c_out)
-            .map(|o| (beta[o] - mean[o] * scale[o]) as f32)
-            .collect();
+        let scale: Vec<f64> =
+            gamma.iter().zip(&var).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
+        let bias: Vec<f32> = (0..c_out).map(|o| (beta[o] - mean[o] * scale[o]) as f32).collect();
         let scale_t = Tensor::from_vec(scale, (c_out, 1, 1, 1), &Device::Cpu)?;
-        let weight = conv
-            .to_dtype(DType::F64)?
-            .broadcast_mul(&scale_t)?
-            .to_dtype(DType::F32)?;
+        let weight = conv.to_dtype(DType::F64)?.broadcast_mul(&scale_t)?.to_dtype(DType::F32)?;
         Ok(Self {
             weight: weight.to_device(device)?,
             bias: Tensor::from_vec(bias, (1, c_out, 1, 1), device)?,
@@ -69,9 +58,13 @@ impl ConvBn {
         let y = if ph == pw {
             x.conv2d(&self.weight, ph, self.stride, 1, 1)?
         } else {
-            x.pad_with_zeros(2, ph, ph)?
-                .pad_with_zeros(3, pw, pw)?
-                .conv2d(&self.weight, 0, self.stride, 1, 1)?
+            x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.conv2d(
+                &self.weight,
+                0,
+                self.stride,
+                1,
+                1,
+            )?
         };
         Ok(y.broadcast_add(&self.bias)?.relu()?)
     }
@@ -85,24 +78,18 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
 /// 3×3 max pooling, stride 1, padding 1 (FIDInceptionE_2's branch pool). Padding by
 /// replicating the border is exact here: every padded value is also inside its window.
 pub fn max_pool_3x3_s1_p1(x: &Tensor) -> Result<Tensor> {
-    Ok(x.pad_with_same(2, 1, 1)?
-        .pad_with_same(3, 1, 1)?
-        .max_pool2d_with_stride(3, 1)?)
+    Ok(x.pad_with_same(2, 1, 1)?.pad_with_same(3, 1, 1)?.max_pool2d_with_stride(3, 1)?)
 }
 
 /// 3×3 average pooling, stride 1, padding 1, `count_include_pad=False` (TensorFlow's SAME
 /// average pooling, as pytorch-fid patches it): border outputs average only the real pixels.
 pub fn avg_pool_3x3_s1_p1_exclude_pad(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let sum9 = x
-        .pad_with_zeros(2, 1, 1)?
-        .pad_with_zeros(3, 1, 1)?
-        .avg_pool2d_with_stride(3, 1)?;
+    let sum9 = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.avg_pool2d_with_stride(3, 1)?;
     let count =
         |i: usize, n: usize| -> f32 { (1 + (i > 0) as usize + (i + 1 < n) as usize) as f32 };
-    let factors: Vec<f32> = (0..h)
-        .flat_map(|i| (0..w).map(move |j| 9.0 / (count(i, h) * count(j, w))))
-        .collect();
+    let factors: Vec<f32> =
+        (0..h).flat_map(|i| (0..w).map(move |j| 9.0 / (count(i, h) * count(j, w)))).collect();
     let factors = Tensor::from_vec(factors, (1, 1, h, w), x.device())?;
     Ok(sum9.broadcast_mul(&factors)?)
 }

@@ -137,11 +137,7 @@ impl InceptionV3 {
             Some(w) => Some(pool.matmul(&w.t()?)?),
             None => None,
         };
-        Ok(InceptionOutput {
-            pool,
-            spatial,
-            logits,
-        })
+        Ok(InceptionOutput { pool, spatial, logits })
     }
 }
 
@@ -187,11 +183,7 @@ impl FeatureExtractor for InceptionExtractor {
         Ok(ExtractedFeatures {
             pool: FeatureMatrix::from_tensor(&out.pool)?,
             spatial: Some(FeatureMatrix::from_tensor(&out.spatial)?),
-            logits: out
-                .logits
-                .as_ref()
-                .map(FeatureMatrix::from_tensor)
-                .transpose()?,
+            logits: out.logits.as_ref().map(FeatureMatrix::from_tensor).transpose()?,
         })
     }
 }

@@ -82,9 +82,6 @@ pub fn synthetic_state_dict(with_head: bool) -> Result<HashMap<String, Tensor>> 
 pub fn save_synthetic_weights(path: impl AsRef<std::path::Path>, with_head: bool) -> Result<()> {
     let path = path.as_ref();
     candle_core::safetensors::save(&synthetic_state_dict(with_head)?, path).map_err(|e| {
-        crate::Error::msg(format!(
-            "{}: cannot write synthetic weights: {e}",
-            path.display()
-        ))
+        crate::Error::msg(format!("{}: cannot write synthetic weights: {e}", path.display()))
     })
 }

@@ -63,12 +63,7 @@ impl WeightMap {
                 out.insert(k, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
             }
         }
-        Ok(Self {
-            source,
-            tensors: out,
-            generator: None,
-            generated: RefCell::default(),
-        })
+        Ok(Self { source, tensors: out, generator: None, generated: RefCell::default() })
     }
 
     /// A map that answers every [`WeightMap::get`] with `generator(key, shape)` (and has no
@@ -99,9 +94,7 @@ impl WeightMap {
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
         if let Some(g) = self.generator {
             let t = Tensor::from_vec(g(key, shape), shape, &Device::Cpu)?;
-            self.generated
-                .borrow_mut()
-                .insert(key.to_string(), t.clone());
+            self.generated.borrow_mut().insert(key.to_string(), t.clone());
             return Ok(t);
         }
         let t = self.tensors.get(key).ok_or_else(|| {
@@ -111,12 +104,7 @@ impl WeightMap {
             ))
         })?;
         if t.dims() != shape {
-            bail!(
-                "{}: key '{key}' has shape {:?}, expected {:?}",
-                self.source,
-                t.dims(),
-                shape
-            );
+            bail!("{}: key '{key}' has shape {:?}, expected {:?}", self.source, t.dims(), shape);
         }
         Ok(t.clone())
     }

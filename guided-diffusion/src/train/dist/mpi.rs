@@ -21,7 +21,8 @@ pub struct Mpi {
 impl Mpi {
     /// `MPI_Init`; fails if MPI was already initialized in this process.
     pub fn init() -> Result<Self> {
-        let universe = mpi::initialize().ok_or_else(|| Error::msg("MPI is already initialized in this process"))?;
+        let universe = mpi::initialize()
+            .ok_or_else(|| Error::msg("MPI is already initialized in this process"))?;
         let world = universe.world();
         Ok(Self { world, _universe: universe })
     }
@@ -70,8 +71,12 @@ fn unflatten(flat: &Flat, tensors: &mut [Tensor]) -> Result<()> {
     for t in tensors.iter_mut() {
         let n = t.elem_count();
         let host = match flat {
-            Flat::F32(v) => Tensor::from_slice(&v[off..off + n], t.dims(), &candle_core::Device::Cpu)?,
-            Flat::F64(v) => Tensor::from_slice(&v[off..off + n], t.dims(), &candle_core::Device::Cpu)?,
+            Flat::F32(v) => {
+                Tensor::from_slice(&v[off..off + n], t.dims(), &candle_core::Device::Cpu)?
+            }
+            Flat::F64(v) => {
+                Tensor::from_slice(&v[off..off + n], t.dims(), &candle_core::Device::Cpu)?
+            }
         };
         *t = host.to_dtype(t.dtype())?.to_device(t.device())?;
         off += n;
