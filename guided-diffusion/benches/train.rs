@@ -26,7 +26,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     .build()
     .unwrap();
     let sampler = create_named_schedule_sampler("uniform", 1000).unwrap();
-    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout: None };
     let dir = std::env::temp_dir().join(format!("gd-bench-train-{}", std::process::id()));
     let mut tc = TrainConfig::new(batch, 1e-4, &dir);
     tc.save_interval = u64::MAX;

@@ -27,7 +27,7 @@ fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
     .build()
     .unwrap();
     let sampler = create_named_schedule_sampler("uniform", 1000).unwrap();
-    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout: None };
     let mut tc = TrainConfig::new(16, 2e-3, dir);
     tc.save_interval = 1000;
     tc.log_interval = 5;

@@ -79,7 +79,7 @@ fn train_loop(
     .build()
     .unwrap();
     let sampler = create_named_schedule_sampler("loss-second-moment", 1000).unwrap();
-    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout: None };
     let mut tc = TrainConfig::new(16, lr, dir);
     tc.max_steps = Some(steps);
     tc.save_interval = 1000;

@@ -21,10 +21,11 @@ use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, Loader
 use guided_diffusion::diffusion::create_named_schedule_sampler;
 use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::train::ckpt::meta;
 use guided_diffusion::train::dist::{init_from_env, RankSlice};
 use guided_diffusion::train::{
-    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed, Logger,
-    MicroScaling, Objective, ParamSet, TrainConfig, TrainLoop,
+    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed,
+    LabelDropout, Logger, MicroScaling, Objective, ParamSet, TrainConfig, TrainLoop,
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
@@ -76,6 +77,10 @@ pub struct CommonTrainArgs {
     /// Accepted for compatibility
     #[arg(long)]
     pub fp16_scale_growth: Option<f64>,
+    /// Flip training images horizontally at random (the reference's loader always does; turn it
+    /// off for data whose orientation carries meaning, e.g. Fashion-MNIST's left-facing shoes)
+    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "True")]
+    pub random_flip: bool,
     /// Data-loading threads
     #[arg(long, default_value_t = 2)]
     pub data_workers: usize,
@@ -93,6 +98,11 @@ pub struct TrainArgs {
     /// EMA rates, comma-separated
     #[arg(long, default_value = "0.9999")]
     pub ema_rate: String,
+    /// Classifier-free guidance: replace each training label by a null class with this
+    /// probability (DiT's convention: the label embedding gets one extra last row, the null
+    /// class). Needs --class_cond True; 0 = no dropout
+    #[arg(long)]
+    pub class_dropout_prob: Option<f64>,
     #[command(flatten)]
     pub common: CommonTrainArgs,
     #[command(flatten)]
@@ -162,6 +172,7 @@ fn open_loader(
     let mut spec = DataSpec::new(data_dir, image_size);
     spec.class_cond = class_cond;
     spec.random_crop = random_crop;
+    spec.random_flip = c.random_flip;
     spec.channels = channels;
     let ds = open_dataset(&spec)?;
     let mut cfg = LoaderConfig::new(batch, seed);
@@ -287,9 +298,23 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let mut margs = a.model.clone();
     let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
     let channels = margs.in_channels.unwrap_or(3);
+    let dropout_prob = match a.class_dropout_prob {
+        Some(p) if !(0.0..1.0).contains(&p) => {
+            bail!("--class_dropout_prob {p}: expected a probability in [0, 1)")
+        }
+        Some(p) if p > 0.0 => Some(p),
+        _ => None,
+    };
     if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none()
     {
         margs.num_classes = data_classes(c, image_size, channels)?;
+    }
+    if dropout_prob.is_some() && margs.model_config.is_none() {
+        if margs.class_cond != Some(true) {
+            bail!("--class_dropout_prob needs a class-conditional model (--class_cond True)");
+        }
+        // The null class is one extra, last row of the label embedding.
+        margs.num_classes = margs.num_classes.map(|k| k + 1);
     }
     let (ucfg, net_cfg) = match small {
         None => {
@@ -303,6 +328,13 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     };
     let dcfg = resolve::diffusion_config(&a.diffusion, None, ucfg.learns_sigma())?;
     let diffusion = dcfg.build()?;
+    let label_dropout = match (dropout_prob, ucfg.num_classes) {
+        (None, _) => None,
+        (Some(prob), Some(rows)) if rows >= 2 => Some(LabelDropout { prob, null_class: rows - 1 }),
+        (Some(_), _) => bail!(
+            "--class_dropout_prob needs a class-conditional model with at least one class besides the null class"
+        ),
+    };
     let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc =
@@ -310,13 +342,22 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
     tc.micro_scaling = MicroScaling::SumOfMicroMeans;
     tc.ema_rates = parse_ema_rates(&a.ema_rate)?;
+    if let Some(d) = label_dropout {
+        tc.metadata.insert(meta::NULL_CLASS.into(), d.null_class.to_string());
+        tc.metadata.insert(meta::CLASS_DROPOUT_PROB.into(), d.prob.to_string());
+    }
     if a.lr_anneal_steps > 0 {
         tc.anneal_steps = a.lr_anneal_steps;
         tc.max_steps = Some(c.max_steps.map_or(a.lr_anneal_steps, |m| m.min(a.lr_anneal_steps)));
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
-    let objective =
-        DiffusionObjective { net, diffusion, sampler, small_size: small.map(|(_, s)| s) };
+    let objective = DiffusionObjective {
+        net,
+        diffusion,
+        sampler,
+        small_size: small.map(|(_, s)| s),
+        label_dropout,
+    };
     let data = open_rank_loader(
         c,
         &c.data_dir,

@@ -23,6 +23,12 @@ pub mod meta {
     pub const EMA_RATE: &str = "gdiff.ema_rate";
     /// The run's seed (all randomness derives from seed and step).
     pub const SEED: &str = "gdiff.seed";
+    /// Classifier-free guidance: the label of the null class (an integer, the last row of the
+    /// label embedding), for models trained with label dropout.
+    pub const NULL_CLASS: &str = "gdiff.null_class";
+    /// Classifier-free guidance: the probability with which a training label was replaced by
+    /// the null class.
+    pub const CLASS_DROPOUT_PROB: &str = "gdiff.class_dropout_prob";
 }
 
 pub fn model_file_name(step: u64) -> String {

@@ -26,6 +26,6 @@ pub use dist::{Distributed, SingleProcess};
 pub use ema::{parse_ema_rates, Ema};
 pub use logger::{resolve_log_dir, Logger};
 pub use objective::{randn, Losses, Objective, StepContext};
-pub use objectives::{ClassifierObjective, DiffusionObjective};
+pub use objectives::{ClassifierObjective, DiffusionObjective, LabelDropout};
 pub use params::{Grads, ParamSet};
 pub use trainer::{MicroScaling, StepOutcome, TrainConfig, TrainLoop};

@@ -34,27 +34,66 @@ fn vec_tensor(values: &[f32], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::new(values, like.device())?)
 }
 
-/// Timestep, importance weight and noise of every sample of `x0`, each sample drawn from its
-/// own [`StepContext::row_rng`] (timestep first, then its noise), so the draws do not depend on
-/// the rank / micro-batch split.
+/// Label dropout for classifier-free guidance (Ho & Salimans 2022), in DiT's convention
+/// (`LabelEmbedder.token_drop`): each training sample's label is replaced by the null class
+/// with probability `prob`. The null class is the last row of the label embedding, so a model
+/// trained on K classes has `num_classes = K + 1` and `null_class = K`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LabelDropout {
+    pub prob: f64,
+    pub null_class: usize,
+}
+
+/// What [`per_row_draws`] draws for each sample.
+struct RowDraws {
+    t: Vec<usize>,
+    weights: Vec<f32>,
+    noise: Tensor,
+    /// Samples whose label is replaced by the null class (all false without label dropout).
+    dropped: Vec<bool>,
+}
+
+/// Timestep, importance weight, noise and (with label dropout) the drop decision of every
+/// sample of `x0`, each sample drawn from its own [`StepContext::row_rng`] in that order, so
+/// the draws do not depend on the rank / micro-batch split. Without dropout nothing more is
+/// drawn, so runs without it are unchanged.
 fn per_row_draws(
     sampler: &dyn ScheduleSampler,
     ctx: &StepContext<'_>,
     x0: &Tensor,
-) -> Result<(Vec<usize>, Vec<f32>, Tensor)> {
+    dropout: Option<LabelDropout>,
+) -> Result<RowDraws> {
     let n = x0.dims()[0];
     let row_shape: Vec<usize> = std::iter::once(1).chain(x0.dims()[1..].iter().copied()).collect();
-    let (mut ts, mut ws, mut noise) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
+    let (mut t, mut weights, mut noise, mut dropped) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), vec![false; n]);
+    for (i, drop) in dropped.iter_mut().enumerate() {
         let mut rng = ctx.row_rng(i);
-        let (t, w) = sampler.sample(1, &mut rng);
-        ts.extend(t);
-        ws.extend(w);
+        let (ti, wi) = sampler.sample(1, &mut rng);
+        t.extend(ti);
+        weights.extend(wi);
         noise.push(randn(&mut rng, &row_shape, &candle_core::Device::Cpu)?);
+        if let Some(d) = dropout {
+            // `torch.rand(n) < dropout_prob`.
+            *drop = rand::Rng::gen::<f64>(&mut rng) < d.prob;
+        }
     }
     let noise = Tensor::cat(&noise, 0)?.to_device(x0.device())?;
-    Ok((ts, ws, noise))
+    Ok(RowDraws { t, weights, noise, dropped })
+}
+
+/// `labels` with the dropped samples' labels replaced by the null class.
+fn drop_labels(labels: &Tensor, dropped: &[bool], null_class: usize) -> Result<Tensor> {
+    if !dropped.iter().any(|&d| d) {
+        return Ok(labels.clone());
+    }
+    let ys: Vec<i64> = labels.to_dtype(DType::I64)?.to_vec1()?;
+    if ys.len() != dropped.len() {
+        bail!("{} labels for a batch of {}", ys.len(), dropped.len());
+    }
+    let ys: Vec<i64> =
+        ys.iter().zip(dropped).map(|(&y, &d)| if d { null_class as i64 } else { y }).collect();
+    Ok(Tensor::new(ys, labels.device())?.to_dtype(labels.dtype())?)
 }
 
 /// The diffusion training objective: `t ~ schedule sampler`, `noise ~ N(0, I)`,
@@ -66,16 +105,20 @@ pub struct DiffusionObjective {
     /// Super-resolution: the low-resolution side; the conditioning image is the batch
     /// area-downsampled to it (`F.interpolate(mode="area")`, as `super_res_train.py`).
     pub small_size: Option<usize>,
+    /// Classifier-free guidance training: labels replaced by the null class at random.
+    pub label_dropout: Option<LabelDropout>,
 }
 
 impl Objective for DiffusionObjective {
     fn losses(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<Losses> {
         let x0 = &batch.images;
-        let (t, weights, noise) = per_row_draws(self.sampler.as_ref(), ctx, x0)?;
+        let RowDraws { t, weights, noise, dropped } =
+            per_row_draws(self.sampler.as_ref(), ctx, x0, self.label_dropout)?;
         let y = if self.net.takes_labels() {
-            match &batch.labels {
-                Some(l) => Some(l.clone()),
-                None => bail!("the model is class-conditional but the data has no labels (file names need a class prefix)"),
+            match (&batch.labels, self.label_dropout) {
+                (Some(l), Some(d)) => Some(drop_labels(l, &dropped, d.null_class)?),
+                (Some(l), None) => Some(l.clone()),
+                (None, _) => bail!("the model is class-conditional but the data has no labels (file names need a class prefix)"),
             }
         } else {
             None
@@ -143,7 +186,8 @@ impl Objective for ClassifierObjective {
         };
         let n = batch.len();
         let (x, t) = if self.noised {
-            let (t, _, noise) = per_row_draws(self.sampler.as_ref(), ctx, &batch.images)?;
+            let RowDraws { t, noise, .. } =
+                per_row_draws(self.sampler.as_ref(), ctx, &batch.images, None)?;
             (self.diffusion.q_sample(&batch.images, &t, &noise)?, t)
         } else {
             (batch.images.clone(), vec![0; n])
