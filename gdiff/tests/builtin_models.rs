@@ -146,16 +146,25 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
     ok(&o);
     let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows[0], "model,sampler,scale,accuracy,fd,precision,recall,seconds");
+    assert_eq!(
+        rows[0],
+        "model,sampler,guidance,scale,accuracy,fd,precision,recall,nfe,model_evals,classifier_evals,sample_seconds,seconds"
+    );
     assert_eq!(rows.len(), 4, "{csv}");
-    assert!(rows[1].starts_with("real test images,-,-,"), "{csv}");
+    assert!(rows[1].starts_with("real test images,-,-,-,"), "{csv}");
     assert!(
-        rows[2].starts_with("conditional,ddim10,0,")
-            && rows[3].starts_with("conditional,ddim10,4,"),
+        rows[2].starts_with("conditional,ddim10,classifier,0,")
+            && rows[3].starts_with("conditional,ddim10,classifier,4,"),
         "{csv}"
     );
+    // DDIM-10: 10 network evaluations per sample; the classifier only when guiding.
+    let cost = |r: &str| -> Vec<f64> {
+        r.split(',').skip(8).take(3).map(|x| x.parse().unwrap()).collect()
+    };
+    assert_eq!(cost(rows[2]), vec![10.0, 10.0, 0.0], "{csv}");
+    assert_eq!(cost(rows[3]), vec![10.0, 10.0, 10.0], "{csv}");
     for r in &rows[1..] {
-        let f: Vec<f64> = r.split(',').skip(3).map(|x| x.parse().unwrap()).collect();
+        let f: Vec<f64> = r.split(',').skip(4).map(|x| x.parse().unwrap()).collect();
         assert!(f[0] >= 0.0 && f[0] <= 1.0 && f[1] >= 0.0 && f[1].is_finite(), "{r}");
         assert!((0.0..=1.0).contains(&f[2]) && (0.0..=1.0).contains(&f[3]), "{r}");
     }
@@ -166,10 +175,11 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let plot = image::load_from_memory(&png).unwrap();
     assert_eq!((plot.width(), plot.height()), (1120, 800));
-    assert!(dir.join("conditional_ddim10_scale4.png").exists());
+    assert!(dir.join("cost.png").exists());
+    assert!(dir.join("conditional_ddim10_classifier_scale4.png").exists());
     assert!(std::fs::read_to_string(dir.join("results.md"))
         .unwrap()
-        .contains("| conditional | ddim10 | 4 |"));
+        .contains("| conditional | ddim10 | classifier | 4 |"));
 }
 
 #[test]

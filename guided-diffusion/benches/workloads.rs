@@ -33,8 +33,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use guided_diffusion::data::Batch;
 use guided_diffusion::diffusion::{
-    create_named_schedule_sampler, Ddim, DiffusionConfig, NoiseSchedule, SampleOptions, Sampler,
-    SeededNoise,
+    create_named_schedule_sampler, DiffusionConfig, NoiseSchedule, SeededNoise,
 };
 use guided_diffusion::guidance::{classifier_log_prob_grad, ClassifierFn, ClassifierGuidance};
 use guided_diffusion::kernels;
@@ -42,6 +41,7 @@ use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{
     ClassifierFlags, EncoderConfig, ModelFlags, Net, NetConfig, Pool, UNetConfig,
 };
+use guided_diffusion::samplers::SampleOptions;
 use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
 use guided_diffusion::Result;
 
@@ -450,12 +450,11 @@ fn guided_ddim_step(batch: usize) -> Result<Measured> {
     // The middle step of the 25 (index 12 of the respaced process); every step costs the same.
     let t = vec![12usize; batch];
     let mut noise = SeededNoise::new(0);
-    let mut ddim = Ddim { eta: 0.0 };
     // As in a sampling run: the weights' derived forms are kept across calls.
     let _frozen = kernels::freeze();
     let _bf16 = bf16_scope();
     let seconds = time(|| {
-        ddim.step(&d, &model_fn, &x, &t, &opts, &mut noise)?;
+        d.ddim_sample(&model_fn, &x, &t, &opts, 0.0, &mut noise)?;
         Ok(())
     })?;
     let flop = match (checked_cost(&ucfg, uparams), checked_cost(&ccfg, cparams)) {
@@ -478,7 +477,7 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     }
     .build()?;
     let sampler = create_named_schedule_sampler("uniform", 1000)?;
-    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None };
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout: None };
     let dir = std::env::temp_dir().join(format!("gd-bench-workloads-{}", std::process::id()));
     let mut tc = TrainConfig::new(batch, 1e-4, &dir);
     tc.save_interval = u64::MAX;

@@ -3,8 +3,10 @@
 //!
 //! Layers, data flowing down only:
 //! - [`sample`], [`train`], [`eval`]: the loops users run.
-//! - [`diffusion`], [`guidance`]: the Gaussian diffusion process (schedules, respacing, losses,
-//!   DDPM/DDIM samplers) and the guidance terms a sampler takes as a value.
+//! - [`samplers`]: DDPM, DDIM and DPM-Solver(++), each a value owning its time grid, asking one
+//!   denoiser (network + guidance); [`samplers::SamplerSpec`] names them.
+//! - [`diffusion`], [`guidance`]: the Gaussian diffusion process (schedules, respacing, losses)
+//!   and the guidance terms a sampler takes as a value.
 //! - [`models`]: the ADM UNet, the super-resolution UNet and the noisy-image classifier.
 //! - [`checkpoint`], [`data`]: weights in and out (.pt, safetensors), images and data sets.
 pub mod checkpoint;
@@ -16,6 +18,7 @@ pub mod guidance;
 pub mod kernels;
 pub mod models;
 pub mod sample;
+pub mod samplers;
 pub mod train;
 
 pub use candle_core::{DType, Device, Tensor};

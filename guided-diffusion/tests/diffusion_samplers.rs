@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use guided_diffusion::diffusion::likelihood::discretized_gaussian_log_likelihood;
 use guided_diffusion::diffusion::{
-    mean_flat, Ddim, Ddpm, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType,
-    ModelVarType, NoiseSchedule, NoiseSource, ProcessKind, ReplayNoise, SampleOptions, Sampler,
-    SeededNoise, StepInfo,
+    mean_flat, DiffusionConfig, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
+    NoiseSchedule, NoiseSource, ProcessKind, ReplayNoise, SeededNoise,
 };
 use guided_diffusion::guidance::{
     classifier_log_prob_grad, ClassifierGuidance, Guidance, NoGuidance,
 };
+use guided_diffusion::samplers::{SampleOptions, StepInfo};
 use guided_diffusion::Result;
 
 fn dev() -> Device {
@@ -138,39 +138,13 @@ fn ddpm_loop_draws_one_noise_per_step_and_is_deterministic_per_seed() {
     let b = d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut again, None).unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
     // Seeded end to end: the same seed gives the same images.
-    let s1 = d
-        .sample(
-            &model,
-            &mut Ddpm,
-            &[2, 3, 4, 4],
-            &dev(),
-            &SampleOptions::default(),
-            &mut SeededNoise::new(3),
-            None,
-        )
-        .unwrap();
-    let s2 = d
-        .sample(
-            &model,
-            &mut Ddpm,
-            &[2, 3, 4, 4],
-            &dev(),
-            &SampleOptions::default(),
-            &mut SeededNoise::new(3),
-            None,
-        )
-        .unwrap();
-    let s3 = d
-        .sample(
-            &model,
-            &mut Ddpm,
-            &[2, 3, 4, 4],
-            &dev(),
-            &SampleOptions::default(),
-            &mut SeededNoise::new(4),
-            None,
-        )
-        .unwrap();
+    // x_T and then every step's noise from one seeded source.
+    let seeded = |seed: u64| {
+        let mut noise = SeededNoise::new(seed);
+        let x_t = noise.randn(&Shape::from_dims(&[2, 3, 4, 4]), &dev()).unwrap();
+        d.p_sample_loop(&model, &x_t, &SampleOptions::default(), &mut noise, None).unwrap()
+    };
+    let (s1, s2, s3) = (seeded(3), seeded(3), seeded(4));
     assert_eq!(max_diff(&s1, &s2), 0.0);
     assert!(max_diff(&s1, &s3) > 1e-3);
 }
@@ -352,20 +326,21 @@ fn guidance_can_replace_the_model_output() {
     let model = gaussian_data_model(d.clone(), 0.5);
     let doubled = |x: &Tensor, t: &Tensor| -> Result<Tensor> { Ok((model(x, t)? * 2.0)?) };
     let x = randn(41, &[1, 3, 4, 4]);
-    for sampler in [&mut Ddpm as &mut dyn Sampler, &mut Ddim { eta: 0.3 }] {
+    let guided = SampleOptions { guidance: &Doubled, ..Default::default() };
+    let plain = SampleOptions::default();
+    for eta in [None, Some(0.3)] {
         let (mut n1, _) = replay(1, &[1, 3, 4, 4], 42);
         let (mut n2, _) = replay(1, &[1, 3, 4, 4], 42);
-        let a = sampler
-            .step(
-                &d,
-                &model,
-                &x,
-                &[40],
-                &SampleOptions { guidance: &Doubled, ..Default::default() },
-                &mut n1,
-            )
-            .unwrap();
-        let b = sampler.step(&d, &doubled, &x, &[40], &SampleOptions::default(), &mut n2).unwrap();
+        let (a, b) = match eta {
+            None => (
+                d.p_sample(&model, &x, &[40], &guided, &mut n1).unwrap(),
+                d.p_sample(&doubled, &x, &[40], &plain, &mut n2).unwrap(),
+            ),
+            Some(eta) => (
+                d.ddim_sample(&model, &x, &[40], &guided, eta, &mut n1).unwrap(),
+                d.ddim_sample(&doubled, &x, &[40], &plain, eta, &mut n2).unwrap(),
+            ),
+        };
         assert_eq!(max_diff(&a.sample, &b.sample), 0.0);
     }
 }

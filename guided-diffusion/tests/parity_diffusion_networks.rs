@@ -8,12 +8,10 @@ use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use diffusion_support::{assert_close, golden_dir, to_uint8_nhwc, uint8_diff, Case};
-use guided_diffusion::diffusion::{
-    Ddim, Ddpm, GaussianDiffusion, NoiseSource, ReplayNoise, SampleOptions, Sampler, SeededNoise,
-    StepInfo,
-};
+use guided_diffusion::diffusion::{GaussianDiffusion, NoiseSource, ReplayNoise, SeededNoise};
 use guided_diffusion::guidance::{ClassifierGuidance, Guidance, NoGuidance};
 use guided_diffusion::models::Net;
+use guided_diffusion::samplers::{Ddim, Ddpm, Denoiser, SampleOptions, Sampler, StepInfo};
 use guided_diffusion::Result;
 
 fn load_net(name: &str) -> Net {
@@ -142,8 +140,8 @@ fn run_sample_case(name: &str) {
         guidance: guided.as_ref(),
     };
     let mut sampler: Box<dyn Sampler> = match p["method"].as_str().unwrap() {
-        "ddim" => Box::new(Ddim { eta: p["eta"].as_f64().unwrap() }),
-        "ddpm" => Box::new(Ddpm),
+        "ddim" => Box::new(Ddim::new(d.clone(), p["eta"].as_f64().unwrap())),
+        "ddpm" => Box::new(Ddpm::new(d.clone())),
         m => panic!("unknown method {m}"),
     };
     let steps = d.num_timesteps();
@@ -172,8 +170,8 @@ fn run_sample_case(name: &str) {
         Ok(())
     };
     let started = std::time::Instant::now();
-    let sample = d
-        .sample_loop(&model, sampler.as_mut(), case.get("in.x_T"), &opts, noise, Some(&mut cb))
+    let sample = sampler
+        .sample(&Denoiser::new(&model, opts), case.get("in.x_T"), noise, Some(&mut cb))
         .unwrap();
     println!("{name}: {steps} steps in {:.1?}", started.elapsed());
     if let Some(r) = &replay {

@@ -145,21 +145,29 @@ pub struct SamplingArgs {
     /// Diffusion model checkpoint (.pt or .safetensors) [default: the built-in model]
     #[arg(long)]
     pub model_path: Option<std::path::PathBuf>,
-    /// Clamp the x_0 prediction to [-1, 1]
-    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "True")]
-    pub clip_denoised: bool,
+    /// Clamp the x_0 prediction to [-1, 1] (ddpm, ddim) [default: True]
+    #[arg(long, value_parser = parse_bool)]
+    pub clip_denoised: Option<bool>,
     /// Number of images to produce [default: 10000; 20 with the built-in model]
     #[arg(long)]
     pub num_samples: Option<usize>,
     /// Images per model call
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// DDIM instead of ancestral (DDPM) sampling
-    #[arg(long, value_parser = parse_bool, action = clap::ArgAction::Set, default_value = "False")]
-    pub use_ddim: bool,
-    /// DDIM stochasticity (0 = deterministic)
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Classifier-free guidance scale S: eps_uncond + S * (eps_cond - eps_uncond), one network
+    /// call on a double batch per step; 1 = conditional. Needs a model trained with
+    /// --class_dropout_prob (or --null_class)
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// The null (unconditional) label of classifier-free guidance [default: the checkpoint's]
+    #[arg(long)]
+    pub null_class: Option<usize>,
+    /// Guide only at timesteps in [LO, HI] of the original process (e.g. 0,700), using the
+    /// conditional output alone elsewhere (Kynkäänniemi et al. 2024)
+    #[arg(long)]
+    pub guidance_interval: Option<String>,
     /// Labels to sample, cycled over the samples, e.g. "3,7" [default: random]
     #[arg(long)]
     pub classes: Option<String>,
@@ -172,6 +180,9 @@ pub struct SamplingArgs {
     /// Output .npz (arr_0 uint8 NHWC, arr_1 int64 labels) [default: samples_{N}x{H}x{W}x3.npz]
     #[arg(long)]
     pub output: Option<std::path::PathBuf>,
+    /// Also write the final x_0 as float32 NCHW .npy, before the uint8 conversion
+    #[arg(long)]
+    pub output_float: Option<std::path::PathBuf>,
     /// PNG grid of the samples [default: beside the npz]
     #[arg(long)]
     pub grid: Option<std::path::PathBuf>,
@@ -194,4 +205,52 @@ pub struct SamplingArgs {
     /// is the counterpart
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
+}
+
+/// The sampler: a name (or a whole spec) and its parameters as flags. Each flag is checked
+/// against the chosen sampler: one that does not apply is an error, never ignored.
+#[derive(Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct SamplerArgs {
+    /// ddpm, ddim, dpm-solver or dpm-solver++, or a whole spec ("dpm-solver++ steps=20
+    /// order=3") [default: ddpm, ddim with --use_ddim True; dpm-solver++ with 20 steps for the
+    /// built-in model]
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// DDIM instead of ancestral (DDPM) sampling (the reference's flag; = --sampler ddim)
+    #[arg(long, value_parser = parse_bool)]
+    pub use_ddim: Option<bool>,
+    /// Sampling steps: DDPM/DDIM respacing ("250", "ddim25"), or DPM-Solver's model evaluations
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM stochasticity in [0, 1] (0 = deterministic) [default: 0]
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// DPM-Solver order: 1, 2 or 3 [default: 2]
+    #[arg(long)]
+    pub order: Option<usize>,
+    /// DPM-Solver method: multistep, singlestep, singlestep_fixed or adaptive [default: multistep]
+    #[arg(long)]
+    pub method: Option<String>,
+    /// DPM-Solver time steps: time_uniform, logSNR or time_quadratic [default: time_uniform]
+    #[arg(long)]
+    pub skip_type: Option<String>,
+    /// DPM-Solver higher-order form: dpmsolver or taylor [default: dpmsolver]
+    #[arg(long)]
+    pub solver_type: Option<String>,
+    /// DPM-Solver multistep: lower orders for the last steps below 10 steps [default: True]
+    #[arg(long, value_parser = parse_bool)]
+    pub lower_order_final: Option<bool>,
+    /// DPM-Solver: dynamic thresholding of x_0 (ratio 0.995, max 1) [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub thresholding: Option<bool>,
+    /// DPM-Solver: one more data-prediction step to t = 0 at the end [default: False]
+    #[arg(long, value_parser = parse_bool)]
+    pub denoise_to_zero: Option<bool>,
+    /// DPM-Solver adaptive: absolute tolerance [default: 0.0078]
+    #[arg(long)]
+    pub atol: Option<f64>,
+    /// DPM-Solver adaptive: relative tolerance [default: 0.05]
+    #[arg(long)]
+    pub rtol: Option<f64>,
 }

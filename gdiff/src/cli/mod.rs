@@ -5,3 +5,4 @@ pub mod output;
 pub mod plot;
 pub mod presets;
 pub mod resolve;
+pub mod sampler;

@@ -1,14 +1,20 @@
-//! `gdiff sample`: `image_sample.py` and `classifier_sample.py` in one. Guidance is on when a
-//! classifier is given: DDPM shifts the mean, DDIM corrects the score.
+//! `gdiff sample`: `image_sample.py` and `classifier_sample.py` in one, with any sampler
+//! (`--sampler ddpm|ddim|dpm-solver|dpm-solver++`), classifier guidance (`--classifier_scale`
+//! with a classifier), classifier-free guidance (`--cfg_scale`), both, and a guidance interval.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use guided_diffusion::models::{Net, NetConfig};
-use guided_diffusion::sample::{self, Classes, Method, Progress, Request, Sampling};
+use guided_diffusion::sample::{
+    self, Classes, ClassifierFreeSettings, GuidanceSettings, Progress, Request, Sampling,
+};
 
 use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs, SamplingArgs};
+use crate::cli::sampler::{
+    check_builds, check_scale, parse_interval, sampler_spec, BUILTIN_SAMPLER,
+};
 use crate::cli::{output, resolve};
 
 #[derive(Args, Debug)]
@@ -98,18 +104,124 @@ pub fn class_names(path: &Path) -> Option<Vec<String>> {
     serde_json::from_str(meta.get(guided_diffusion::train::ckpt::meta::CLASSES)?).ok()
 }
 
-/// Runs a sampling job and writes the npz and the grid (captioned with `class_names` when the
-/// samples have labels).
+/// The null class a checkpoint of ours records (`gdiff.null_class`: trained for classifier-free
+/// guidance).
+pub fn null_class_of(path: &Path) -> Result<Option<usize>> {
+    let Ok(meta) = guided_diffusion::checkpoint::read_metadata(path) else {
+        return Ok(None);
+    };
+    match meta.get(guided_diffusion::train::ckpt::meta::NULL_CLASS) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).with_context(|| {
+            format!("{}: metadata gdiff.null_class {v:?} is not a label", path.display())
+        }),
+    }
+}
+
+/// The guidance flags of a sampling command, checked against the model: classifier-free
+/// guidance needs a class-conditional model with a null class (the checkpoint's, or
+/// --null_class), and an interval needs some guidance to limit.
+pub struct GuidanceFlags {
+    pub classifier_free: Option<ClassifierFreeSettings>,
+    pub interval: Option<(f64, f64)>,
+    /// The null class (excluded from labels), when the model has one.
+    pub null_class: Option<usize>,
+}
+
+pub fn guidance_flags(
+    a: &SamplingArgs,
+    model_path: &Path,
+    label_rows: Option<usize>,
+    has_classifier: bool,
+) -> Result<GuidanceFlags> {
+    let null_class = match a.null_class {
+        Some(k) => {
+            let Some(rows) = label_rows else {
+                bail!("--null_class {k}: {} is not class-conditional", model_path.display());
+            };
+            if k >= rows {
+                bail!("--null_class {k}: the model has {rows} label rows (0..{})", rows - 1);
+            }
+            Some(k)
+        }
+        None => null_class_of(model_path)?.filter(|&k| label_rows.is_some_and(|r| k < r)),
+    };
+    let classifier_free = match a.cfg_scale {
+        None => None,
+        Some(scale) => {
+            let scale = check_scale("--cfg_scale", scale)?;
+            if label_rows.is_none() {
+                bail!(
+                    "--cfg_scale needs a class-conditional model: {} is unconditional",
+                    model_path.display()
+                );
+            }
+            let Some(null) = null_class else {
+                bail!(
+                    "--cfg_scale: {} has no null class (it was not trained with \
+                     --class_dropout_prob); give --null_class K if label K is its unconditional one",
+                    model_path.display()
+                );
+            };
+            Some(ClassifierFreeSettings { scale, null_class: null })
+        }
+    };
+    let interval = match &a.guidance_interval {
+        None => None,
+        Some(s) => {
+            if classifier_free.is_none() && !has_classifier {
+                bail!("--guidance_interval needs guidance to limit (--cfg_scale or --classifier_scale)");
+            }
+            Some(parse_interval(s)?)
+        }
+    };
+    Ok(GuidanceFlags { classifier_free, interval, null_class })
+}
+
+/// Where a run's files go: the npz, the grid and the float array.
+struct Outputs {
+    npz: PathBuf,
+    grid: Option<PathBuf>,
+    float: Option<PathBuf>,
+}
+
+/// The output files of a run, checked for writability before any sampling starts.
+fn outputs(a: &SamplingArgs, shape: [usize; 3], num_samples: usize) -> Result<Outputs> {
+    let [c, h, w] = shape;
+    let npz = a
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("samples_{num_samples}x{h}x{w}x{c}.npz")));
+    let grid = if a.no_grid {
+        None
+    } else {
+        Some(a.grid.clone().unwrap_or_else(|| npz.with_extension("png")))
+    };
+    let o = Outputs { npz, grid, float: a.output_float.clone() };
+    for (flag, p) in [
+        ("--output", Some(&o.npz)),
+        ("--grid", o.grid.as_ref()),
+        ("--output_float", o.float.as_ref()),
+    ] {
+        if let Some(p) = p {
+            output::check_writable(p).with_context(|| format!("{flag} {}", p.display()))?;
+        }
+    }
+    Ok(o)
+}
+
+/// Runs a sampling job and writes the npz, the grid (captioned with `class_names` when the
+/// samples have labels) and the float array if asked, all or nothing.
 pub fn run_and_write(
     s: &Sampling,
     req: &Request,
     a: &SamplingArgs,
     class_names: Option<&[String]>,
 ) -> Result<()> {
-    let steps = s.diffusion.num_timesteps();
-    let num_batches = req.num_samples.div_ceil(req.batch_size.max(1));
-    let pb = output::progress_bar((steps * num_batches) as u64, a.quiet);
+    let files = outputs(a, s.shape, req.num_samples)?;
+    let pb = output::progress_bar(0, a.quiet);
     let mut on_step = |p: Progress| {
+        pb.set_length((p.steps_per_batch * p.num_batches) as u64);
         pb.set_position((p.batch * p.steps_per_batch + p.step) as u64);
         pb.set_message(format!(
             "batch {}/{} samples {}/{}",
@@ -120,15 +232,11 @@ pub fn run_and_write(
         ));
     };
     let _bf16 = output::precision_scope(&a.precision, &s.device, &a.device, a.quiet)?;
-    let out = s.run(req, &mut on_step)?;
+    let mut req = req.clone();
+    req.keep_float = files.float.is_some();
+    let out = s.run(&req, &mut on_step)?;
     pb.finish_and_clear();
     let dims = out.images.dims().to_vec();
-    let npz = a.output.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "samples_{}.npz",
-            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
-        ))
-    });
     let labels = match &out.labels {
         Some(l) => Some(Tensor::new(l.as_slice(), &Device::Cpu)?),
         None => None,
@@ -137,44 +245,51 @@ pub fn run_and_write(
     if let Some(l) = &labels {
         arrays.push(("arr_1", l));
     }
-    output::write_npz(&npz, &arrays)?;
-    let grid = if a.no_grid {
-        None
-    } else {
-        Some(a.grid.clone().unwrap_or_else(|| npz.with_extension("png")))
-    };
-    if let Some(g) = &grid {
+    let mut staged = output::Staged::default();
+    staged.npz(&files.npz, &arrays)?;
+    if let (Some(path), Some(x0)) = (&files.float, &out.float) {
+        staged.npy(path, &x0.to_dtype(DType::F32)?)?;
+    }
+    if let Some(g) = &files.grid {
         let cols = (out.images.dim(0)? as f64).sqrt().ceil() as usize;
         let cols = if out.labels.is_some() && req.num_samples >= 10 {
             10.max(cols).min(req.num_samples)
         } else {
             cols
         };
-        match &out.labels {
-            // Labelled samples: every image captioned with its class (name when known).
-            Some(l) => {
-                let captions: Vec<String> = l
-                    .iter()
-                    .map(|&k| {
-                        class_names
-                            .and_then(|n| n.get(k as usize).cloned())
-                            .unwrap_or_else(|| format!("class {k}"))
-                    })
-                    .collect();
-                crate::cli::plot::write_captioned_grid(g, &out.images, &captions, cols)
-            }
-            None => Ok(sample::images::write_grid(g, &out.images, cols)?),
-        }
-        .with_context(|| format!("writing the grid {}", g.display()))?;
+        let images = &out.images;
+        staged
+            .file(g, |tmp| match &out.labels {
+                // Labelled samples: every image captioned with its class (name when known).
+                Some(l) => {
+                    let captions: Vec<String> = l
+                        .iter()
+                        .map(|&k| {
+                            class_names
+                                .and_then(|n| n.get(k as usize).cloned())
+                                .unwrap_or_else(|| format!("class {k}"))
+                        })
+                        .collect();
+                    crate::cli::plot::write_captioned_grid(tmp, images, &captions, cols)
+                }
+                None => Ok(sample::images::write_grid(tmp, images, cols)?),
+            })
+            .with_context(|| format!("writing the grid {}", g.display()))?;
     }
+    staged.commit()?;
     if !a.quiet {
+        let nfe = &out.nfe_per_batch;
+        let mean_nfe = nfe.iter().sum::<usize>() as f64 / nfe.len().max(1) as f64;
         eprintln!(
-            "wrote {} ({} samples of {}x{}){}",
-            npz.display(),
+            "wrote {} ({} samples of {}x{}, {}, {} network evaluations per sample){}{}",
+            files.npz.display(),
             dims[0],
             dims[1],
             dims[2],
-            grid.map(|g| format!(" and {}", g.display())).unwrap_or_default()
+            s.sampler,
+            guided_diffusion::train::logger::format_g(mean_nfe, 4),
+            files.float.map(|f| format!(", {}", f.display())).unwrap_or_default(),
+            files.grid.map(|g| format!(" and {}", g.display())).unwrap_or_default()
         );
     }
     Ok(())
@@ -196,19 +311,34 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &model_path, &device)?;
     let (_, emb_diffusion) = resolve::embedded(&model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, ucfg.learns_sigma())?;
-    let diffusion = dcfg
-        .build()
-        .map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
+    let default_sampler = if builtin { BUILTIN_SAMPLER } else { "ddpm" };
+    let spec = sampler_spec(
+        &a.sampling.sampler,
+        a.diffusion.timestep_respacing.as_deref(),
+        a.sampling.clip_denoised,
+        default_sampler,
+    )?;
+    check_builds(&spec, &dcfg, &a.sampling.sampler, a.diffusion.timestep_respacing.as_deref())?;
 
     let mut clf_args = a.classifier.clone();
-    if builtin && clf_args.classifier_path.is_none() && a.classifier.classifier_scale.is_some() {
-        // The built-in model comes with its guidance classifier.
-        clf_args.classifier_path =
-            builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
+    if let Some(scale) = clf_args.classifier_scale {
+        check_scale("--classifier_scale", scale)?;
+        if clf_args.classifier_path.is_none() {
+            if !builtin {
+                bail!("--classifier_scale needs --classifier_path (the classifier that guides)");
+            }
+            // The built-in model comes with its guidance classifier.
+            clf_args.classifier_path =
+                builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
+        }
     }
     let classifier = load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device)?;
-    let num_classes =
-        ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
+    let g = guidance_flags(&a.sampling, &model_path, ucfg.num_classes, classifier.is_some())?;
+    let num_classes = match (ucfg.num_classes, g.null_class) {
+        // A classifier that guides a model with a null class knows the real classes only.
+        (Some(rows), _) => Some(rows),
+        (None, _) => classifier.as_ref().and_then(|(c, _)| c.num_classes()),
+    };
     let classes = match &a.sampling.classes {
         Some(s) => Classes::Cycle(parse_classes(s)?),
         None => Classes::Random,
@@ -226,16 +356,18 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     }
     let s = Sampling {
         model: &model,
-        diffusion: &diffusion,
-        classifier: classifier.as_ref().map(|(c, s)| (c, *s)),
-        method: if a.sampling.use_ddim {
-            Method::Ddim { eta: a.sampling.eta }
-        } else {
-            Method::Ddpm
+        diffusion: &dcfg,
+        sampler: &spec,
+        guidance: GuidanceSettings {
+            classifier: classifier.as_ref().map(|(c, s)| (c, *s)),
+            classifier_free: g.classifier_free,
+            interval: g.interval,
+            null_branch: None,
         },
-        clip_denoised: a.sampling.clip_denoised,
+        clip_denoised: a.sampling.clip_denoised.unwrap_or(true),
         shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
         num_classes,
+        null_class: g.null_class,
         device,
     };
     let req = Request {
@@ -244,6 +376,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         classes,
         seed,
         init_noise: init_noise.as_ref(),
+        keep_float: false,
         low_res: None,
     };
     let names = class_names(&model_path)

@@ -1,15 +1,18 @@
 //! `gdiff super-res`: `super_res_sample.py` — upsample `--base_samples` with a super-resolution
-//! model. Unlike the reference, `--use_ddim True` is honoured (the reference always runs DDPM).
+//! model. Unlike the reference, the sampler flags are honoured (`--use_ddim True`, `--sampler
+//! dpm-solver++ ...`; the reference always runs DDPM), and `--cfg_scale` guides a
+//! class-conditional upsampler trained with label dropout.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
 use guided_diffusion::models::{Net, NetConfig};
-use guided_diffusion::sample::{images, Classes, Method, Request, Sampling};
+use guided_diffusion::sample::{images, Classes, GuidanceSettings, Request, Sampling};
 
-use super::sample::{read_init_noise, run_and_write, seed_or_random};
+use super::sample::{guidance_flags, read_init_noise, run_and_write, seed_or_random};
 use crate::cli::args::{DiffusionArgs, ModelArgs, SamplingArgs};
+use crate::cli::sampler::{check_builds, sampler_spec};
 use crate::cli::{output, resolve};
 use crate::commands::sample::DEFAULT_NUM_SAMPLES;
 
@@ -47,9 +50,14 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
     let model = Net::load_with_config(&NetConfig::SuperRes(cfg.clone()), model_path, &device)?;
     let (_, emb_diffusion) = resolve::embedded(model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, cfg.learns_sigma())?;
-    let diffusion = dcfg
-        .build()
-        .map_err(|e| anyhow::anyhow!("--timestep_respacing / --diffusion_steps: {e}"))?;
+    let spec = sampler_spec(
+        &a.sampling.sampler,
+        a.diffusion.timestep_respacing.as_deref(),
+        a.sampling.clip_denoised,
+        "ddpm",
+    )?;
+    check_builds(&spec, &dcfg, &a.sampling.sampler, a.diffusion.timestep_respacing.as_deref())?;
+    let g = guidance_flags(&a.sampling, model_path, cfg.num_classes, false)?;
 
     let base = output::read_npz_array(&a.base_samples, "arr_0")?;
     if base.dtype() != DType::U8 || base.rank() != 4 {
@@ -86,16 +94,18 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
     let seed = seed_or_random(a.sampling.seed);
     let s = Sampling {
         model: &model,
-        diffusion: &diffusion,
-        classifier: None,
-        method: if a.sampling.use_ddim {
-            Method::Ddim { eta: a.sampling.eta }
-        } else {
-            Method::Ddpm
+        diffusion: &dcfg,
+        sampler: &spec,
+        guidance: GuidanceSettings {
+            classifier: None,
+            classifier_free: g.classifier_free,
+            interval: g.interval,
+            null_branch: None,
         },
-        clip_denoised: a.sampling.clip_denoised,
+        clip_denoised: a.sampling.clip_denoised.unwrap_or(true),
         shape: [cfg.in_channels, large, large],
         num_classes: cfg.num_classes,
+        null_class: g.null_class,
         device,
     };
     let req = Request {
@@ -104,6 +114,7 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
         classes,
         seed,
         init_noise: init_noise.as_ref(),
+        keep_float: false,
         low_res: Some(&low_res),
     };
     run_and_write(&s, &req, &a.sampling, None)

@@ -1,11 +1,14 @@
 //! `gdiff guidance-sweep`: the paper's guidance trade-off (its Table 4 and Figure 4) measured on
-//! our own models. For every model, sampler and classifier scale it samples a class-balanced set
-//! (the same x_T per sample index in every setting), lets an independent clean classifier (the
-//! judge) say which class each sample shows and where it lies in the judge's feature space, and
-//! reports: accuracy on the asked class, Fréchet distance to the reference set, k-NN precision
-//! and recall (k = 3) against an equally large reference subset. A row for held-out real images
-//! shows what "perfect" looks like at this sample size. Writes results.md / .csv / .json, one
-//! grid per setting and tradeoff.png; `--append` extends an earlier sweep in the same folder.
+//! our own models, for classifier guidance, classifier-free guidance, both, and either limited
+//! to an interval of timesteps. For every model, sampler, guidance kind and scale it samples a
+//! class-balanced set (the same x_T per sample index in every setting), lets an independent
+//! clean classifier (the judge) say which class each sample shows and where it lies in the
+//! judge's feature space, and reports: accuracy on the asked class, Fréchet distance to the
+//! reference set, k-NN precision and recall (k = 3) against an equally large reference subset,
+//! and the cost (network evaluations per sample, classifier evaluations, seconds). A row for
+//! held-out real images shows what "perfect" looks like at this sample size. Writes results.md
+//! / .csv / .json, one grid per setting, tradeoff.png (metrics against the scale) and cost.png
+//! (metrics against the sampling time); `--append` extends an earlier sweep in the same folder.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,12 +21,17 @@ use guided_diffusion::data::{open_dataset, rng, DataSpec};
 use guided_diffusion::eval::judge::score;
 use guided_diffusion::eval::{FeatureMatrix, FidStatistics, Judge, JudgedMetrics};
 use guided_diffusion::models::Net;
-use guided_diffusion::sample::{self, Classes, Method, Request, Sampling};
+use guided_diffusion::sample::{
+    self, Classes, ClassifierFreeSettings, GuidanceSettings, Request, Sampling,
+};
+use guided_diffusion::samplers::SamplerSpec;
+use guided_diffusion::train::logger::format_g;
 use rand::seq::SliceRandom;
 
 use crate::cli::plot::{write_panels, Panel, Series};
+use crate::cli::sampler::parse_interval;
 use crate::cli::{output, resolve};
-use crate::commands::sample::builtin_model;
+use crate::commands::sample::{builtin_model, null_class_of};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -41,9 +49,19 @@ pub struct SweepArgs {
     /// Classifier scales to sweep (0 = no guidance)
     #[arg(long, default_value = "0,0.5,1,2,4,8")]
     pub scales: String,
-    /// Samplers: ddimN (DDIM, eta 0, N steps) and ddpmN (ancestral, N steps), comma-separated
-    #[arg(long, default_value = "ddim25")]
+    /// Samplers as specs (ddim25, ddpm250, dpm-solver++20, "dpm-solver++ steps=10 order=3"),
+    /// comma-separated (";"-separated when a spec holds a comma)
+    #[arg(long, default_value = "dpm-solver++20")]
     pub samplers: String,
+    /// Guidance kinds, comma-separated: classifier (classifier guidance of the model as
+    /// trained), classifier-uncond (classifier guidance of the null-class branch of a
+    /// classifier-free model), cfg (classifier-free guidance), cfg+classifier (both at the
+    /// same scale). The scale is the classifier scale, the cfg scale, or both
+    #[arg(long, default_value = "classifier")]
+    pub guidance: String,
+    /// Also run every guidance kind limited to the timesteps [LO, HI] (e.g. 0,700)
+    #[arg(long)]
+    pub guidance_interval: Option<String>,
     /// Samples per setting (classes cycled, so balanced)
     #[arg(long, default_value_t = 500)]
     pub num_samples: usize,
@@ -74,45 +92,95 @@ pub struct SweepArgs {
     pub device: String,
 }
 
-/// A sampler of the sweep, parsed from `ddim25` / `ddpm250`.
+/// A sampler of the sweep: its spec as written (the table's name) and parsed.
 #[derive(Debug, Clone)]
-struct SamplerSpec {
+struct SweepSampler {
     name: String,
-    respacing: String,
-    method: Method,
+    spec: SamplerSpec,
 }
 
-fn parse_sampler(s: &str) -> Result<SamplerSpec> {
-    let s = s.trim();
-    let steps = |rest: &str| -> Result<usize> {
-        rest.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("--samplers: {s:?} is not ddimN or ddpmN with N > 0"))
-    };
-    if let Some(rest) = s.strip_prefix("ddim") {
-        let n = steps(rest)?;
-        Ok(SamplerSpec {
-            name: s.into(),
-            respacing: format!("ddim{n}"),
-            method: Method::Ddim { eta: 0.0 },
+fn parse_samplers(list: &str) -> Result<Vec<SweepSampler>> {
+    let sep = if list.contains(';') { ';' } else { ',' };
+    list.split(sep)
+        .map(|s| {
+            let spec: SamplerSpec = s.parse().with_context(|| format!("--samplers {s:?}"))?;
+            Ok(SweepSampler { name: spec.to_string(), spec })
         })
-    } else if let Some(rest) = s.strip_prefix("ddpm") {
-        let n = steps(rest)?;
-        Ok(SamplerSpec { name: s.into(), respacing: n.to_string(), method: Method::Ddpm })
-    } else {
-        bail!("--samplers: {s:?} is not ddimN or ddpmN (e.g. ddim25, ddpm250)")
+        .collect()
+}
+
+/// A guidance kind of the sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Classifier,
+    ClassifierUncond,
+    Cfg,
+    CfgAndClassifier,
+}
+
+impl Kind {
+    const ALL: [(&'static str, Kind); 4] = [
+        ("classifier", Kind::Classifier),
+        ("classifier-uncond", Kind::ClassifierUncond),
+        ("cfg", Kind::Cfg),
+        ("cfg+classifier", Kind::CfgAndClassifier),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("?")
     }
+
+    fn needs_null_class(self) -> bool {
+        self != Kind::Classifier
+    }
+
+    fn parse_list(s: &str) -> Result<Vec<Kind>> {
+        s.split(',')
+            .map(|w| {
+                let w = w.trim();
+                Self::ALL.iter().find(|(n, _)| *n == w).map(|(_, k)| *k).with_context(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                    format!("--guidance {w:?}: expected one of {}", names.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The guidance of one setting at `scale`.
+fn settings<'a>(
+    kind: Kind,
+    scale: f64,
+    classifier: &'a Net,
+    null_class: Option<usize>,
+    interval: Option<(f64, f64)>,
+) -> GuidanceSettings<'a> {
+    let clf = (scale > 0.0).then_some((classifier, scale));
+    let cfg = null_class.map(|null| ClassifierFreeSettings { scale, null_class: null });
+    let mut g = match kind {
+        Kind::Classifier => GuidanceSettings { classifier: clf, ..Default::default() },
+        Kind::ClassifierUncond => {
+            GuidanceSettings { classifier: clf, null_branch: null_class, ..Default::default() }
+        }
+        Kind::Cfg => GuidanceSettings { classifier_free: cfg, ..Default::default() },
+        Kind::CfgAndClassifier => {
+            GuidanceSettings { classifier: clf, classifier_free: cfg, ..Default::default() }
+        }
+    };
+    g.interval = interval;
+    g
 }
 
 fn parse_models(specs: &[String]) -> Result<Vec<(String, PathBuf)>> {
     if specs.is_empty() {
         let dir = builtin_model()
             .context("no --model given and no built-in models found (models/fashion-mnist)")?;
-        return Ok(vec![
-            ("conditional".into(), dir.join("model.safetensors")),
-            ("unconditional".into(), dir.join("unconditional.safetensors")),
-        ]);
+        let mut models = vec![("builtin".to_string(), dir.join("model.safetensors"))];
+        let uncond = dir.join("unconditional.safetensors");
+        if uncond.exists() {
+            models.push(("unconditional".into(), uncond));
+        }
+        return Ok(models);
     }
     let mut seen = HashSet::new();
     specs
@@ -145,9 +213,21 @@ fn builtin_file(given: &Option<PathBuf>, file: &str, flag: &str) -> Result<PathB
 struct Row {
     model: String,
     sampler: String,
+    /// The guidance kind, with its interval if limited (`cfg [0,700]`).
+    guidance: String,
     scale: Option<f64>,
     metrics: JudgedMetrics,
+    /// Sampling and judging.
     seconds: f64,
+    /// Sampling alone.
+    sample_seconds: f64,
+    /// Solver steps' network evaluations per sample (NFE of the sampler).
+    nfe: f64,
+    /// Images the diffusion network processed per sample (2 NFE where classifier-free
+    /// guidance runs its double batch).
+    model_evals: f64,
+    /// Images the classifier processed (forward and backward) per sample.
+    classifier_evals: f64,
 }
 
 /// The reference set as the judge sees it.
@@ -223,48 +303,65 @@ fn fmt_scale(s: Option<f64>) -> String {
     s.map(|v| format!("{v}")).unwrap_or_else(|| "-".into())
 }
 
+const COLUMNS: &str = "model,sampler,guidance,scale,accuracy,fd,precision,recall,nfe,model_evals,classifier_evals,sample_seconds,seconds";
+
 fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArgs) -> Result<()> {
     let mut md = String::new();
     md.push_str(&format!(
         "{} samples per setting (classes cycled); reference: {} ({} images; the judge is {:.1}% accurate on it).\n\
          FD: Fréchet distance in the judge's feature space to the whole reference set; precision and recall: k-NN manifolds (k = 3) \
-         against {} reference images.\n\n",
+         against {} reference images. Scale: the classifier scale (classifier, classifier-uncond), the classifier-free scale \
+         (cfg; 1 = conditional) or both (cfg+classifier). NFE: the sampler's network evaluations per sample; model evals: \
+         images through the diffusion network per sample (classifier-free guidance runs a double batch); classifier evals: \
+         images through the classifier (forward and backward). Seconds: sampling (and judging) on this machine.\n\n",
         args.num_samples,
         args.reference,
         reference.len,
         100.0 * reference.judge_accuracy,
         args.num_samples
     ));
-    md.push_str("| model | sampler | scale | accuracy | FD | precision | recall | seconds |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
-    let mut csv = String::from("model,sampler,scale,accuracy,fd,precision,recall,seconds\n");
+    md.push_str("| model | sampler | guidance | scale | accuracy | FD | precision | recall | NFE | model evals | classifier evals | sampling s | seconds |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut csv = format!("{COLUMNS}\n");
     let mut json = Vec::new();
     for r in rows {
         let m = &r.metrics;
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.0} | {:.0} |\n",
             r.model,
             r.sampler,
+            r.guidance,
             fmt_scale(r.scale),
             100.0 * m.accuracy,
             m.fd,
             m.precision,
             m.recall,
+            format_g(r.nfe, 4),
+            format_g(r.model_evals, 4),
+            format_g(r.classifier_evals, 4),
+            r.sample_seconds,
             r.seconds
         ));
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{:.1}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1}\n",
             r.model,
             r.sampler,
+            r.guidance,
             fmt_scale(r.scale),
             m.accuracy,
             m.fd,
             m.precision,
             m.recall,
+            r.nfe,
+            r.model_evals,
+            r.classifier_evals,
+            r.sample_seconds,
             r.seconds
         ));
         json.push(serde_json::json!({
-            "model": r.model, "sampler": r.sampler, "scale": r.scale, "accuracy": m.accuracy,
-            "fd": m.fd, "precision": m.precision, "recall": m.recall, "seconds": r.seconds,
+            "model": r.model, "sampler": r.sampler, "guidance": r.guidance, "scale": r.scale,
+            "accuracy": m.accuracy, "fd": m.fd, "precision": m.precision, "recall": m.recall,
+            "nfe": r.nfe, "model_evals": r.model_evals, "classifier_evals": r.classifier_evals,
+            "sample_seconds": r.sample_seconds, "seconds": r.seconds,
         }));
     }
     let json = serde_json::json!({
@@ -277,7 +374,8 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
     Ok(())
 }
 
-/// The rows of an earlier sweep in `out` (for `--append`), checked to be comparable.
+/// The rows of an earlier sweep in `out` (for `--append`), checked to be comparable. Rows of
+/// sweeps from before the guidance kinds are classifier guidance.
 fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
     let path = out.join("results.json");
     if !path.exists() {
@@ -309,9 +407,11 @@ fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
                 r[k].as_f64()
                     .with_context(|| format!("--append: {}: a row without {k}", path.display()))
             };
+            let opt = |k: &str| r[k].as_f64().unwrap_or(0.0);
             Ok(Row {
                 model: r["model"].as_str().unwrap_or_default().to_string(),
                 sampler: r["sampler"].as_str().unwrap_or_default().to_string(),
+                guidance: r["guidance"].as_str().unwrap_or("classifier").to_string(),
                 scale: Some(num("scale")?),
                 metrics: JudgedMetrics {
                     accuracy: num("accuracy")?,
@@ -320,63 +420,82 @@ fn earlier_rows(out: &Path, a: &SweepArgs) -> Result<Vec<Row>> {
                     recall: num("recall")?,
                 },
                 seconds: num("seconds")?,
+                sample_seconds: opt("sample_seconds"),
+                nfe: opt("nfe"),
+                model_evals: opt("model_evals"),
+                classifier_evals: opt("classifier_evals"),
             })
         })
         .collect()
 }
 
+/// The series a row belongs to: model, sampler and guidance.
+fn series_key(r: &Row) -> (String, String, String) {
+    (r.model.clone(), r.sampler.clone(), r.guidance.clone())
+}
+
 /// Adds `row`, replacing an earlier measurement of the same setting, and keeps the table
-/// ordered: real images first, then by model and sampler (in order of appearance), then scale.
+/// ordered: real images first, then by series (in order of appearance), then scale.
 fn insert_row(rows: &mut Vec<Row>, row: Row) {
-    rows.retain(|r| !(r.model == row.model && r.sampler == row.sampler && r.scale == row.scale));
+    rows.retain(|r| !(series_key(r) == series_key(&row) && r.scale == row.scale));
     rows.push(row);
-    let mut order: Vec<(String, String)> = Vec::new();
+    let mut order: Vec<(String, String, String)> = Vec::new();
     for r in rows.iter() {
-        let k = (r.model.clone(), r.sampler.clone());
-        if !order.contains(&k) {
-            order.push(k);
+        if !order.contains(&series_key(r)) {
+            order.push(series_key(r));
         }
     }
-    let rank = |r: &Row| {
-        (r.scale.is_some(), order.iter().position(|k| k.0 == r.model && k.1 == r.sampler))
-    };
+    let rank = |r: &Row| (r.scale.is_some(), order.iter().position(|k| *k == series_key(r)));
     rows.sort_by(|x, y| {
         rank(x).cmp(&rank(y)).then(x.scale.unwrap_or(-1.0).total_cmp(&y.scale.unwrap_or(-1.0)))
     });
 }
 
-fn write_plot(out: &Path, rows: &[Row]) -> Result<()> {
-    let mut keys: Vec<(String, String)> = Vec::new();
+/// tradeoff.png (metrics against the scale) and cost.png (accuracy and FD against the
+/// sampling seconds per 100 samples).
+fn write_plots(out: &Path, rows: &[Row], num_samples: usize) -> Result<()> {
+    let mut keys: Vec<(String, String, String)> = Vec::new();
     for r in rows.iter().filter(|r| r.scale.is_some()) {
-        let k = (r.model.clone(), r.sampler.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
+        if !keys.contains(&series_key(r)) {
+            keys.push(series_key(r));
         }
     }
-    let metric = |title: &str, y: &str, fraction: bool, f: fn(&JudgedMetrics) -> f64| Panel {
+    let name = |(m, s, g): &(String, String, String)| format!("{m} {s} {g}");
+    let panel = |title: &str,
+                 y: &str,
+                 fraction: bool,
+                 x: &dyn Fn(&Row) -> f64,
+                 f: fn(&JudgedMetrics) -> f64| Panel {
         title: title.into(),
         y_label: y.into(),
         y_range: fraction.then_some((0.0, 1.02)),
         legend: title.starts_with("Judge"),
         series: keys
             .iter()
-            .map(|(m, s)| Series {
-                name: format!("{m} {s}"),
+            .map(|k| Series {
+                name: name(k),
                 points: rows
                     .iter()
-                    .filter(|r| &r.model == m && &r.sampler == s)
-                    .filter_map(|r| Some((r.scale?, f(&r.metrics))))
+                    .filter(|r| series_key(r) == *k && r.scale.is_some())
+                    .map(|r| (x(r), f(&r.metrics)))
                     .collect(),
             })
             .collect(),
     };
+    let by_scale = |r: &Row| r.scale.unwrap_or(0.0);
     let panels = [
-        metric("Judge accuracy on the asked class", "accuracy", true, |m| m.accuracy),
-        metric("Fréchet distance (judge features)", "FD", false, |m| m.fd),
-        metric("Precision (k = 3)", "precision", true, |m| m.precision),
-        metric("Recall (k = 3)", "recall", true, |m| m.recall),
+        panel("Judge accuracy on the asked class", "accuracy", true, &by_scale, |m| m.accuracy),
+        panel("Fréchet distance (judge features)", "FD", false, &by_scale, |m| m.fd),
+        panel("Precision (k = 3)", "precision", true, &by_scale, |m| m.precision),
+        panel("Recall (k = 3)", "recall", true, &by_scale, |m| m.recall),
     ];
-    write_panels(&out.join("tradeoff.png"), &panels, "classifier scale", 2, (560, 400))
+    write_panels(&out.join("tradeoff.png"), &panels, "guidance scale", 2, (560, 400))?;
+    let per_100 = |r: &Row| r.sample_seconds * 100.0 / num_samples as f64;
+    let panels = [
+        panel("Judge accuracy against sampling time", "accuracy", true, &per_100, |m| m.accuracy),
+        panel("Fréchet distance against sampling time", "FD", false, &per_100, |m| m.fd),
+    ];
+    write_panels(&out.join("cost.png"), &panels, "seconds per 100 samples", 2, (560, 400))
 }
 
 pub fn run(a: &SweepArgs) -> Result<()> {
@@ -386,7 +505,9 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     if scales.is_empty() || scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
         bail!("--scales {:?}: expected non-negative numbers, e.g. 0,1,2,4", a.scales);
     }
-    let samplers = a.samplers.split(',').map(parse_sampler).collect::<Result<Vec<_>>>()?;
+    let samplers = parse_samplers(&a.samplers)?;
+    let kinds = Kind::parse_list(&a.guidance)?;
+    let interval = a.guidance_interval.as_deref().map(parse_interval).transpose()?;
     if a.num_samples == 0 || a.batch_size == 0 {
         bail!("--num_samples and --batch_size must be positive");
     }
@@ -432,9 +553,11 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 judge.image_size()
             );
         }
+        let null_class = null_class_of(path)?;
         if let Some(k) = ucfg.num_classes {
-            if k != num_classes {
-                bail!("--model {name}: {k} classes, the classifier has {num_classes}");
+            let real = if null_class.is_some() { k - 1 } else { k };
+            if real != num_classes {
+                bail!("--model {name}: {real} classes, the classifier has {num_classes}");
             }
         }
         let (_, emb) = resolve::embedded(path)?;
@@ -444,11 +567,15 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 path.display()
             )
         })?;
-        loaded.push((name.clone(), net, base, ucfg));
+        loaded.push((name.clone(), net, base, ucfg, null_class));
     }
 
     let t0 = Instant::now();
     let channels = loaded.first().map(|l| l.3.in_channels).unwrap_or(1);
+    let kinds_limits: Vec<(Kind, Option<(f64, f64)>)> = kinds
+        .iter()
+        .flat_map(|&k| std::iter::once((k, None)).chain(interval.map(|i| (k, Some(i)))))
+        .collect();
     let reference = load_reference(
         &a.reference,
         a.reference_images,
@@ -477,76 +604,100 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             Row {
                 model: "real test images".into(),
                 sampler: "-".into(),
+                guidance: "-".into(),
                 scale: None,
                 metrics,
                 seconds: 0.0,
+                sample_seconds: 0.0,
+                nfe: 0.0,
+                model_evals: 0.0,
+                classifier_evals: 0.0,
             },
         );
     }
-    for (name, net, base, ucfg) in &loaded {
+    for (name, net, base, ucfg, null_class) in &loaded {
         for sp in &samplers {
-            let mut dcfg = base.clone();
-            dcfg.timestep_respacing = sp.respacing.clone();
-            let diffusion =
-                dcfg.build().map_err(|e| anyhow::anyhow!("--samplers {}: {e}", sp.name))?;
-            for &scale in &scales {
-                let t = Instant::now();
-                let s = Sampling {
-                    model: net,
-                    diffusion: &diffusion,
-                    classifier: (scale > 0.0).then_some((&classifier, scale)),
-                    method: sp.method,
-                    clip_denoised: true,
-                    shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
-                    num_classes: Some(num_classes),
-                    device: device.clone(),
+            // Checked once per sampler, before any setting runs.
+            sp.spec.build(base).with_context(|| format!("--samplers {}", sp.name))?;
+            for &(kind, limit) in &kinds_limits {
+                if kind.needs_null_class() && null_class.is_none() {
+                    log(format!("{name}: no null class (not trained with --class_dropout_prob); skipping guidance {}", kind.name()));
+                    continue;
+                }
+                let guidance = match limit {
+                    Some((lo, hi)) => format!("{} [{lo},{hi}]", kind.name()),
+                    None => kind.name().to_string(),
                 };
-                let req = Request {
-                    num_samples: a.num_samples,
-                    batch_size: a.batch_size,
-                    classes: Classes::Cycle((0..num_classes).collect()),
-                    seed: a.seed,
-                    init_noise: None,
-                    low_res: None,
-                };
-                let out = s.run(&req, &mut |_| {})?;
-                let verdict = judge.judge(&out.images, a.batch_size)?;
-                let metrics =
-                    score(&verdict, &asked, &reference.stats, &reference.pr_subset, &device)?;
-                let grid_n = (num_classes * 10).min(a.num_samples);
-                let grid = a.out_dir.join(format!("{name}_{}_scale{scale}.png", sp.name));
-                sample::images::write_grid(
-                    &grid,
-                    &out.images.narrow(0, 0, grid_n)?,
-                    num_classes.min(grid_n),
-                )?;
-                let seconds = t.elapsed().as_secs_f64();
-                log(format!(
-                    "{name} {} scale {scale}: accuracy {:.1}%, FD {:.3}, precision {:.3}, recall {:.3} ({seconds:.0} s)",
-                    sp.name,
-                    100.0 * metrics.accuracy,
-                    metrics.fd,
-                    metrics.precision,
-                    metrics.recall
-                ));
-                insert_row(
-                    &mut rows,
-                    Row {
-                        model: name.clone(),
-                        sampler: sp.name.clone(),
-                        scale: Some(scale),
-                        metrics,
-                        seconds,
-                    },
-                );
-                // Keep what is measured so far, so an interrupted sweep loses nothing.
-                write_tables(&a.out_dir, &rows, &reference, a)?;
+                for &scale in &scales {
+                    let t = Instant::now();
+                    let s = Sampling {
+                        model: net,
+                        diffusion: base,
+                        sampler: &sp.spec,
+                        guidance: settings(kind, scale, &classifier, *null_class, limit),
+                        clip_denoised: true,
+                        shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
+                        num_classes: Some(num_classes),
+                        null_class: None,
+                        device: device.clone(),
+                    };
+                    let req = Request {
+                        num_samples: a.num_samples,
+                        batch_size: a.batch_size,
+                        classes: Classes::Cycle((0..num_classes).collect()),
+                        seed: a.seed,
+                        init_noise: None,
+                        keep_float: false,
+                        low_res: None,
+                    };
+                    let out = s.run(&req, &mut |_| {})?;
+                    let sample_seconds = t.elapsed().as_secs_f64();
+                    let verdict = judge.judge(&out.images, a.batch_size)?;
+                    let metrics =
+                        score(&verdict, &asked, &reference.stats, &reference.pr_subset, &device)?;
+                    let grid_n = (num_classes * 10).min(a.num_samples);
+                    let file = format!("{name}_{}_{guidance}_scale{scale}.png", sp.name)
+                        .replace(|c: char| !(c.is_ascii_alphanumeric() || "._-+".contains(c)), "_");
+                    sample::images::write_grid(
+                        &a.out_dir.join(file),
+                        &out.images.narrow(0, 0, grid_n)?,
+                        num_classes.min(grid_n),
+                    )?;
+                    let seconds = t.elapsed().as_secs_f64();
+                    let nfe = out.nfe_per_batch.iter().sum::<usize>() as f64
+                        / out.nfe_per_batch.len().max(1) as f64;
+                    log(format!(
+                        "{name} {} {guidance} scale {scale}: accuracy {:.1}%, FD {:.3}, precision {:.3}, recall {:.3} ({sample_seconds:.0} s sampling, {seconds:.0} s)",
+                        sp.name,
+                        100.0 * metrics.accuracy,
+                        metrics.fd,
+                        metrics.precision,
+                        metrics.recall
+                    ));
+                    insert_row(
+                        &mut rows,
+                        Row {
+                            model: name.clone(),
+                            sampler: sp.name.clone(),
+                            guidance: guidance.clone(),
+                            scale: Some(scale),
+                            metrics,
+                            seconds,
+                            sample_seconds,
+                            nfe,
+                            model_evals: out.model_evals,
+                            classifier_evals: out.classifier_evals,
+                        },
+                    );
+                    // Keep what is measured so far, so an interrupted sweep loses nothing.
+                    write_tables(&a.out_dir, &rows, &reference, a)?;
+                }
             }
         }
     }
-    write_plot(&a.out_dir, &rows)?;
+    write_plots(&a.out_dir, &rows, a.num_samples)?;
     log(format!(
-        "wrote {}/results.md, results.csv, results.json and tradeoff.png",
+        "wrote {}/results.md, results.csv, results.json, tradeoff.png and cost.png",
         a.out_dir.display()
     ));
     Ok(())
@@ -557,16 +708,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn samplers_parse_and_reject() {
-        let d = parse_sampler("ddim25").unwrap();
-        assert_eq!(d.respacing, "ddim25");
-        assert!(matches!(d.method, Method::Ddim { eta } if eta == 0.0));
-        let p = parse_sampler("ddpm250").unwrap();
-        assert_eq!(p.respacing, "250");
-        assert!(matches!(p.method, Method::Ddpm));
-        for bad in ["ddim", "ddim0", "plms10", "ddpm-3"] {
-            assert!(parse_sampler(bad).unwrap_err().to_string().contains("--samplers"), "{bad}");
+    fn samplers_and_kinds_parse_and_reject() {
+        let v = parse_samplers("ddim25,dpm-solver++20").unwrap();
+        assert_eq!(v[0].name, "ddim25");
+        assert_eq!(v[1].name, "dpm-solver++20");
+        let v = parse_samplers("ddpm respacing=10,15,20;ddim10").unwrap();
+        assert_eq!(v.len(), 2);
+        for bad in ["ddim0", "plms10", "ddpm-3", "dpm-solver++ order=7"] {
+            assert!(parse_samplers(bad).unwrap_err().to_string().contains("--samplers"), "{bad}");
         }
+        assert_eq!(Kind::parse_list("cfg,classifier").unwrap(), vec![Kind::Cfg, Kind::Classifier]);
+        assert!(Kind::parse_list("cfg,nope").is_err());
     }
 
     #[test]
@@ -575,9 +727,14 @@ mod tests {
         let row = |model: &str, scale: Option<f64>, acc: f64| Row {
             model: model.into(),
             sampler: "ddim25".into(),
+            guidance: "classifier".into(),
             scale,
             metrics: m(acc),
             seconds: 0.0,
+            sample_seconds: 0.0,
+            nfe: 0.0,
+            model_evals: 0.0,
+            classifier_evals: 0.0,
         };
         let mut rows = vec![
             row("cond", Some(0.0), 0.1),

@@ -10,7 +10,7 @@
 //! - [`config`]: [`DiffusionConfig`], the flags of `create_gaussian_diffusion`.
 //! - [`likelihood`]: normal KL, discretized Gaussian log-likelihood.
 //! - [`training`]: training losses, VB terms, bits per dim.
-//! - [`sampling`]: DDPM / DDIM / DDIM-reverse steps and loops. [`noise`]: noise sources.
+//! - [`noise`]: noise sources (the samplers themselves are in [`crate::samplers`]).
 //! - [`schedule_sampler`]: timestep samplers for training.
 use candle_core::Tensor;
 
@@ -21,7 +21,6 @@ pub mod gaussian;
 pub mod likelihood;
 pub mod noise;
 pub mod respace;
-pub mod sampling;
 pub mod schedule;
 pub mod schedule_sampler;
 pub mod training;
@@ -33,7 +32,6 @@ pub use gaussian::{
 };
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use respace::space_timesteps;
-pub use sampling::{Ddim, Ddpm, SampleOptions, Sampler, StepCallback, StepInfo, StepOutput};
 pub use schedule::{get_named_beta_schedule, NoiseSchedule};
 pub use schedule_sampler::{
     create_named_schedule_sampler, LossSecondMomentResampler, ScheduleSampler, UniformSampler,

@@ -1,19 +1,28 @@
-//! Guidance terms passed to samplers as values (classifier guidance, none, ...).
+//! Guidance terms, passed to samplers as values: a sampler never branches on the kind.
 //!
 //! A [`Guidance`] has two hooks, each with a neutral default, so new kinds plug in without
-//! touching the samplers: [`Guidance::model_output`] may replace the model's output (the place
+//! touching the samplers: [`Guidance::model_output`] may replace the network's output (the place
 //! for classifier-free guidance: mix a conditional and an unconditional output), and
 //! [`Guidance::gradient`] may supply a (scaled) gradient of a log-probability w.r.t. x_t, which
-//! DDPM applies to the mean (`condition_mean`) and DDIM to the score (`condition_score`).
-//! Both receive the timesteps as the model sees them (original, possibly rescaled).
-use candle_core::{DType, Tensor, Var};
+//! each sampler folds in its own way (DDPM: `condition_mean`; DDIM: `condition_score`;
+//! DPM-Solver: `eps - sigma_t * gradient`). Both receive the time as the model sees it.
+//!
+//! - [`classifier`]: classifier guidance (Dhariwal & Nichol 2021).
+//! - [`classifier_free`]: classifier-free guidance (Ho & Salimans 2022), DiT's null class.
+//! - [`interval`]: either of them limited to an interval of timesteps (Kynkäänniemi et al. 2024).
+//! - [`Combined`]: classifier-free and classifier guidance together.
+use candle_core::{DType, Tensor};
 
 use crate::diffusion::ModelFn;
-use crate::{bail, Result};
+use crate::Result;
 
-/// The noisy-image classifier as a function: `(x_t [N, C, H, W], t as the model sees it [N]) ->
-/// logits [N, K]`, differentiable w.r.t. x.
-pub type ClassifierFn<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Sync + 'a;
+pub mod classifier;
+pub mod classifier_free;
+pub mod interval;
+
+pub use classifier::{classifier_log_prob_grad, ClassifierFn, ClassifierGuidance};
+pub use classifier_free::{ClassifierFree, LabeledModelFn};
+pub use interval::Interval;
 
 /// How a sampler is steered. `Sync`, because the samplers evaluate [`Guidance::model_output`]
 /// and [`Guidance::gradient`] at the same time, on two threads: both read only x_t.
@@ -36,40 +45,21 @@ pub struct NoGuidance;
 
 impl Guidance for NoGuidance {}
 
-/// Classifier guidance (Dhariwal & Nichol): `scale * grad_x sum_i log_softmax(classifier(x, t))[i, y_i]`.
-pub struct ClassifierGuidance<'a> {
-    classifier: &'a ClassifierFn<'a>,
-    labels: Vec<usize>,
-    scale: f64,
+/// Two guidance terms at once: the model output of `output` (e.g. classifier-free guidance)
+/// and the gradient of `gradient` (e.g. classifier guidance), each evaluated as on its own.
+#[derive(Clone, Copy)]
+pub struct Combined<'a> {
+    pub output: &'a dyn Guidance,
+    pub gradient: &'a dyn Guidance,
 }
 
-impl<'a> ClassifierGuidance<'a> {
-    /// `labels`: the asked class of each batch element; `scale`: `classifier_scale`.
-    pub fn new(classifier: &'a ClassifierFn<'a>, labels: Vec<usize>, scale: f64) -> Self {
-        Self { classifier, labels, scale }
+impl Guidance for Combined<'_> {
+    fn model_output(&self, model: &ModelFn, x: &Tensor, t_model: &Tensor) -> Result<Tensor> {
+        self.output.model_output(model, x, t_model)
     }
 
-    /// Labels from an integer tensor `[N]` (u8/u32/i64).
-    pub fn from_label_tensor(
-        classifier: &'a ClassifierFn<'a>,
-        labels: &Tensor,
-        scale: f64,
-    ) -> Result<Self> {
-        let labels = labels_to_vec(labels)?;
-        Ok(Self::new(classifier, labels, scale))
-    }
-
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-    pub fn labels(&self) -> &[usize] {
-        &self.labels
-    }
-}
-
-impl Guidance for ClassifierGuidance<'_> {
     fn gradient(&self, x: &Tensor, t_model: &Tensor) -> Result<Option<Tensor>> {
-        classifier_log_prob_grad(self.classifier, x, t_model, &self.labels, self.scale).map(Some)
+        self.gradient.gradient(x, t_model)
     }
 }
 
@@ -82,37 +72,4 @@ pub fn labels_to_vec(labels: &Tensor) -> Result<Vec<usize>> {
             labels.to_dtype(DType::U32)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize).collect()
         }
     })
-}
-
-/// The `cond_fn` of the reference's `classifier_sample.py`:
-/// `d/dx sum_i log_softmax(classifier(x, t))[i, labels_i] * scale`, by candle autograd.
-pub fn classifier_log_prob_grad(
-    classifier: &ClassifierFn,
-    x: &Tensor,
-    t_model: &Tensor,
-    labels: &[usize],
-    scale: f64,
-) -> Result<Tensor> {
-    let x_in = Var::from_tensor(&x.detach())?;
-    let logits = classifier(x_in.as_tensor(), t_model)?;
-    let (n, k) = logits.dims2()?;
-    if labels.len() != n {
-        bail!("classifier guidance: {} labels for a batch of {n}", labels.len());
-    }
-    if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
-        bail!("classifier guidance: label {bad} out of range for {k} classes");
-    }
-    // log_softmax with a detached max (its gradient cancels exactly in theory).
-    let max = logits.max_keepdim(1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let log_probs = shifted.broadcast_sub(&lse)?;
-    let idx: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
-    let idx = Tensor::from_vec(idx, (n, 1), logits.device())?;
-    let selected = log_probs.gather(&idx, 1)?.sum_all()?;
-    let grads = selected.backward()?;
-    let Some(g) = grads.get(x_in.as_tensor()) else {
-        bail!("classifier guidance: the classifier output does not depend on x (no gradient)");
-    };
-    Ok((g * scale)?)
 }

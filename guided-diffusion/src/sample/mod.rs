@@ -1,20 +1,24 @@
 //! Sampling runs as users ask for them (`image_sample.py`, `classifier_sample.py` and
-//! `super_res_sample.py` in one): batches, class labels, per-sample seeds, optional classifier
-//! guidance and low-resolution conditioning, uint8 output.
+//! `super_res_sample.py` in one): batches, class labels, per-sample seeds, any sampler (by its
+//! [`SamplerSpec`]), classifier and classifier-free guidance (alone, together, or limited to an
+//! interval of timesteps), low-resolution conditioning, uint8 output.
 //!
 //! - [`noise`]: per-sample random streams (sample i is the same whatever the batch size).
 //! - [`images`]: the reference's uint8 conversion, PNG grids.
 pub mod images;
 pub mod noise;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
-use crate::diffusion::{
-    Ddim, Ddpm, GaussianDiffusion, NoiseSource, SampleOptions, Sampler, StepInfo,
+use crate::diffusion::{DiffusionConfig, NoiseSource};
+use crate::guidance::{
+    ClassifierFree, ClassifierGuidance, Combined, Guidance, Interval, NoGuidance,
 };
-use crate::guidance::{ClassifierGuidance, Guidance, NoGuidance};
 use crate::models::Net;
+use crate::samplers::{Denoiser, SampleOptions, SamplerSpec, StepInfo};
 use crate::{bail, Result};
 
 pub use noise::PerSampleNoise;
@@ -29,29 +33,52 @@ pub enum Classes {
     Cycle(Vec<usize>),
 }
 
-/// A sampling method.
-#[derive(Debug, Clone, Copy)]
-pub enum Method {
-    Ddpm,
-    Ddim { eta: f64 },
+/// Classifier-free guidance settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassifierFreeSettings {
+    /// `eps_uncond + scale * (eps_cond - eps_uncond)`; 1 = conditional sampling.
+    pub scale: f64,
+    /// The label of the unconditional branch (the last row of the label embedding).
+    pub null_class: usize,
+}
+
+/// Which guidance a run uses.
+#[derive(Clone, Copy, Default)]
+pub struct GuidanceSettings<'a> {
+    /// Classifier and `classifier_scale`: classifier guidance on when present.
+    pub classifier: Option<(&'a Net, f64)>,
+    /// Classifier-free guidance on when present (class-conditional models with a null class).
+    pub classifier_free: Option<ClassifierFreeSettings>,
+    /// Apply the guidance only at model times in `[lo, hi]` (original timesteps).
+    pub interval: Option<(f64, f64)>,
+    /// Sample the unconditional branch of a model trained for classifier-free guidance: the
+    /// model is given this null class instead of the asked labels (which the classifier, if
+    /// any, still guides towards). Not with `classifier_free`.
+    pub null_branch: Option<usize>,
 }
 
 /// Everything a run needs besides the request.
 pub struct Sampling<'a> {
     pub model: &'a Net,
-    pub diffusion: &'a GaussianDiffusion,
-    /// Classifier and `classifier_scale`: guidance on when present.
-    pub classifier: Option<(&'a Net, f64)>,
-    pub method: Method,
+    /// The diffusion process the model was trained with, with the user's
+    /// `timestep_respacing` (DDPM and DDIM use it when their spec gives no steps).
+    pub diffusion: &'a DiffusionConfig,
+    /// The sampler, built afresh for every batch.
+    pub sampler: &'a SamplerSpec,
+    pub guidance: GuidanceSettings<'a>,
     pub clip_denoised: bool,
     /// `[C, H, W]` of one sample.
     pub shape: [usize; 3],
     /// Label range for random classes and checks (the model's or the classifier's classes).
     pub num_classes: Option<usize>,
+    /// A label in that range that is not a class: the null class of a model trained for
+    /// classifier-free guidance. Never drawn, and refused in [`Classes::Cycle`].
+    pub null_class: Option<usize>,
     pub device: Device,
 }
 
 /// What to sample.
+#[derive(Clone)]
 pub struct Request<'a> {
     pub num_samples: usize,
     pub batch_size: usize,
@@ -59,6 +86,8 @@ pub struct Request<'a> {
     pub seed: u64,
     /// x_T for every sample, `[num_samples, C, H, W]`.
     pub init_noise: Option<&'a Tensor>,
+    /// Also return the float x_0 ([`Samples::float`]).
+    pub keep_float: bool,
     /// Low-resolution conditioning for every sample (super-resolution), `[num_samples, C, h, w]`.
     pub low_res: Option<&'a Tensor>,
 }
@@ -78,11 +107,21 @@ pub struct Progress {
 pub struct Samples {
     pub images: Tensor,
     pub labels: Option<Vec<i64>>,
+    /// The final x_0 in float32 NCHW before the uint8 conversion, when asked for.
+    pub float: Option<Tensor>,
+    /// Each batch's network evaluations (NFE; they differ between batches only with the
+    /// adaptive DPM-Solver).
+    pub nfe_per_batch: Vec<usize>,
+    /// Images the diffusion network processed, per sample: the NFE, doubled where
+    /// classifier-free guidance ran its 2N batch.
+    pub model_evals: f64,
+    /// Images the classifier processed (forward and backward), per sample.
+    pub classifier_evals: f64,
 }
 
 impl Sampling<'_> {
     fn uses_labels(&self) -> bool {
-        self.classifier.is_some() || self.model.takes_labels()
+        self.guidance.classifier.is_some() || self.model.takes_labels()
     }
 
     /// The label of every sample.
@@ -98,13 +137,31 @@ impl Sampling<'_> {
                         bail!("--classes: class {bad} is out of range, the model has {k} classes (0..{})", k - 1);
                     }
                 }
+                if let Some(null) = self.null_class {
+                    if c.contains(&null) {
+                        bail!("--classes: {null} is the model's null class (the unconditional label of classifier-free guidance), not a class");
+                    }
+                }
                 Ok((0..n).map(|i| c[i % c.len()]).collect())
             }
             Classes::Random => {
                 let Some(k) = self.num_classes else {
                     bail!("cannot draw random classes: the number of classes is unknown (give --classes)");
                 };
-                Ok((0..n).map(|i| noise::label_rng(req.seed, i as u64).gen_range(0..k)).collect())
+                // The null class is skipped: draws over the k - 1 real classes.
+                let (range, skip) = match self.null_class {
+                    Some(null) if null < k && k > 1 => (k - 1, Some(null)),
+                    _ => (k, None),
+                };
+                Ok((0..n)
+                    .map(|i| {
+                        let l = noise::label_rng(req.seed, i as u64).gen_range(0..range);
+                        match skip {
+                            Some(null) if l >= null => l + 1,
+                            _ => l,
+                        }
+                    })
+                    .collect())
             }
         }
     }
@@ -133,11 +190,27 @@ impl Sampling<'_> {
             }
         }
         let labels = if self.uses_labels() { Some(self.labels(req)?) } else { None };
+        if self.guidance.classifier_free.is_some() && !self.model.takes_labels() {
+            bail!("classifier-free guidance needs a class-conditional model");
+        }
+        if self.guidance.null_branch.is_some() && self.guidance.classifier_free.is_some() {
+            bail!("sampling the null branch and classifier-free guidance exclude each other");
+        }
+        // Rows each network processed, for the cost of guidance.
+        let model_rows = AtomicUsize::new(0);
+        let classifier_rows = AtomicUsize::new(0);
+        let count = |counter: &AtomicUsize, x: &Tensor| -> Result<()> {
+            counter.fetch_add(x.dim(0)?, Ordering::Relaxed);
+            Ok(())
+        };
         let num_batches = req.num_samples.div_ceil(req.batch_size);
-        let steps = self.diffusion.num_timesteps();
+        // Checked before any batch runs (a bad spec fails at once, not after a batch).
+        let steps = self.sampler.build(self.diffusion)?.num_steps().unwrap_or(0);
         // Derived weight forms are kept across batches, not just within one loop.
         let _frozen = crate::kernels::freeze();
         let mut out = Vec::with_capacity(num_batches);
+        let mut floats = Vec::new();
+        let mut nfe_per_batch = Vec::with_capacity(num_batches);
         for b in 0..num_batches {
             let first = b * req.batch_size;
             let n = req.batch_size.min(req.num_samples - first);
@@ -153,55 +226,96 @@ impl Sampling<'_> {
                 )?),
                 None => None,
             };
-            let model_y = if self.model.takes_labels() { y.clone() } else { None };
+            let model_y = match (self.model.takes_labels(), self.guidance.null_branch) {
+                (false, _) => None,
+                (true, None) => y.clone(),
+                (true, Some(null)) => Some(Tensor::full(null as u32, n, &self.device)?),
+            };
             let low_res = match req.low_res {
                 Some(lr) => Some(lr.narrow(0, first, n)?.to_device(&self.device)?),
                 None => None,
             };
             let model = self.model;
-            let model_fn =
-                |x: &Tensor, t: &Tensor| model.forward(x, t, model_y.as_ref(), low_res.as_ref());
-            let classifier_fn;
-            let guidance: Box<dyn Guidance + '_> = match (self.classifier, &y) {
-                (Some((clf, scale)), Some(y)) => {
-                    classifier_fn = move |x: &Tensor, t: &Tensor| clf.forward(x, t, None, None);
-                    Box::new(ClassifierGuidance::from_label_tensor(&classifier_fn, y, scale)?)
+            let model_fn = |x: &Tensor, t: &Tensor| {
+                count(&model_rows, x)?;
+                model.forward(x, t, model_y.as_ref(), low_res.as_ref())
+            };
+            // The 2N batch of classifier-free guidance repeats the low-resolution input.
+            let labeled_fn = |x: &Tensor, t: &Tensor, yy: &Tensor| {
+                let lr = match &low_res {
+                    Some(lr) if lr.dim(0)? != x.dim(0)? => Some(Tensor::cat(&[lr, lr], 0)?),
+                    other => other.clone(),
+                };
+                count(&model_rows, x)?;
+                model.forward(x, t, Some(yy), lr.as_ref())
+            };
+            let classifier_fn = |x: &Tensor, t: &Tensor| match self.guidance.classifier {
+                Some((clf, _)) => {
+                    count(&classifier_rows, x)?;
+                    clf.forward(x, t, None, None)
                 }
-                _ => Box::new(NoGuidance),
+                None => bail!("no classifier"),
             };
-            let opts = SampleOptions {
-                clip_denoised: self.clip_denoised,
-                denoised_fn: None,
-                guidance: guidance.as_ref(),
+            let clf_guidance = match (self.guidance.classifier, &y) {
+                (Some((_, scale)), Some(y)) => {
+                    Some(ClassifierGuidance::from_label_tensor(&classifier_fn, y, scale)?)
+                }
+                _ => None,
             };
-            let mut sampler: Box<dyn Sampler> = match self.method {
-                Method::Ddpm => Box::new(Ddpm),
-                Method::Ddim { eta } => Box::new(Ddim { eta }),
+            let cfg_guidance = match (self.guidance.classifier_free, &y) {
+                (Some(cf), Some(y)) => {
+                    Some(ClassifierFree::new(&labeled_fn, y, cf.null_class, cf.scale)?)
+                }
+                _ => None,
             };
+            let combined;
+            let guidance: &dyn Guidance = match (&cfg_guidance, &clf_guidance) {
+                (Some(f), Some(g)) => {
+                    combined = Combined { output: f, gradient: g };
+                    &combined
+                }
+                (Some(f), None) => f,
+                (None, Some(g)) => g,
+                (None, None) => &NoGuidance,
+            };
+            let limited;
+            let guidance: &dyn Guidance = match self.guidance.interval {
+                Some((lo, hi)) => {
+                    limited = Interval::new(guidance, lo, hi)?;
+                    &limited
+                }
+                None => guidance,
+            };
+            let opts =
+                SampleOptions { clip_denoised: self.clip_denoised, denoised_fn: None, guidance };
+            let mut sampler = self.sampler.build(self.diffusion)?;
             let mut cb = |info: &StepInfo| -> Result<()> {
+                let done = steps > 0 && info.index + 1 == steps;
                 progress(Progress {
                     step: info.index + 1,
-                    steps_per_batch: steps,
+                    steps_per_batch: steps.max(info.num_steps),
                     batch: b,
                     num_batches,
-                    samples_done: first + if info.index + 1 == steps { n } else { 0 },
+                    samples_done: first + if done { n } else { 0 },
                     num_samples: req.num_samples,
                 });
                 Ok(())
             };
-            let x0 = self.diffusion.sample_loop(
-                &model_fn,
-                sampler.as_mut(),
-                &x_t,
-                &opts,
-                &mut noise,
-                Some(&mut cb),
-            )?;
+            let x0 =
+                sampler.sample(&Denoiser::new(&model_fn, opts), &x_t, &mut noise, Some(&mut cb))?;
+            nfe_per_batch.push(sampler.nfe());
+            if req.keep_float {
+                floats.push(x0.to_device(&Device::Cpu)?);
+            }
             out.push(images::to_uint8_nhwc(&x0)?.to_device(&Device::Cpu)?);
         }
         Ok(Samples {
             images: Tensor::cat(&out, 0)?,
             labels: labels.map(|l| l.into_iter().map(|v| v as i64).collect()),
+            float: if req.keep_float { Some(Tensor::cat(&floats, 0)?) } else { None },
+            nfe_per_batch,
+            model_evals: model_rows.into_inner() as f64 / req.num_samples as f64,
+            classifier_evals: classifier_rows.into_inner() as f64 / req.num_samples as f64,
         })
     }
 }

@@ -20,8 +20,10 @@ pub struct Case {
 }
 
 impl Case {
+    /// `name` may be in a subfolder of the golden folder: `samplers/dpmpp_2m_guided`.
     pub fn load(name: &str) -> Case {
-        let dir = golden_dir();
+        let (sub, name) = name.rsplit_once('/').unwrap_or(("", name));
+        let dir = golden_dir().join(sub);
         let st = dir.join(format!("case_{name}.safetensors"));
         let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
             .unwrap_or_else(|e| panic!("loading {}: {e}", st.display()));
@@ -76,6 +78,37 @@ pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f64 {
     let g = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let w = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     g.iter().zip(&w).map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() }).fold(0.0, f64::max)
+}
+
+/// Max |ref| over all elements.
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// The fast samplers' fixtures' rule: `max|got - want| <= atol + rtol_of_absmax * max|want|`
+/// with `suggested_tolerance[key]` of the case, times `slack` (1 = as suggested).
+pub fn assert_close_rel(case: &Case, key: &str, got: &Tensor, want: &Tensor, slack: f64) -> f64 {
+    let tol = &case.json["suggested_tolerance"][key];
+    let atol = tol["atol"].as_f64().unwrap_or_else(|| panic!("{}: no atol for {key}", case.name));
+    let rtol = tol["rtol_of_absmax"].as_f64().unwrap_or(0.0);
+    let bound = slack * (atol + rtol * max_abs(want));
+    let d = max_abs_diff(got, want);
+    println!(
+        "{}.{key}: max|diff| = {d:.3e} (bound {bound:.3e}, max|ref| {:.3e})",
+        case.name,
+        max_abs(want)
+    );
+    assert!(d <= bound && d.is_finite(), "{}.{key}: max|diff| = {d:e} > {bound:e}", case.name);
+    d
 }
 
 /// Assert |got - want| <= atol everywhere; prints and returns the max deviation.

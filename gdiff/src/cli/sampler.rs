@@ -1,0 +1,176 @@
+//! The sampler and guidance flags, turned into the library's values: a [`SamplerSpec`] from
+//! `--sampler`, `--use_ddim`, `--steps`, `--timestep_respacing` and the solver flags, and the
+//! guidance interval. Every flag is checked against the chosen sampler: a flag that does not
+//! apply is an error naming it.
+use anyhow::{bail, Context, Result};
+use guided_diffusion::samplers::spec::Params;
+use guided_diffusion::samplers::SamplerSpec;
+
+use crate::cli::args::SamplerArgs;
+
+/// The sampler of the built-in model when no sampler flag is given: the best fast setting
+/// measured on it (models/fashion-mnist/README.md).
+pub const BUILTIN_SAMPLER: &str = "dpm-solver++20";
+
+/// The sampler the flags describe. `default` is the spec used when no flag names a sampler
+/// (`ddpm` for the reference's behaviour); `clip_denoised` is the --clip_denoised flag.
+pub fn sampler_spec(
+    a: &SamplerArgs,
+    timestep_respacing: Option<&str>,
+    clip_denoised: Option<bool>,
+    default: &str,
+) -> Result<SamplerSpec> {
+    let base: SamplerSpec = match (&a.sampler, a.use_ddim) {
+        (Some(s), use_ddim) => {
+            let spec: SamplerSpec = s.parse().context("--sampler")?;
+            if use_ddim == Some(true) && spec.name() != "ddim" {
+                bail!("--use_ddim True conflicts with --sampler {}", spec.name());
+            }
+            spec
+        }
+        (None, Some(true)) => "ddim".parse()?,
+        (None, Some(false)) => "ddpm".parse()?,
+        (None, None) => {
+            // A flag of the reference's samplers alone means the reference's default, DDPM.
+            if timestep_respacing.is_some() || a.eta.is_some() {
+                "ddpm".parse()?
+            } else {
+                default.parse().context("the default sampler")?
+            }
+        }
+    };
+    let name = base.name().to_string();
+    let mut params: Params = base.params().clone();
+    let flags: [(&str, Option<String>); 12] = [
+        ("steps", a.steps.map(|v| v.to_string())),
+        ("eta", a.eta.map(|v| v.to_string())),
+        ("order", a.order.map(|v| v.to_string())),
+        ("method", a.method.clone()),
+        ("skip_type", a.skip_type.clone()),
+        ("solver_type", a.solver_type.clone()),
+        ("lower_order_final", a.lower_order_final.map(|v| v.to_string())),
+        ("thresholding", a.thresholding.map(|v| v.to_string())),
+        ("denoise_to_zero", a.denoise_to_zero.map(|v| v.to_string())),
+        ("atol", a.atol.map(|v| v.to_string())),
+        ("rtol", a.rtol.map(|v| v.to_string())),
+        ("clip_denoised", clip_denoised.map(|v| v.to_string())),
+    ];
+    for (key, value) in flags {
+        let Some(value) = value else { continue };
+        if !SamplerSpec::accepts(&name, key)? {
+            bail!("--{key} does not apply to --sampler {name}");
+        }
+        if a.sampler.as_deref().is_some_and(|s| spec_names(s, key)) {
+            bail!("--{key} is given twice (in --sampler and as a flag)");
+        }
+        params.insert(key.to_string(), value);
+    }
+    if let Some(r) = timestep_respacing {
+        if !SamplerSpec::accepts(&name, "respacing")? {
+            bail!(
+                "--timestep_respacing does not apply to --sampler {name}: it picks its own time \
+                 steps (use --steps)"
+            );
+        }
+        if params.contains_key("steps") {
+            bail!("give --steps or --timestep_respacing, not both");
+        }
+        if !r.is_empty() {
+            params.insert("respacing".into(), r.to_string());
+        }
+    }
+    SamplerSpec::new(&name, params).map_err(|e| anyhow::anyhow!("--sampler {e}"))
+}
+
+/// Builds the sampler once for the model's process, so that a spec the process cannot run
+/// (a respacing to more steps than it has, ...) fails before any work, naming the flag.
+pub fn check_builds(
+    spec: &SamplerSpec,
+    diffusion: &guided_diffusion::diffusion::DiffusionConfig,
+    a: &SamplerArgs,
+    timestep_respacing: Option<&str>,
+) -> Result<()> {
+    spec.build(diffusion).map(|_| ()).map_err(|e| match (timestep_respacing, a.steps) {
+        (Some(r), _) => anyhow::anyhow!("--timestep_respacing {r:?}: {e}"),
+        (None, Some(n)) => anyhow::anyhow!("--steps {n}: {e}"),
+        (None, None) => anyhow::anyhow!("--sampler {spec}: {e}"),
+    })
+}
+
+/// Whether the spec text `s` gives `key` (as KEY=VALUE, or steps as the name's digits).
+fn spec_names(s: &str, key: &str) -> bool {
+    let mut words = s.split_whitespace();
+    let head_steps = words.next().is_some_and(|h| h.ends_with(|c: char| c.is_ascii_digit()));
+    (key == "steps" && head_steps) || words.any(|w| w.starts_with(&format!("{key}=")))
+}
+
+/// `--guidance_interval LO,HI`.
+pub fn parse_interval(s: &str) -> Result<(f64, f64)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let bad = || anyhow::anyhow!("--guidance_interval {s:?}: expected LO,HI with 0 <= LO <= HI");
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let lo: f64 = parts[0].parse().map_err(|_| bad())?;
+    let hi: f64 = parts[1].parse().map_err(|_| bad())?;
+    if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// A guidance scale flag: finite.
+pub fn check_scale(flag: &str, v: f64) -> Result<f64> {
+    if !v.is_finite() {
+        bail!("{flag} {v}: expected a finite number");
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SamplerArgs {
+        SamplerArgs::default()
+    }
+
+    #[test]
+    fn flags_build_specs_and_refuse_what_does_not_apply() {
+        let s = sampler_spec(&args(), None, None, "ddpm").unwrap();
+        assert_eq!(s.to_string(), "ddpm");
+        let a = SamplerArgs { use_ddim: Some(true), ..args() };
+        assert_eq!(
+            sampler_spec(&a, Some("ddim25"), None, "ddpm").unwrap().to_string(),
+            "ddim respacing=ddim25"
+        );
+        let a = SamplerArgs { sampler: Some("dpm-solver++".into()), steps: Some(15), ..args() };
+        assert_eq!(sampler_spec(&a, None, None, "ddpm").unwrap().to_string(), "dpm-solver++15");
+        let a = SamplerArgs { use_ddim: Some(true), order: Some(2), ..args() };
+        let e = sampler_spec(&a, None, None, "ddpm").unwrap_err().to_string();
+        assert!(e.contains("--order does not apply to --sampler ddim"), "{e}");
+        let a = SamplerArgs { sampler: Some("dpm-solver++".into()), ..args() };
+        let e = sampler_spec(&a, Some("250"), None, "ddpm").unwrap_err().to_string();
+        assert!(e.contains("--timestep_respacing does not apply"), "{e}");
+        let e = sampler_spec(&a, None, Some(false), "ddpm").unwrap_err().to_string();
+        assert!(e.contains("--clip_denoised does not apply"), "{e}");
+        let a =
+            SamplerArgs { sampler: Some("dpm-solver++".into()), use_ddim: Some(true), ..args() };
+        assert!(sampler_spec(&a, None, None, "ddpm").is_err());
+        // The built-in default applies only without sampler flags.
+        assert_eq!(
+            sampler_spec(&args(), None, None, BUILTIN_SAMPLER).unwrap().to_string(),
+            "dpm-solver++20"
+        );
+        let a = SamplerArgs { eta: Some(0.5), ..args() };
+        assert!(sampler_spec(&a, None, None, BUILTIN_SAMPLER).is_err(), "eta on ddpm");
+    }
+
+    #[test]
+    fn interval_flag() {
+        assert_eq!(parse_interval("0,700").unwrap(), (0.0, 700.0));
+        for bad in ["700,0", "1", "a,b", "-1,5", "0,inf", "1,2,3"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+}

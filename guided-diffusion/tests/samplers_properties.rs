@@ -1,0 +1,275 @@
+//! Properties of the samplers and of the guidance values, with small closure "models":
+//! first-order DPM-Solver is DDIM on the same time grid, the adaptive solver reports its
+//! evaluations, specs round-trip and refuse what does not apply, classifier-free guidance runs
+//! one double batch (none at scale 1), and a guidance interval evaluates nothing outside it.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use guided_diffusion::diffusion::{DiffusionConfig, NoiseSchedule, NoiseSource, SeededNoise};
+use guided_diffusion::guidance::{ClassifierFree, Guidance, Interval};
+use guided_diffusion::samplers::{Ddim, Denoiser, SampleOptions, Sampler, SamplerSpec, StepInfo};
+use guided_diffusion::Result;
+
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    SeededNoise::new(seed).randn(&Shape::from_dims(shape), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// A smooth noise predictor of x and the model time (a stand-in for a network).
+fn smooth_model(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let tt = (t.reshape((t.dim(0)?, 1, 1, 1))? / 1000.0)?;
+    Ok((x.broadcast_mul(&tt)?.sin()? * 0.8)?)
+}
+
+fn linear(respacing: &str) -> DiffusionConfig {
+    DiffusionConfig {
+        noise_schedule: NoiseSchedule::Linear,
+        timestep_respacing: respacing.into(),
+        ..Default::default()
+    }
+}
+
+/// DPM-Solver-1 is DDIM: on the linear schedule (no step is clipped), 9 time-uniform steps
+/// from t = 1 to 1/1000 are the discrete steps 999, 888, ..., 0 that the reference's
+/// respacing "10" keeps; DDIM (eta = 0, no clipping) visits the same ones.
+#[test]
+fn first_order_dpm_solver_equals_ddim_on_the_same_grid() {
+    let x_t = randn(1, &[2, 3, 4, 4]);
+    let d = linear("10").build().unwrap();
+    assert_eq!(d.timestep_map(), &[0, 111, 222, 333, 444, 555, 666, 777, 888, 999]);
+    let opts = SampleOptions { clip_denoised: false, ..Default::default() };
+    let mut ddim_steps = vec![];
+    let mut cb = |s: &StepInfo| -> Result<()> {
+        ddim_steps.push(s.sample.clone());
+        Ok(())
+    };
+    Ddim::new(d, 0.0)
+        .sample(&Denoiser::new(&smooth_model, opts), &x_t, &mut SeededNoise::new(0), Some(&mut cb))
+        .unwrap();
+    for name in ["dpm-solver", "dpm-solver++"] {
+        let spec: SamplerSpec = format!("{name}9 order=1").parse().unwrap();
+        let mut s = spec.build(&linear("")).unwrap();
+        let mut steps = vec![];
+        let mut cb = |s: &StepInfo| -> Result<()> {
+            steps.push(s.sample.clone());
+            Ok(())
+        };
+        let x = s
+            .sample(
+                &Denoiser::new(&smooth_model, opts),
+                &x_t,
+                &mut SeededNoise::new(0),
+                Some(&mut cb),
+            )
+            .unwrap();
+        assert_eq!(s.nfe(), 9);
+        assert_eq!(steps.len(), 9);
+        // The solver's schedule is float32 (as the official code's) and DDIM's alphas are f64;
+        // the first x_0 estimates are ~100 (1 / sqrt(alpha_bar) at t = 999), so 1e-6
+        // relative rounding shows as ~1e-4 here.
+        for (k, (a, b)) in steps.iter().zip(&ddim_steps).enumerate() {
+            let e = max_diff(a, b);
+            assert!(e < 1e-3, "{name} step {k}: {e}");
+        }
+        println!("{name}: max diff to DDIM {:.2e}", max_diff(&x, &ddim_steps[8]));
+    }
+}
+
+#[test]
+fn adaptive_solver_reports_its_evaluations() {
+    let x_t = randn(2, &[2, 1, 4, 4]);
+    let calls = AtomicUsize::new(0);
+    let model = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
+        calls.fetch_add(1, Ordering::Relaxed);
+        smooth_model(x, t)
+    };
+    for order in [2usize, 3] {
+        calls.store(0, Ordering::Relaxed);
+        let spec: SamplerSpec =
+            format!("dpm-solver++ method=adaptive order={order}").parse().unwrap();
+        let mut s = spec.build(&linear("")).unwrap();
+        assert_eq!(s.num_steps(), None);
+        let mut accepted = 0;
+        let mut cb = |_: &StepInfo| -> Result<()> {
+            accepted += 1;
+            Ok(())
+        };
+        let x = s
+            .sample(
+                &Denoiser::new(&model, SampleOptions::default()),
+                &x_t,
+                &mut SeededNoise::new(0),
+                Some(&mut cb),
+            )
+            .unwrap();
+        let nfe = s.nfe();
+        assert_eq!(nfe, calls.load(Ordering::Relaxed), "order {order}");
+        assert!(nfe > 0 && nfe % order == 0, "order {order}: NFE {nfe}");
+        assert!(accepted > 0 && accepted * order <= nfe);
+        assert!(max_diff(&x, &x.zeros_like().unwrap()).is_finite());
+        println!("adaptive order {order}: NFE {nfe}, {accepted} accepted steps");
+    }
+}
+
+#[test]
+fn specs_round_trip_and_refuse_what_does_not_apply() {
+    for s in [
+        "ddpm",
+        "ddpm250",
+        "ddim25",
+        "ddim25 eta=0.5",
+        "ddim respacing=ddim50",
+        "ddpm respacing=10,15,20 clip_denoised=false",
+        "dpm-solver++20",
+        "dpm-solver++ steps=15 order=3 skip_type=logSNR",
+        "dpm-solver10 method=singlestep order=3 skip_type=time_quadratic solver_type=taylor",
+        "dpm-solver++ method=adaptive order=3 atol=0.01 rtol=0.1",
+        "dpm-solver++15 thresholding=true thresholding_ratio=0.99 denoise_to_zero=true",
+        "dpm-solver++5 lower_order_final=false method=multistep",
+    ] {
+        let spec: SamplerSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        let printed = spec.to_string();
+        let again: SamplerSpec = printed.parse().unwrap();
+        assert_eq!(spec, again, "{s} -> {printed}");
+        assert_eq!(again.to_string(), printed);
+    }
+    // Defaults are left out: the same sampler prints the same.
+    let a: SamplerSpec = "dpm-solver++ steps=20 order=2 method=multistep".parse().unwrap();
+    assert_eq!(a.to_string(), "dpm-solver++20");
+    let b: SamplerSpec = "dpm-solver++ order=3".parse().unwrap();
+    assert_eq!(b.to_string(), "dpm-solver++20 order=3", "the step count is always shown");
+    for (bad, says) in [
+        ("ddim25 order=2", "order does not apply to ddim"),
+        ("ddpm eta=0.5", "eta does not apply to ddpm"),
+        ("dpm-solver++ steps=20 atol=0.1", "atol does not apply"),
+        ("dpm-solver++ method=adaptive steps=20", "steps does not apply"),
+        ("dpm-solver++ order=4", "order=4"),
+        ("dpm-solver++ steps=1 order=2", "needs at least 2 steps"),
+        ("dpm-solver++ method=adaptive order=1", "order 2 or 3"),
+        ("dpm-solver++ skip_type=cosine", "skip_type=cosine"),
+        ("ddim25 eta=nan", "eta=NaN"),
+        ("ddim25 eta=-1", "eta=-1"),
+        ("plms10", "unknown sampler"),
+        ("ddim25 eta", "not KEY=VALUE"),
+        ("ddim0", "steps=0"),
+        ("ddim25 eta=0.1 eta=0.2", "given twice"),
+        ("", "empty"),
+        ("dpm-solver++ steps=99999999999", "steps=99999999999"),
+    ] {
+        let e = bad.parse::<SamplerSpec>().unwrap_err().to_string();
+        assert!(e.contains(says), "{bad:?}: {e}");
+    }
+}
+
+/// Classifier-free guidance: one 2N batch (asked labels, then the null class), the eps channels
+/// mixed, the variance channels the conditional half's; scale 1 runs the plain model on N.
+#[test]
+fn classifier_free_guidance_mixes_one_double_batch() {
+    let x = randn(3, &[2, 3, 4, 4]);
+    let t = Tensor::new(&[500f32, 500.0], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+    let seen = Mutex::new(vec![]);
+    // Output: eps = x * (label + 1), variance = label.
+    let labeled = |x: &Tensor, _t: &Tensor, yy: &Tensor| -> Result<Tensor> {
+        let labels = yy.to_vec1::<u32>()?;
+        seen.lock().unwrap().push(labels.clone());
+        let l = Tensor::new(labels.iter().map(|&v| v as f32).collect::<Vec<_>>(), x.device())?
+            .reshape((labels.len(), 1, 1, 1))?;
+        let eps = x.broadcast_mul(&(&l + 1.0)?)?;
+        Ok(Tensor::cat(&[&eps, &l.broadcast_as(x.shape())?.contiguous()?], 1)?)
+    };
+    let plain = |x: &Tensor, t: &Tensor| labeled(x, t, &y);
+    let cfg = ClassifierFree::new(&labeled, &y, 9, 3.0).unwrap();
+    let out = cfg.model_output(&plain, &x, &t).unwrap();
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![1, 4, 9, 9]);
+    // eps_u + 3 (eps_c - eps_u) with eps_c = x (y + 1), eps_u = 10 x.
+    let ycol = Tensor::new(&[2f32, 5.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 1)).unwrap();
+    let eps_c = x.broadcast_mul(&ycol).unwrap();
+    let eps_u = (&x * 10.0).unwrap();
+    let want = (&eps_u + ((&eps_c - &eps_u).unwrap() * 3.0).unwrap()).unwrap();
+    assert!(max_diff(&out.narrow(1, 0, 3).unwrap(), &want) < 1e-5);
+    let var = out.narrow(1, 3, 3).unwrap().flatten_from(1).unwrap().max(1).unwrap();
+    assert_eq!(var.to_vec1::<f32>().unwrap(), vec![1.0, 4.0], "variance of the conditional half");
+    seen.lock().unwrap().clear();
+    let one = ClassifierFree::new(&labeled, &y, 9, 1.0).unwrap();
+    one.model_output(&plain, &x, &t).unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![vec![1, 4]], "scale 1: the conditional batch only");
+}
+
+/// Outside the interval neither the unconditional half nor the classifier runs.
+#[test]
+fn guidance_interval_evaluates_nothing_outside() {
+    struct Counting(AtomicUsize, AtomicUsize);
+    impl Guidance for Counting {
+        fn model_output(
+            &self,
+            model: &guided_diffusion::diffusion::ModelFn,
+            x: &Tensor,
+            t: &Tensor,
+        ) -> Result<Tensor> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok((model(x, t)? * 2.0)?)
+        }
+        fn gradient(&self, x: &Tensor, _t: &Tensor) -> Result<Option<Tensor>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(x.zeros_like()?))
+        }
+    }
+    let inner = Counting(AtomicUsize::new(0), AtomicUsize::new(0));
+    let limited = Interval::new(&inner, 100.0, 400.0).unwrap();
+    let x = randn(4, &[1, 1, 2, 2]);
+    let model = |x: &Tensor, _t: &Tensor| -> Result<Tensor> { Ok(x.clone()) };
+    for (tv, inside) in
+        [(50f32, false), (100.0, true), (250.0, true), (400.0, true), (401.0, false)]
+    {
+        let t = Tensor::new(&[tv], &Device::Cpu).unwrap();
+        let out = limited.model_output(&model, &x, &t).unwrap();
+        let g = limited.gradient(&x, &t).unwrap();
+        assert_eq!(g.is_some(), inside, "t = {tv}");
+        let want = if inside { (&x * 2.0).unwrap() } else { x.clone() };
+        assert_eq!(max_diff(&out, &want), 0.0);
+    }
+    assert_eq!(inner.0.load(Ordering::Relaxed), 3);
+    assert_eq!(inner.1.load(Ordering::Relaxed), 3);
+    assert!(Interval::new(&inner, 5.0, 1.0).is_err());
+    assert!(Interval::new(&inner, f64::NAN, 1.0).is_err());
+}
+
+/// A sampler stops with a clear error when x goes non-finite, naming the step.
+#[test]
+fn non_finite_values_stop_the_loop() {
+    let x_t = randn(5, &[1, 1, 2, 2]);
+    let nan_model = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
+        let bad = t.to_vec1::<f32>()?[0] < 600.0;
+        Ok(if bad { (x * f64::NAN)? } else { x.zeros_like()? })
+    };
+    for spec in ["ddim10", "ddpm10", "dpm-solver++10", "dpm-solver10 method=singlestep"] {
+        let spec: SamplerSpec = spec.parse().unwrap();
+        let mut s = spec.build(&linear("")).unwrap();
+        let e = s
+            .sample(
+                &Denoiser::new(&nan_model, SampleOptions::default()),
+                &x_t,
+                &mut SeededNoise::new(0),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-finite") && e.contains("at step"), "{spec}: {e}");
+    }
+}
