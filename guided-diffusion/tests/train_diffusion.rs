@@ -8,7 +8,7 @@ use guided_diffusion::data::Loader;
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
 use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::{
-    DiffusionObjective, Logger, MicroScaling, ParamSet, TrainConfig, TrainLoop,
+    DiffusionObjective, LabelDropout, Logger, MicroScaling, ParamSet, TrainConfig, TrainLoop,
 };
 use support::train::{fashion_loader, tiny_config};
 use support::{golden, Case};
@@ -68,7 +68,20 @@ fn train_loop(
     steps: u64,
     lr: f64,
 ) -> (TrainLoop<DiffusionObjective>, VarMap) {
-    let cfg = tiny_config();
+    train_loop_with(dir, steps, lr, None)
+}
+
+fn train_loop_with(
+    dir: &std::path::Path,
+    steps: u64,
+    lr: f64,
+    label_dropout: Option<LabelDropout>,
+) -> (TrainLoop<DiffusionObjective>, VarMap) {
+    let mut cfg = tiny_config();
+    if let (Some(d), NetConfig::UNet(u)) = (label_dropout, &mut cfg) {
+        // The null class is one more, last label row.
+        u.num_classes = Some(d.null_class + 1);
+    }
     let (net, vm) = trainable(&cfg);
     let diffusion = DiffusionConfig {
         steps: 1000,
@@ -79,7 +92,7 @@ fn train_loop(
     .build()
     .unwrap();
     let sampler = create_named_schedule_sampler("loss-second-moment", 1000).unwrap();
-    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout: None };
+    let obj = DiffusionObjective { net, diffusion, sampler, small_size: None, label_dropout };
     let mut tc = TrainConfig::new(16, lr, dir);
     tc.max_steps = Some(steps);
     tc.save_interval = 1000;
@@ -116,16 +129,26 @@ fn train_loss_falls_on_fashion_mnist() {
 
 #[test]
 fn train_resume_matches_uninterrupted_run() {
+    resume_matches_uninterrupted(None);
+}
+
+/// With label dropout the drops come from the training streams too: resumed = uninterrupted.
+#[test]
+fn train_resume_with_label_dropout_matches_uninterrupted_run() {
+    resume_matches_uninterrupted(Some(LabelDropout { prob: 0.3, null_class: 10 }));
+}
+
+fn resume_matches_uninterrupted(dropout: Option<LabelDropout>) {
     use guided_diffusion::data::BatchSource;
     let straight_dir = tempfile::tempdir().unwrap();
-    let (mut a, vm_a) = train_loop(straight_dir.path(), 4, 1e-3);
+    let (mut a, vm_a) = train_loop_with(straight_dir.path(), 4, 1e-3, dropout);
     a.run(&mut fashion_loader(16, 3), None).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut b, _) = train_loop(dir.path(), 2, 1e-3);
+    let (mut b, _) = train_loop_with(dir.path(), 2, 1e-3, dropout);
     b.run(&mut fashion_loader(16, 3), None).unwrap();
     b.save().unwrap();
-    let (mut c, vm_c) = train_loop(dir.path(), 4, 1e-3);
+    let (mut c, vm_c) = train_loop_with(dir.path(), 4, 1e-3, dropout);
     c.resume(None).unwrap();
     assert_eq!(c.step(), 2);
     let mut data = fashion_loader(16, 3);

@@ -110,7 +110,7 @@ pub struct ClassifierArgs {
     #[arg(long)]
     pub classifier_path: Option<std::path::PathBuf>,
     /// Guidance scale [default: 1.0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub classifier_scale: Option<f64>,
     /// Accepted for compatibility; inference runs in float32 [default: False]
     #[arg(long, value_parser = parse_bool)]
@@ -159,7 +159,7 @@ pub struct SamplingArgs {
     /// Classifier-free guidance scale S: eps_uncond + S * (eps_cond - eps_uncond), one network
     /// call on a double batch per step; 1 = conditional. Needs a model trained with
     /// --class_dropout_prob (or --null_class)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cfg_scale: Option<f64>,
     /// The null (unconditional) label of classifier-free guidance [default: the checkpoint's]
     #[arg(long)]
@@ -224,7 +224,7 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM stochasticity in [0, 1] (0 = deterministic) [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eta: Option<f64>,
     /// DPM-Solver order: 1, 2 or 3 [default: 2]
     #[arg(long)]
@@ -248,9 +248,9 @@ pub struct SamplerArgs {
     #[arg(long, value_parser = parse_bool)]
     pub denoise_to_zero: Option<bool>,
     /// DPM-Solver adaptive: absolute tolerance [default: 0.0078]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub atol: Option<f64>,
     /// DPM-Solver adaptive: relative tolerance [default: 0.05]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rtol: Option<f64>,
 }

@@ -20,27 +20,25 @@ pub fn sampler_spec(
     clip_denoised: Option<bool>,
     default: &str,
 ) -> Result<SamplerSpec> {
-    let base: SamplerSpec = match (&a.sampler, a.use_ddim) {
+    let (name, mut params) = match (&a.sampler, a.use_ddim) {
         (Some(s), use_ddim) => {
-            let spec: SamplerSpec = s.parse().context("--sampler")?;
-            if use_ddim == Some(true) && spec.name() != "ddim" {
-                bail!("--use_ddim True conflicts with --sampler {}", spec.name());
+            let (name, params) = SamplerSpec::parse_raw(s).context("--sampler")?;
+            if use_ddim == Some(true) && name != "ddim" {
+                bail!("--use_ddim True conflicts with --sampler {name}");
             }
-            spec
+            (name, params)
         }
-        (None, Some(true)) => "ddim".parse()?,
-        (None, Some(false)) => "ddpm".parse()?,
+        (None, Some(true)) => ("ddim".to_string(), Params::new()),
+        (None, Some(false)) => ("ddpm".to_string(), Params::new()),
         (None, None) => {
             // A flag of the reference's samplers alone means the reference's default, DDPM.
-            if timestep_respacing.is_some() || a.eta.is_some() {
-                "ddpm".parse()?
-            } else {
-                default.parse().context("the default sampler")?
-            }
+            let d = if timestep_respacing.is_some() || a.eta.is_some() { "ddpm" } else { default };
+            SamplerSpec::parse_raw(d).context("the default sampler")?
         }
     };
-    let name = base.name().to_string();
-    let mut params: Params = base.params().clone();
+    // The name is checked first, so that a bad one is not reported as a flag that does not apply.
+    SamplerSpec::accepts(&name, "steps").map_err(|e| anyhow::anyhow!("--sampler {e}"))?;
+    let from_text: Vec<String> = params.keys().cloned().collect();
     let flags: [(&str, Option<String>); 12] = [
         ("steps", a.steps.map(|v| v.to_string())),
         ("eta", a.eta.map(|v| v.to_string())),
@@ -60,7 +58,7 @@ pub fn sampler_spec(
         if !SamplerSpec::accepts(&name, key)? {
             bail!("--{key} does not apply to --sampler {name}");
         }
-        if a.sampler.as_deref().is_some_and(|s| spec_names(s, key)) {
+        if a.sampler.is_some() && from_text.iter().any(|k| k == key) {
             bail!("--{key} is given twice (in --sampler and as a flag)");
         }
         params.insert(key.to_string(), value);
@@ -95,13 +93,6 @@ pub fn check_builds(
         (None, Some(n)) => anyhow::anyhow!("--steps {n}: {e}"),
         (None, None) => anyhow::anyhow!("--sampler {spec}: {e}"),
     })
-}
-
-/// Whether the spec text `s` gives `key` (as KEY=VALUE, or steps as the name's digits).
-fn spec_names(s: &str, key: &str) -> bool {
-    let mut words = s.split_whitespace();
-    let head_steps = words.next().is_some_and(|h| h.ends_with(|c: char| c.is_ascii_digit()));
-    (key == "steps" && head_steps) || words.any(|w| w.starts_with(&format!("{key}=")))
 }
 
 /// `--guidance_interval LO,HI`.

@@ -46,6 +46,14 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     if let Some(d) = diffusion {
         println!("diffusion (embedded): {}", serde_json::to_string(&d)?);
     }
+    let meta = |k: &str| sd.metadata.get(k);
+    if let Some(null) = meta(guided_diffusion::train::ckpt::meta::NULL_CLASS) {
+        let p = meta(guided_diffusion::train::ckpt::meta::CLASS_DROPOUT_PROB);
+        println!(
+            "classifier-free guidance: null class {null}{} (gdiff sample --cfg_scale S)",
+            p.map(|p| format!(", trained with label dropout {p}")).unwrap_or_default()
+        );
+    }
     for (k, v) in &sd.metadata {
         if k != checkpoint::CONFIG_KEY && k != resolve::DIFFUSION_KEY {
             println!("metadata {k}: {v}");

@@ -6,8 +6,9 @@
 //! The solver integrates the diffusion ODE in the half-log-SNR lambda on the continuous-time
 //! [`VpSchedule`] of the discrete model. With h = lambda_t - lambda_s, the first-order steps are
 //! - noise form (`dpm-solver`): `x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps(x_s, s)`;
-//! - data form (`dpm-solver++`): `x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0(x_s, s)`;
-//! higher orders add divided differences of the model's outputs, from intermediate points
+//! - data form (`dpm-solver++`): `x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0(x_s, s)`.
+//!
+//! Higher orders add divided differences of the model's outputs, from intermediate points
 //! (`singlestep`) or from the previous steps (`multistep`).
 //!
 //! The model adapter (`model_wrapper`): the network is called at the fractional time
@@ -613,8 +614,7 @@ impl DpmSolver {
         let mut x = x.clone();
         let mut prev: VecDeque<Eval> = VecDeque::with_capacity(order);
         prev.push_back(self.model_fn(den, &x, ts[0])?);
-        for step in 1..=steps {
-            let t = ts[step];
+        for (step, &t) in ts.iter().enumerate().skip(1) {
             // Warm-up steps use the orders available; then `order`, lowered at the end below
             // 10 steps ("we only use lower order for steps < 10").
             let step_order = if step < order {

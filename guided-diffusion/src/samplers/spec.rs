@@ -96,10 +96,11 @@ impl SamplerSpec {
     }
 }
 
-impl FromStr for SamplerSpec {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
+impl SamplerSpec {
+    /// Splits spec text into its sampler name and raw parameters (`NAME[STEPS] KEY=VALUE ...`),
+    /// without checking them: for callers that add parameters of their own before
+    /// [`SamplerSpec::new`] normalises them.
+    pub fn parse_raw(s: &str) -> Result<(String, Params)> {
         let mut words = s.split_whitespace();
         let Some(head) = words.next() else {
             bail!("empty sampler spec (expected e.g. ddim25 or \"dpm-solver++ steps=20\")");
@@ -122,7 +123,16 @@ impl FromStr for SamplerSpec {
                 bail!("sampler spec {s:?}: {k} is given twice");
             }
         }
-        Self::new(name, params).map_err(|e| Error::msg(format!("sampler spec {s:?}: {e}")))
+        Ok((name.to_string(), params))
+    }
+}
+
+impl FromStr for SamplerSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, params) = Self::parse_raw(s)?;
+        Self::new(&name, params).map_err(|e| Error::msg(format!("sampler spec {s:?}: {e}")))
     }
 }
 
