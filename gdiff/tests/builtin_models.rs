@@ -175,7 +175,7 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let plot = image::load_from_memory(&png).unwrap();
     assert_eq!((plot.width(), plot.height()), (1120, 800));
-    assert!(dir.join("cost.png").exists());
+    assert!(dir.join("cost.png").exists() && dir.join("steps.png").exists());
     assert!(dir.join("conditional_ddim10_classifier_scale4.png").exists());
     assert!(std::fs::read_to_string(dir.join("results.md"))
         .unwrap()

@@ -7,8 +7,9 @@
 //! reference set, k-NN precision and recall (k = 3) against an equally large reference subset,
 //! and the cost (network evaluations per sample, classifier evaluations, seconds). A row for
 //! held-out real images shows what "perfect" looks like at this sample size. Writes results.md
-//! / .csv / .json, one grid per setting, tradeoff.png (metrics against the scale) and cost.png
-//! (metrics against the sampling time); `--append` extends an earlier sweep in the same folder.
+//! / .csv / .json, one grid per setting, tradeoff.png (metrics against the scale), cost.png
+//! (against the sampling time) and steps.png (against the number of network evaluations);
+//! `--append` extends an earlier sweep in the same folder.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -451,8 +452,8 @@ fn insert_row(rows: &mut Vec<Row>, row: Row) {
     });
 }
 
-/// tradeoff.png (metrics against the scale) and cost.png (accuracy and FD against the
-/// sampling seconds per 100 samples).
+/// tradeoff.png (metrics against the scale), cost.png (accuracy and FD against the sampling
+/// seconds per 100 samples) and steps.png (accuracy and FD against the sampler's NFE).
 fn write_plots(out: &Path, rows: &[Row], num_samples: usize) -> Result<()> {
     let mut keys: Vec<(String, String, String)> = Vec::new();
     for r in rows.iter().filter(|r| r.scale.is_some()) {
@@ -495,7 +496,57 @@ fn write_plots(out: &Path, rows: &[Row], num_samples: usize) -> Result<()> {
         panel("Judge accuracy against sampling time", "accuracy", true, &per_100, |m| m.accuracy),
         panel("Fréchet distance against sampling time", "FD", false, &per_100, |m| m.fd),
     ];
-    write_panels(&out.join("cost.png"), &panels, "seconds per 100 samples", 2, (560, 400))
+    write_panels(&out.join("cost.png"), &panels, "seconds per 100 samples", 2, (560, 400))?;
+    // Against the number of network evaluations: one line per sampler family (its spec
+    // without the step count), guidance and scale, across the step counts swept.
+    let family = |r: &Row| -> String {
+        match SamplerSpec::parse_raw(&r.sampler) {
+            Ok((name, mut params)) => {
+                params.remove("steps");
+                let rest: Vec<String> = params.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+                format!("{name}{}", rest.concat())
+            }
+            Err(_) => r.sampler.clone(),
+        }
+    };
+    let mut lines: Vec<(String, String, String, u64)> = Vec::new();
+    for r in rows.iter().filter(|r| r.scale.is_some() && r.nfe > 0.0) {
+        let k = (r.model.clone(), family(r), r.guidance.clone(), r.scale.unwrap_or(0.0).to_bits());
+        if !lines.contains(&k) {
+            lines.push(k);
+        }
+    }
+    let panel = |title: &str, y: &str, fraction: bool, f: fn(&JudgedMetrics) -> f64| Panel {
+        title: title.into(),
+        y_label: y.into(),
+        y_range: fraction.then_some((0.0, 1.02)),
+        legend: title.starts_with("Judge"),
+        series: lines
+            .iter()
+            .map(|(m, fam, g, sc)| Series {
+                name: format!("{m} {fam} {g} scale {}", f64::from_bits(*sc)),
+                points: {
+                    let mut p: Vec<(f64, f64)> = rows
+                        .iter()
+                        .filter(|r| {
+                            &r.model == m
+                                && family(r) == *fam
+                                && &r.guidance == g
+                                && r.scale.map(f64::to_bits) == Some(*sc)
+                        })
+                        .map(|r| (r.nfe, f(&r.metrics)))
+                        .collect();
+                    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    p
+                },
+            })
+            .collect(),
+    };
+    let panels = [
+        panel("Judge accuracy against network evaluations", "accuracy", true, |m| m.accuracy),
+        panel("Fréchet distance against network evaluations", "FD", false, |m| m.fd),
+    ];
+    write_panels(&out.join("steps.png"), &panels, "network evaluations (NFE)", 2, (560, 400))
 }
 
 pub fn run(a: &SweepArgs) -> Result<()> {
@@ -697,7 +748,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     }
     write_plots(&a.out_dir, &rows, a.num_samples)?;
     log(format!(
-        "wrote {}/results.md, results.csv, results.json, tradeoff.png and cost.png",
+        "wrote {}/results.md, results.csv, results.json, tradeoff.png, cost.png and steps.png",
         a.out_dir.display()
     ));
     Ok(())
