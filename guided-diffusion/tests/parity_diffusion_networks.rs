@@ -24,6 +24,7 @@ fn load_net(name: &str) -> Net {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("loading model {name}: {e}"))
+    .with_policy(diffusion_support::policy())
 }
 
 fn build(diffusion: &serde_json::Value) -> GaussianDiffusion {

@@ -24,6 +24,7 @@ fn load(model: &str, fmt: Fmt) -> Net {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("loading {model}.{ext}: {e}"))
+    .with_policy(support::policy())
 }
 
 fn timesteps(case: &Case) -> Tensor {

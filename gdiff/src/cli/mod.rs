@@ -3,5 +3,6 @@
 pub mod args;
 pub mod output;
 pub mod plot;
+pub mod policy;
 pub mod presets;
 pub mod resolve;

@@ -33,32 +33,6 @@ pub fn read_npz_array(path: &Path, key: &str) -> Result<Tensor> {
     })
 }
 
-/// A bf16 scope for `--precision bf16` on `device` (named `device_flag` on the command line):
-/// CPU only, with the fast kernels on; without AMX it says that it will be slow (unless
-/// `quiet`).
-pub fn precision_scope(
-    precision: &str,
-    device: &Device,
-    device_flag: &str,
-    quiet: bool,
-) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
-    if precision != "bf16" {
-        return Ok(None);
-    }
-    if !device.is_cpu() {
-        bail!("--precision bf16: the bf16 convolutions are CPU kernels; on {device_flag} use f32");
-    }
-    if !guided_diffusion::kernels::enabled() {
-        bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
-    }
-    if !quiet && !guided_diffusion::kernels::amx::available() {
-        eprintln!(
-            "note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed"
-        );
-    }
-    Ok(Some(guided_diffusion::kernels::bf16()))
-}
-
 /// `cpu`, `cuda` or `cuda:N`.
 pub fn device(s: &str) -> Result<Device> {
     match s {

@@ -9,7 +9,7 @@ use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::sample::{self, Classes, Method, Progress, Request, Sampling};
 
 use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs, SamplingArgs};
-use crate::cli::{output, resolve};
+use crate::cli::{output, policy, resolve};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -80,6 +80,7 @@ pub fn load_classifier(
     image_size: usize,
     num_classes: Option<usize>,
     device: &Device,
+    policy: guided_diffusion::kernels::KernelPolicy,
 ) -> Result<Option<(Net, f64)>> {
     let Some(path) = &c.classifier_path else {
         return Ok(None);
@@ -88,7 +89,8 @@ pub fn load_classifier(
         bail!("--classifier_path {}: no such file", path.display());
     }
     let cfg = resolve::classifier_config(c, image_size, num_classes, path)?;
-    let net = Net::load_with_config(&NetConfig::Classifier(cfg), path, device)?;
+    let net =
+        policy::prepare(Net::load_with_config(&NetConfig::Classifier(cfg), path, device)?, policy);
     Ok(Some((net, c.classifier_scale.unwrap_or(1.0))))
 }
 
@@ -119,7 +121,6 @@ pub fn run_and_write(
             p.num_samples
         ));
     };
-    let _bf16 = output::precision_scope(&a.precision, &s.device, &a.device, a.quiet)?;
     let out = s.run(req, &mut on_step)?;
     pb.finish_and_clear();
     let dims = out.images.dims().to_vec();
@@ -193,7 +194,10 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     }
     let builtin = a.sampling.model_path.is_none();
     let ucfg = resolve::unet_config(&a.model, Some(&model_path))?;
+    let s = &a.sampling;
+    let policy = policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
     let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &model_path, &device)?;
+    let model = policy::prepare(model, policy);
     let (_, emb_diffusion) = resolve::embedded(&model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, ucfg.learns_sigma())?;
     let diffusion = dcfg
@@ -206,7 +210,8 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         clf_args.classifier_path =
             builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
     }
-    let classifier = load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device)?;
+    let classifier =
+        load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device, policy)?;
     let num_classes =
         ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
     let classes = match &a.sampling.classes {

@@ -29,6 +29,23 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The kernel policy of a benchmark run, from the `GD_*` switches (`GD_KERNELS`, `GD_WINOGRAD`,
+/// `GD_AMX`; the library reads no environment) and `GD_PRECISION=bf16` (bf16 products).
+pub fn policy() -> guided_diffusion::kernels::KernelPolicy {
+    use guided_diffusion::kernels::{KernelPolicy, Precision};
+    let p = KernelPolicy::from_vars(|k| std::env::var(k).ok());
+    let bf16 = std::env::var("GD_PRECISION").is_ok_and(|v| v.trim().eq_ignore_ascii_case("bf16"));
+    p.with_precision(if bf16 { Precision::Bf16 } else { Precision::F32 })
+}
+
+/// Tunes glibc's malloc as `gdiff` does, unless `GD_MALLOC=default`.
+pub fn tune_malloc() {
+    let keep = std::env::var("GD_MALLOC").ok();
+    if !guided_diffusion::kernels::malloc::keep_default(keep.as_deref()) {
+        guided_diffusion::kernels::malloc::tune();
+    }
+}
+
 /// `true` when the environment variable is set to anything but `0` / empty.
 pub fn flag(name: &str) -> bool {
     std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)

@@ -281,8 +281,6 @@ impl GaussianDiffusion {
     ) -> Result<Tensor> {
         let n = x_start_noise.dim(0)?;
         let num_steps = self.num_timesteps();
-        // The weights stay as they are for the whole loop: keep their derived forms.
-        let _frozen = crate::kernels::freeze();
         let mut img = x_start_noise.detach();
         for (index, step) in (0..num_steps).rev().enumerate() {
             let t = vec![step; n];
@@ -354,7 +352,6 @@ impl GaussianDiffusion {
     ) -> Result<Tensor> {
         let n = x0.dim(0)?;
         let num_steps = self.num_timesteps();
-        let _frozen = crate::kernels::freeze();
         let mut img = x0.detach();
         for (index, step) in (0..num_steps).enumerate() {
             let t = vec![step; n];

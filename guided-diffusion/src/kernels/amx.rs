@@ -11,7 +11,7 @@
 //! The instructions are written as inline assembly (Rust has no stable AMX intrinsics); no code
 //! the compiler generates touches the tile registers, so their contents survive between the
 //! `asm!` blocks of one call. Linux hands out the tile state only on request
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process); [`available`]
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process); [`hardware`]
 //! checks the CPU (CPUID) and makes that request once.
 //!
 //! A is packed by [`super::bf16`] as `[m/16][k/32][16][32]` bf16 (m padded to a multiple of
@@ -22,13 +22,9 @@
 //! 16 output pixels of one row, and no column matrix is ever built.
 use std::sync::OnceLock;
 
-/// Whether AMX bf16 can be used in this process: the CPU has AMX-TILE and AMX-BF16, the
-/// kernel granted the tile state, and `GD_AMX` is not `0`/`off` ([`super::switch`]).
-pub fn available() -> bool {
-    hardware() && super::switch::amx_enabled()
-}
-
-/// The CPU and OS part of [`available`], probed once.
+/// Whether AMX bf16 can be used in this process: the CPU has AMX-TILE and AMX-BF16 and the
+/// kernel granted the tile state (probed once; a fact about the machine, not a setting: the
+/// [`KernelPolicy`](super::KernelPolicy) chooses whether to use it).
 pub fn hardware() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(probe)
@@ -97,7 +93,7 @@ pub enum Start<'a> {
 /// multiple of 32, `kblocks = b.offsets.len()` steps), `dst` has row stride `ldc` floats.
 ///
 /// # Safety
-/// [`available`] must be true; `a` must hold the packed extent described; every block's B
+/// [`hardware`] must be true; `a` must hold the packed extent described; every block's B
 /// tiles (16 rows of 64 bytes at `b.stride`, at each offset) must be readable; `bias` has at
 /// least `m` values; `dst` must be valid for the writes described and not written by anyone
 /// else meanwhile.
@@ -285,7 +281,7 @@ fn valid_rows(
     }
 }
 
-/// Not x86_64: never called ([`available`] is false).
+/// Not x86_64: never called ([`hardware`] is false).
 ///
 /// # Safety
 /// Never safe to call; it panics.

@@ -10,6 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
 use super::scratch;
 use super::sgemm::{sgemm_scaled, MatMut, MatRef};
 use super::softmax::{softmax_bwd_row_inplace, softmax_row_inplace};
@@ -21,13 +22,20 @@ const ROW_BLOCK: usize = 64;
 
 /// `qkv: [B, 3 * heads * ch, T] -> [B, heads * ch, T]` with the legacy head layout (per head
 /// `[q, k, v]` blocks) or the new one (`q`, `k`, `v` for all heads, then split); `None` where
-/// the fast kernels do not apply (switched off, not f32 on the CPU, width not divisible).
-pub fn qkv_attention(qkv: &Tensor, heads: usize, new_order: bool) -> Result<Option<Tensor>> {
+/// the fast kernels do not apply (off in `policy`, not f32 on the CPU, width not divisible).
+/// The forward's two products are bf16 in a bf16 policy.
+pub fn qkv_attention(
+    policy: &KernelPolicy,
+    qkv: &Tensor,
+    heads: usize,
+    new_order: bool,
+) -> Result<Option<Tensor>> {
     let Ok((_, width, _)) = qkv.dims3() else { return Ok(None) };
-    if !super::applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
+    if !policy.applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
         return Ok(None);
     }
-    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16: super::bf16::active() })?))
+    let bf16 = policy.bf16().then(|| policy.uses_amx());
+    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16 })?))
 }
 
 /// Where the q, k, v blocks (`[ch, T]`, contiguous) of one (image, head) start in `qkv`.
@@ -109,11 +117,12 @@ fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     Ok(&v[a..b])
 }
 
-/// `bf16`: made inside a bf16 scope (the forward's two products in bf16; the backward f32).
+/// `bf16`: made in a bf16 policy, `Some(amx)` (the forward's two products in bf16, on AMX
+/// with `amx`; the backward f32).
 struct Attn {
     heads: usize,
     new_order: bool,
-    bf16: bool,
+    bf16: Option<bool>,
 }
 
 impl CustomOp1 for Attn {
@@ -126,8 +135,8 @@ impl CustomOp1 for Attn {
         let x = f32_arg(s, l, self.name())?;
         let (t, ch) = (hd.t, hd.ch);
         let mut out = vec![0f32; hd.b * hd.heads * ch * t];
-        if self.bf16 && t > 0 && ch > 0 {
-            forward_bf16(&hd, x, &mut out);
+        if let (Some(amx), true) = (self.bf16, t > 0 && ch > 0) {
+            forward_bf16(&hd, x, &mut out, amx);
         } else if t > 0 && ch > 0 {
             // Tasks are (image, head, block of query rows): a block's scores stay in cache
             // between the three passes over them (scores, softmax, product with v).
@@ -280,24 +289,24 @@ impl CustomOp2 for AttnBwd {
 /// The forward pass in bf16 ([`super::bf16`]): the scores are the f32 sums of products of
 /// bf16-rounded q and k, scaled and softmaxed in f32; the output is the f32 sum of products of
 /// bf16-rounded v and softmax weights. On AMX, k and v are packed once per head and the query
-/// rows go in blocks; without it, the same rounding goes through the f32 products.
-fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
+/// rows go in blocks; without it (`amx` false), the same rounding goes through the f32
+/// products.
+fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], amx: bool) {
     use super::bf16::{self, PackedB, PackedWeight, Rhs};
     let (t, ch) = (hd.t, hd.ch);
     let rows = ROW_BLOCK.min(t);
     let optr = SendPtr(out.as_mut_ptr());
-    let amx = super::amx::available();
     (0..hd.b * hd.heads).into_par_iter().for_each(|i| {
         let [q, k, v] = hd.qkv(i).map(|o| &x[o..o + ch * t]);
         let head = optr.get().wrapping_add(i * ch * t);
         let mut w = scratch::take(rows * t);
         if amx {
             let pk = PackedB::new(&Rhs::Rows { b: k, ld: t }, ch, t);
-            let pv = PackedWeight::new(v, ch, t);
+            let pv = PackedWeight::new(v, ch, t, true);
             let (zr, zc) = (vec![0f32; rows], vec![0f32; ch]);
             for r0 in (0..t).step_by(rows) {
                 let nr = rows.min(t - r0);
-                let pq = PackedWeight::from_rows(nr, ch, |r, row| {
+                let pq = PackedWeight::from_rows(nr, ch, true, |r, row| {
                     for (c, d) in row.iter_mut().enumerate() {
                         *d = q[c * t + r0 + r];
                     }

@@ -1,11 +1,11 @@
-//! bf16 scopes: convolutions (and attention's two products) whose inputs and weights are
+//! bf16 products: convolutions (and attention's two products) whose inputs and weights are
 //! rounded to bfloat16 and whose products are summed in f32, like PyTorch's CPU autocast.
 //!
 //! The reference samples its released models in float16 (`--use_fp16 True`): it casts the
 //! convolutions' weights and activations to half precision and keeps GroupNorm in f32. Here
 //! the same idea serves speed on CPUs with Intel AMX ([`super::amx`]): a bf16 matrix product
 //! there is several times faster than f32, and a bf16 weight is half the bytes, which is what
-//! the small 16x16 and 8x8 layers at batch 1 wait for. In a scope:
+//! the small 16x16 and 8x8 layers at batch 1 wait for. With a bf16 policy:
 //! - convolution forwards and the input gradients of stride-1 convolutions (classifier
 //!   guidance, training) are bf16 products;
 //! - so are the weight gradients of convolutions with >= 128 output channels (training);
@@ -18,36 +18,11 @@
 //! goes through the f32 matrix product, so results agree with the AMX path up to the order of
 //! the f32 sums (and AMX treating bf16 denormals as zero); that is what the tests check.
 //!
-//! It is opt-in and process-wide, like [`super::freeze`]: [`bf16`] returns a guard, and while
-//! one lives, every op made in the process uses bf16 where it can. `gdiff sample --precision
-//! bf16` and `gdiff train --precision bf16` hold one for the whole run.
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+//! It is opt-in, per network or call: a [`KernelPolicy`](super::KernelPolicy) with
+//! [`Precision::Bf16`](super::Precision). `gdiff sample --precision bf16` and `gdiff train
+//! --precision bf16` give their networks one.
 use super::amx;
 use super::im2col::{im2col_row, Geom};
-
-static SCOPES: AtomicUsize = AtomicUsize::new(0);
-
-/// While this guard lives, convolution forwards use bf16 inputs and weights.
-#[must_use = "bf16 is used only while the guard lives"]
-pub struct Bf16(());
-
-/// Opens a bf16 scope (process-wide; scopes nest).
-pub fn bf16() -> Bf16 {
-    SCOPES.fetch_add(1, Ordering::SeqCst);
-    Bf16(())
-}
-
-impl Drop for Bf16 {
-    fn drop(&mut self) {
-        SCOPES.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Whether a bf16 scope is open.
-pub fn active() -> bool {
-    SCOPES.load(Ordering::SeqCst) > 0
-}
 
 /// The f32 bit pattern of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN,
 /// quiet), low 16 bits zero.
@@ -90,16 +65,22 @@ pub enum PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[m, k]` row-major): for AMX when it is available, else rounded.
-    pub fn new(w: &[f32], m: usize, k: usize) -> PackedWeight {
+    /// Packs `w` (`[m, k]` row-major): for AMX with `amx` (the CPU must have it), else rounded.
+    pub fn new(w: &[f32], m: usize, k: usize, amx: bool) -> PackedWeight {
         assert!(w.len() >= m * k);
-        Self::from_rows(m, k, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
+        Self::from_rows(m, k, amx, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
     }
 
-    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel.
-    pub fn from_rows(m: usize, k: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> PackedWeight {
+    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel: for AMX with
+    /// `amx` (the CPU must have it), else rounded.
+    pub fn from_rows(
+        m: usize,
+        k: usize,
+        amx: bool,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> PackedWeight {
         use rayon::prelude::*;
-        if !amx::available() {
+        if !amx || !amx::hardware() {
             let mut r = vec![0f32; m * k];
             r.par_chunks_mut(k.max(1)).enumerate().for_each(|(row, dst)| {
                 fill(row, dst);

@@ -54,17 +54,21 @@ impl Weight<'_> {
     }
 }
 
-/// The packed forms of a frozen weight, kept across calls ([`super::frozen`]).
+/// The packed forms of a frozen weight, kept across calls ([`super::forms`]): for AMX and
+/// without it (the policy chooses per call).
 #[derive(Default)]
 pub struct Cache {
-    packed: OnceLock<PackedWeight>,
+    packed_amx: OnceLock<PackedWeight>,
+    rounded: OnceLock<PackedWeight>,
     taps: OnceLock<TapsWeight>,
 }
 
 /// `out[n, co, ho, wo] = conv(x, w) + bias` with bf16 inputs and weights, f32 sums.
 /// `cache`, when given, keeps the packed weight across calls (a frozen weight's).
 /// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
-/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does).
+/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does). `amx`:
+/// the products run on AMX (the policy's choice, on a CPU that has it).
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cv: &Conv,
     x: &[f32],
@@ -72,6 +76,7 @@ pub fn forward(
     flipped: bool,
     bias: &[f32],
     out: &mut [f32],
+    amx: bool,
     cache: Option<&Cache>,
 ) {
     let g = cv.g;
@@ -83,12 +88,12 @@ pub fn forward(
             && out.len() >= cv.n * cv.co * px
     );
     let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
-    if taps_apply(&g) {
+    if taps_apply(&g, amx) {
         return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
     }
-    let pack = || PackedWeight::from_rows(cv.co, k, |o, row| wt.row_ck(o, row));
+    let pack = || PackedWeight::from_rows(cv.co, k, amx, |o, row| wt.row_ck(o, row));
     let own;
-    let pw = match cache.map(|c| &c.packed) {
+    let pw = match cache.map(|c| if amx { &c.packed_amx } else { &c.rounded }) {
         Some(p) => p.get_or_init(pack),
         None => {
             own = pack();
@@ -113,10 +118,10 @@ pub fn forward(
     plan.each_tile(run);
 }
 
-/// Whether the shifted-window ("taps") form applies: AMX, a multi-tap stride-1 kernel and
+/// Whether the shifted-window ("taps") form applies: `amx`, a multi-tap stride-1 kernel and
 /// output rows of at least 16 pixels (a B block is 16 pixels of one row).
-pub fn taps_apply(g: &Geom) -> bool {
-    g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE && amx::available()
+pub fn taps_apply(g: &Geom, amx: bool) -> bool {
+    amx && g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE
 }
 
 /// A weight `[co, c, kh, kw]` packed as AMX A for the taps form: depth step
@@ -285,11 +290,12 @@ fn interleave(xi: &[f32], g: &Geom, wp: usize, hp: usize, pairs: usize, xp: &mut
 /// `2 * co` FLOPs per packed value, so thin layers spend their time packing (the small
 /// Fashion-MNIST model, 32-64 channels: no faster than f32 Winograd; the 64x64 model's
 /// 192-768 channel layers: training step 4.94 -> 4.53 s).
-pub fn weight_grad_applies(cv: &Conv) -> bool {
-    cv.co >= 128 && amx::available()
+pub fn weight_grad_applies(cv: &Conv, amx: bool) -> bool {
+    amx && cv.co >= 128
 }
 
-/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`]):
+/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`] with the policy's
+/// AMX choice):
 /// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
 /// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
 /// the product: the band's `gy` is A, its transposed column matrix B, and each thread
@@ -297,7 +303,7 @@ pub fn weight_grad_applies(cv: &Conv) -> bool {
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(amx::available(), "conv_bf16::weight_grad needs AMX");
+    assert!(amx::hardware(), "conv_bf16::weight_grad needs AMX");
     assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
     let dw = &mut dw[..cv.co * k];
     if px == 0 || cv.n == 0 {
@@ -317,7 +323,7 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             let gyb = &gy[img * cv.co * px + oy0 * g.wo..];
             let col = &mut col[..k * tp];
             super::im2col::im2col(xi, &g, oy0, oy1, col);
-            let a = PackedWeight::from_rows(cv.co, tp, |o, row| {
+            let a = PackedWeight::from_rows(cv.co, tp, true, |o, row| {
                 row.copy_from_slice(&gyb[o * px..o * px + tp])
             });
             let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);

@@ -2,32 +2,27 @@
 //! input gradient (a forward convolution with the flipped weight for stride 1, one gemm on the
 //! transposed weight for 1x1, gemm + col2im otherwise) and weight gradient (gemm of the output
 //! gradient with im2col(x)). The 3x3 stride-1 layers that [`winograd::applies`] to go through
-//! Winograd instead, in all three (`winograd`, `winograd_wgrad`); a frozen weight's derived
-//! forms come from `super::frozen`.
+//! Winograd instead, in all three (`winograd`, `winograd_wgrad`), when the policy allows it; a
+//! frozen weight's derived forms come from its layer (`super::forms`).
 //!
 //! Work is split into *tiles*: one image and a band of output rows small enough that its
 //! column matrix stays in cache. Tiles run in parallel on rayon with single-threaded gemms when
 //! there are enough of them; otherwise they run one after the other with a threaded gemm.
 //! Column matrices live in pooled scratch buffers (no allocation once warm).
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::frozen::Derived;
+use super::forms::Derived;
 use super::im2col::{col2im_add, im2col, Geom};
+use super::policy::KernelPolicy;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::winograd;
 
-/// Target size of one tile's column matrix, in floats (default 128 Ki floats = 512 KiB, the L2
-/// of a Zen3 core; 256 KiB..2 MiB measured within noise of each other here).
-static TILE_FLOATS: AtomicUsize = AtomicUsize::new(128 * 1024);
-
-/// Sets the target column-matrix size of a tile in bytes (for tuning; clamped to >= 4 KiB).
-pub fn set_tile_bytes(bytes: usize) {
-    TILE_FLOATS.store((bytes / 4).max(1024), Ordering::Relaxed);
-}
+/// Target size of one tile's column matrix, in floats: 128 Ki floats = 512 KiB, the L2 of a
+/// Zen3 core (256 KiB..2 MiB measured within noise of each other here).
+const TILE_FLOATS: usize = 128 * 1024;
 
 /// A batch convolution: `n` images of geometry `g` into `co` output channels.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +58,7 @@ impl Conv {
         let g = &self.g;
         let threads = rayon::current_num_threads().max(1);
         let per_row = (g.k() * g.wo).max(1);
-        let mut rows = (TILE_FLOATS.load(Ordering::Relaxed) / per_row).clamp(1, g.ho.max(1));
+        let mut rows = (TILE_FLOATS / per_row).clamp(1, g.ho.max(1));
         // At least 128 output pixels per tile (the gemm's n), even past the cache target.
         rows = rows.max(128usize.div_ceil(g.wo.max(1))).min(g.ho.max(1));
         // With fewer images than threads, cut images into at least `threads` bands if that
@@ -109,17 +104,18 @@ impl SendPtr {
 
 /// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
 ///
-/// `winograd`, when given, keeps the weight's Winograd transform across calls (a frozen
-/// weight's, [`super::frozen`]).
+/// Through Winograd where it applies and `use_winograd`; `winograd`, when given, keeps the
+/// weight's Winograd transform across calls (a frozen weight's, [`super::forms`]).
 pub fn forward(
     cv: &Conv,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
+    use_winograd: bool,
     winograd: Option<&OnceLock<Vec<f32>>>,
 ) {
-    if winograd::applies(cv) {
+    if use_winograd && winograd::applies(cv) {
         return forward_winograd(cv, x, w, false, bias, out, winograd);
     }
     let g = cv.g;
@@ -177,9 +173,10 @@ fn forward_winograd(
     winograd::forward(cv, x, u, bias, out)
 }
 
-/// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T`.
-pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
-    if winograd::applies(cv) {
+/// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T` (through Winograd where it
+/// applies and `use_winograd`).
+pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], use_winograd: bool) {
+    if use_winograd && winograd::applies(cv) {
         return super::winograd_wgrad::weight_grad(cv, x, gy, dw);
     }
     let g = cv.g;
@@ -261,7 +258,8 @@ pub(super) fn add_partials(dst: &mut [f32], partials: &[f32]) {
     });
 }
 
-/// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
+/// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`, as `policy`
+/// says (bf16 for stride 1 in a bf16 policy).
 ///
 /// `frozen`, when given, keeps the flipped weight and its Winograd transform across calls.
 pub fn input_grad(
@@ -269,8 +267,8 @@ pub fn input_grad(
     gy: &[f32],
     w: &[f32],
     dx: &mut [f32],
+    policy: &KernelPolicy,
     frozen: Option<&Derived>,
-    bf16: bool,
 ) {
     let g = cv.g;
     if g.is_pointwise() {
@@ -289,8 +287,8 @@ pub fn input_grad(
             return input_grad_col2im(cv, gy, w, dx);
         }
         let t = Conv { n: cv.n, co: g.c, g: gt };
-        if bf16 {
-            // In a bf16 scope (classifier guidance while sampling): the bf16 forward, packing
+        if policy.bf16() {
+            // In a bf16 policy (classifier guidance while sampling): the bf16 forward, packing
             // the flipped weight straight from `w`.
             let zeros = vec![0f32; g.c];
             return super::conv_bf16::forward(
@@ -300,10 +298,11 @@ pub fn input_grad(
                 true,
                 &zeros,
                 dx,
+                policy.uses_amx(),
                 frozen.map(|d| &d.bf16_flipped),
             );
         }
-        if winograd::applies(&t) {
+        if policy.winograd && winograd::applies(&t) {
             // The transform reads the flipped weight straight from `w`.
             return forward_winograd(
                 &t,
@@ -324,12 +323,12 @@ pub fn input_grad(
                     flip(&mut wt);
                     wt
                 });
-                forward(&t, gy, wt, None, dx, None)
+                forward(&t, gy, wt, None, dx, false, None)
             }
             None => {
                 let mut wt = scratch::take(len);
                 flip(&mut wt);
-                forward(&t, gy, &wt, None, dx, None)
+                forward(&t, gy, &wt, None, dx, false, None)
             }
         };
     }

@@ -8,14 +8,17 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::group_norm_cpu::{self, Gn};
+use super::policy::KernelPolicy;
 
 type Result<T> = candle_core::Result<T>;
 
 /// `act((GN(x) * gamma + beta) * (1 + scale) + shift)` over `x: [N, C, ...]` with `groups`
 /// groups, where `scale_shift` is `[N, 2C]` (or `[N, 2C, 1, 1]`, scale first) and `act` is
-/// SiLU when `silu`. Returns `None` where the fast kernels do not apply (switched off, not f32
-/// on the CPU, channels not divisible by `groups`); the caller then uses candle's ops.
+/// SiLU when `silu`. Returns `None` where the fast kernels do not apply (off in `policy`, not
+/// f32 on the CPU, channels not divisible by `groups`); the caller then uses candle's ops.
+#[allow(clippy::too_many_arguments)]
 pub fn group_norm(
+    policy: &KernelPolicy,
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -26,7 +29,7 @@ pub fn group_norm(
 ) -> Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let dims = x.dims();
-    if !super::enabled() || dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
+    if !policy.fast || dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
         return Ok(None);
     }
     let (n, c) = (dims[0], dims[1]);

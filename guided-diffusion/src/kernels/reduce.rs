@@ -4,19 +4,16 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
 use super::vmath;
 
 type Result<T> = candle_core::Result<T>;
 
-/// `sum over all axes but 1` of an f32 CPU tensor of rank >= 2, as `[C]`; candle's `sum`
-/// otherwise. Its gradient broadcasts back.
-pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
+/// `sum over all axes but 1` of an f32 CPU tensor of rank >= 2, as `[C]`, with the fast
+/// kernels on in `policy`; candle's `sum` otherwise. Its gradient broadcasts back.
+pub fn channel_sum(policy: &KernelPolicy, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    if !matches!(x.device(), Device::Cpu)
-        || x.dtype() != DType::F32
-        || rank < 2
-        || !super::enabled()
-    {
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || rank < 2 || !policy.fast {
         let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
         return x.sum(axes);
     }

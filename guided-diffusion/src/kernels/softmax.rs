@@ -5,14 +5,15 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
 use super::vmath;
 
 type Result<T> = candle_core::Result<T>;
 
 /// Softmax over the last axis of an f32 CPU tensor, or `None` where the fast kernels do not
-/// apply (switched off, other device or dtype, rank 0).
-pub fn softmax_last(x: &Tensor) -> Result<Option<Tensor>> {
-    if !super::applies_to(&[x]) || x.rank() == 0 {
+/// apply (off in `policy`, other device or dtype, rank 0).
+pub fn softmax_last(policy: &KernelPolicy, x: &Tensor) -> Result<Option<Tensor>> {
+    if !policy.applies_to(&[x]) || x.rank() == 0 {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op1(Softmax)?))

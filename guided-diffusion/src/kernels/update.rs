@@ -18,14 +18,17 @@
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
+
 type Result<T> = candle_core::Result<T>;
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 16;
 
-/// Whether the fused updates apply: fast kernels on, every tensor f32, on the CPU, contiguous.
-pub fn applies(ts: &[&Tensor]) -> bool {
-    super::applies_to(ts) && ts.iter().all(|t| t.is_contiguous())
+/// Whether the fused updates apply: fast kernels on in `policy`, every tensor f32, on the CPU,
+/// contiguous.
+pub fn applies(policy: &KernelPolicy, ts: &[&Tensor]) -> bool {
+    policy.applies_to(ts) && ts.iter().all(|t| t.is_contiguous())
 }
 
 /// The contiguous f32 values of a storage with its layout.
@@ -185,9 +188,10 @@ impl InplaceOp2 for EmaStep {
 }
 
 /// `sum(t^2)` of a contiguous f32 CPU tensor, in f64 (f32 partial sums of 16 lanes per block
-/// of 1024 values, then f64), in parallel chunks; `None` when `t` is not such a tensor.
-pub fn sum_sq(t: &Tensor) -> Option<f64> {
-    if !applies(&[t]) {
+/// of 1024 values, then f64), in parallel chunks; `None` when `t` is not such a tensor or the
+/// fast kernels are off in `policy`.
+pub fn sum_sq(policy: &KernelPolicy, t: &Tensor) -> Option<f64> {
+    if !applies(policy, &[t]) {
         return None;
     }
     let (s, l) = t.storage_and_layout();
@@ -211,8 +215,9 @@ pub struct AdamConsts {
 /// same f32 operations as those ops one after the other, so the same bits, with each value
 /// read and written once instead of once per op (the 64x64 model's update: 14 passes over
 /// 1.2 GB became 9). Returns the sum of squares, or `None` (nothing done) where the fast
-/// kernels do not apply.
+/// kernels do not apply (off in `policy`, not contiguous f32 CPU tensors).
 pub fn adamw_ema_step(
+    policy: &KernelPolicy,
     p: &Tensor,
     g: &Tensor,
     m: &Tensor,
@@ -222,7 +227,7 @@ pub fn adamw_ema_step(
 ) -> Result<Option<f64>> {
     let mut all = vec![p, g, m, v];
     all.extend(emas.iter().map(|e| e.0));
-    if !applies(&all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
+    if !applies(policy, &all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
         return Ok(None);
     }
     // Distinct storages (a tensor locked twice would deadlock; shared data would be wrong).

@@ -4,7 +4,7 @@
 //! `A^T [ sum_c (G g_c G^T) . (B^T d_c B) ] A`, where `d_c` is the 6x6 input patch under the tile
 //! in channel `c` and `g_c` the 3x3 kernel (Lavin & Gray 2016). So a layer becomes
 //! - the *weight transform* `U[xi][co][c] = (G g G^T)[xi]` (36 = 6x6 positions `xi`), made
-//!   per call, or once per sampling run for a frozen weight (`super::frozen`); for the input
+//!   per call, or once for a frozen weight (`super::forms`); for the input
 //!   gradient, of the flipped weight, read flipped on the fly,
 //! - the *input transform* `V[xi][c][tile] = (B^T d B)[xi]`,
 //! - 36 matrix products `M[xi] = U[xi] V[xi]` (`[co, c] x [c, tiles]`, our packed gemm), and
@@ -20,9 +20,9 @@
 //! Rounding differs from the direct sum: `G` holds 1/6 and 1/24, and the transforms add
 //! values of both signs. The result carries an error of up to about 5e-6 of the output's
 //! largest value; the direct im2col product has about 6e-7 (measured by
-//! `kernels_conv2d_winograd_matches_definition`). The switch
-//! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off;
-//! [`applies`] keeps it to layers wide enough to profit (`benches/conv3x3.rs`). The weight
+//! `kernels_conv2d_winograd_matches_definition`). The policy's `winograd` turns it off
+//! (`super::KernelPolicy`); [`applies`] keeps it to layers wide enough to profit
+//! (`benches/conv3x3.rs`). The weight
 //! gradient of the same layers is in `winograd_wgrad`.
 use rayon::prelude::*;
 
@@ -53,7 +53,6 @@ pub fn applies(cv: &Conv) -> bool {
         && g.c >= 32
         && cv.co >= 32
         && cv.n * g.ho.div_ceil(4) * g.wo.div_ceil(4) >= MIN_TILES
-        && super::switch::winograd_enabled()
 }
 
 /// `out[n, co, ho, wo] = conv3x3(x[n, c, h, w], w[co, c, 3, 3]) + bias[co]`.

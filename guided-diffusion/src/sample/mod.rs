@@ -135,8 +135,6 @@ impl Sampling<'_> {
         let labels = if self.uses_labels() { Some(self.labels(req)?) } else { None };
         let num_batches = req.num_samples.div_ceil(req.batch_size);
         let steps = self.diffusion.num_timesteps();
-        // Derived weight forms are kept across batches, not just within one loop.
-        let _frozen = crate::kernels::freeze();
         let mut out = Vec::with_capacity(num_batches);
         for b in 0..num_batches {
             let first = b * req.batch_size;

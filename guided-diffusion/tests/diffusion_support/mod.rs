@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use guided_diffusion::diffusion::DiffusionConfig;
 
+/// The kernel policy the suites run their networks with: the `GD_*` switches of the
+/// environment (`GD_KERNELS=candle` runs them on candle's own ops), as `gdiff` reads them.
+pub fn policy() -> guided_diffusion::kernels::KernelPolicy {
+    guided_diffusion::kernels::KernelPolicy::from_vars(|k| std::env::var(k).ok())
+}
+
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
 }

@@ -5,7 +5,15 @@ pub mod train;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use guided_diffusion::kernels::KernelPolicy;
 use guided_diffusion::{DType, Device, Tensor};
+
+/// The kernel policy the suites run their networks with: the `GD_*` switches of the
+/// environment (`GD_KERNELS=candle` runs them on candle's own ops, `GD_WINOGRAD=0` without
+/// Winograd), as `gdiff` reads them.
+pub fn policy() -> KernelPolicy {
+    KernelPolicy::from_vars(|k| std::env::var(k).ok())
+}
 
 /// A tensor of uniform values in [-1, 1) drawn from `rng` (the kernel tests' random inputs).
 pub fn rand_tensor(rng: &mut rand::rngs::StdRng, shape: &[usize]) -> Tensor {
