@@ -125,6 +125,10 @@ fn fma_loop(iters: usize) -> f64 {
     {
         use std::arch::x86_64::*;
         if std::is_x86_feature_detected!("avx512f") {
+            /// `iters` rounds of 12 AVX-512 FMA chains.
+            ///
+            /// # Safety
+            /// The CPU must have AVX-512F.
             #[target_feature(enable = "avx512f")]
             unsafe fn run(iters: usize) -> f32 {
                 let m = _mm512_set1_ps(0.999_999);
@@ -137,10 +141,15 @@ fn fma_loop(iters: usize) -> f64 {
                 }
                 acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
             }
+            // SAFETY: the feature was just detected.
             std::hint::black_box(unsafe { run(iters) });
             return (iters * 12 * 16 * 2) as f64;
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            /// `iters` rounds of 12 AVX2 FMA chains.
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA.
             #[target_feature(enable = "avx2,fma")]
             unsafe fn run(iters: usize) -> f32 {
                 let m = _mm256_set1_ps(0.999_999);
@@ -159,6 +168,7 @@ fn fma_loop(iters: usize) -> f64 {
                 }
                 s
             }
+            // SAFETY: the features were just detected.
             std::hint::black_box(unsafe { run(iters) });
             return (iters * 12 * 8 * 2) as f64;
         }

@@ -22,6 +22,7 @@
 //! [`Precision::Bf16`](super::Precision). `gdiff sample --precision bf16` and `gdiff train
 //! --precision bf16` give their networks one.
 use super::amx;
+use super::disjoint::Disjoint;
 use super::im2col::{im2col_row, Geom};
 
 /// The f32 bit pattern of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN,
@@ -124,19 +125,6 @@ pub fn packed_b_len(k: usize, n: usize) -> usize {
     blocks32(n) * 2 * k.div_ceil(amx::DEPTH) * amx::TILE * amx::TILE
 }
 
-/// Blocks that may cross threads: their addresses are only read, by whoever runs the product.
-#[derive(Clone, Copy)]
-pub(super) struct SendBlocks<'a>(pub &'a [amx::Block]);
-unsafe impl Send for SendBlocks<'_> {}
-unsafe impl Sync for SendBlocks<'_> {}
-
-impl<'a> SendBlocks<'a> {
-    /// A method, so that closures capture the whole (Sync) wrapper.
-    pub(super) fn get(self) -> &'a [amx::Block] {
-        self.0
-    }
-}
-
 /// The right-hand side `B` (`[k, n]`) of a bf16 product, produced a row at a time.
 pub enum Rhs<'a> {
     /// A row-major matrix with row stride `ld`.
@@ -181,8 +169,8 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the features were just detected.
             unsafe { pack_pair_avx512(r0, r1, p, nb, kb, out) };
             continue;
         }
@@ -190,6 +178,10 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
     }
 }
 
+/// [`pack_pair`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_pair_avx512(
@@ -226,13 +218,17 @@ pub fn pack_b_cols(b: &[f32], ld: usize, k: usize, n: usize, out: &mut [u32]) {
 /// `out[i]` = the bf16 pair `(a[i], b[i])` (lower half `a[i]`), for every `i`.
 pub fn pack_pairs(a: &[f32], b: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were just detected.
         return unsafe { pack_pairs_avx512(a, b, out) };
     }
     pack_pairs_impl(a, b, out)
 }
 
+/// [`pack_pairs_impl`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_pairs_avx512(a: &[f32], b: &[f32], out: &mut [u32]) {
@@ -294,21 +290,28 @@ pub unsafe fn gemm(
                 round_slice(row);
             }
             for (r, &bv) in bias.iter().enumerate() {
-                std::slice::from_raw_parts_mut(dst.add(r * ldc), n).fill(bv);
+                // SAFETY: row `r` of the `m x n` output at `dst` (the contract).
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * ldc), n) }.fill(bv);
             }
-            sgemm(
-                m,
-                n,
-                k,
-                MatMut::rows(dst, ldc),
-                true,
-                MatRef::rows(wr.as_ptr(), k),
-                MatRef::rows(br.as_ptr(), n),
-                threads,
-            );
+            // SAFETY: `wr` is `m x k`, `br` `k x n`, and `dst` valid for the `m x n` writes at
+            // stride `ldc` and ours alone (the contract).
+            unsafe {
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    MatMut::from_raw(dst, ldc),
+                    true,
+                    MatRef::rows(wr, k),
+                    MatRef::rows(&br, n),
+                    threads,
+                )
+            };
         }
         PackedWeight::Amx { k, .. } => {
-            gemm_packed(w, &PackedB::new(rhs, *k, n), amx::Start::Bias(bias), dst, ldc, threads)
+            let b = PackedB::new(rhs, *k, n);
+            // SAFETY: `w` is packed for AMX with `b`'s depth; the rest is the contract.
+            unsafe { gemm_packed(w, &b, amx::Start::Bias(bias), dst, ldc, threads) }
         }
     }
 }
@@ -323,9 +326,7 @@ pub struct PackedB {
 impl PackedB {
     pub fn new(rhs: &Rhs, k: usize, n: usize) -> PackedB {
         let mut buf = super::scratch::take(packed_b_len(k, n));
-        // SAFETY: f32 and u32 have the same size and alignment.
-        let words: &mut [u32] =
-            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut buf[..]);
         match rhs {
             Rhs::Cols { b, ld } => pack_b_cols(b, *ld, k, n, words),
             _ => pack_b(rhs, k, n, words),
@@ -359,19 +360,26 @@ pub unsafe fn gemm_packed(
     let tile_bytes = amx::TILE_ELEMS * 2;
     let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
     let layout = amx::BLayout { offsets: &offsets, stride: 64 };
-    let base = b.buf.as_ptr() as *const u16;
+    let words: &[u32] = bytemuck::cast_slice(&b.buf[..]);
     let blocks: Vec<amx::Block> = (0..nb)
         .map(|jb| amx::Block {
-            b: base.add(jb * kb * amx::TILE_ELEMS),
+            // Block `jb`'s packed tiles: `kb` of 16 x 16 pairs, `TILE_ELEMS / 2` words each.
+            b: words[jb * kb * amx::TILE_ELEMS / 2..].as_ptr().cast::<u16>(),
             col: jb * amx::TILE,
             cols: n.saturating_sub(jb * amx::TILE).min(amx::TILE),
         })
         .collect();
-    let (a, d) = (data.as_ptr() as usize, dst as usize);
-    let blocks = SendBlocks(&blocks);
+    // SAFETY: `dst` is valid for `m` rows of `n` floats `ldc` apart and ours alone (the
+    // contract): that extent, which the bands below split between threads.
+    let d = unsafe { Disjoint::from_raw(dst, if m * n == 0 { 0 } else { (m - 1) * ldc + n }) };
     let run = |ib0: usize, ib1: usize| {
-        let blocks = blocks.get();
-        amx::gemm_blocks(ib0, ib1, a as *const u16, m, start, blocks, &layout, d as *mut f32, ldc)
+        // SAFETY: the CPU has AMX (a weight is packed for it only there); `data` holds `mb`
+        // row blocks of `kb` tiles; every block's tiles lie inside `b`'s packed buffer; `dst`
+        // is valid for the writes (and, with `Start::Dst`, reads) and this call's rows
+        // `ib0 * 16..ib1 * 16` are written by no other call (the contract and the bands below).
+        unsafe {
+            amx::gemm_blocks(ib0, ib1, data.as_ptr(), m, start, &blocks, &layout, d.ptr(0), ldc)
+        }
     };
     // Threads take disjoint bands of 32 output rows.
     let pairs = mb / 2;

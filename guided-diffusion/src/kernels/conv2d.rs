@@ -118,9 +118,7 @@ fn check_cpu_f32(ts: &[&Tensor], op: &str) -> Result<()> {
 
 /// The contiguous f32 data of a custom-op argument and its dims.
 fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], Vec<usize>)> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok((&v[a..b], l.dims().to_vec()))
+    Ok((super::storage::f32_values(s, l, op)?, l.dims().to_vec()))
 }
 
 fn dims4(d: &[usize], op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {

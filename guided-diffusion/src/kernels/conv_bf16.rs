@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::bf16::{self, PackedWeight, Rhs};
-use super::conv_cpu::{Conv, SendPtr};
+use super::conv_cpu::Conv;
+use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
 
@@ -87,6 +88,9 @@ pub fn forward(
             && bias.len() == cv.co
             && out.len() >= cv.n * cv.co * px
     );
+    if cv.n * cv.co * px == 0 {
+        return; // no output (e.g. the input gradient of a layer without input channels)
+    }
     let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
     if taps_apply(&g, amx) {
         return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
@@ -101,18 +105,20 @@ pub fn forward(
         }
     };
     let plan = cv.plan();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     let run = |t: usize| {
         let (img, oy0, oy1) = cv.tile(&plan, t);
         let tp = (oy1 - oy0) * g.wo;
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-        // SAFETY: tiles write disjoint output columns of their own image.
-        let dst = unsafe { out_ptr.get().add(img * cv.co * px + oy0 * g.wo) };
         let rhs = if g.is_pointwise() {
             Rhs::Rows { b: &xi[oy0 * g.wo..], ld: px }
         } else {
             Rhs::Im2col { x: xi, g: &g, oy0, oy1 }
         };
+        // This tile's part of the output: `co` rows of `tp` pixels, `px` apart.
+        let dst = out.ptr(img * cv.co * px + oy0 * g.wo);
+        // SAFETY: `dst` is this tile's part (inside `out`: sizes checked above), written by no
+        // other tile; `rhs` has the weight's `k` rows of `tp` values; one bias per row.
         unsafe { bf16::gemm(pw, &rhs, tp, bias, dst, px, plan.gemm_threads) };
     };
     plan.each_tile(run);
@@ -198,46 +204,49 @@ fn forward_taps(
     let layout = amx::BLayout { offsets: &offsets, stride: 4 * plane };
     let mb = bf16::blocks32(cv.co) * 2;
     let threads = rayon::current_num_threads().max(1);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     // One image: interleave it, then the product over its pixel blocks on `parts` threads.
     let image = |img: usize, parts: usize| {
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
         let mut buf = scratch::take(pairs * plane);
-        // SAFETY: f32 and u32 have the same size and alignment.
-        let xp: &mut [u32] =
-            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let xp: &mut [u32] = bytemuck::cast_slice_mut(&mut buf[..]);
         interleave(xi, &g, wp, hp, pairs, xp);
-        let base = xp.as_ptr() as *const u16;
+        let xp: &[u32] = xp;
         let mut blocks: Vec<amx::Block> = Vec::with_capacity(g.ho * xblocks + 1);
         for oy in 0..g.ho {
             for xb in 0..xblocks {
-                // SAFETY: inside the interleaved image (u16 index = 2 x u32 index).
-                let b = unsafe { base.add(2 * (oy * wp + xb * T)) };
                 blocks.push(amx::Block {
-                    b,
+                    b: xp[oy * wp + xb * T..].as_ptr().cast::<u16>(),
                     col: oy * g.wo + xb * T,
                     cols: (g.wo - xb * T).min(T),
                 });
             }
         }
         if blocks.len() % 2 == 1 {
-            blocks.push(amx::Block { b: base, col: 0, cols: 0 });
+            blocks.push(amx::Block { b: xp.as_ptr().cast::<u16>(), col: 0, cols: 0 });
         }
-        let dst = out_ptr.get().wrapping_add(img * cv.co * px) as usize;
-        let a = tw.data.as_ptr() as usize;
-        let sb = bf16::SendBlocks(&blocks);
-        let run = |range: &[amx::Block]| unsafe {
-            amx::gemm_blocks(
-                0,
-                mb,
-                a as *const u16,
-                tw.m,
-                amx::Start::Bias(bias),
-                range,
-                &layout,
-                dst as *mut f32,
-                px,
-            )
+        // Image `img`'s output: `co` rows of `px` pixels.
+        let dst = out.offset(img * cv.co * px);
+        let run = |range: &[amx::Block]| {
+            // SAFETY: AMX is there (`taps_apply`); `tw` holds `co` rows packed for the image's
+            // `kh * kw * cblocks` steps; every block's B tiles (16 channel pairs `plane` apart,
+            // shifted by a tap's offset) lie inside the padded, interleaved image `xp`, which
+            // is `wp >= xblocks * 16 + kw - 1` wide and `hp` high; `bias` has `co` values;
+            // `dst` is this image's output, of which this call writes the columns of the
+            // blocks in `range` and no other call those.
+            unsafe {
+                amx::gemm_blocks(
+                    0,
+                    mb,
+                    tw.data.as_ptr(),
+                    tw.m,
+                    amx::Start::Bias(bias),
+                    range,
+                    &layout,
+                    dst.ptr(0),
+                    px,
+                )
+            }
         };
         let npairs = blocks.len() / 2;
         let parts = parts.clamp(1, npairs.max(1));
@@ -245,8 +254,7 @@ fn forward_taps(
             run(&blocks);
         } else {
             (0..parts).into_par_iter().for_each(|p| {
-                let all = sb.get();
-                run(&all[2 * (p * npairs / parts)..2 * ((p + 1) * npairs / parts)]);
+                run(&blocks[2 * (p * npairs / parts)..2 * ((p + 1) * npairs / parts)]);
             });
         }
     };
@@ -327,7 +335,8 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
                 row.copy_from_slice(&gyb[o * px..o * px + tp])
             });
             let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
-            // SAFETY: `acc` is this group's own `[co, K]` partial.
+            // SAFETY: `a` is packed for AMX (checked above) with `tp` depth as `b`; `acc` is
+            // this group's own `[co, K]` partial, readable and writable.
             unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };

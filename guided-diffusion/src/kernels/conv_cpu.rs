@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::disjoint::Disjoint;
 use super::forms::Derived;
 use super::im2col::{col2im_add, im2col, Geom};
 use super::policy::KernelPolicy;
@@ -89,19 +90,6 @@ impl Conv {
     }
 }
 
-/// A raw pointer that may cross threads; the algorithms below write disjoint parts through it.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub *mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method, so that closures capture the whole (Send) wrapper, not its raw field.
-    pub(super) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
 ///
 /// Through Winograd where it applies and `use_winograd`; `winograd`, when given, keeps the
@@ -121,30 +109,38 @@ pub fn forward(
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && out.len() >= cv.n * cv.co * px);
+    if cv.n * cv.co * px == 0 {
+        return; // no output (e.g. the input gradient of a layer without input channels)
+    }
     let plan = cv.plan();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     let run = |t: usize| {
         let (img, oy0, oy1) = cv.tile(&plan, t);
         let tp = (oy1 - oy0) * g.wo;
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-        // Output tile: rows of `tp` pixels, leading dimension `px`.
-        let dst = unsafe { out_ptr.get().add(img * cv.co * px + oy0 * g.wo) };
+        // This tile's part of the output: `co` rows of `tp` pixels from `off`, `px` apart.
+        let off = img * cv.co * px + oy0 * g.wo;
         if let Some(b) = bias {
             for (c, &bv) in b.iter().enumerate().take(cv.co) {
-                unsafe { std::slice::from_raw_parts_mut(dst.add(c * px), tp) }.fill(bv);
+                // SAFETY: row `c` of this tile's part, which no other tile touches.
+                unsafe { out.slice(off + c * px, tp) }.fill(bv);
             }
         }
-        let lhs = MatRef::rows(w.as_ptr(), k);
-        let dst = MatMut::rows(dst, px);
+        let lhs = MatRef::rows(w, k);
+        let dst = MatMut::rows_in(out, off, px);
+        let rhs;
+        let mut col;
         if g.is_pointwise() {
-            let rhs = MatRef::rows(xi[oy0 * g.wo..].as_ptr(), px);
-            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+            rhs = MatRef::rows(&xi[oy0 * g.wo..], px);
         } else {
-            let mut col = scratch::take(k * tp);
+            col = scratch::take(k * tp);
             im2col(xi, &g, oy0, oy1, &mut col);
-            let rhs = MatRef::rows(col.as_ptr(), tp);
-            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+            rhs = MatRef::rows(&col, tp);
         }
+        // SAFETY: `lhs` is `w` (`co x k`, checked above), `rhs` the tile's `k x tp` input
+        // (output rows oy0..oy1 of image `img` at stride `px`, or its column matrix), `dst`
+        // this tile's part of `out`, written by no other tile.
+        unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
     };
     plan.each_tile(run);
 }
@@ -196,22 +192,26 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], use_winogra
     let bounds = |gi: usize| (gi * plan.tiles / groups, (gi + 1) * plan.tiles / groups);
     let accumulate = |acc: &mut [f32], gi: usize| {
         let (t0, t1) = bounds(gi);
-        let dst = MatMut::rows(acc.as_mut_ptr(), k);
         let mut col =
             if g.is_pointwise() { None } else { Some(scratch::take(k * plan.rows * g.wo)) };
         for t in t0..t1 {
             let (img, oy0, oy1) = cv.tile(&plan, t);
             let tp = (oy1 - oy0) * g.wo;
             let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-            let lhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
+            let lhs = MatRef::rows(&gy[img * cv.co * px + oy0 * g.wo..], px);
             let rhs = match col.as_mut() {
-                None => MatRef::rows_t(xi[oy0 * g.wo..].as_ptr(), px),
+                None => MatRef::rows_t(&xi[oy0 * g.wo..], px),
                 Some(col) => {
                     im2col(xi, &g, oy0, oy1, col);
-                    MatRef::rows_t(col.as_ptr(), tp)
+                    MatRef::rows_t(col, tp)
                 }
             };
-            unsafe { sgemm(cv.co, k, tp, dst, t > t0, lhs, rhs, plan.gemm_threads) };
+            // SAFETY: `lhs` is the tile's `co x tp` output gradient (stride `px`, inside `gy`,
+            // checked above), `rhs` its `tp x K` input (transposed, inside `x` or `col`), `dst`
+            // this group's own `co x K` partial `acc`.
+            unsafe {
+                sgemm(cv.co, k, tp, MatMut::rows(acc, k), t > t0, lhs, rhs, plan.gemm_threads)
+            };
         }
         if t1 == t0 {
             acc.fill(0.0);
@@ -344,10 +344,11 @@ fn input_grad_pointwise(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     let par_imgs = threads > 1 && cv.n >= threads;
     let run = |(img, dxi): (usize, &mut [f32])| {
-        let lhs = MatRef::rows_t(w.as_ptr(), g.c);
-        let rhs = MatRef::rows(gy[img * cv.co * px..].as_ptr(), px);
-        let dst = MatMut::rows(dxi.as_mut_ptr(), px);
-        // SAFETY: `lhs` is `w` read as `[c, co]`, `rhs` image `img` of `gy`, `dst` its `dx`.
+        let lhs = MatRef::rows_t(w, g.c);
+        let rhs = MatRef::rows(&gy[img * cv.co * px..], px);
+        let dst = MatMut::rows(dxi, px);
+        // SAFETY: `lhs` is `w` read as `[c, co]`, `rhs` image `img` of `gy`, `dst` its `dx`
+        // (sizes checked above); each image's `dx` is its own chunk.
         unsafe { sgemm(g.c, px, cv.co, dst, false, lhs, rhs, if par_imgs { 1 } else { threads }) };
     };
     let dx = &mut dx[..cv.n * il];
@@ -401,20 +402,12 @@ fn input_grad_col2im(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
         for oy0 in (0..g.ho).step_by(plan.rows) {
             let oy1 = (oy0 + plan.rows).min(g.ho);
             let tp = (oy1 - oy0) * g.wo;
-            let lhs = MatRef::rows_t(w.as_ptr(), k);
-            let rhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
-            unsafe {
-                sgemm(
-                    k,
-                    tp,
-                    cv.co,
-                    MatMut::rows(dcol.as_mut_ptr(), tp),
-                    false,
-                    lhs,
-                    rhs,
-                    gemm_threads,
-                )
-            };
+            let lhs = MatRef::rows_t(w, k);
+            let rhs = MatRef::rows(&gy[img * cv.co * px + oy0 * g.wo..], px);
+            let dst = MatMut::rows(&mut dcol, tp);
+            // SAFETY: `lhs` is `w` read as `[K, co]`, `rhs` the band's `co x tp` output
+            // gradient (stride `px`, inside `gy`, checked above), `dst` this task's `dcol`.
+            unsafe { sgemm(k, tp, cv.co, dst, false, lhs, rhs, gemm_threads) };
             col2im_add(&dcol, &g, oy0, oy1, dxi);
         }
     };

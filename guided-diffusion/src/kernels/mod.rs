@@ -31,12 +31,20 @@
 //! - `conv_bf16`: the bf16 convolution forward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
+//! - `disjoint`: the one handle through which parallel tasks write disjoint parts of a buffer,
+//!   with its safety argument; `storage`: the one unpacking of a custom op's f32 arguments.
+// Every `unsafe` block says why it is sound, and an `unsafe fn`'s body marks its own unsafe
+// operations: the kernels are where this crate's raw pointers live.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 mod conv_bf16;
 mod conv_cpu;
+mod disjoint;
 mod group_norm_cpu;
 mod im2col;
 mod scratch;
 mod sgemm;
+mod storage;
 mod vmath;
 mod winograd;
 mod winograd_wgrad;

@@ -28,17 +28,13 @@ impl CustomOp1 for ChannelSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else { bail!("channel-sum: expected f32 data") };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            bail!("channel-sum: expected a contiguous tensor")
-        };
+        let x = super::storage::f32_values(s, l, "channel-sum")?;
         let d = l.dims();
         if d.len() < 2 {
             bail!("channel-sum: expected [N, C, ...], got {d:?}");
         }
         let (n, c) = (d[0], d[1]);
         let p: usize = d[2..].iter().product();
-        let x = &v[a..b];
         let mut out = vec![0f32; c];
         out.par_iter_mut().enumerate().for_each(|(ch, o)| {
             let s: f64 =

@@ -19,11 +19,10 @@ pub fn softmax_last(policy: &KernelPolicy, x: &Tensor) -> Result<Option<Tensor>>
     Ok(Some(x.contiguous()?.apply_op1(Softmax)?))
 }
 
+/// The values of an argument and the length of its rows (its last axis).
 fn rows<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], usize)> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
     let Some(&n) = l.dims().last() else { bail!("{op}: expected at least one axis") };
-    Ok((&v[a..b], n))
+    Ok((super::storage::f32_values(s, l, op)?, n))
 }
 
 /// Rows per rayon task: about 16 Ki values.

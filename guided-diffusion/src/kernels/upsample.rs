@@ -34,10 +34,8 @@ pub fn sum_pool2x(x: &Tensor) -> Result<Tensor> {
 type Nchw<'a> = (&'a [f32], (usize, usize, usize, usize));
 
 fn arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Nchw<'a>> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
     let (n, c, h, w) = l.shape().dims4()?;
-    Ok((&v[a..b], (n, c, h, w)))
+    Ok((super::storage::f32_values(s, l, op)?, (n, c, h, w)))
 }
 
 struct Up2;
