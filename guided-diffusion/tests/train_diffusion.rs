@@ -41,12 +41,12 @@ fn train_step_on_golden_model_matches_training_losses_and_reaches_every_paramete
     let y = case.get("in.y");
     let t: Vec<usize> =
         case.get("in.t").to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
-    let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, Some(&y), None);
-    let tl = d.training_losses(&model, &case.get("in.x_start"), &t, &case.get("in.noise")).unwrap();
+    let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, Some(y), None);
+    let tl = d.training_losses(&model, case.get("in.x_start"), &t, case.get("in.noise")).unwrap();
     support::assert_close(
         "train loss = reference training_losses",
         &tl.loss,
-        &case.get("out.call0.loss"),
+        case.get("out.call0.loss"),
         case.atol("call0.loss"),
     );
 

@@ -33,10 +33,12 @@ pub fn read_npz_array(path: &Path, key: &str) -> Result<Tensor> {
     })
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
+/// `--device`, for every command: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA 0 when this gdiff
+/// is built with CUDA and has one, else the CPU).
 pub fn device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0)?),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = s
                 .strip_prefix("cuda:")
@@ -49,7 +51,7 @@ pub fn device(s: &str) -> Result<Device> {
             }
             Ok(Device::new_cuda(ordinal)?)
         }
-        _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+        _ => bail!("--device {s:?}: expected auto, cpu, cuda or cuda:N"),
     }
 }
 
