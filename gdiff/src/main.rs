@@ -94,7 +94,7 @@ fn clap_exit(e: clap::Error) -> ! {
 
 fn main() {
     // Keep freed tensor memory for reuse (see guided_diffusion::kernels::malloc).
-    guided_diffusion::kernels::malloc::tune();
+    cli::policy::tune_malloc();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

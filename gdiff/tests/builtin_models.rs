@@ -2,25 +2,17 @@
 //! flags (the README's first command, fewer samples) and a small `gdiff guidance-sweep`, judged
 //! by the independent clean classifier that ships with them. Needs Debian's
 //! `dataset-fashion-mnist` (the sweep's reference set); CI installs it.
+mod support;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::Device;
 use guided_diffusion::eval::Judge;
 use guided_diffusion::models::Net;
+use support::{gdiff, tmpdir};
 
 fn models() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist")
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gdiff-builtin-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn gdiff(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gdiff")).args(args).output().expect("gdiff runs")
 }
 
 fn ok(o: &std::process::Output) {

@@ -1,23 +1,11 @@
 //! End-to-end runs of `gdiff sample` on the golden dev models with the reference's x_T, compared
 //! with the golden DDIM cases (uint8 within one level), and the error messages of bad input.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guided-diffusion/tests/golden").join(name)
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gdiff-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn gdiff(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gdiff")).args(args).output().expect("gdiff runs")
-}
+use support::{gdiff, golden, tmpdir};
 
 fn case(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(golden(&format!("case_{name}.safetensors")), &Device::Cpu)

@@ -1,21 +1,13 @@
 //! End-to-end runs of the other subcommands on the golden dev models: convert (.pt ->
 //! safetensors with the config -> .pt), inspect, nll, super-res, and a tiny train + sample.
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
 use candle_core::Tensor;
+use support::{gdiff, golden_arg as golden};
 
-fn golden(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guided-diffusion/tests/golden")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn gdiff(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_gdiff")).args(args).output().expect("gdiff runs");
+/// (success, stdout, stderr) of `gdiff args`.
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = gdiff(args);
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into(),
@@ -24,7 +16,7 @@ fn gdiff(args: &[&str]) -> (bool, String, String) {
 }
 
 fn ok(args: &[&str]) -> String {
-    let (s, out, err) = gdiff(args);
+    let (s, out, err) = run(args);
     assert!(s, "gdiff {args:?} failed: {err}");
     out
 }

@@ -2,6 +2,10 @@
 //! mode against the numpy expectations, images through the full Inception network with
 //! synthetic weights (with and without the classifier head), and the error paths. The command
 //! file is compiled in here by path because wiring it into `main` is the lead's.
+/// The command line's plumbing, which `eval.rs` uses (the one `--device` parser).
+#[path = "../src/cli/mod.rs"]
+#[allow(dead_code)]
+mod cli;
 #[path = "../src/commands/eval.rs"]
 #[allow(dead_code)]
 mod eval;

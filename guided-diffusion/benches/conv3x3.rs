@@ -11,25 +11,27 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::median_secs;
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::{self, KernelPolicy, Precision, WeightForms};
 
 fn time_conv(x: &Tensor, w: &Tensor, b: &Tensor, winograd: bool) -> f64 {
-    kernels::set_winograd(winograd);
+    let policy = KernelPolicy { winograd, ..KernelPolicy::default() };
     median_secs(3, 20, 1.0, || {
-        kernels::conv2d(x, w, Some(b), 1, 1).unwrap();
+        kernels::conv2d(&policy, x, w, Some(b), 1, 1, None).unwrap();
     })
 }
 
-/// Forward time with the weight frozen, in f32 or bf16.
+/// Forward time with the weight frozen (its derived forms kept), in f32 or bf16.
 fn time_frozen(x: &Tensor, w: &Tensor, b: &Tensor, bf16: bool) -> f64 {
-    let _frozen = kernels::freeze();
-    let _scope = bf16.then(kernels::bf16);
-    time_conv(x, w, b, true)
+    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let policy = KernelPolicy::default().with_precision(precision);
+    let forms = WeightForms::default();
+    median_secs(3, 20, 1.0, || {
+        kernels::conv2d(&policy, x, w, Some(b), 1, 1, forms.for_call(w, Some(1))).unwrap();
+    })
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
-    kernels::set_enabled(true);
+    common::tune_malloc();
     let peak = common::peak_gflops();
     println!("threads {}, f32 peak {peak:.0} GFLOP/s; per conv: direct ms, Winograd ms, effective GFLOP/s and % of peak, speed-up", rayon::current_num_threads());
     let shapes: &[(&str, usize, usize, usize, usize)] = &[
@@ -76,8 +78,7 @@ fn main() {
             f32t / bf16t
         ));
     }
-    kernels::set_winograd(true);
-    println!("\nfrozen weights (as in sampling): f32 (Winograd where it applies) ms, bf16 ms (AMX: {}), effective GFLOP/s, speed-up", kernels::amx::available());
+    println!("\nfrozen weights (as in sampling): f32 (Winograd where it applies) ms, bf16 ms (AMX: {}), effective GFLOP/s, speed-up", kernels::amx::hardware());
     for r in frozen_rows {
         println!("{r}");
     }

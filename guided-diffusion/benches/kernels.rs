@@ -11,8 +11,17 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{flag, median_secs};
-use guided_diffusion::kernels::{self, ConvParams};
-use guided_diffusion::models::layers::GroupNorm32;
+use guided_diffusion::kernels::{self, ConvParams, KernelPolicy};
+use guided_diffusion::models::layers::{Exec, GroupNorm32};
+
+/// The fast kernels (the default policy), or candle's ops.
+fn policy(fast: bool) -> KernelPolicy {
+    if fast {
+        KernelPolicy::default()
+    } else {
+        KernelPolicy::candle()
+    }
+}
 
 struct Shape {
     n: usize,
@@ -59,9 +68,8 @@ fn row(label: &str, s: &Shape, reps: (usize, usize, f64)) {
     let (min_r, max_r, budget) = reps;
     let t = |f: &mut dyn FnMut()| median_secs(min_r, max_r, budget, f);
 
-    kernels::set_enabled(false);
     let c_fwd = t(&mut || {
-        kernels::conv2d(&x, &w, Some(&b), s.stride, pad).unwrap();
+        kernels::conv2d(&policy(false), &x, &w, Some(&b), s.stride, pad, None).unwrap();
     });
     let c_dx = t(&mut || {
         candle_input_grad(&gy, &w, p, s.hw);
@@ -69,15 +77,15 @@ fn row(label: &str, s: &Shape, reps: (usize, usize, f64)) {
     let c_dw = t(&mut || {
         candle_weight_grad(&x, &gy, p, s.k);
     });
-    kernels::set_enabled(true);
+    let fast = policy(true);
     let f_fwd = t(&mut || {
-        kernels::conv2d(&x, &w, Some(&b), s.stride, pad).unwrap();
+        kernels::conv2d(&fast, &x, &w, Some(&b), s.stride, pad, None).unwrap();
     });
     let f_dx = t(&mut || {
-        kernels::conv2d_input_grad(&gy, &w, p, s.hw, s.hw).unwrap();
+        kernels::conv2d_input_grad(&fast, &gy, &w, p, (s.hw, s.hw), None).unwrap();
     });
     let f_dw = t(&mut || {
-        kernels::conv2d_weight_grad(&x, &gy, p, s.k, s.k).unwrap();
+        kernels::conv2d_weight_grad(&fast, &x, &gy, p, s.k, s.k).unwrap();
     });
     let gf = |secs: f64| gflop / secs;
     println!(
@@ -98,17 +106,17 @@ fn gn_row(label: &str, n: usize, c: usize, hw: usize, ss: bool, reps: (usize, us
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, hw, hw), &dev).unwrap()).unwrap();
     let scale = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
     let shift = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, c, 1, 1), &dev).unwrap()).unwrap();
-    let f = || {
-        if ss {
-            gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap()
-        } else {
-            gn.forward_silu(&x).unwrap()
-        }
-    };
     let (min_r, max_r, budget) = reps;
     let mut out = Vec::new();
     for on in [false, true] {
-        kernels::set_enabled(on);
+        let ex = Exec::new(policy(on));
+        let f = || {
+            if ss {
+                gn.forward_scale_shift_silu(&ex, &x, &scale, &shift).unwrap()
+            } else {
+                gn.forward_silu(&ex, &x).unwrap()
+            }
+        };
         let fwd = median_secs(min_r, max_r, budget, || {
             f();
         });
@@ -136,12 +144,11 @@ fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usi
     let (min_r, max_r, budget) = reps;
     let mut out = Vec::new();
     for on in [false, true] {
-        kernels::set_enabled(on);
         let f = || {
             if on {
-                kernels::qkv_attention(&qkv, heads, true).unwrap().unwrap()
+                kernels::qkv_attention(&policy(true), &qkv, heads, true).unwrap().unwrap()
             } else {
-                qkv_attention(&qkv, heads, HeadOrder::New).unwrap()
+                qkv_attention(&policy(false), &qkv, heads, HeadOrder::New).unwrap()
             }
         };
         let fwd = median_secs(min_r, max_r, budget, || {
@@ -161,7 +168,7 @@ fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usi
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
+    common::tune_malloc();
     println!(
         "threads {}; each op: candle ms, fast ms, candle GF/s, fast GF/s, speed-up (medians)",
         rayon::current_num_threads()

@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::median_secs;
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::KernelPolicy;
 use guided_diffusion::models::{Net, NetConfig};
 
 fn time<F: FnMut()>(reps: usize, f: F) -> f64 {
@@ -18,7 +18,7 @@ fn time<F: FnMut()>(reps: usize, f: F) -> f64 {
 fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let net = Net::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let mut net = Net::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let (c, s) = match &cfg {
         NetConfig::UNet(u) => (u.in_channels, u.image_size),
         _ => unreachable!(),
@@ -30,7 +30,7 @@ fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
     let y = cfg_classes(&cfg).then_some(y);
     let mut res = Vec::new();
     for on in [false, true] {
-        kernels::set_enabled(on);
+        net.set_policy(if on { KernelPolicy::default() } else { KernelPolicy::candle() });
         let fwd = time(reps, || {
             net.forward(&x, &t, y.as_ref(), None).unwrap();
         });
@@ -61,7 +61,7 @@ fn cfg_classes(cfg: &NetConfig) -> bool {
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
+    common::tune_malloc();
     let small = common::small_flags();
     bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 5);
     let mid = common::mid_flags();

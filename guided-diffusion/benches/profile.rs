@@ -9,9 +9,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::median_secs;
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::{self, KernelPolicy};
 use guided_diffusion::models::attention::{qkv_attention, HeadOrder};
-use guided_diffusion::models::layers::{Conv1x1, GroupNorm32};
+use guided_diffusion::models::layers::{Conv1x1, Exec, GroupNorm32};
 use guided_diffusion::models::resblock::{avg_pool2x, upsample_nearest2x};
 use guided_diffusion::models::{Net, NetConfig};
 
@@ -20,17 +20,17 @@ struct Op {
     kind: &'static str,
     shape: String,
     count: usize,
-    /// builds inputs (as variables) and returns the op's output
-    run: Box<dyn Fn() -> Tensor>,
+    /// builds inputs (as variables) and returns the op's output, computed as the call says
+    run: Box<dyn Fn(&Exec) -> Tensor>,
 }
 
 /// (forward s, backward s) of one call: backward = median(fwd + bwd) - median(fwd).
-fn time_op(op: &Op) -> (f64, f64) {
+fn time_op(op: &Op, ex: &Exec) -> (f64, f64) {
     let fwd = median_secs(3, 20, 0.3, || {
-        (op.run)();
+        (op.run)(ex);
     });
     let both = median_secs(3, 20, 0.3, || {
-        (op.run)().backward().unwrap();
+        (op.run)(ex).backward().unwrap();
     });
     (fwd, (both - fwd).max(0.0))
 }
@@ -47,9 +47,9 @@ fn conv_op(b: usize, cin: usize, hw: usize, cout: usize, count: usize, input_is_
         kind: "conv3x3",
         shape: format!("{cin}->{cout} {hw}x{hw}"),
         count,
-        run: Box::new(move || {
+        run: Box::new(move |ex| {
             let xt = if input_is_var { x.as_tensor().clone() } else { x.as_tensor().detach() };
-            kernels::conv2d(&xt, &w, Some(&bias), 1, 1).unwrap()
+            kernels::conv2d(&ex.policy, &xt, &w, Some(&bias), 1, 1, None).unwrap()
         }),
     }
 }
@@ -64,12 +64,12 @@ fn gn_op(b: usize, c: usize, hw: usize, count: usize, kind: &'static str) -> Op 
         kind,
         shape: format!("{c} {hw}x{hw}"),
         count,
-        run: Box::new(move || match kind {
-            "GN+SiLU" => gn.forward_silu(&x).unwrap(),
+        run: Box::new(move |ex| match kind {
+            "GN+SiLU" => gn.forward_silu(ex, &x).unwrap(),
             "GN+scale/shift+SiLU" => {
-                gn.forward_scale_shift(&x, &scale, &shift).unwrap().silu().unwrap()
+                gn.forward_scale_shift(ex, &x, &scale, &shift).unwrap().silu().unwrap()
             }
-            _ => gn.forward(&x.reshape((b, c, hw * hw)).unwrap()).unwrap(),
+            _ => gn.forward(ex, &x.reshape((b, c, hw * hw)).unwrap()).unwrap(),
         }),
     }
 }
@@ -91,7 +91,7 @@ fn conv1x1_op(
         kind,
         shape: format!("{cin}->{cout} x{tokens}"),
         count,
-        run: Box::new(move || conv.forward(&x).unwrap()),
+        run: Box::new(move |ex| conv.forward(ex, &x).unwrap()),
     }
 }
 
@@ -138,7 +138,7 @@ fn small_model_ops(b: usize) -> Vec<Op> {
         kind: "attn core (QK, softmax, AV)",
         shape: "2 heads x32, 64 tok".into(),
         count: 4,
-        run: Box::new(move || qkv_attention(&qkv, 2, HeadOrder::Legacy).unwrap()),
+        run: Box::new(move |ex| qkv_attention(&ex.policy, &qkv, 2, HeadOrder::Legacy).unwrap()),
     });
     for &(cin, tok, cout, n) in &[
         (128, 256, 64, 1),
@@ -156,7 +156,7 @@ fn small_model_ops(b: usize) -> Vec<Op> {
             kind: "upsample",
             shape: format!("{c} {hw}x{hw}"),
             count: n,
-            run: Box::new(move || upsample_nearest2x(&x).unwrap()),
+            run: Box::new(move |ex| upsample_nearest2x(ex, &x).unwrap()),
         });
     }
     for &(c, hw, n) in &[(32, 32, 2), (64, 16, 2)] {
@@ -165,7 +165,7 @@ fn small_model_ops(b: usize) -> Vec<Op> {
             kind: "avgpool",
             shape: format!("{c} {hw}x{hw}"),
             count: n,
-            run: Box::new(move || avg_pool2x(&x).unwrap()),
+            run: Box::new(move |_| avg_pool2x(&x).unwrap()),
         });
     }
     for &(c1, c2, hw, n) in
@@ -176,7 +176,7 @@ fn small_model_ops(b: usize) -> Vec<Op> {
             kind: "cat (skip)",
             shape: format!("{c1}+{c2} {hw}x{hw}"),
             count: n,
-            run: Box::new(move || Tensor::cat(&[x1.as_tensor(), x2.as_tensor()], 1).unwrap()),
+            run: Box::new(move |_| Tensor::cat(&[x1.as_tensor(), x2.as_tensor()], 1).unwrap()),
         });
     }
     ops
@@ -211,20 +211,22 @@ fn model_times(net: &Net, c: usize, b: usize) -> (f64, f64) {
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
+    common::tune_malloc();
     let b: usize =
         std::env::var("GD_PROFILE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let ops = small_model_ops(b);
-    let (net, c) = small_net();
+    let (mut net, c) = small_net();
     // [candle, fast] x (fwd, bwd) per op, times the call count.
     let mut rows = Vec::new();
     let mut model = Vec::new();
     for on in [false, true] {
-        kernels::set_enabled(on);
+        let policy = if on { KernelPolicy::default() } else { KernelPolicy::candle() };
+        net.set_policy(policy);
+        let ex = Exec::new(policy);
         let t: Vec<(f64, f64)> = ops
             .iter()
             .map(|op| {
-                let (f, bw) = time_op(op);
+                let (f, bw) = time_op(op, &ex);
                 (f * op.count as f64, bw * op.count as f64)
             })
             .collect();

@@ -53,7 +53,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
+    common::tune_malloc();
     let small = common::small_flags();
     bench("fashion-mnist small (32ch)", &small, 32, 3);
     let mut mid = common::mid_flags();

@@ -21,9 +21,11 @@
 //! the built network's parameter count and omitted if they disagree. `peak_rss_mib` is the
 //! process's peak resident memory while the workload ran (VmHWM, reset before each workload).
 //! `GD_BENCH_DRY=1` only builds the networks and prints the FLOP counts. `GD_PRECISION=bf16`
-//! runs every workload inside a bf16 scope (`kernels::bf16`: convolution forwards and stride-1
+//! gives every network a bf16 kernel policy (`kernels::bf16`: convolution forwards and stride-1
 //! input gradients with bf16 inputs and weights, on AMX where the CPU has it), as `gdiff
-//! sample/train --precision bf16` do.
+//! sample/train --precision bf16` do; the other `GD_*` switches as for `gdiff`. The inference
+//! networks are frozen (their weights' derived forms kept across calls), as a loaded
+//! checkpoint is.
 //! Run with `cargo bench -p guided-diffusion --bench workloads`.
 mod common;
 
@@ -36,7 +38,6 @@ use guided_diffusion::diffusion::{
     create_named_schedule_sampler, DiffusionConfig, NoiseSchedule, SeededNoise,
 };
 use guided_diffusion::guidance::{classifier_log_prob_grad, ClassifierFn, ClassifierGuidance};
-use guided_diffusion::kernels;
 use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{
     ClassifierFlags, EncoderConfig, ModelFlags, Net, NetConfig, Pool, UNetConfig,
@@ -304,13 +305,14 @@ fn checked_cost(cfg: &NetConfig, actual_params: usize) -> Option<Cost> {
 /// A network with seeded random weights as trainable variables (for training).
 fn trainable(cfg: &NetConfig, seed: u64) -> Result<(Net, VarMap, usize)> {
     let vm = VarMap::new();
-    let net = Net::new(cfg, seeded_var_builder(&vm, seed, &Device::Cpu))?;
+    let net =
+        Net::new(cfg, seeded_var_builder(&vm, seed, &Device::Cpu))?.with_policy(common::policy());
     let params = vm.all_vars().iter().map(|v| v.elem_count()).sum();
     Ok((net, vm, params))
 }
 
-/// A network with seeded random weights as constant tensors, as a loaded checkpoint is (for
-/// inference: no autograd bookkeeping on the weights).
+/// A network with seeded random weights as constant tensors, frozen, as a loaded checkpoint is
+/// (for inference: no autograd bookkeeping on the weights, their derived forms kept).
 fn frozen(cfg: &NetConfig, seed: u64) -> Result<(Net, usize)> {
     let (_, vm, params) = trainable(cfg, seed)?;
     let tensors: HashMap<String, Tensor> = vm
@@ -320,7 +322,10 @@ fn frozen(cfg: &NetConfig, seed: u64) -> Result<(Net, usize)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect();
-    Ok((Net::from_tensors(cfg, tensors, "seeded initialisation", &Device::Cpu)?, params))
+    let mut net = Net::from_tensors(cfg, tensors, "seeded initialisation", &Device::Cpu)?;
+    net.set_policy(common::policy());
+    net.freeze();
+    Ok((net, params))
 }
 
 fn unet_cfg(flags: &ModelFlags) -> Result<NetConfig> {
@@ -378,16 +383,6 @@ fn time<F: FnMut() -> Result<()>>(mut f: F) -> Result<f64> {
     }
 }
 
-/// Whether `GD_PRECISION=bf16` asks for bf16 inference.
-fn bf16_asked() -> bool {
-    std::env::var("GD_PRECISION").is_ok_and(|v| v.trim().eq_ignore_ascii_case("bf16"))
-}
-
-/// A bf16 scope when `GD_PRECISION=bf16`.
-fn bf16_scope() -> Option<kernels::bf16::Bf16> {
-    bf16_asked().then(kernels::bf16)
-}
-
 fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let dev = Device::Cpu;
     let cfg = unet_cfg(flags)?;
@@ -396,9 +391,6 @@ fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let x = Tensor::randn(0f32, 1.0, (batch, c, s, s), &dev)?;
     let t = Tensor::new(vec![500f32; batch], &dev)?;
     let y = Tensor::new(vec![LABEL; batch], &dev)?;
-    // As in a sampling run: the weights' derived forms are kept across calls.
-    let _frozen = kernels::freeze();
-    let _bf16 = bf16_scope();
     let seconds = time(|| {
         net.forward(&x, &t, Some(&y), None)?;
         Ok(())
@@ -415,9 +407,6 @@ fn classifier_grad(batch: usize) -> Result<Measured> {
     let t = Tensor::new(vec![500f32; batch], &dev)?;
     let labels = vec![LABEL as usize; batch];
     let clf_fn = |x: &Tensor, t: &Tensor| clf.forward(x, t, None, None);
-    // As in a sampling run: the weights' derived forms are kept across calls.
-    let _frozen = kernels::freeze();
-    let _bf16 = bf16_scope();
     let seconds = time(|| {
         classifier_log_prob_grad(&clf_fn, &x, &t, &labels, 1.0)?;
         Ok(())
@@ -450,9 +439,6 @@ fn guided_ddim_step(batch: usize) -> Result<Measured> {
     // The middle step of the 25 (index 12 of the respaced process); every step costs the same.
     let t = vec![12usize; batch];
     let mut noise = SeededNoise::new(0);
-    // As in a sampling run: the weights' derived forms are kept across calls.
-    let _frozen = kernels::freeze();
-    let _bf16 = bf16_scope();
     let seconds = time(|| {
         d.ddim_sample(&model_fn, &x, &t, &opts, 0.0, &mut noise)?;
         Ok(())
@@ -482,12 +468,12 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let mut tc = TrainConfig::new(batch, 1e-4, &dir);
     tc.save_interval = u64::MAX;
     tc.log_interval = u64::MAX;
+    tc.policy = common::policy();
     let mut lp = TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null())?;
     let (c, s) = (flags.in_channels, flags.image_size);
     let images = Tensor::rand(-1f32, 1.0, (batch, c, s, s), &dev)?;
     let labels = flags.class_cond.then(|| Tensor::new(vec![LABEL; batch], &dev)).transpose()?;
     let b = Batch { images, labels, index: 0 };
-    let _bf16 = bf16_scope();
     let seconds = time(|| {
         lp.run_step(&b)?;
         Ok(())
@@ -546,14 +532,15 @@ fn selection(big: bool) -> Vec<&'static str> {
 }
 
 fn main() {
-    guided_diffusion::kernels::malloc::tune();
+    common::tune_malloc();
     let big = common::flag("GD_BENCH_BIG");
     let threads = rayon::current_num_threads();
-    let kernels_on = kernels::enabled();
+    let policy = common::policy();
+    let kernels_on = policy.fast;
     println!(
         "# ours (guided-diffusion, candle), {threads} threads, fast kernels {}, inference in {}, median of {} after 1 warm-up",
         if kernels_on { "on" } else { "off" },
-        if bf16_asked() { if kernels::amx::available() { "bf16 (AMX)" } else { "bf16 (no AMX: rounded f32)" } } else { "f32" },
+        if policy.bf16() { if policy.uses_amx() { "bf16 (AMX)" } else { "bf16 (no AMX: rounded f32)" } } else { "f32" },
         reps()
     );
     let mut failed = false;
@@ -597,7 +584,7 @@ fn main() {
             "batch": m.batch,
             "threads": threads,
             "kernels": kernels_on,
-            "precision": if bf16_asked() { "bf16" } else { "f32" },
+            "precision": if policy.bf16() { "bf16" } else { "f32" },
             "reps": reps(),
             "seconds": m.seconds,
             "images_per_s": ips,

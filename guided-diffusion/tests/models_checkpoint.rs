@@ -87,8 +87,8 @@ fn wrong_num_heads_is_caught_by_the_embedded_config() {
     assert_eq!(net.config(), cfg);
     let case = Case::load("unet_b_forward");
     let t = case.get("in.timesteps").to_dtype(DType::F32).unwrap();
-    let out = net.forward(&case.get("in.x"), &t, None, None).unwrap();
-    assert_close("unet_b from our safetensors", &out, &case.get("out.out"), case.atol("out"));
+    let out = net.forward(case.get("in.x"), &t, None, None).unwrap();
+    assert_close("unet_b from our safetensors", &out, case.get("out.out"), case.atol("out"));
 }
 
 #[test]
@@ -155,9 +155,9 @@ fn half_precision_weights_are_cast_to_f32() {
         let net = Net::load(golden("model_unet_b.json"), &path, &Device::Cpu).unwrap();
         let case = Case::load("unet_b_forward");
         let t = case.get("in.timesteps").to_dtype(DType::F32).unwrap();
-        let out = net.forward(&case.get("in.x"), &t, None, None).unwrap();
+        let out = net.forward(case.get("in.x"), &t, None, None).unwrap();
         // Rounded weights: close to the reference, not equal.
-        assert_close(&format!("unet_b with {dtype:?} weights"), &out, &case.get("out.out"), 0.25);
+        assert_close(&format!("unet_b with {dtype:?} weights"), &out, case.get("out.out"), 0.25);
     }
 }
 
@@ -230,6 +230,6 @@ fn pt_writer_round_trips_through_the_pt_reader() {
     let net = Net::load(golden("model_unet_b.json"), &path, &Device::Cpu).unwrap();
     let case = Case::load("unet_b_forward");
     let t = case.get("in.timesteps").to_dtype(DType::F32).unwrap();
-    let out = net.forward(&case.get("in.x"), &t, None, None).unwrap();
-    assert_close("unet_b from our .pt", &out, &case.get("out.out"), case.atol("out"));
+    let out = net.forward(case.get("in.x"), &t, None, None).unwrap();
+    assert_close("unet_b from our .pt", &out, case.get("out.out"), case.atol("out"));
 }

@@ -2,17 +2,17 @@
 //! `unet_b`, `clf_attn`): p_mean_variance (plain, respaced, rescaled), training losses (all
 //! loss types, t = 0), and the full DDIM / DDPM sampling loops, guided and unguided, with the
 //! reference's noise replayed — each within the tolerances of its case JSON.
-mod diffusion_support;
+mod support;
 
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
-use diffusion_support::{assert_close, golden_dir, to_uint8_nhwc, uint8_diff, Case};
 use guided_diffusion::diffusion::{GaussianDiffusion, NoiseSource, ReplayNoise, SeededNoise};
 use guided_diffusion::guidance::{ClassifierGuidance, Guidance, NoGuidance};
 use guided_diffusion::models::Net;
 use guided_diffusion::samplers::{Ddim, Ddpm, Denoiser, SampleOptions, Sampler, StepInfo};
 use guided_diffusion::Result;
+use support::{assert_close, golden_dir, to_uint8_nhwc, uint8_diff, Case};
 
 fn load_net(name: &str) -> Net {
     let dir = golden_dir();
@@ -22,6 +22,7 @@ fn load_net(name: &str) -> Net {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("loading model {name}: {e}"))
+    .with_policy(support::policy())
 }
 
 fn build(diffusion: &serde_json::Value) -> GaussianDiffusion {

@@ -1,13 +1,13 @@
 //! Parity of the f64 schedule arrays, `space_timesteps` and respaced processes with the
 //! reference (golden case `schedules`), and of q_sample / q_mean_variance / the posterior
 //! (golden case `q_sample`). No network involved.
-mod diffusion_support;
+mod support;
 
 use candle_core::{DType, Tensor};
-use diffusion_support::{assert_close, assert_f64_close, Case};
 use guided_diffusion::diffusion::{
     get_named_beta_schedule, space_timesteps, DiffusionArrays, DiffusionConfig, NoiseSchedule,
 };
+use support::{assert_close, assert_f64_close, Case};
 
 const RTOL: f64 = 1e-12;
 const ATOL: f64 = 1e-15;
@@ -177,6 +177,6 @@ fn parity_q_sample_bit_exact() {
     let t = case.usizes("in.t");
     let x_t = d.q_sample(case.get("in.x_start"), &t, case.get("in.noise")).unwrap();
     let want: &Tensor = case.get("out.x_t");
-    assert_eq!(diffusion_support::max_abs_diff(&x_t, want), 0.0);
+    assert_eq!(support::max_abs_diff(&x_t, want), 0.0);
     let _ = NoiseSchedule::Cosine;
 }

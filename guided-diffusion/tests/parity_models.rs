@@ -24,6 +24,7 @@ fn load(model: &str, fmt: Fmt) -> Net {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("loading {model}.{ext}: {e}"))
+    .with_policy(support::policy())
 }
 
 fn timesteps(case: &Case) -> Tensor {
@@ -36,11 +37,11 @@ fn unet_forward(case_name: &str, model: &str, fmt: Fmt) {
     let y = case.tensors.get("in.y").cloned();
     let low_res = case.tensors.get("in.low_res").cloned();
     let out =
-        net.forward(&case.get("in.x"), &timesteps(&case), y.as_ref(), low_res.as_ref()).unwrap();
+        net.forward(case.get("in.x"), &timesteps(&case), y.as_ref(), low_res.as_ref()).unwrap();
     assert_close(
         &format!("{case_name} ({fmt:?}) out"),
         &out,
-        &case.get("out.out"),
+        case.get("out.out"),
         case.atol("out"),
     );
 }
@@ -79,11 +80,11 @@ fn parity_super_res_forward_safetensors() {
 fn parity_super_res_bilinear_upsampling() {
     let case = Case::load("sr_forward");
     let up =
-        guided_diffusion::models::unet::upsample_bilinear(&case.get("in.low_res"), 32, 32).unwrap();
+        guided_diffusion::models::unet::upsample_bilinear(case.get("in.low_res"), 32, 32).unwrap();
     assert_close(
         "sr upsampled low_res",
         &up,
-        &case.get("out.debug_upsampled_low_res"),
+        case.get("out.debug_upsampled_low_res"),
         case.atol("debug_upsampled_low_res"),
     );
 }
@@ -94,23 +95,23 @@ fn classifier_case(case_name: &str, model: &str, fmt: Fmt) {
     let net = load(model, fmt);
     let x = case.get("in.x");
     let t = timesteps(&case);
-    let logits = net.forward(&x, &t, None, None).unwrap();
+    let logits = net.forward(x, &t, None, None).unwrap();
     assert_close(
         &format!("{case_name} ({fmt:?}) logits"),
         &logits,
-        &case.get("out.logits"),
+        case.get("out.logits"),
         case.atol("logits"),
     );
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     assert_close(
         &format!("{case_name} ({fmt:?}) log_probs"),
         &log_probs,
-        &case.get("out.log_probs"),
+        case.get("out.log_probs"),
         case.atol("log_probs"),
     );
 
     let scale = case.params()["classifier_scale"].as_f64().unwrap();
-    let xv = Var::from_tensor(&x).unwrap();
+    let xv = Var::from_tensor(x).unwrap();
     let logits = net.forward(xv.as_tensor(), &t, None, None).unwrap();
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     let y = case.get("in.y").to_dtype(DType::U32).unwrap().unsqueeze(1).unwrap();
@@ -120,7 +121,7 @@ fn classifier_case(case_name: &str, model: &str, fmt: Fmt) {
     assert_close(
         &format!("{case_name} ({fmt:?}) grad"),
         &g,
-        &case.get("out.grad"),
+        case.get("out.grad"),
         case.atol("grad"),
     );
 }

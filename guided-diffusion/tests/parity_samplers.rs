@@ -11,12 +11,11 @@
 //! convolutions run through the fast kernels (Winograd F(4x4, 3x3) for the 32-channel 3x3
 //! layers), which round differently from PyTorch's direct convolution; the observed
 //! deviations stay within the suggested bounds, so no slack is added.
-mod diffusion_support;
+mod support;
 
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use diffusion_support::{assert_close_rel, golden_dir, to_uint8_nhwc, uint8_diff, Case};
 use guided_diffusion::diffusion::{DiffusionConfig, ReplayNoise, SeededNoise};
 use guided_diffusion::guidance::{
     ClassifierFree, ClassifierGuidance, Combined, Guidance, NoGuidance,
@@ -27,6 +26,7 @@ use guided_diffusion::samplers::{
     Ddim, Ddpm, Denoiser, SampleOptions, Sampler, SamplerSpec, StepInfo, VpSchedule,
 };
 use guided_diffusion::Result;
+use support::{assert_close_rel, golden_dir, to_uint8_nhwc, uint8_diff, Case};
 
 fn load_net(name: &str) -> Net {
     let (dir, name) = match name {

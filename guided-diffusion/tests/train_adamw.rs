@@ -152,7 +152,10 @@ fn train_fused_updates_match_candle_ops_bitwise() {
     // mode 0: candle ops; 1: one fused op per update; 2: one pass per parameter.
     type Final = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
     let run = |mode: u8, wd: f64| -> Final {
-        guided_diffusion::kernels::set_enabled(mode > 0);
+        let policy = guided_diffusion::kernels::KernelPolicy {
+            fast: mode > 0,
+            ..guided_diffusion::kernels::KernelPolicy::default()
+        };
         let mut rng = StdRng::seed_from_u64(5);
         let n = 200_003;
         let p0: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -160,13 +163,15 @@ fn train_fused_updates_match_candle_ops_bitwise() {
         let mut opt =
             AdamW::new(&params, AdamWConfig { lr: 3e-3, weight_decay: wd, ..Default::default() })
                 .unwrap();
-        let mut emas = [Ema::new(0.999, &params).unwrap(), Ema::new(0.9, &params).unwrap()];
+        opt.policy = policy;
+        let mut emas = [0.999, 0.9].map(|r| Ema { policy, ..Ema::new(r, &params).unwrap() });
         let mut sqs = Vec::new();
         for _ in 0..4 {
             let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
             let var = &params.vars()[0];
             sqs.push(
-                guided_diffusion::train::params::sq_norm(std::iter::once(var.as_tensor())).unwrap(),
+                guided_diffusion::train::params::sq_norm(&policy, std::iter::once(var.as_tensor()))
+                    .unwrap(),
             );
             if mode == 2 {
                 let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
@@ -199,7 +204,6 @@ fn train_fused_updates_match_candle_ops_bitwise() {
         let want = run(0, wd);
         for mode in [1, 2] {
             let got = run(mode, wd);
-            guided_diffusion::kernels::set_enabled(true);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let pairs = [
                 ("param", &got.0, &want.0),

@@ -1,23 +1,24 @@
-//! Mixed-precision training (`gdiff train --precision bf16`: a `kernels::bf16` scope around the
-//! training loop): on real data, the first steps' losses match float32 to bf16's precision and
-//! the loss falls as in float32. Its own test binary, because the scope is process-wide.
+//! Mixed-precision training (`gdiff train --precision bf16`: the trained network holds a bf16
+//! kernel policy): on real data, the first steps' losses match float32 to bf16's precision and
+//! the loss falls as in float32.
 mod support;
 
 use candle_core::Device;
 use candle_nn::VarMap;
 use guided_diffusion::data::BatchSource;
 use guided_diffusion::diffusion::{create_named_schedule_sampler, DiffusionConfig, NoiseSchedule};
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::{self, KernelPolicy, Precision};
 use guided_diffusion::models::Net;
 use guided_diffusion::train::{DiffusionObjective, Logger, ParamSet, TrainConfig, TrainLoop};
 use support::train::{fashion_loader, tiny_config};
 
-fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
+fn tiny_loop(dir: &std::path::Path, policy: KernelPolicy) -> TrainLoop<DiffusionObjective> {
     let cfg = tiny_config();
     let vm = VarMap::new();
     let net =
         Net::new(&cfg, guided_diffusion::models::init::seeded_var_builder(&vm, 11, &Device::Cpu))
-            .unwrap();
+            .unwrap()
+            .with_policy(policy);
     let diffusion = DiffusionConfig {
         steps: 1000,
         learn_sigma: true,
@@ -38,9 +39,9 @@ fn tiny_loop(dir: &std::path::Path) -> TrainLoop<DiffusionObjective> {
 /// The loss of each of `steps` steps.
 fn losses(bf16: bool, steps: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
-    let mut lp = tiny_loop(dir.path());
+    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let mut lp = tiny_loop(dir.path(), KernelPolicy::default().with_precision(precision));
     let mut data = fashion_loader(16, 1);
-    let _scope = bf16.then(kernels::bf16);
     (0..steps)
         .map(|_| {
             lp.run_step(&data.next_batch().unwrap()).unwrap();
@@ -51,8 +52,7 @@ fn losses(bf16: bool, steps: usize) -> Vec<f64> {
 
 #[test]
 fn train_bf16_losses_match_f32_and_fall() {
-    kernels::set_enabled(true);
-    println!("AMX: {}", kernels::amx::available());
+    println!("AMX: {}", kernels::amx::hardware());
     let f32_run = losses(false, 3);
     let run = losses(true, 40);
     assert!(run.iter().all(|l| l.is_finite()), "non-finite loss in bf16: {run:?}");

@@ -41,12 +41,12 @@ fn train_step_on_golden_model_matches_training_losses_and_reaches_every_paramete
     let y = case.get("in.y");
     let t: Vec<usize> =
         case.get("in.t").to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
-    let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, Some(&y), None);
-    let tl = d.training_losses(&model, &case.get("in.x_start"), &t, &case.get("in.noise")).unwrap();
+    let model = |x: &Tensor, tt: &Tensor| net.forward(x, tt, Some(y), None);
+    let tl = d.training_losses(&model, case.get("in.x_start"), &t, case.get("in.noise")).unwrap();
     support::assert_close(
         "train loss = reference training_losses",
         &tl.loss,
-        &case.get("out.call0.loss"),
+        case.get("out.call0.loss"),
         case.atol("call0.loss"),
     );
 
@@ -161,4 +161,88 @@ fn resume_matches_uninterrupted(dropout: Option<LabelDropout>) {
         let d = support::max_abs_diff(va.as_tensor(), vc.as_tensor());
         assert_eq!(d, 0.0, "{n} differs by {d} after resume");
     }
+}
+
+/// Sampling from the EMA's weights after an in-place EMA update gives what a freshly loaded
+/// copy of the updated EMA gives: a network built on the EMA's own tensors (not frozen, so it
+/// keeps no derived weight forms) follows the update, and so does one that was frozen (keeping
+/// Winograd transforms of the old weights) and is frozen again after the update.
+#[test]
+fn train_ema_sampling_after_in_place_update_matches_fresh_copy() {
+    use guided_diffusion::sample::{Classes, GuidanceSettings, Request, Sampling};
+    use guided_diffusion::samplers::SamplerSpec;
+    use guided_diffusion::train::Ema;
+    use std::collections::HashMap;
+    let dev = Device::Cpu;
+    let cfg = tiny_config();
+    let (_net, vm) = trainable(&cfg);
+    let params = ParamSet::from_varmap(&vm);
+    let mut ema = Ema::new(0.5, &params).unwrap();
+    let named = |ema: &Ema| -> HashMap<String, Tensor> {
+        params.names().iter().cloned().zip(ema.params.iter().cloned()).collect()
+    };
+    let follows = Net::from_tensors(&cfg, named(&ema), "the EMA", &dev).unwrap();
+    let mut refrozen = Net::from_tensors(&cfg, named(&ema), "the EMA", &dev).unwrap();
+    refrozen.freeze();
+    let d = DiffusionConfig {
+        steps: 1000,
+        learn_sigma: true,
+        noise_schedule: NoiseSchedule::Cosine,
+        ..Default::default()
+    };
+    let ddim: SamplerSpec = "ddim3".parse().unwrap();
+    // Four 16x16 images: 64 Winograd tiles, so the frozen network keeps Winograd forms.
+    let x = Tensor::randn(0f32, 1.0, (4, 1, 16, 16), &dev).unwrap();
+    let t = Tensor::new(&[10f32, 300.0, 600.0, 900.0], &dev).unwrap();
+    let y = Tensor::new(&[0u32, 3, 5, 9], &dev).unwrap();
+    let sample = |net: &Net| -> (Vec<u8>, Vec<u32>) {
+        let run = Sampling {
+            model: net,
+            diffusion: &d,
+            sampler: &ddim,
+            guidance: GuidanceSettings::default(),
+            clip_denoised: true,
+            shape: [1, 16, 16],
+            num_classes: Some(10),
+            null_class: None,
+            device: Device::Cpu,
+        };
+        let req = Request {
+            num_samples: 4,
+            batch_size: 4,
+            classes: Classes::Cycle(vec![0, 3, 5, 9]),
+            seed: 3,
+            init_noise: None,
+            keep_float: false,
+            low_res: None,
+        };
+        let images = run.run(&req, &mut |_| {}).unwrap().images;
+        let out = net.forward(&x, &t, Some(&y), None).unwrap();
+        let bits = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (
+            images.flatten_all().unwrap().to_vec1().unwrap(),
+            bits.into_iter().map(f32::to_bits).collect(),
+        )
+    };
+    let before = sample(&refrozen);
+    assert_eq!(sample(&follows), before);
+    let Net::UNet(u) = &refrozen else { unreachable!("a UNet config") };
+    assert!(u.keeps_weight_forms(), "the frozen network keeps its weights' forms");
+    // A training step's worth of change (every parameter moves, the zero-initialised output
+    // convolution too), then the EMA update, in place on the CPU.
+    for v in params.vars() {
+        let noise = Tensor::randn(0f32, 0.05, v.dims(), &dev).unwrap();
+        v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+    }
+    ema.update(&params).unwrap();
+    refrozen.freeze();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ema.safetensors");
+    let pairs: Vec<(String, Tensor)> = named(&ema).into_iter().collect();
+    guided_diffusion::train::ckpt::save_safetensors(&path, &pairs, HashMap::new()).unwrap();
+    let fresh = Net::load_with_config(&cfg, &path, &dev).unwrap();
+    let want = sample(&fresh);
+    assert!(want.1 != before.1, "the update must change the network's output");
+    assert!(sample(&follows) == want, "the network on the EMA's tensors missed the update");
+    assert!(sample(&refrozen) == want, "the network frozen again kept stale weight forms");
 }

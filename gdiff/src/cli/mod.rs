@@ -3,6 +3,7 @@
 pub mod args;
 pub mod output;
 pub mod plot;
+pub mod policy;
 pub mod presets;
 pub mod resolve;
 pub mod sampler;

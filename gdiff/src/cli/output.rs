@@ -96,36 +96,12 @@ pub fn read_npz_array(path: &Path, key: &str) -> Result<Tensor> {
     })
 }
 
-/// A bf16 scope for `--precision bf16` on `device` (named `device_flag` on the command line):
-/// CPU only, with the fast kernels on; without AMX it says that it will be slow (unless
-/// `quiet`).
-pub fn precision_scope(
-    precision: &str,
-    device: &Device,
-    device_flag: &str,
-    quiet: bool,
-) -> Result<Option<guided_diffusion::kernels::bf16::Bf16>> {
-    if precision != "bf16" {
-        return Ok(None);
-    }
-    if !device.is_cpu() {
-        bail!("--precision bf16: the bf16 convolutions are CPU kernels; on {device_flag} use f32");
-    }
-    if !guided_diffusion::kernels::enabled() {
-        bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
-    }
-    if !quiet && !guided_diffusion::kernels::amx::available() {
-        eprintln!(
-            "note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed"
-        );
-    }
-    Ok(Some(guided_diffusion::kernels::bf16()))
-}
-
-/// `cpu`, `cuda` or `cuda:N`.
+/// `--device`, for every command: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA 0 when this gdiff
+/// is built with CUDA and has one, else the CPU).
 pub fn device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0)?),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = s
                 .strip_prefix("cuda:")
@@ -138,7 +114,7 @@ pub fn device(s: &str) -> Result<Device> {
             }
             Ok(Device::new_cuda(ordinal)?)
         }
-        _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+        _ => bail!("--device {s:?}: expected auto, cpu, cuda or cuda:N"),
     }
 }
 

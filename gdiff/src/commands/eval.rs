@@ -2,11 +2,10 @@
 //! sample batch against a reference batch, as the reference's `evaluations/evaluator.py` prints
 //! them, without TensorFlow. The work is in `guided_diffusion::eval`; this file maps flags to
 //! options, draws progress bars on stderr, prints the five lines on stdout and writes the JSON.
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use guided_diffusion::eval::evaluator::{EvalOptions, Evaluator, Source};
 use guided_diffusion::eval::inception::{InceptionExtractor, InputConvention};
 use guided_diffusion::eval::{DistancePrecision, SqrtmMethod};
-use guided_diffusion::Device;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,18 +82,6 @@ pub struct EvalArgs {
     pub no_progress: bool,
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "auto" => Device::cuda_if_available(0)?,
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("--device cuda")?,
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::new_cuda(n).with_context(|| format!("--device {s}"))?,
-            _ => bail!("--device: expected auto, cpu, cuda or cuda:N, got '{s}'"),
-        },
-    })
-}
-
 /// Progress bars on stderr, one per stage.
 struct Bars {
     enabled: bool,
@@ -140,7 +127,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch_size must be at least 1");
     }
-    let device = parse_device(&args.device)?;
+    let device = crate::cli::output::device(&args.device)?;
     let convention = match args.input_convention {
         ConventionArg::Tf => InputConvention::TfReference,
         ConventionArg::PytorchFid => InputConvention::PytorchFid,

@@ -52,6 +52,7 @@ pub fn run(a: &NllArgs) -> Result<()> {
     }
     let ucfg = resolve::unet_config(&a.model, Some(&a.model_path))?;
     let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &a.model_path, &device)?;
+    let model = crate::cli::policy::prepare(model, crate::cli::policy::from_env());
     let (_, emb) = resolve::embedded(&a.model_path)?;
     let diffusion = resolve::diffusion_config(&a.diffusion, emb, ucfg.learns_sigma())?.build()?;
     let mut spec = DataSpec::new(&a.data_dir, ucfg.image_size);

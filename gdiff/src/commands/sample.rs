@@ -15,7 +15,7 @@ use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::sampler::{
     check_builds, check_scale, parse_interval, sampler_spec, BUILTIN_SAMPLER,
 };
-use crate::cli::{output, resolve};
+use crate::cli::{output, policy, resolve};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -86,6 +86,7 @@ pub fn load_classifier(
     image_size: usize,
     num_classes: Option<usize>,
     device: &Device,
+    policy: guided_diffusion::kernels::KernelPolicy,
 ) -> Result<Option<(Net, f64)>> {
     let Some(path) = &c.classifier_path else {
         return Ok(None);
@@ -94,7 +95,8 @@ pub fn load_classifier(
         bail!("--classifier_path {}: no such file", path.display());
     }
     let cfg = resolve::classifier_config(c, image_size, num_classes, path)?;
-    let net = Net::load_with_config(&NetConfig::Classifier(cfg), path, device)?;
+    let net =
+        policy::prepare(Net::load_with_config(&NetConfig::Classifier(cfg), path, device)?, policy);
     Ok(Some((net, c.classifier_scale.unwrap_or(1.0))))
 }
 
@@ -231,7 +233,6 @@ pub fn run_and_write(
             p.num_samples
         ));
     };
-    let _bf16 = output::precision_scope(&a.precision, &s.device, &a.device, a.quiet)?;
     let mut req = req.clone();
     req.keep_float = files.float.is_some();
     let out = s.run(&req, &mut on_step)?;
@@ -308,7 +309,10 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     }
     let builtin = a.sampling.model_path.is_none();
     let ucfg = resolve::unet_config(&a.model, Some(&model_path))?;
+    let s = &a.sampling;
+    let policy = policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
     let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &model_path, &device)?;
+    let model = policy::prepare(model, policy);
     let (_, emb_diffusion) = resolve::embedded(&model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, ucfg.learns_sigma())?;
     let default_sampler = if builtin { BUILTIN_SAMPLER } else { "ddpm" };
@@ -332,13 +336,17 @@ pub fn run(a: &SampleArgs) -> Result<()> {
                 builtin_model().map(|d| d.join("classifier.safetensors")).filter(|p| p.exists());
         }
     }
-    let classifier = load_classifier(&clf_args, ucfg.image_size, ucfg.num_classes, &device)?;
-    let g = guidance_flags(&a.sampling, &model_path, ucfg.num_classes, classifier.is_some())?;
-    let num_classes = match (ucfg.num_classes, g.null_class) {
-        // A classifier that guides a model with a null class knows the real classes only.
-        (Some(rows), _) => Some(rows),
-        (None, _) => classifier.as_ref().and_then(|(c, _)| c.num_classes()),
+    // A classifier that guides a model with a null class (its last label row) knows the real
+    // classes only.
+    let null = a.sampling.null_class.map_or_else(|| null_class_of(&model_path), |k| Ok(Some(k)))?;
+    let real_classes = match (ucfg.num_classes, null) {
+        (Some(rows), Some(k)) if k + 1 == rows => Some(k),
+        (rows, _) => rows,
     };
+    let classifier = load_classifier(&clf_args, ucfg.image_size, real_classes, &device, policy)?;
+    let g = guidance_flags(&a.sampling, &model_path, ucfg.num_classes, classifier.is_some())?;
+    let num_classes =
+        ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
     let classes = match &a.sampling.classes {
         Some(s) => Classes::Cycle(parse_classes(s)?),
         None => Classes::Random,

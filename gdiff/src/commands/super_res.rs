@@ -47,7 +47,10 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
     let large = a.large_size.unwrap_or(256);
     let small = a.small_size.unwrap_or(64);
     let cfg = resolve::super_res_config(&a.model, large, small, Some(model_path))?;
+    let s = &a.sampling;
+    let policy = crate::cli::policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
     let model = Net::load_with_config(&NetConfig::SuperRes(cfg.clone()), model_path, &device)?;
+    let model = crate::cli::policy::prepare(model, policy);
     let (_, emb_diffusion) = resolve::embedded(model_path)?;
     let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, cfg.learns_sigma())?;
     let spec = sampler_spec(

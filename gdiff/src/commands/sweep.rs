@@ -569,10 +569,14 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             "--judge_path is the guidance classifier: the judge must be an independent classifier"
         );
     }
+    let policy = crate::cli::policy::from_env();
+    let prepare = |n| crate::cli::policy::prepare(n, policy);
     let classifier = Net::load_embedded(&clf_path, &device)
+        .map(prepare)
         .with_context(|| format!("--classifier_path {}", clf_path.display()))?;
     let judge = Judge::new(
         Net::load_embedded(&judge_path, &device)
+            .map(prepare)
             .with_context(|| format!("--judge_path {}", judge_path.display()))?,
         device.clone(),
     )
@@ -592,6 +596,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             bail!("--model {name}={}: no such file", path.display());
         }
         let net = Net::load_embedded(path, &device)
+            .map(prepare)
             .with_context(|| format!("--model {name}={}", path.display()))?;
         let Net::UNet(u) = &net else {
             bail!("--model {name}={}: not a diffusion UNet", path.display())

@@ -29,7 +29,7 @@ use guided_diffusion::train::{
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
-use crate::cli::{output, resolve};
+use crate::cli::{output, policy, resolve};
 
 /// Flags every training command shares.
 #[derive(Args, Debug, Clone)]
@@ -204,6 +204,7 @@ fn train_config(
     tc.max_steps = c.max_steps;
     tc.config_json = net.to_json().to_string();
     tc.metadata.insert(CONFIG_KEY.into(), net.to_json().to_string());
+    tc.policy = policy::from_env();
     Ok(tc)
 }
 
@@ -276,16 +277,20 @@ fn run_loop<O: Objective, S: BatchSource>(
         eprintln!("resumed from {} at step {}", p.display(), lp.step());
     }
     lp.set_classes(data.classes());
-    let _bf16 =
-        output::precision_scope(&c.precision, &output::device(&c.device)?, &c.device, false)?;
     lp.run(&mut data, val.as_mut().map(|v| v as &mut dyn BatchSource))?;
     Ok(())
 }
 
-/// A network with seeded fresh parameters, and those parameters for the optimiser.
-fn fresh_net(cfg: &NetConfig, seed: u64, device: &candle_core::Device) -> Result<(Net, ParamSet)> {
+/// A network with seeded fresh parameters (`--seed`) computing as `--precision` says, and
+/// those parameters for the optimiser.
+fn fresh_net(
+    cfg: &NetConfig,
+    c: &CommonTrainArgs,
+    device: &candle_core::Device,
+) -> Result<(Net, ParamSet)> {
+    let policy = policy::with_precision(&c.precision, device, &c.device, false)?;
     let varmap = VarMap::new();
-    let net = Net::new(cfg, seeded_var_builder(&varmap, seed, device))?;
+    let net = Net::new(cfg, seeded_var_builder(&varmap, c.seed, device))?.with_policy(policy);
     Ok((net, ParamSet::from_varmap(&varmap)))
 }
 
@@ -335,7 +340,7 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
             "--class_dropout_prob needs a class-conditional model with at least one class besides the null class"
         ),
     };
-    let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
+    let (net, params) = fresh_net(&net_cfg, c, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc =
         train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
@@ -405,7 +410,7 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     )?;
     let net_cfg = NetConfig::Classifier(cfg);
     let diffusion = resolve::diffusion_config(&a.diffusion, None, false)?.build()?;
-    let (net, params) = fresh_net(&net_cfg, c.seed, &device)?;
+    let (net, params) = fresh_net(&net_cfg, c, &device)?;
     let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
     let mut tc =
         train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;

@@ -29,6 +29,23 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The kernel policy of a benchmark run, from the `GD_*` switches (`GD_KERNELS`, `GD_WINOGRAD`,
+/// `GD_AMX`; the library reads no environment) and `GD_PRECISION=bf16` (bf16 products).
+pub fn policy() -> guided_diffusion::kernels::KernelPolicy {
+    use guided_diffusion::kernels::{KernelPolicy, Precision};
+    let p = KernelPolicy::from_vars(|k| std::env::var(k).ok());
+    let bf16 = std::env::var("GD_PRECISION").is_ok_and(|v| v.trim().eq_ignore_ascii_case("bf16"));
+    p.with_precision(if bf16 { Precision::Bf16 } else { Precision::F32 })
+}
+
+/// Tunes glibc's malloc as `gdiff` does, unless `GD_MALLOC=default`.
+pub fn tune_malloc() {
+    let keep = std::env::var("GD_MALLOC").ok();
+    if !guided_diffusion::kernels::malloc::keep_default(keep.as_deref()) {
+        guided_diffusion::kernels::malloc::tune();
+    }
+}
+
 /// `true` when the environment variable is set to anything but `0` / empty.
 pub fn flag(name: &str) -> bool {
     std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
@@ -108,6 +125,10 @@ fn fma_loop(iters: usize) -> f64 {
     {
         use std::arch::x86_64::*;
         if std::is_x86_feature_detected!("avx512f") {
+            /// `iters` rounds of 12 AVX-512 FMA chains.
+            ///
+            /// # Safety
+            /// The CPU must have AVX-512F.
             #[target_feature(enable = "avx512f")]
             unsafe fn run(iters: usize) -> f32 {
                 let m = _mm512_set1_ps(0.999_999);
@@ -120,10 +141,15 @@ fn fma_loop(iters: usize) -> f64 {
                 }
                 acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
             }
+            // SAFETY: the feature was just detected.
             std::hint::black_box(unsafe { run(iters) });
             return (iters * 12 * 16 * 2) as f64;
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            /// `iters` rounds of 12 AVX2 FMA chains.
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA.
             #[target_feature(enable = "avx2,fma")]
             unsafe fn run(iters: usize) -> f32 {
                 let m = _mm256_set1_ps(0.999_999);
@@ -142,6 +168,7 @@ fn fma_loop(iters: usize) -> f64 {
                 }
                 s
             }
+            // SAFETY: the features were just detected.
             std::hint::black_box(unsafe { run(iters) });
             return (iters * 12 * 8 * 2) as f64;
         }

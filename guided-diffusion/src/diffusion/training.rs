@@ -172,8 +172,6 @@ impl GaussianDiffusion {
         noise: &mut dyn NoiseSource,
     ) -> Result<BpdTerms> {
         let n = x_start.dim(0)?;
-        // The weights stay as they are for the whole loop: keep their derived forms.
-        let _frozen = crate::kernels::freeze();
         let (mut vb, mut xstart_mse, mut mse) = (vec![], vec![], vec![]);
         for step in (0..self.num_timesteps()).rev() {
             let t = vec![step; n];

@@ -11,7 +11,7 @@
 //! The instructions are written as inline assembly (Rust has no stable AMX intrinsics); no code
 //! the compiler generates touches the tile registers, so their contents survive between the
 //! `asm!` blocks of one call. Linux hands out the tile state only on request
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process); [`available`]
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process); [`hardware`]
 //! checks the CPU (CPUID) and makes that request once.
 //!
 //! A is packed by [`super::bf16`] as `[m/16][k/32][16][32]` bf16 (m padded to a multiple of
@@ -22,13 +22,9 @@
 //! 16 output pixels of one row, and no column matrix is ever built.
 use std::sync::OnceLock;
 
-/// Whether AMX bf16 can be used in this process: the CPU has AMX-TILE and AMX-BF16, the
-/// kernel granted the tile state, and `GD_AMX` is not `0`/`off` ([`super::switch`]).
-pub fn available() -> bool {
-    hardware() && super::switch::amx_enabled()
-}
-
-/// The CPU and OS part of [`available`], probed once.
+/// Whether AMX bf16 can be used in this process: the CPU has AMX-TILE and AMX-BF16 and the
+/// kernel granted the tile state (probed once; a fact about the machine, not a setting: the
+/// [`KernelPolicy`](super::KernelPolicy) chooses whether to use it).
 pub fn hardware() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(probe)
@@ -74,6 +70,13 @@ pub struct Block {
     pub cols: usize,
 }
 
+// SAFETY: a block's `b` is an address the products only read ([`gemm_blocks`], whose callers
+// keep the buffer alive and unwritten while the products run), so blocks may be shared with
+// the threads that split a product between them.
+unsafe impl Send for Block {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Block {}
+
 /// Where B's tiles lie: per depth step, the byte offset from a block's base, and the byte
 /// stride between a tile's 16 rows (row pairs). A packed B has offsets `s * 1024` and stride
 /// 64; a convolution's shifted input windows have one offset per (tap, channel block).
@@ -97,7 +100,7 @@ pub enum Start<'a> {
 /// multiple of 32, `kblocks = b.offsets.len()` steps), `dst` has row stride `ldc` floats.
 ///
 /// # Safety
-/// [`available`] must be true; `a` must hold the packed extent described; every block's B
+/// [`hardware`] must be true; `a` must hold the packed extent described; every block's B
 /// tiles (16 rows of 64 bytes at `b.stride`, at each offset) must be readable; `bias` has at
 /// least `m` values; `dst` must be valid for the writes described and not written by anyone
 /// else meanwhile.
@@ -123,7 +126,9 @@ pub unsafe fn gemm_blocks(
         let Start::Bias(bias) = start else { return };
         for (r, &bv) in bias.iter().enumerate().take((ib1 * TILE).min(m)).skip(ib0 * TILE) {
             for blk in blocks {
-                std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols).fill(bv);
+                // SAFETY: row `r < m`, the block's valid columns: among the writes `dst` allows.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * ldc + blk.col), blk.cols) }
+                    .fill(bv);
             }
         }
         return;
@@ -143,7 +148,9 @@ pub unsafe fn gemm_blocks(
     let mut init = Tiles([0.0; 4 * TILE * TILE]);
     let mut spill = Tiles([0.0; 4 * TILE * TILE]);
     let a_stride = TILE_ELEMS * kblocks; // u16 between consecutive 16-row blocks of A
-    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+                                         // SAFETY: the CPU has AMX (the contract); `cfg` is a valid palette-1 configuration of
+                                         // eight tiles of 16 rows x 64 bytes, 64-byte aligned.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
     let mut ib = ib0;
     while ib < ib1 {
         if let Start::Bias(bias) = start {
@@ -155,8 +162,8 @@ pub unsafe fn gemm_blocks(
                 }
             }
         }
-        let a0 = a.add(ib * a_stride);
-        let a1 = a.add((ib + 1) * a_stride);
+        // Row blocks `ib` and `ib + 1` of A (`a_stride` u16 apart): inside its packed extent.
+        let (a0, a1) = (a.wrapping_add(ib * a_stride), a.wrapping_add((ib + 1) * a_stride));
         for pair in blocks.chunks_exact(2) {
             let (bj, bk) = (pair[0], pair[1]);
             let r0 = ib * TILE;
@@ -165,24 +172,38 @@ pub unsafe fn gemm_blocks(
             // when the block is whole, hence wrapping), and in the spill area.
             let (d, e) = (dst.wrapping_add(r0 * ldc + bj.col), dst.wrapping_add(r0 * ldc + bk.col));
             let in_dst = [d, e, d.wrapping_add(TILE * ldc), e.wrapping_add(TILE * ldc)];
-            let sp = spill.0.as_mut_ptr();
-            let in_spill = [sp, sp.add(256), sp.add(512), sp.add(768)];
+            let spill_tiles = |sp: *mut f32| {
+                [sp, sp.wrapping_add(256), sp.wrapping_add(512), sp.wrapping_add(768)]
+            };
             match start {
                 Start::Bias(_) => {
-                    let (i0, i1) = (init.0.as_mut_ptr(), init.0.as_mut_ptr().add(256));
-                    load_c([i0, i0, i1, i1], 64);
+                    let i0 = init.0.as_mut_ptr();
+                    let i1 = i0.wrapping_add(256);
+                    // SAFETY: AMX is configured; the two bias tiles (16 rows of 64 bytes) lie
+                    // inside `init`.
+                    unsafe { load_c([i0, i0, i1, i1], 64) };
                 }
-                Start::Dst if full => load_c(in_dst, ldc * 4),
+                // SAFETY: whole tiles (rows below `m`, 16 valid columns in both blocks) of
+                // `dst`, readable with `Start::Dst` (the contract).
+                Start::Dst if full => unsafe { load_c(in_dst, ldc * 4) },
                 Start::Dst => {
                     // A partial block: its valid part through the spill area, zeros elsewhere.
                     spill.0.fill(0.0);
+                    let sp = spill.0.as_mut_ptr();
                     valid_rows(r0, pair, m, ldc, |s, o, n| {
-                        std::ptr::copy_nonoverlapping(dst.add(o), sp.add(s), n)
+                        // SAFETY: `o..o + n` is a valid part of a row of `dst` (readable with
+                        // `Start::Dst`), `s..s + n` lies inside `spill`; they do not overlap.
+                        unsafe { std::ptr::copy_nonoverlapping(dst.add(o), sp.add(s), n) }
                     });
-                    load_c(in_spill, 64);
+                    // SAFETY: AMX is configured; the four spill tiles lie inside `spill`.
+                    unsafe { load_c(spill_tiles(sp), 64) };
                 }
             }
-            asm!(
+            // SAFETY: AMX is configured; `a0` and `a1` start `kblocks` packed 16x32 A tiles
+            // each (the contract); each block's B tiles at `b + offsets[s]`, 16 rows
+            // `b.stride` apart, are readable (the contract); `offsets` has `kblocks` entries.
+            unsafe {
+                asm!(
                 "2:",
                 "mov {o}, qword ptr [{offs}]",
                 "tileloadd tmm4, [{a0} + {s}*1]",
@@ -211,56 +232,77 @@ pub unsafe fn gemm_blocks(
                 s = in(reg) 64usize,
                 sb = in(reg) b.stride,
                 options(nostack, readonly),
-            );
+                )
+            };
             if full {
                 // Whole tiles: straight into the output.
-                store_c(in_dst, ldc * 4);
+                // SAFETY: whole tiles of `dst`, writable (the contract).
+                unsafe { store_c(in_dst, ldc * 4) };
             } else {
-                store_c(in_spill, 64);
+                let sp = spill.0.as_mut_ptr();
+                // SAFETY: AMX is configured; the four spill tiles lie inside `spill`.
+                unsafe { store_c(spill_tiles(sp), 64) };
                 valid_rows(r0, pair, m, ldc, |s, o, n| {
-                    std::ptr::copy_nonoverlapping(sp.add(s), dst.add(o), n)
+                    // SAFETY: `s..s + n` inside `spill`, `o..o + n` a valid part of a row of
+                    // `dst`, writable (the contract); they do not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(sp.add(s), dst.add(o), n) }
                 });
             }
         }
         ib += 2;
     }
-    asm!("tilerelease", options(nostack, nomem));
+    // SAFETY: AMX was configured above; this releases the tile state.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 /// Loads the output tiles tmm0-3 from `p` (rows `stride` bytes apart).
+///
+/// # Safety
+/// AMX must be configured (`ldtilecfg`, 16 rows x 64 bytes); each `p[i]` must be readable for
+/// 16 rows of 64 bytes, `stride` bytes apart.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn load_c(p: [*mut f32; 4], stride: usize) {
-    std::arch::asm!(
-        "tileloadd tmm0, [{p0} + {s}*1]",
-        "tileloadd tmm1, [{p1} + {s}*1]",
-        "tileloadd tmm2, [{p2} + {s}*1]",
-        "tileloadd tmm3, [{p3} + {s}*1]",
-        p0 = in(reg) p[0],
-        p1 = in(reg) p[1],
-        p2 = in(reg) p[2],
-        p3 = in(reg) p[3],
-        s = in(reg) stride,
-        options(nostack, readonly),
-    );
+    // SAFETY: the contract above.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm0, [{p0} + {s}*1]",
+            "tileloadd tmm1, [{p1} + {s}*1]",
+            "tileloadd tmm2, [{p2} + {s}*1]",
+            "tileloadd tmm3, [{p3} + {s}*1]",
+            p0 = in(reg) p[0],
+            p1 = in(reg) p[1],
+            p2 = in(reg) p[2],
+            p3 = in(reg) p[3],
+            s = in(reg) stride,
+            options(nostack, readonly),
+        )
+    };
 }
 
 /// Stores the output tiles tmm0-3 to `p` (rows `stride` bytes apart).
+///
+/// # Safety
+/// AMX must be configured as for [`load_c`]; each `p[i]` must be writable for 16 rows of 64
+/// bytes, `stride` bytes apart, and not accessed by anyone else meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn store_c(p: [*mut f32; 4], stride: usize) {
-    std::arch::asm!(
-        "tilestored [{p0} + {s}*1], tmm0",
-        "tilestored [{p1} + {s}*1], tmm1",
-        "tilestored [{p2} + {s}*1], tmm2",
-        "tilestored [{p3} + {s}*1], tmm3",
-        p0 = in(reg) p[0],
-        p1 = in(reg) p[1],
-        p2 = in(reg) p[2],
-        p3 = in(reg) p[3],
-        s = in(reg) stride,
-        options(nostack),
-    );
+    // SAFETY: the contract above.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{p0} + {s}*1], tmm0",
+            "tilestored [{p1} + {s}*1], tmm1",
+            "tilestored [{p2} + {s}*1], tmm2",
+            "tilestored [{p3} + {s}*1], tmm3",
+            p0 = in(reg) p[0],
+            p1 = in(reg) p[1],
+            p2 = in(reg) p[2],
+            p3 = in(reg) p[3],
+            s = in(reg) stride,
+            options(nostack),
+        )
+    };
 }
 
 /// Every valid row of the four output tiles of a block pair starting at row `r0`: `f(offset
@@ -285,7 +327,7 @@ fn valid_rows(
     }
 }
 
-/// Not x86_64: never called ([`available`] is false).
+/// Not x86_64: never called ([`hardware`] is false).
 ///
 /// # Safety
 /// Never safe to call; it panics.

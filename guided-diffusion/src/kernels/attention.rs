@@ -10,9 +10,12 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::disjoint::Disjoint;
+use super::policy::KernelPolicy;
 use super::scratch;
 use super::sgemm::{sgemm_scaled, MatMut, MatRef};
 use super::softmax::{softmax_bwd_row_inplace, softmax_row_inplace};
+use super::storage::f32_values;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -21,13 +24,20 @@ const ROW_BLOCK: usize = 64;
 
 /// `qkv: [B, 3 * heads * ch, T] -> [B, heads * ch, T]` with the legacy head layout (per head
 /// `[q, k, v]` blocks) or the new one (`q`, `k`, `v` for all heads, then split); `None` where
-/// the fast kernels do not apply (switched off, not f32 on the CPU, width not divisible).
-pub fn qkv_attention(qkv: &Tensor, heads: usize, new_order: bool) -> Result<Option<Tensor>> {
+/// the fast kernels do not apply (off in `policy`, not f32 on the CPU, width not divisible).
+/// The forward's two products are bf16 in a bf16 policy.
+pub fn qkv_attention(
+    policy: &KernelPolicy,
+    qkv: &Tensor,
+    heads: usize,
+    new_order: bool,
+) -> Result<Option<Tensor>> {
     let Ok((_, width, _)) = qkv.dims3() else { return Ok(None) };
-    if !super::applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
+    if !policy.applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
         return Ok(None);
     }
-    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16: super::bf16::active() })?))
+    let bf16 = policy.bf16().then(|| policy.uses_amx());
+    Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16 })?))
 }
 
 /// Where the q, k, v blocks (`[ch, T]`, contiguous) of one (image, head) start in `qkv`.
@@ -69,15 +79,18 @@ impl Heads {
         1.0 / (self.ch as f32).sqrt()
     }
 
-    /// `w = softmax(q^T k * scale)`, `[T, T]`.
-    fn scores(&self, q: *const f32, k: *const f32, w: &mut [f32]) {
-        let t = self.t;
+    /// `w = softmax(q^T k * scale)`, `[T, T]`, for the `[ch, T]` blocks `q` and `k`.
+    fn scores(&self, q: &[f32], k: &[f32], w: &mut [f32]) {
+        let (t, ch) = (self.t, self.ch);
+        assert!(q.len() >= ch * t && k.len() >= ch * t && w.len() >= t * t);
+        // SAFETY: `q` and `k` hold `ch x T` values, `w` holds `T x T` (checked above) and is
+        // ours.
         unsafe {
             sgemm_scaled(
                 t,
                 t,
-                self.ch,
-                MatMut::rows(w.as_mut_ptr(), t),
+                ch,
+                MatMut::rows(w, t),
                 false,
                 MatRef::rows_t(q, t),
                 MatRef::rows(k, t),
@@ -91,29 +104,12 @@ impl Heads {
     }
 }
 
-/// A raw pointer that may cross threads; the tasks below write disjoint blocks through it.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok(&v[a..b])
-}
-
-/// `bf16`: made inside a bf16 scope (the forward's two products in bf16; the backward f32).
+/// `bf16`: made in a bf16 policy, `Some(amx)` (the forward's two products in bf16, on AMX
+/// with `amx`; the backward f32).
 struct Attn {
     heads: usize,
     new_order: bool,
-    bf16: bool,
+    bf16: Option<bool>,
 }
 
 impl CustomOp1 for Attn {
@@ -123,46 +119,40 @@ impl CustomOp1 for Attn {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let hd = Heads::new(l.dims(), self.heads, self.new_order, self.name())?;
-        let x = f32_arg(s, l, self.name())?;
+        let x = f32_values(s, l, self.name())?;
         let (t, ch) = (hd.t, hd.ch);
         let mut out = vec![0f32; hd.b * hd.heads * ch * t];
-        if self.bf16 && t > 0 && ch > 0 {
-            forward_bf16(&hd, x, &mut out);
+        if let (Some(amx), true) = (self.bf16, t > 0 && ch > 0) {
+            forward_bf16(&hd, x, &mut out, amx);
         } else if t > 0 && ch > 0 {
             // Tasks are (image, head, block of query rows): a block's scores stay in cache
             // between the three passes over them (scores, softmax, product with v).
             let rows = ROW_BLOCK.min(t);
             let blocks = t.div_ceil(rows);
-            let optr = SendPtr(out.as_mut_ptr());
+            let out = Disjoint::new(&mut out);
             (0..hd.b * hd.heads * blocks).into_par_iter().for_each_init(
                 || scratch::take(rows * t),
                 |w, task| {
                     let (i, r0) = (task / blocks, (task % blocks) * rows);
                     let nr = rows.min(t - r0);
-                    let [q, k, v] = hd.qkv(i).map(|o| x[o..].as_ptr());
+                    // The `[ch, T]` blocks of head `i` (inside `x`: `Heads::new` checked).
+                    let [q, k, v] = hd.qkv(i).map(|o| &x[o..o + ch * t]);
                     let w = &mut w[..nr * t];
                     // w[r, s] = softmax_s(scale * sum_c q[c, r0 + r] k[c, s])
+                    let (lhs, rhs) = (MatRef::rows_t(&q[r0..], t), MatRef::rows(k, t));
+                    // SAFETY: `lhs` reads query columns r0..r0 + nr of `q`, `rhs` all of `k`,
+                    // `dst` is this task's `nr x T` scores `w`.
                     unsafe {
-                        let lhs = MatRef::rows_t(q.add(r0), t);
-                        sgemm_scaled(
-                            nr,
-                            t,
-                            ch,
-                            MatMut::rows(w.as_mut_ptr(), t),
-                            false,
-                            lhs,
-                            MatRef::rows(k, t),
-                            hd.scale(),
-                            1,
-                        )
+                        sgemm_scaled(nr, t, ch, MatMut::rows(w, t), false, lhs, rhs, hd.scale(), 1)
                     };
                     for row in w.chunks_mut(t) {
                         softmax_row_inplace(row);
                     }
                     // a[c, r0 + r] = sum_s v[c, s] w[r, s]; this task's columns of head i.
-                    // SAFETY: tasks write disjoint column blocks of their head's output.
-                    let dst = MatMut::rows(unsafe { optr.get().add(i * ch * t + r0) }, t);
-                    let (lhs, rhs) = (MatRef::rows(v, t), MatRef::rows_t(w.as_ptr(), t));
+                    let dst = MatMut::rows_in(out, i * ch * t + r0, t);
+                    let (lhs, rhs) = (MatRef::rows(v, t), MatRef::rows_t(w, t));
+                    // SAFETY: `dst` is columns r0..r0 + nr of head `i`'s `[ch, T]` output,
+                    // which no other task writes; `v` is `ch x T`, `w` `nr x T`.
                     unsafe { sgemm_scaled(ch, nr, t, dst, false, lhs, rhs, 1.0, 1) };
                 },
             );
@@ -198,24 +188,29 @@ impl CustomOp2 for AttnBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let hd = Heads::new(l1.dims(), self.heads, self.new_order, op)?;
-        let (x, da) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?);
+        let (x, da) = (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?);
         let (t, ch) = (hd.t, hd.ch);
         if l2.dims() != [hd.b, hd.heads * ch, t] {
             bail!("{op}: gradient {:?} does not match qkv {:?}", l2.dims(), l1.dims());
         }
         let mut dx = vec![0f32; x.len()];
-        let dptr = SendPtr(dx.as_mut_ptr());
+        let dxd = Disjoint::new(&mut dx);
         if t > 0 && ch > 0 {
             (0..hd.b * hd.heads).into_par_iter().for_each_init(
                 || (scratch::take(t * t), scratch::take(t * t)),
                 |(w, dw), i| {
                     let offs = hd.qkv(i);
-                    let [q, k, v] = offs.map(|o| x[o..].as_ptr());
-                    // SAFETY: each task writes only its own head's q, k, v blocks.
-                    let [dq, dk, dv] = offs.map(|o| unsafe { dptr.get().add(o) });
-                    let g = da[i * ch * t..].as_ptr();
+                    // The `[ch, T]` blocks of head `i` (inside `x`: `Heads::new` checked).
+                    let [q, k, v] = offs.map(|o| &x[o..o + ch * t]);
+                    // SAFETY: each task writes only its own head's three blocks, which are
+                    // disjoint.
+                    let [dq, dk, dv] = offs.map(|o| unsafe { dxd.slice(o, ch * t) });
+                    let g = &da[i * ch * t..(i + 1) * ch * t];
                     hd.scores(q, k, w);
+                    let (w, dw) = (&w[..t * t], &mut dw[..t * t]);
                     let s = hd.scale();
+                    // SAFETY: `g`, `v`, `dv` are `ch x T`, `w` and `dw` `T x T`; `dv` and `dw`
+                    // are this task's.
                     unsafe {
                         // dv = da w ; dw = da^T v
                         sgemm_scaled(
@@ -225,7 +220,7 @@ impl CustomOp2 for AttnBwd {
                             MatMut::rows(dv, t),
                             false,
                             MatRef::rows(g, t),
-                            MatRef::rows(w.as_ptr(), t),
+                            MatRef::rows(w, t),
                             1.0,
                             1,
                         );
@@ -233,7 +228,7 @@ impl CustomOp2 for AttnBwd {
                             t,
                             t,
                             ch,
-                            MatMut::rows(dw.as_mut_ptr(), t),
+                            MatMut::rows(dw, t),
                             false,
                             MatRef::rows_t(g, t),
                             MatRef::rows(v, t),
@@ -245,6 +240,8 @@ impl CustomOp2 for AttnBwd {
                     for (wr, gr) in w.chunks(t).zip(dw.chunks_mut(t)) {
                         softmax_bwd_row_inplace(wr, gr);
                     }
+                    // SAFETY: `k`, `q`, `dq`, `dk` are `ch x T`, `dw` `T x T`; `dq` and `dk`
+                    // are this task's.
                     unsafe {
                         // dq = s k ds^T ; dk = s q ds
                         sgemm_scaled(
@@ -254,7 +251,7 @@ impl CustomOp2 for AttnBwd {
                             MatMut::rows(dq, t),
                             false,
                             MatRef::rows(k, t),
-                            MatRef::rows_t(dw.as_ptr(), t),
+                            MatRef::rows_t(dw, t),
                             s,
                             1,
                         );
@@ -265,7 +262,7 @@ impl CustomOp2 for AttnBwd {
                             MatMut::rows(dk, t),
                             false,
                             MatRef::rows(q, t),
-                            MatRef::rows(dw.as_ptr(), t),
+                            MatRef::rows(dw, t),
                             s,
                             1,
                         );
@@ -280,30 +277,30 @@ impl CustomOp2 for AttnBwd {
 /// The forward pass in bf16 ([`super::bf16`]): the scores are the f32 sums of products of
 /// bf16-rounded q and k, scaled and softmaxed in f32; the output is the f32 sum of products of
 /// bf16-rounded v and softmax weights. On AMX, k and v are packed once per head and the query
-/// rows go in blocks; without it, the same rounding goes through the f32 products.
-fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
+/// rows go in blocks; without it (`amx` false), the same rounding goes through the f32
+/// products.
+fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], amx: bool) {
     use super::bf16::{self, PackedB, PackedWeight, Rhs};
     let (t, ch) = (hd.t, hd.ch);
     let rows = ROW_BLOCK.min(t);
-    let optr = SendPtr(out.as_mut_ptr());
-    let amx = super::amx::available();
-    (0..hd.b * hd.heads).into_par_iter().for_each(|i| {
+    let out = &mut out[..hd.b * hd.heads * ch * t];
+    out.par_chunks_mut(ch * t).enumerate().for_each(|(i, head)| {
+        // Head `i`'s `[ch, T]` blocks (inside `x`: `Heads::new` checked) and output.
         let [q, k, v] = hd.qkv(i).map(|o| &x[o..o + ch * t]);
-        let head = optr.get().wrapping_add(i * ch * t);
         let mut w = scratch::take(rows * t);
         if amx {
             let pk = PackedB::new(&Rhs::Rows { b: k, ld: t }, ch, t);
-            let pv = PackedWeight::new(v, ch, t);
+            let pv = PackedWeight::new(v, ch, t, true);
             let (zr, zc) = (vec![0f32; rows], vec![0f32; ch]);
             for r0 in (0..t).step_by(rows) {
                 let nr = rows.min(t - r0);
-                let pq = PackedWeight::from_rows(nr, ch, |r, row| {
+                let pq = PackedWeight::from_rows(nr, ch, true, |r, row| {
                     for (c, d) in row.iter_mut().enumerate() {
                         *d = q[c * t + r0 + r];
                     }
                 });
-                // SAFETY: `w` holds nr x t values; the head's output columns r0.. are this
-                // task's alone.
+                // SAFETY: `pq` is packed for AMX (the caller asked for it on a CPU that has
+                // it) with `ch` depth, as `pk`; `w` holds the `nr x T` scores, ours alone.
                 unsafe {
                     bf16::gemm_packed(
                         &pq,
@@ -317,17 +314,10 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
                 for row in w[..nr * t].chunks_mut(t) {
                     scaled_softmax(row, hd.scale());
                 }
-                unsafe {
-                    bf16::gemm(
-                        &pv,
-                        &Rhs::Cols { b: &w[..nr * t], ld: t },
-                        nr,
-                        &zc,
-                        head.add(r0),
-                        t,
-                        1,
-                    )
-                };
+                let rhs = Rhs::Cols { b: &w[..nr * t], ld: t };
+                // SAFETY: columns r0..r0 + nr of this task's head output (`ch` rows `T`
+                // apart); `rhs` has `T` rows of `nr` values; one (zero) bias per row of `pv`.
+                unsafe { bf16::gemm(&pv, &rhs, nr, &zc, head[r0..].as_mut_ptr(), t, 1) };
             }
         } else {
             let mut qkv = scratch::take(3 * ch * t);
@@ -341,38 +331,19 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32]) {
             for r0 in (0..t).step_by(rows) {
                 let nr = rows.min(t - r0);
                 let w = &mut w[..nr * t];
-                unsafe {
-                    let lhs = MatRef::rows_t(qr.as_ptr().add(r0), t);
-                    sgemm_scaled(
-                        nr,
-                        t,
-                        ch,
-                        MatMut::rows(w.as_mut_ptr(), t),
-                        false,
-                        lhs,
-                        MatRef::rows(kr.as_ptr(), t),
-                        1.0,
-                        1,
-                    )
-                };
+                let (lhs, rhs) = (MatRef::rows_t(&qr[r0..], t), MatRef::rows(kr, t));
+                // SAFETY: query columns r0..r0 + nr of `qr` and all of `kr` (`ch x T`), into
+                // this task's `nr x T` scores `w`.
+                unsafe { sgemm_scaled(nr, t, ch, MatMut::rows(w, t), false, lhs, rhs, 1.0, 1) };
                 for row in w.chunks_mut(t) {
                     scaled_softmax(row, hd.scale());
                     bf16::round_slice(row);
                 }
-                let dst = MatMut::rows(unsafe { head.add(r0) }, t);
-                unsafe {
-                    sgemm_scaled(
-                        ch,
-                        nr,
-                        t,
-                        dst,
-                        false,
-                        MatRef::rows(vr.as_ptr(), t),
-                        MatRef::rows_t(w.as_ptr(), t),
-                        1.0,
-                        1,
-                    )
-                };
+                let (lhs, rhs) = (MatRef::rows(vr, t), MatRef::rows_t(w, t));
+                let dst = MatMut::rows(&mut head[r0..], t);
+                // SAFETY: `vr` is `ch x T`, `w` `nr x T`; `dst` is columns r0..r0 + nr of this
+                // task's head output.
+                unsafe { sgemm_scaled(ch, nr, t, dst, false, lhs, rhs, 1.0, 1) };
             }
         }
     });

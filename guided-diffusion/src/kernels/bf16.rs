@@ -1,11 +1,11 @@
-//! bf16 scopes: convolutions (and attention's two products) whose inputs and weights are
+//! bf16 products: convolutions (and attention's two products) whose inputs and weights are
 //! rounded to bfloat16 and whose products are summed in f32, like PyTorch's CPU autocast.
 //!
 //! The reference samples its released models in float16 (`--use_fp16 True`): it casts the
 //! convolutions' weights and activations to half precision and keeps GroupNorm in f32. Here
 //! the same idea serves speed on CPUs with Intel AMX ([`super::amx`]): a bf16 matrix product
 //! there is several times faster than f32, and a bf16 weight is half the bytes, which is what
-//! the small 16x16 and 8x8 layers at batch 1 wait for. In a scope:
+//! the small 16x16 and 8x8 layers at batch 1 wait for. With a bf16 policy:
 //! - convolution forwards and the input gradients of stride-1 convolutions (classifier
 //!   guidance, training) are bf16 products;
 //! - so are the weight gradients of convolutions with >= 128 output channels (training);
@@ -18,36 +18,12 @@
 //! goes through the f32 matrix product, so results agree with the AMX path up to the order of
 //! the f32 sums (and AMX treating bf16 denormals as zero); that is what the tests check.
 //!
-//! It is opt-in and process-wide, like [`super::freeze`]: [`bf16`] returns a guard, and while
-//! one lives, every op made in the process uses bf16 where it can. `gdiff sample --precision
-//! bf16` and `gdiff train --precision bf16` hold one for the whole run.
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+//! It is opt-in, per network or call: a [`KernelPolicy`](super::KernelPolicy) with
+//! [`Precision::Bf16`](super::Precision). `gdiff sample --precision bf16` and `gdiff train
+//! --precision bf16` give their networks one.
 use super::amx;
+use super::disjoint::Disjoint;
 use super::im2col::{im2col_row, Geom};
-
-static SCOPES: AtomicUsize = AtomicUsize::new(0);
-
-/// While this guard lives, convolution forwards use bf16 inputs and weights.
-#[must_use = "bf16 is used only while the guard lives"]
-pub struct Bf16(());
-
-/// Opens a bf16 scope (process-wide; scopes nest).
-pub fn bf16() -> Bf16 {
-    SCOPES.fetch_add(1, Ordering::SeqCst);
-    Bf16(())
-}
-
-impl Drop for Bf16 {
-    fn drop(&mut self) {
-        SCOPES.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Whether a bf16 scope is open.
-pub fn active() -> bool {
-    SCOPES.load(Ordering::SeqCst) > 0
-}
 
 /// The f32 bit pattern of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN,
 /// quiet), low 16 bits zero.
@@ -90,16 +66,22 @@ pub enum PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[m, k]` row-major): for AMX when it is available, else rounded.
-    pub fn new(w: &[f32], m: usize, k: usize) -> PackedWeight {
+    /// Packs `w` (`[m, k]` row-major): for AMX with `amx` (the CPU must have it), else rounded.
+    pub fn new(w: &[f32], m: usize, k: usize, amx: bool) -> PackedWeight {
         assert!(w.len() >= m * k);
-        Self::from_rows(m, k, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
+        Self::from_rows(m, k, amx, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
     }
 
-    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel.
-    pub fn from_rows(m: usize, k: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> PackedWeight {
+    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel: for AMX with
+    /// `amx` (the CPU must have it), else rounded.
+    pub fn from_rows(
+        m: usize,
+        k: usize,
+        amx: bool,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> PackedWeight {
         use rayon::prelude::*;
-        if !amx::available() {
+        if !amx || !amx::hardware() {
             let mut r = vec![0f32; m * k];
             r.par_chunks_mut(k.max(1)).enumerate().for_each(|(row, dst)| {
                 fill(row, dst);
@@ -141,19 +123,6 @@ pub fn blocks32(n: usize) -> usize {
 /// u32 words (bf16 pairs) of a packed B operand of depth `k` and `n` columns.
 pub fn packed_b_len(k: usize, n: usize) -> usize {
     blocks32(n) * 2 * k.div_ceil(amx::DEPTH) * amx::TILE * amx::TILE
-}
-
-/// Blocks that may cross threads: their addresses are only read, by whoever runs the product.
-#[derive(Clone, Copy)]
-pub(super) struct SendBlocks<'a>(pub &'a [amx::Block]);
-unsafe impl Send for SendBlocks<'_> {}
-unsafe impl Sync for SendBlocks<'_> {}
-
-impl<'a> SendBlocks<'a> {
-    /// A method, so that closures capture the whole (Sync) wrapper.
-    pub(super) fn get(self) -> &'a [amx::Block] {
-        self.0
-    }
 }
 
 /// The right-hand side `B` (`[k, n]`) of a bf16 product, produced a row at a time.
@@ -200,8 +169,8 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the features were just detected.
             unsafe { pack_pair_avx512(r0, r1, p, nb, kb, out) };
             continue;
         }
@@ -209,6 +178,10 @@ pub fn pack_b(rhs: &Rhs, k: usize, n: usize, out: &mut [u32]) {
     }
 }
 
+/// [`pack_pair`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_pair_avx512(
@@ -245,13 +218,17 @@ pub fn pack_b_cols(b: &[f32], ld: usize, k: usize, n: usize, out: &mut [u32]) {
 /// `out[i]` = the bf16 pair `(a[i], b[i])` (lower half `a[i]`), for every `i`.
 pub fn pack_pairs(a: &[f32], b: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were just detected.
         return unsafe { pack_pairs_avx512(a, b, out) };
     }
     pack_pairs_impl(a, b, out)
 }
 
+/// [`pack_pairs_impl`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_pairs_avx512(a: &[f32], b: &[f32], out: &mut [u32]) {
@@ -313,21 +290,28 @@ pub unsafe fn gemm(
                 round_slice(row);
             }
             for (r, &bv) in bias.iter().enumerate() {
-                std::slice::from_raw_parts_mut(dst.add(r * ldc), n).fill(bv);
+                // SAFETY: row `r` of the `m x n` output at `dst` (the contract).
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * ldc), n) }.fill(bv);
             }
-            sgemm(
-                m,
-                n,
-                k,
-                MatMut::rows(dst, ldc),
-                true,
-                MatRef::rows(wr.as_ptr(), k),
-                MatRef::rows(br.as_ptr(), n),
-                threads,
-            );
+            // SAFETY: `wr` is `m x k`, `br` `k x n`, and `dst` valid for the `m x n` writes at
+            // stride `ldc` and ours alone (the contract).
+            unsafe {
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    MatMut::from_raw(dst, ldc),
+                    true,
+                    MatRef::rows(wr, k),
+                    MatRef::rows(&br, n),
+                    threads,
+                )
+            };
         }
         PackedWeight::Amx { k, .. } => {
-            gemm_packed(w, &PackedB::new(rhs, *k, n), amx::Start::Bias(bias), dst, ldc, threads)
+            let b = PackedB::new(rhs, *k, n);
+            // SAFETY: `w` is packed for AMX with `b`'s depth; the rest is the contract.
+            unsafe { gemm_packed(w, &b, amx::Start::Bias(bias), dst, ldc, threads) }
         }
     }
 }
@@ -342,9 +326,7 @@ pub struct PackedB {
 impl PackedB {
     pub fn new(rhs: &Rhs, k: usize, n: usize) -> PackedB {
         let mut buf = super::scratch::take(packed_b_len(k, n));
-        // SAFETY: f32 and u32 have the same size and alignment.
-        let words: &mut [u32] =
-            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut buf[..]);
         match rhs {
             Rhs::Cols { b, ld } => pack_b_cols(b, *ld, k, n, words),
             _ => pack_b(rhs, k, n, words),
@@ -378,19 +360,26 @@ pub unsafe fn gemm_packed(
     let tile_bytes = amx::TILE_ELEMS * 2;
     let offsets: Vec<usize> = (0..kb).map(|s| s * tile_bytes).collect();
     let layout = amx::BLayout { offsets: &offsets, stride: 64 };
-    let base = b.buf.as_ptr() as *const u16;
+    let words: &[u32] = bytemuck::cast_slice(&b.buf[..]);
     let blocks: Vec<amx::Block> = (0..nb)
         .map(|jb| amx::Block {
-            b: base.add(jb * kb * amx::TILE_ELEMS),
+            // Block `jb`'s packed tiles: `kb` of 16 x 16 pairs, `TILE_ELEMS / 2` words each.
+            b: words[jb * kb * amx::TILE_ELEMS / 2..].as_ptr().cast::<u16>(),
             col: jb * amx::TILE,
             cols: n.saturating_sub(jb * amx::TILE).min(amx::TILE),
         })
         .collect();
-    let (a, d) = (data.as_ptr() as usize, dst as usize);
-    let blocks = SendBlocks(&blocks);
+    // SAFETY: `dst` is valid for `m` rows of `n` floats `ldc` apart and ours alone (the
+    // contract): that extent, which the bands below split between threads.
+    let d = unsafe { Disjoint::from_raw(dst, if m * n == 0 { 0 } else { (m - 1) * ldc + n }) };
     let run = |ib0: usize, ib1: usize| {
-        let blocks = blocks.get();
-        amx::gemm_blocks(ib0, ib1, a as *const u16, m, start, blocks, &layout, d as *mut f32, ldc)
+        // SAFETY: the CPU has AMX (a weight is packed for it only there); `data` holds `mb`
+        // row blocks of `kb` tiles; every block's tiles lie inside `b`'s packed buffer; `dst`
+        // is valid for the writes (and, with `Start::Dst`, reads) and this call's rows
+        // `ib0 * 16..ib1 * 16` are written by no other call (the contract and the bands below).
+        unsafe {
+            amx::gemm_blocks(ib0, ib1, data.as_ptr(), m, start, &blocks, &layout, d.ptr(0), ldc)
+        }
     };
     // Threads take disjoint bands of 32 output rows.
     let pairs = mb / 2;

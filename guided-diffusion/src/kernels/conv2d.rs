@@ -1,17 +1,20 @@
 //! 2-D convolution (NCHW, f32, dilation 1, one group) as candle custom ops with autograd.
 //!
-//! [`conv2d`] is the entry point the model layers call: the fast CPU path when
-//! [`enabled`](super::enabled) and the inputs are f32 tensors on the CPU, else candle's own
-//! `conv2d` (+ bias). The forward op's backward builds the input and weight gradients from two
-//! further custom ops ([`conv2d_input_grad`], [`conv2d_weight_grad`]), whose own backward
-//! passes are convolutions again, so second derivatives work too.
+//! [`conv2d`] is the entry point the model layers call: the fast CPU path when the
+//! [`KernelPolicy`] has the fast kernels on and the inputs are f32 tensors on the CPU, else
+//! candle's own `conv2d` (+ bias). The forward op's backward builds the input and weight
+//! gradients from two further custom ops ([`conv2d_input_grad`], [`conv2d_weight_grad`]), whose
+//! own backward passes are convolutions again, so second derivatives work too. Every op keeps
+//! the policy and the weight's kept forms ([`super::forms`]) it was made with, so its backward
+//! computes the same way wherever it runs.
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::conv_cpu::{self, Conv};
-use super::frozen::Derived;
+use super::forms::Derived;
 use super::im2col::Geom;
+use super::policy::KernelPolicy;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -23,20 +26,24 @@ pub struct ConvParams {
 }
 
 /// `conv2d(x, w) + bias` with `x: [N, C, H, W]`, `w: [CO, C, KH, KW]`, `bias: [CO]`, the given
-/// stride and padding; the fast kernels when they apply, candle's op otherwise.
+/// stride and padding; the fast kernels when `policy` has them and they apply, candle's op
+/// otherwise. `forms`: the kept derived forms of `w`, from the layer that owns it (`None`:
+/// made per call).
 pub fn conv2d(
+    policy: &KernelPolicy,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    forms: Option<Arc<Derived>>,
 ) -> Result<Tensor> {
     let p = ConvParams { stride, padding };
     // candle does not check these (its output size would underflow).
     if let (Ok((_, c, h, wd)), Ok((_, _, kh, kw))) = (x.dims4(), w.dims4()) {
         geom(c, h, wd, kh, kw, p, "conv2d")?;
     }
-    if super::enabled() && fast_conv_applies(x, w, bias, p) {
+    if policy.fast && fast_conv_applies(x, w, bias, p) {
         let zeros;
         let b = match bias {
             Some(b) => b,
@@ -45,7 +52,7 @@ pub fn conv2d(
                 &zeros
             }
         };
-        let op = ConvFwd { p, frozen: super::frozen::lookup(w), bf16: super::bf16::active() };
+        let op = ConvFwd { p, policy: *policy, forms };
         return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op);
     }
     let y = x.conv2d(w, padding, stride, 1, 1)?;
@@ -56,28 +63,26 @@ pub fn conv2d(
 }
 
 /// The gradient of [`conv2d`] with respect to its input of spatial size `(h, w)`, given the
-/// output gradient `gy: [N, CO, HO, WO]` and the weight `w: [CO, C, KH, KW]` (fast path only).
+/// output gradient `gy: [N, CO, HO, WO]` and the weight `w: [CO, C, KH, KW]` with its kept
+/// `forms` (fast path only, whatever `policy.fast` says).
 pub fn conv2d_input_grad(
+    policy: &KernelPolicy,
     gy: &Tensor,
     w: &Tensor,
     p: ConvParams,
-    h: usize,
-    wd: usize,
+    (h, wd): (usize, usize),
+    forms: Option<Arc<Derived>>,
 ) -> Result<Tensor> {
     check_cpu_f32(&[gy, w], "conv2d_input_grad")?;
-    let op = ConvInputGrad {
-        p,
-        h,
-        w: wd,
-        frozen: super::frozen::lookup(w),
-        bf16: super::bf16::active(),
-    };
+    let op = ConvInputGrad { p, h, w: wd, policy: *policy, forms };
     gy.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// The gradient of [`conv2d`] with respect to its `kh x kw` weight, given the input
-/// `x: [N, C, H, W]` and the output gradient `gy: [N, CO, HO, WO]` (fast path only).
+/// `x: [N, C, H, W]` and the output gradient `gy: [N, CO, HO, WO]` (fast path only, whatever
+/// `policy.fast` says).
 pub fn conv2d_weight_grad(
+    policy: &KernelPolicy,
     x: &Tensor,
     gy: &Tensor,
     p: ConvParams,
@@ -85,8 +90,7 @@ pub fn conv2d_weight_grad(
     kw: usize,
 ) -> Result<Tensor> {
     check_cpu_f32(&[x, gy], "conv2d_weight_grad")?;
-    x.contiguous()?
-        .apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw, bf16: super::bf16::active() })
+    x.contiguous()?.apply_op2(&gy.contiguous()?, ConvWeightGrad { p, kh, kw, policy: *policy })
 }
 
 fn fast_conv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> bool {
@@ -114,9 +118,7 @@ fn check_cpu_f32(ts: &[&Tensor], op: &str) -> Result<()> {
 
 /// The contiguous f32 data of a custom-op argument and its dims.
 fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], Vec<usize>)> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok((&v[a..b], l.dims().to_vec()))
+    Ok((super::storage::f32_values(s, l, op)?, l.dims().to_vec()))
 }
 
 fn dims4(d: &[usize], op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {
@@ -145,12 +147,12 @@ fn geom(
     }
 }
 
-/// Forward: `(x, w, bias) -> y`; `frozen` keeps derived forms of a frozen weight; `bf16`:
-/// made inside a bf16 scope (the forward value in bf16, gradients in f32).
+/// Forward: `(x, w, bias) -> y` as `policy` says (in bf16, the forward value in bf16 and the
+/// gradients as the policy says for them); `forms` keeps derived forms of a frozen weight.
 struct ConvFwd {
     p: ConvParams,
-    frozen: Option<Arc<Derived>>,
-    bf16: bool,
+    policy: KernelPolicy,
+    forms: Option<Arc<Derived>>,
 }
 
 impl CustomOp3 for ConvFwd {
@@ -179,7 +181,7 @@ impl CustomOp3 for ConvFwd {
         let g = geom(c, h, wd, kh, kw, self.p, op)?;
         let mut y = vec![0f32; n * co * g.out_px()];
         let cv = Conv { n, co, g };
-        if self.bf16 {
+        if self.policy.bf16() {
             super::conv_bf16::forward(
                 &cv,
                 x,
@@ -187,17 +189,12 @@ impl CustomOp3 for ConvFwd {
                 false,
                 b,
                 &mut y,
-                self.frozen.as_ref().map(|d| &d.bf16),
+                self.policy.uses_amx(),
+                self.forms.as_ref().map(|d| &d.bf16),
             );
         } else {
-            conv_cpu::forward(
-                &cv,
-                x,
-                w,
-                Some(b),
-                &mut y,
-                self.frozen.as_ref().map(|d| &d.winograd),
-            );
+            let winograd = self.forms.as_ref().map(|d| &d.winograd);
+            conv_cpu::forward(&cv, x, w, Some(b), &mut y, self.policy.winograd, winograd);
         }
         Ok((CpuStorage::F32(y), Shape::from((n, co, g.ho, g.wo))))
     }
@@ -212,21 +209,27 @@ impl CustomOp3 for ConvFwd {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let gx = if x.track_op() { Some(conv2d_input_grad(gy, w, self.p, h, wd)?) } else { None };
-        let gw = if w.track_op() { Some(conv2d_weight_grad(x, gy, self.p, kh, kw)?) } else { None };
-        let gb = if b.track_op() { Some(super::channel_sum(gy)?) } else { None };
+        let pol = &self.policy;
+        let gx = if x.track_op() {
+            Some(conv2d_input_grad(pol, gy, w, self.p, (h, wd), self.forms.clone())?)
+        } else {
+            None
+        };
+        let gw =
+            if w.track_op() { Some(conv2d_weight_grad(pol, x, gy, self.p, kh, kw)?) } else { None };
+        let gb = if b.track_op() { Some(super::channel_sum(pol, gy)?) } else { None };
         Ok((gx, gw, gb))
     }
 }
 
-/// Input gradient: `(gy, w) -> dx` for an input of spatial size `h x w`; `frozen` keeps
-/// derived forms of a frozen weight; `bf16`: made inside a bf16 scope (stride 1 in bf16).
+/// Input gradient: `(gy, w) -> dx` for an input of spatial size `h x w`, as `policy` says
+/// (in bf16 for stride 1); `forms` keeps derived forms of a frozen weight.
 struct ConvInputGrad {
     p: ConvParams,
     h: usize,
     w: usize,
-    frozen: Option<Arc<Derived>>,
-    bf16: bool,
+    policy: KernelPolicy,
+    forms: Option<Arc<Derived>>,
 }
 
 impl CustomOp2 for ConvInputGrad {
@@ -255,7 +258,14 @@ impl CustomOp2 for ConvInputGrad {
             );
         }
         let mut dx = vec![0f32; n * g.in_len()];
-        conv_cpu::input_grad(&Conv { n, co, g }, gy, w, &mut dx, self.frozen.as_deref(), self.bf16);
+        conv_cpu::input_grad(
+            &Conv { n, co, g },
+            gy,
+            w,
+            &mut dx,
+            &self.policy,
+            self.forms.as_deref(),
+        );
         Ok((CpuStorage::F32(dx), Shape::from((n, c, self.h, self.w))))
     }
 
@@ -268,22 +278,24 @@ impl CustomOp2 for ConvInputGrad {
         u: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, kw) = w.dims4()?;
+        let pol = &self.policy;
         let dgy = if gy.track_op() {
-            Some(conv2d(u, w, None, self.p.stride, self.p.padding)?)
+            Some(conv2d(pol, u, w, None, self.p.stride, self.p.padding, self.forms.clone())?)
         } else {
             None
         };
-        let dw = if w.track_op() { Some(conv2d_weight_grad(u, gy, self.p, kh, kw)?) } else { None };
+        let dw =
+            if w.track_op() { Some(conv2d_weight_grad(pol, u, gy, self.p, kh, kw)?) } else { None };
         Ok((dgy, dw))
     }
 }
 
-/// Weight gradient: `(x, gy) -> dw` for a `kh x kw` kernel; `bf16`: made inside a bf16 scope.
+/// Weight gradient: `(x, gy) -> dw` for a `kh x kw` kernel, as `policy` says.
 struct ConvWeightGrad {
     p: ConvParams,
     kh: usize,
     kw: usize,
-    bf16: bool,
+    policy: KernelPolicy,
 }
 
 impl CustomOp2 for ConvWeightGrad {
@@ -309,10 +321,11 @@ impl CustomOp2 for ConvWeightGrad {
         }
         let mut dw = vec![0f32; co * g.k()];
         let cv = Conv { n, co, g };
-        if self.bf16 && super::conv_bf16::weight_grad_applies(&cv) {
+        if self.policy.bf16() && super::conv_bf16::weight_grad_applies(&cv, self.policy.uses_amx())
+        {
             super::conv_bf16::weight_grad(&cv, x, gy, &mut dw);
         } else {
-            conv_cpu::weight_grad(&cv, x, gy, &mut dw);
+            conv_cpu::weight_grad(&cv, x, gy, &mut dw, self.policy.winograd);
         }
         Ok((CpuStorage::F32(dw), Shape::from((co, c, self.kh, self.kw))))
     }
@@ -326,9 +339,14 @@ impl CustomOp2 for ConvWeightGrad {
         v: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
-        let dx = if x.track_op() { Some(conv2d_input_grad(gy, v, self.p, h, wd)?) } else { None };
+        let pol = &self.policy;
+        let dx = if x.track_op() {
+            Some(conv2d_input_grad(pol, gy, v, self.p, (h, wd), None)?)
+        } else {
+            None
+        };
         let dgy = if gy.track_op() {
-            Some(conv2d(x, v, None, self.p.stride, self.p.padding)?)
+            Some(conv2d(pol, x, v, None, self.p.stride, self.p.padding, None)?)
         } else {
             None
         };

@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::bf16::{self, PackedWeight, Rhs};
-use super::conv_cpu::{Conv, SendPtr};
+use super::conv_cpu::Conv;
+use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
 
@@ -54,17 +55,21 @@ impl Weight<'_> {
     }
 }
 
-/// The packed forms of a frozen weight, kept across calls ([`super::frozen`]).
+/// The packed forms of a frozen weight, kept across calls ([`super::forms`]): for AMX and
+/// without it (the policy chooses per call).
 #[derive(Default)]
 pub struct Cache {
-    packed: OnceLock<PackedWeight>,
+    packed_amx: OnceLock<PackedWeight>,
+    rounded: OnceLock<PackedWeight>,
     taps: OnceLock<TapsWeight>,
 }
 
 /// `out[n, co, ho, wo] = conv(x, w) + bias` with bf16 inputs and weights, f32 sums.
 /// `cache`, when given, keeps the packed weight across calls (a frozen weight's).
 /// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
-/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does).
+/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does). `amx`:
+/// the products run on AMX (the policy's choice, on a CPU that has it).
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cv: &Conv,
     x: &[f32],
@@ -72,6 +77,7 @@ pub fn forward(
     flipped: bool,
     bias: &[f32],
     out: &mut [f32],
+    amx: bool,
     cache: Option<&Cache>,
 ) {
     let g = cv.g;
@@ -82,13 +88,16 @@ pub fn forward(
             && bias.len() == cv.co
             && out.len() >= cv.n * cv.co * px
     );
+    if cv.n * cv.co * px == 0 {
+        return; // no output (e.g. the input gradient of a layer without input channels)
+    }
     let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
-    if taps_apply(&g) {
+    if taps_apply(&g, amx) {
         return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
     }
-    let pack = || PackedWeight::from_rows(cv.co, k, |o, row| wt.row_ck(o, row));
+    let pack = || PackedWeight::from_rows(cv.co, k, amx, |o, row| wt.row_ck(o, row));
     let own;
-    let pw = match cache.map(|c| &c.packed) {
+    let pw = match cache.map(|c| if amx { &c.packed_amx } else { &c.rounded }) {
         Some(p) => p.get_or_init(pack),
         None => {
             own = pack();
@@ -96,27 +105,29 @@ pub fn forward(
         }
     };
     let plan = cv.plan();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     let run = |t: usize| {
         let (img, oy0, oy1) = cv.tile(&plan, t);
         let tp = (oy1 - oy0) * g.wo;
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-        // SAFETY: tiles write disjoint output columns of their own image.
-        let dst = unsafe { out_ptr.get().add(img * cv.co * px + oy0 * g.wo) };
         let rhs = if g.is_pointwise() {
             Rhs::Rows { b: &xi[oy0 * g.wo..], ld: px }
         } else {
             Rhs::Im2col { x: xi, g: &g, oy0, oy1 }
         };
+        // This tile's part of the output: `co` rows of `tp` pixels, `px` apart.
+        let dst = out.ptr(img * cv.co * px + oy0 * g.wo);
+        // SAFETY: `dst` is this tile's part (inside `out`: sizes checked above), written by no
+        // other tile; `rhs` has the weight's `k` rows of `tp` values; one bias per row.
         unsafe { bf16::gemm(pw, &rhs, tp, bias, dst, px, plan.gemm_threads) };
     };
     plan.each_tile(run);
 }
 
-/// Whether the shifted-window ("taps") form applies: AMX, a multi-tap stride-1 kernel and
+/// Whether the shifted-window ("taps") form applies: `amx`, a multi-tap stride-1 kernel and
 /// output rows of at least 16 pixels (a B block is 16 pixels of one row).
-pub fn taps_apply(g: &Geom) -> bool {
-    g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE && amx::available()
+pub fn taps_apply(g: &Geom, amx: bool) -> bool {
+    amx && g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE
 }
 
 /// A weight `[co, c, kh, kw]` packed as AMX A for the taps form: depth step
@@ -193,46 +204,49 @@ fn forward_taps(
     let layout = amx::BLayout { offsets: &offsets, stride: 4 * plane };
     let mb = bf16::blocks32(cv.co) * 2;
     let threads = rayon::current_num_threads().max(1);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     // One image: interleave it, then the product over its pixel blocks on `parts` threads.
     let image = |img: usize, parts: usize| {
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
         let mut buf = scratch::take(pairs * plane);
-        // SAFETY: f32 and u32 have the same size and alignment.
-        let xp: &mut [u32] =
-            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) };
+        let xp: &mut [u32] = bytemuck::cast_slice_mut(&mut buf[..]);
         interleave(xi, &g, wp, hp, pairs, xp);
-        let base = xp.as_ptr() as *const u16;
+        let xp: &[u32] = xp;
         let mut blocks: Vec<amx::Block> = Vec::with_capacity(g.ho * xblocks + 1);
         for oy in 0..g.ho {
             for xb in 0..xblocks {
-                // SAFETY: inside the interleaved image (u16 index = 2 x u32 index).
-                let b = unsafe { base.add(2 * (oy * wp + xb * T)) };
                 blocks.push(amx::Block {
-                    b,
+                    b: xp[oy * wp + xb * T..].as_ptr().cast::<u16>(),
                     col: oy * g.wo + xb * T,
                     cols: (g.wo - xb * T).min(T),
                 });
             }
         }
         if blocks.len() % 2 == 1 {
-            blocks.push(amx::Block { b: base, col: 0, cols: 0 });
+            blocks.push(amx::Block { b: xp.as_ptr().cast::<u16>(), col: 0, cols: 0 });
         }
-        let dst = out_ptr.get().wrapping_add(img * cv.co * px) as usize;
-        let a = tw.data.as_ptr() as usize;
-        let sb = bf16::SendBlocks(&blocks);
-        let run = |range: &[amx::Block]| unsafe {
-            amx::gemm_blocks(
-                0,
-                mb,
-                a as *const u16,
-                tw.m,
-                amx::Start::Bias(bias),
-                range,
-                &layout,
-                dst as *mut f32,
-                px,
-            )
+        // Image `img`'s output: `co` rows of `px` pixels.
+        let dst = out.offset(img * cv.co * px);
+        let run = |range: &[amx::Block]| {
+            // SAFETY: AMX is there (`taps_apply`); `tw` holds `co` rows packed for the image's
+            // `kh * kw * cblocks` steps; every block's B tiles (16 channel pairs `plane` apart,
+            // shifted by a tap's offset) lie inside the padded, interleaved image `xp`, which
+            // is `wp >= xblocks * 16 + kw - 1` wide and `hp` high; `bias` has `co` values;
+            // `dst` is this image's output, of which this call writes the columns of the
+            // blocks in `range` and no other call those.
+            unsafe {
+                amx::gemm_blocks(
+                    0,
+                    mb,
+                    tw.data.as_ptr(),
+                    tw.m,
+                    amx::Start::Bias(bias),
+                    range,
+                    &layout,
+                    dst.ptr(0),
+                    px,
+                )
+            }
         };
         let npairs = blocks.len() / 2;
         let parts = parts.clamp(1, npairs.max(1));
@@ -240,8 +254,7 @@ fn forward_taps(
             run(&blocks);
         } else {
             (0..parts).into_par_iter().for_each(|p| {
-                let all = sb.get();
-                run(&all[2 * (p * npairs / parts)..2 * ((p + 1) * npairs / parts)]);
+                run(&blocks[2 * (p * npairs / parts)..2 * ((p + 1) * npairs / parts)]);
             });
         }
     };
@@ -285,11 +298,12 @@ fn interleave(xi: &[f32], g: &Geom, wp: usize, hp: usize, pairs: usize, xp: &mut
 /// `2 * co` FLOPs per packed value, so thin layers spend their time packing (the small
 /// Fashion-MNIST model, 32-64 channels: no faster than f32 Winograd; the 64x64 model's
 /// 192-768 channel layers: training step 4.94 -> 4.53 s).
-pub fn weight_grad_applies(cv: &Conv) -> bool {
-    cv.co >= 128 && amx::available()
+pub fn weight_grad_applies(cv: &Conv, amx: bool) -> bool {
+    amx && cv.co >= 128
 }
 
-/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`]):
+/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`] with the policy's
+/// AMX choice):
 /// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
 /// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
 /// the product: the band's `gy` is A, its transposed column matrix B, and each thread
@@ -297,7 +311,7 @@ pub fn weight_grad_applies(cv: &Conv) -> bool {
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(amx::available(), "conv_bf16::weight_grad needs AMX");
+    assert!(amx::hardware(), "conv_bf16::weight_grad needs AMX");
     assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
     let dw = &mut dw[..cv.co * k];
     if px == 0 || cv.n == 0 {
@@ -317,11 +331,12 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             let gyb = &gy[img * cv.co * px + oy0 * g.wo..];
             let col = &mut col[..k * tp];
             super::im2col::im2col(xi, &g, oy0, oy1, col);
-            let a = PackedWeight::from_rows(cv.co, tp, |o, row| {
+            let a = PackedWeight::from_rows(cv.co, tp, true, |o, row| {
                 row.copy_from_slice(&gyb[o * px..o * px + tp])
             });
             let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
-            // SAFETY: `acc` is this group's own `[co, K]` partial.
+            // SAFETY: `a` is packed for AMX (checked above) with `tp` depth as `b`; `acc` is
+            // this group's own `[co, K]` partial, readable and writable.
             unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };

@@ -2,32 +2,28 @@
 //! input gradient (a forward convolution with the flipped weight for stride 1, one gemm on the
 //! transposed weight for 1x1, gemm + col2im otherwise) and weight gradient (gemm of the output
 //! gradient with im2col(x)). The 3x3 stride-1 layers that [`winograd::applies`] to go through
-//! Winograd instead, in all three (`winograd`, `winograd_wgrad`); a frozen weight's derived
-//! forms come from `super::frozen`.
+//! Winograd instead, in all three (`winograd`, `winograd_wgrad`), when the policy allows it; a
+//! frozen weight's derived forms come from its layer (`super::forms`).
 //!
 //! Work is split into *tiles*: one image and a band of output rows small enough that its
 //! column matrix stays in cache. Tiles run in parallel on rayon with single-threaded gemms when
 //! there are enough of them; otherwise they run one after the other with a threaded gemm.
 //! Column matrices live in pooled scratch buffers (no allocation once warm).
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::frozen::Derived;
+use super::disjoint::Disjoint;
+use super::forms::Derived;
 use super::im2col::{col2im_add, im2col, Geom};
+use super::policy::KernelPolicy;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::winograd;
 
-/// Target size of one tile's column matrix, in floats (default 128 Ki floats = 512 KiB, the L2
-/// of a Zen3 core; 256 KiB..2 MiB measured within noise of each other here).
-static TILE_FLOATS: AtomicUsize = AtomicUsize::new(128 * 1024);
-
-/// Sets the target column-matrix size of a tile in bytes (for tuning; clamped to >= 4 KiB).
-pub fn set_tile_bytes(bytes: usize) {
-    TILE_FLOATS.store((bytes / 4).max(1024), Ordering::Relaxed);
-}
+/// Target size of one tile's column matrix, in floats: 128 Ki floats = 512 KiB, the L2 of a
+/// Zen3 core (256 KiB..2 MiB measured within noise of each other here).
+const TILE_FLOATS: usize = 128 * 1024;
 
 /// A batch convolution: `n` images of geometry `g` into `co` output channels.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +59,7 @@ impl Conv {
         let g = &self.g;
         let threads = rayon::current_num_threads().max(1);
         let per_row = (g.k() * g.wo).max(1);
-        let mut rows = (TILE_FLOATS.load(Ordering::Relaxed) / per_row).clamp(1, g.ho.max(1));
+        let mut rows = (TILE_FLOATS / per_row).clamp(1, g.ho.max(1));
         // At least 128 output pixels per tile (the gemm's n), even past the cache target.
         rows = rows.max(128usize.div_ceil(g.wo.max(1))).min(g.ho.max(1));
         // With fewer images than threads, cut images into at least `threads` bands if that
@@ -94,61 +90,57 @@ impl Conv {
     }
 }
 
-/// A raw pointer that may cross threads; the algorithms below write disjoint parts through it.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub *mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method, so that closures capture the whole (Send) wrapper, not its raw field.
-    pub(super) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[n, co, ho, wo] = conv(x[n, c, h, w], w[co, K]) + bias[co]`.
 ///
-/// `winograd`, when given, keeps the weight's Winograd transform across calls (a frozen
-/// weight's, [`super::frozen`]).
+/// Through Winograd where it applies and `use_winograd`; `winograd`, when given, keeps the
+/// weight's Winograd transform across calls (a frozen weight's, [`super::forms`]).
 pub fn forward(
     cv: &Conv,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
+    use_winograd: bool,
     winograd: Option<&OnceLock<Vec<f32>>>,
 ) {
-    if winograd::applies(cv) {
+    if use_winograd && winograd::applies(cv) {
         return forward_winograd(cv, x, w, false, bias, out, winograd);
     }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && out.len() >= cv.n * cv.co * px);
+    if cv.n * cv.co * px == 0 {
+        return; // no output (e.g. the input gradient of a layer without input channels)
+    }
     let plan = cv.plan();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * px]);
     let run = |t: usize| {
         let (img, oy0, oy1) = cv.tile(&plan, t);
         let tp = (oy1 - oy0) * g.wo;
         let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-        // Output tile: rows of `tp` pixels, leading dimension `px`.
-        let dst = unsafe { out_ptr.get().add(img * cv.co * px + oy0 * g.wo) };
+        // This tile's part of the output: `co` rows of `tp` pixels from `off`, `px` apart.
+        let off = img * cv.co * px + oy0 * g.wo;
         if let Some(b) = bias {
             for (c, &bv) in b.iter().enumerate().take(cv.co) {
-                unsafe { std::slice::from_raw_parts_mut(dst.add(c * px), tp) }.fill(bv);
+                // SAFETY: row `c` of this tile's part, which no other tile touches.
+                unsafe { out.slice(off + c * px, tp) }.fill(bv);
             }
         }
-        let lhs = MatRef::rows(w.as_ptr(), k);
-        let dst = MatMut::rows(dst, px);
+        let lhs = MatRef::rows(w, k);
+        let dst = MatMut::rows_in(out, off, px);
+        let rhs;
+        let mut col;
         if g.is_pointwise() {
-            let rhs = MatRef::rows(xi[oy0 * g.wo..].as_ptr(), px);
-            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+            rhs = MatRef::rows(&xi[oy0 * g.wo..], px);
         } else {
-            let mut col = scratch::take(k * tp);
+            col = scratch::take(k * tp);
             im2col(xi, &g, oy0, oy1, &mut col);
-            let rhs = MatRef::rows(col.as_ptr(), tp);
-            unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
+            rhs = MatRef::rows(&col, tp);
         }
+        // SAFETY: `lhs` is `w` (`co x k`, checked above), `rhs` the tile's `k x tp` input
+        // (output rows oy0..oy1 of image `img` at stride `px`, or its column matrix), `dst`
+        // this tile's part of `out`, written by no other tile.
+        unsafe { sgemm(cv.co, tp, k, dst, bias.is_some(), lhs, rhs, plan.gemm_threads) };
     };
     plan.each_tile(run);
 }
@@ -177,9 +169,10 @@ fn forward_winograd(
     winograd::forward(cv, x, u, bias, out)
 }
 
-/// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T`.
-pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
-    if winograd::applies(cv) {
+/// `dw[co, K] = sum over images of gy[co, px] * im2col(x)[K, px]^T` (through Winograd where it
+/// applies and `use_winograd`).
+pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], use_winograd: bool) {
+    if use_winograd && winograd::applies(cv) {
         return super::winograd_wgrad::weight_grad(cv, x, gy, dw);
     }
     let g = cv.g;
@@ -199,22 +192,26 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let bounds = |gi: usize| (gi * plan.tiles / groups, (gi + 1) * plan.tiles / groups);
     let accumulate = |acc: &mut [f32], gi: usize| {
         let (t0, t1) = bounds(gi);
-        let dst = MatMut::rows(acc.as_mut_ptr(), k);
         let mut col =
             if g.is_pointwise() { None } else { Some(scratch::take(k * plan.rows * g.wo)) };
         for t in t0..t1 {
             let (img, oy0, oy1) = cv.tile(&plan, t);
             let tp = (oy1 - oy0) * g.wo;
             let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-            let lhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
+            let lhs = MatRef::rows(&gy[img * cv.co * px + oy0 * g.wo..], px);
             let rhs = match col.as_mut() {
-                None => MatRef::rows_t(xi[oy0 * g.wo..].as_ptr(), px),
+                None => MatRef::rows_t(&xi[oy0 * g.wo..], px),
                 Some(col) => {
                     im2col(xi, &g, oy0, oy1, col);
-                    MatRef::rows_t(col.as_ptr(), tp)
+                    MatRef::rows_t(col, tp)
                 }
             };
-            unsafe { sgemm(cv.co, k, tp, dst, t > t0, lhs, rhs, plan.gemm_threads) };
+            // SAFETY: `lhs` is the tile's `co x tp` output gradient (stride `px`, inside `gy`,
+            // checked above), `rhs` its `tp x K` input (transposed, inside `x` or `col`), `dst`
+            // this group's own `co x K` partial `acc`.
+            unsafe {
+                sgemm(cv.co, k, tp, MatMut::rows(acc, k), t > t0, lhs, rhs, plan.gemm_threads)
+            };
         }
         if t1 == t0 {
             acc.fill(0.0);
@@ -261,7 +258,8 @@ pub(super) fn add_partials(dst: &mut [f32], partials: &[f32]) {
     });
 }
 
-/// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`.
+/// `dx[n, c, h, w]` from `gy[n, co, ho, wo]` and the weight `w[co, c, kh, kw]`, as `policy`
+/// says (bf16 for stride 1 in a bf16 policy).
 ///
 /// `frozen`, when given, keeps the flipped weight and its Winograd transform across calls.
 pub fn input_grad(
@@ -269,8 +267,8 @@ pub fn input_grad(
     gy: &[f32],
     w: &[f32],
     dx: &mut [f32],
+    policy: &KernelPolicy,
     frozen: Option<&Derived>,
-    bf16: bool,
 ) {
     let g = cv.g;
     if g.is_pointwise() {
@@ -289,8 +287,8 @@ pub fn input_grad(
             return input_grad_col2im(cv, gy, w, dx);
         }
         let t = Conv { n: cv.n, co: g.c, g: gt };
-        if bf16 {
-            // In a bf16 scope (classifier guidance while sampling): the bf16 forward, packing
+        if policy.bf16() {
+            // In a bf16 policy (classifier guidance while sampling): the bf16 forward, packing
             // the flipped weight straight from `w`.
             let zeros = vec![0f32; g.c];
             return super::conv_bf16::forward(
@@ -300,10 +298,11 @@ pub fn input_grad(
                 true,
                 &zeros,
                 dx,
+                policy.uses_amx(),
                 frozen.map(|d| &d.bf16_flipped),
             );
         }
-        if winograd::applies(&t) {
+        if policy.winograd && winograd::applies(&t) {
             // The transform reads the flipped weight straight from `w`.
             return forward_winograd(
                 &t,
@@ -324,12 +323,12 @@ pub fn input_grad(
                     flip(&mut wt);
                     wt
                 });
-                forward(&t, gy, wt, None, dx, None)
+                forward(&t, gy, wt, None, dx, false, None)
             }
             None => {
                 let mut wt = scratch::take(len);
                 flip(&mut wt);
-                forward(&t, gy, &wt, None, dx, None)
+                forward(&t, gy, &wt, None, dx, false, None)
             }
         };
     }
@@ -345,10 +344,11 @@ fn input_grad_pointwise(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     let par_imgs = threads > 1 && cv.n >= threads;
     let run = |(img, dxi): (usize, &mut [f32])| {
-        let lhs = MatRef::rows_t(w.as_ptr(), g.c);
-        let rhs = MatRef::rows(gy[img * cv.co * px..].as_ptr(), px);
-        let dst = MatMut::rows(dxi.as_mut_ptr(), px);
-        // SAFETY: `lhs` is `w` read as `[c, co]`, `rhs` image `img` of `gy`, `dst` its `dx`.
+        let lhs = MatRef::rows_t(w, g.c);
+        let rhs = MatRef::rows(&gy[img * cv.co * px..], px);
+        let dst = MatMut::rows(dxi, px);
+        // SAFETY: `lhs` is `w` read as `[c, co]`, `rhs` image `img` of `gy`, `dst` its `dx`
+        // (sizes checked above); each image's `dx` is its own chunk.
         unsafe { sgemm(g.c, px, cv.co, dst, false, lhs, rhs, if par_imgs { 1 } else { threads }) };
     };
     let dx = &mut dx[..cv.n * il];
@@ -402,20 +402,12 @@ fn input_grad_col2im(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
         for oy0 in (0..g.ho).step_by(plan.rows) {
             let oy1 = (oy0 + plan.rows).min(g.ho);
             let tp = (oy1 - oy0) * g.wo;
-            let lhs = MatRef::rows_t(w.as_ptr(), k);
-            let rhs = MatRef::rows(gy[img * cv.co * px + oy0 * g.wo..].as_ptr(), px);
-            unsafe {
-                sgemm(
-                    k,
-                    tp,
-                    cv.co,
-                    MatMut::rows(dcol.as_mut_ptr(), tp),
-                    false,
-                    lhs,
-                    rhs,
-                    gemm_threads,
-                )
-            };
+            let lhs = MatRef::rows_t(w, k);
+            let rhs = MatRef::rows(&gy[img * cv.co * px + oy0 * g.wo..], px);
+            let dst = MatMut::rows(&mut dcol, tp);
+            // SAFETY: `lhs` is `w` read as `[K, co]`, `rhs` the band's `co x tp` output
+            // gradient (stride `px`, inside `gy`, checked above), `dst` this task's `dcol`.
+            unsafe { sgemm(k, tp, cv.co, dst, false, lhs, rhs, gemm_threads) };
             col2im_add(&dcol, &g, oy0, oy1, dxi);
         }
     };

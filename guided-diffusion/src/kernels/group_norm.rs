@@ -8,14 +8,18 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::group_norm_cpu::{self, Gn};
+use super::policy::KernelPolicy;
+use super::storage::f32_values;
 
 type Result<T> = candle_core::Result<T>;
 
 /// `act((GN(x) * gamma + beta) * (1 + scale) + shift)` over `x: [N, C, ...]` with `groups`
 /// groups, where `scale_shift` is `[N, 2C]` (or `[N, 2C, 1, 1]`, scale first) and `act` is
-/// SiLU when `silu`. Returns `None` where the fast kernels do not apply (switched off, not f32
-/// on the CPU, channels not divisible by `groups`); the caller then uses candle's ops.
+/// SiLU when `silu`. Returns `None` where the fast kernels do not apply (off in `policy`, not
+/// f32 on the CPU, channels not divisible by `groups`); the caller then uses candle's ops.
+#[allow(clippy::too_many_arguments)]
 pub fn group_norm(
+    policy: &KernelPolicy,
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -26,7 +30,7 @@ pub fn group_norm(
 ) -> Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let dims = x.dims();
-    if !super::enabled() || dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
+    if !policy.fast || dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
         return Ok(None);
     }
     let (n, c) = (dims[0], dims[1]);
@@ -44,12 +48,6 @@ pub fn group_norm(
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let op = GnFwd { groups, eps, silu };
     Ok(Some(x.contiguous()?.apply_op3(&gb.contiguous()?, &ss.contiguous()?, op)?))
-}
-
-fn f32_arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok(&v[a..b])
 }
 
 /// The problem of `x` (dims `[N, C, ...]`) with `gb: [2, C]` and `ss: [N, 2C]`.
@@ -95,7 +93,8 @@ impl CustomOp3 for GnFwd {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let p = problem(l1.dims(), l2.dims(), l3.dims(), self.groups, self.eps, self.silu, op)?;
-        let (x, gb, ss) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?, f32_arg(s3, l3, op)?);
+        let (x, gb, ss) =
+            (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?, f32_values(s3, l3, op)?);
         let mut y = vec![0f32; x.len()];
         group_norm_cpu::forward(&p, x, gb, ss, &mut y);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -152,7 +151,8 @@ impl CustomOp3 for GnBwd {
         let op = self.name();
         let (n, c) = (self.n, self.c);
         let p = problem(l1.dims(), &[2, c], &[n, 2 * c], self.groups, self.eps, self.silu, op)?;
-        let (x, dy, params) = (f32_arg(s1, l1, op)?, f32_arg(s2, l2, op)?, f32_arg(s3, l3, op)?);
+        let (x, dy, params) =
+            (f32_values(s1, l1, op)?, f32_values(s2, l2, op)?, f32_values(s3, l3, op)?);
         if l2.dims() != l1.dims() || params.len() != 2 * c + n * 2 * c || (p.n, p.c) != (n, c) {
             bail!(
                 "{op}: gradient {:?} / parameters ({}) do not match input {:?}",

@@ -10,14 +10,17 @@
 //! The price is that the resident size stays at its high-water mark until the process exits.
 //!
 //! It is a process-wide choice, so the library never makes it on its own: the `gdiff` binary
-//! and the benchmarks call [`tune`] first thing. `GD_MALLOC=default` leaves glibc as it is.
+//! and the benchmarks call [`tune`] first thing, unless `GD_MALLOC=default` (which they read,
+//! [`keep_default`]) asks them to leave glibc as it is.
 
-/// Applies the settings (glibc on Linux only; elsewhere, or with `GD_MALLOC=default`, does
-/// nothing). Returns whether they were applied.
+/// Whether a `GD_MALLOC` setting asks to leave glibc's malloc as it is (`default`).
+pub fn keep_default(gd_malloc: Option<&str>) -> bool {
+    gd_malloc.is_some_and(|v| v.trim().eq_ignore_ascii_case("default"))
+}
+
+/// Applies the settings (glibc on Linux only; elsewhere does nothing). Returns whether they
+/// were applied.
 pub fn tune() -> bool {
-    if std::env::var("GD_MALLOC").is_ok_and(|v| v.trim().eq_ignore_ascii_case("default")) {
-        return false;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator parameters; any value is valid input.

@@ -7,16 +7,19 @@
 //! input gradient as a convolution with the flipped weight (stride 1) or gemm + col2im, weight
 //! gradient as a gemm of the output gradient with im2col(x).
 //!
-//! - [`switch`]: whether the fast path is on (`GD_KERNELS=candle` turns it off, read once;
-//!   [`set_enabled`] overrides at run time).
+//! - [`policy`]: how to compute, a [`KernelPolicy`] value (fast kernels on or off, Winograd,
+//!   AMX, precision) that every entry point takes: held by a network or passed with the call,
+//!   never process-wide.
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
-//! - [`bf16`](mod@bf16): bf16 scopes ([`bf16()`]): convolutions and attention products with bf16
-//!   inputs and weights and f32 sums, on Intel AMX ([`amx`]) where the CPU has it.
-//! - [`frozen`]: derived forms of convolution weights (Winograd transforms, flipped weights)
-//!   kept for the length of a sampling run ([`freeze`]).
+//! - [`bf16`](mod@bf16): the bf16 products of a [`Precision::Bf16`] policy: convolutions and
+//!   attention products with bf16 inputs and weights and f32 sums, on Intel AMX ([`amx`])
+//!   where the CPU has it.
+//! - [`forms`]: derived forms of convolution weights (Winograd transforms, flipped and packed
+//!   weights), kept by the layer that owns the weight while its network is frozen.
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
 //!   SiLU, forward and backward in one op each.
-//! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in).
+//! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in, for
+//!   programs).
 //! - [`reduce`]: per-channel sums (bias gradients).
 //! - [`softmax`]: softmax over the last axis, forward and backward one pass each.
 //! - [`attention`]: QKV attention with strided gemms and an in-place softmax, forward and
@@ -28,12 +31,20 @@
 //! - `conv_bf16`: the bf16 convolution forward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from.
+//! - `disjoint`: the one handle through which parallel tasks write disjoint parts of a buffer,
+//!   with its safety argument; `storage`: the one unpacking of a custom op's f32 arguments.
+// Every `unsafe` block says why it is sound, and an `unsafe fn`'s body marks its own unsafe
+// operations: the kernels are where this crate's raw pointers live.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 mod conv_bf16;
 mod conv_cpu;
+mod disjoint;
 mod group_norm_cpu;
 mod im2col;
 mod scratch;
 mod sgemm;
+mod storage;
 mod vmath;
 mod winograd;
 mod winograd_wgrad;
@@ -42,25 +53,20 @@ pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod conv2d;
-pub mod frozen;
+pub mod forms;
 pub mod group_norm;
 pub mod malloc;
+pub mod policy;
 pub mod reduce;
 pub mod softmax;
-pub mod switch;
 pub mod update;
 pub mod upsample;
 
 pub use attention::qkv_attention;
-pub use bf16::bf16;
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
-pub use conv_cpu::set_tile_bytes;
-pub use frozen::freeze;
+pub use forms::WeightForms;
 pub use group_norm::group_norm;
+pub use policy::{KernelPolicy, Precision};
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
-pub use switch::{
-    amx_enabled, applies_to, enabled, frozen_cache_enabled, set_amx, set_enabled, set_frozen_cache,
-    set_winograd, winograd_enabled,
-};
 pub use upsample::{sum_pool2x, upsample_nearest2x};

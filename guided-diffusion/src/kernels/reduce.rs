@@ -4,19 +4,16 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
 use super::vmath;
 
 type Result<T> = candle_core::Result<T>;
 
-/// `sum over all axes but 1` of an f32 CPU tensor of rank >= 2, as `[C]`; candle's `sum`
-/// otherwise. Its gradient broadcasts back.
-pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
+/// `sum over all axes but 1` of an f32 CPU tensor of rank >= 2, as `[C]`, with the fast
+/// kernels on in `policy`; candle's `sum` otherwise. Its gradient broadcasts back.
+pub fn channel_sum(policy: &KernelPolicy, x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
-    if !matches!(x.device(), Device::Cpu)
-        || x.dtype() != DType::F32
-        || rank < 2
-        || !super::enabled()
-    {
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || rank < 2 || !policy.fast {
         let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
         return x.sum(axes);
     }
@@ -31,17 +28,13 @@ impl CustomOp1 for ChannelSum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else { bail!("channel-sum: expected f32 data") };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            bail!("channel-sum: expected a contiguous tensor")
-        };
+        let x = super::storage::f32_values(s, l, "channel-sum")?;
         let d = l.dims();
         if d.len() < 2 {
             bail!("channel-sum: expected [N, C, ...], got {d:?}");
         }
         let (n, c) = (d[0], d[1]);
         let p: usize = d[2..].iter().product();
-        let x = &v[a..b];
         let mut out = vec![0f32; c];
         out.par_iter_mut().enumerate().for_each(|(ch, o)| {
             let s: f64 =

@@ -5,24 +5,24 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
 use super::vmath;
 
 type Result<T> = candle_core::Result<T>;
 
 /// Softmax over the last axis of an f32 CPU tensor, or `None` where the fast kernels do not
-/// apply (switched off, other device or dtype, rank 0).
-pub fn softmax_last(x: &Tensor) -> Result<Option<Tensor>> {
-    if !super::applies_to(&[x]) || x.rank() == 0 {
+/// apply (off in `policy`, other device or dtype, rank 0).
+pub fn softmax_last(policy: &KernelPolicy, x: &Tensor) -> Result<Option<Tensor>> {
+    if !policy.applies_to(&[x]) || x.rank() == 0 {
         return Ok(None);
     }
     Ok(Some(x.contiguous()?.apply_op1(Softmax)?))
 }
 
+/// The values of an argument and the length of its rows (its last axis).
 fn rows<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], usize)> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
     let Some(&n) = l.dims().last() else { bail!("{op}: expected at least one axis") };
-    Ok((&v[a..b], n))
+    Ok((super::storage::f32_values(s, l, op)?, n))
 }
 
 /// Rows per rayon task: about 16 Ki values.

@@ -18,27 +18,19 @@
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
+use super::disjoint::Disjoint;
+use super::policy::KernelPolicy;
+use super::storage::{f32_values, f32_values_mut};
+
 type Result<T> = candle_core::Result<T>;
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 16;
 
-/// Whether the fused updates apply: fast kernels on, every tensor f32, on the CPU, contiguous.
-pub fn applies(ts: &[&Tensor]) -> bool {
-    super::applies_to(ts) && ts.iter().all(|t| t.is_contiguous())
-}
-
-/// The contiguous f32 values of a storage with its layout.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok(&v[a..b])
-}
-
-fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
-    Ok(&mut v[a..b])
+/// Whether the fused updates apply: fast kernels on in `policy`, every tensor f32, on the CPU,
+/// contiguous.
+pub fn applies(policy: &KernelPolicy, ts: &[&Tensor]) -> bool {
+    policy.applies_to(ts) && ts.iter().all(|t| t.is_contiguous())
 }
 
 fn same_len(op: &str, n: usize, others: &[usize]) -> Result<()> {
@@ -56,8 +48,8 @@ fn update1(
     (a, a_l): (&CpuStorage, &Layout),
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<()> {
-    let dst = values_mut(dst, dst_l, op)?;
-    let a = values(a, a_l, op)?;
+    let dst = f32_values_mut(dst, dst_l, op)?;
+    let a = f32_values(a, a_l, op)?;
     same_len(op, dst.len(), &[a.len()])?;
     dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(d, a)| {
         for (d, a) in d.iter_mut().zip(a) {
@@ -145,9 +137,9 @@ impl InplaceOp3 for AdamStep {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let p = values_mut(dst, dst_l, self.name())?;
-        let m = values(s1, l1, self.name())?;
-        let v = values(s2, l2, self.name())?;
+        let p = f32_values_mut(dst, dst_l, self.name())?;
+        let m = f32_values(s1, l1, self.name())?;
+        let v = f32_values(s2, l2, self.name())?;
         same_len(self.name(), p.len(), &[m.len(), v.len()])?;
         let AdamStep { decay, bc2_sqrt, eps, step_size } = *self;
         zip2(p, m, v, |p, m, v| {
@@ -185,14 +177,15 @@ impl InplaceOp2 for EmaStep {
 }
 
 /// `sum(t^2)` of a contiguous f32 CPU tensor, in f64 (f32 partial sums of 16 lanes per block
-/// of 1024 values, then f64), in parallel chunks; `None` when `t` is not such a tensor.
-pub fn sum_sq(t: &Tensor) -> Option<f64> {
-    if !applies(&[t]) {
+/// of 1024 values, then f64), in parallel chunks; `None` when `t` is not such a tensor or the
+/// fast kernels are off in `policy`.
+pub fn sum_sq(policy: &KernelPolicy, t: &Tensor) -> Option<f64> {
+    if !applies(policy, &[t]) {
         return None;
     }
     let (s, l) = t.storage_and_layout();
     let candle_core::Storage::Cpu(s) = &*s else { return None };
-    let v = values(s, l, "sum_sq").ok()?;
+    let v = f32_values(s, l, "sum_sq").ok()?;
     Some(v.par_chunks(CHUNK).map(|c| super::vmath::sum_sq_dev(c, 0.0)).sum())
 }
 
@@ -211,8 +204,9 @@ pub struct AdamConsts {
 /// same f32 operations as those ops one after the other, so the same bits, with each value
 /// read and written once instead of once per op (the 64x64 model's update: 14 passes over
 /// 1.2 GB became 9). Returns the sum of squares, or `None` (nothing done) where the fast
-/// kernels do not apply.
+/// kernels do not apply (off in `policy`, not contiguous f32 CPU tensors).
 pub fn adamw_ema_step(
+    policy: &KernelPolicy,
     p: &Tensor,
     g: &Tensor,
     m: &Tensor,
@@ -222,7 +216,7 @@ pub fn adamw_ema_step(
 ) -> Result<Option<f64>> {
     let mut all = vec![p, g, m, v];
     all.extend(emas.iter().map(|e| e.0));
-    if !applies(&all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
+    if !applies(policy, &all) || all.iter().any(|t| t.elem_count() != p.elem_count()) {
         return Ok(None);
     }
     // Distinct storages (a tensor locked twice would deadlock; shared data would be wrong).
@@ -232,7 +226,7 @@ pub fn adamw_ema_step(
     }
     let (gs, gl) = g.storage_and_layout();
     let candle_core::Storage::Cpu(gs) = &*gs else { return Ok(None) };
-    let gv = values(gs, gl, "adamw-ema")?;
+    let gv = f32_values(gs, gl, "adamw-ema")?;
     let mut targets: Vec<&Tensor> = vec![p, m, v];
     targets.extend(emas.iter().map(|e| e.0));
     let mut sq = 0f64;
@@ -241,7 +235,13 @@ pub fn adamw_ema_step(
         if bufs.iter().any(|&(_, len)| len != n) {
             bail!("adamw-ema: operands of different lengths");
         }
-        sq = fused_chunks(bufs, gv, emas, c);
+        // SAFETY: `with_all_mut` holds every buffer for writing while this runs (nobody else
+        // can access them), each `n` values long; they are distinct storages (checked above).
+        let bufs: Vec<Disjoint> = bufs
+            .iter()
+            .map(|&(addr, len)| unsafe { Disjoint::from_raw(addr as *mut f32, len) })
+            .collect();
+        sq = fused_chunks(&bufs, gv, emas, c);
         Ok(())
     })?;
     Ok(Some(sq))
@@ -266,7 +266,7 @@ fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut HeldFn) -
             "gd-adamw-ema"
         }
         fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-            let v = values_mut(s, l, self.name())?;
+            let v = f32_values_mut(s, l, self.name())?;
             let mut acc = self.acc.borrow_mut();
             acc.push((v.as_mut_ptr() as usize, v.len()));
             let mut f = self.f.borrow_mut();
@@ -276,24 +276,18 @@ fn with_all_mut(ts: &[&Tensor], acc: &mut Vec<(usize, usize)>, f: &mut HeldFn) -
     t.inplace_op1(&Enter { acc: std::cell::RefCell::new(acc), rest, f: std::cell::RefCell::new(f) })
 }
 
-/// The fused pass over `bufs` = [p, m, v, emas...] (addresses of held f32 data) and `g`.
-fn fused_chunks(
-    bufs: &[(usize, usize)],
-    g: &[f32],
-    emas: &[(&Tensor, f32, f32)],
-    c: AdamConsts,
-) -> f64 {
+/// The fused pass over `bufs` = [p, m, v, emas...] (each `g.len()` values) and `g`, chunk by
+/// chunk in parallel.
+fn fused_chunks(bufs: &[Disjoint], g: &[f32], emas: &[(&Tensor, f32, f32)], c: AdamConsts) -> f64 {
     let n = g.len();
     let rates: Vec<(f32, f32)> = emas.iter().map(|e| (e.1, e.2)).collect();
     (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|ci| {
             let (a, b) = (ci * CHUNK, ((ci + 1) * CHUNK).min(n));
-            // SAFETY: every buffer is held for writing by `with_all_mut` and has `n` values;
-            // chunks are disjoint.
-            let sl = |k: usize| unsafe {
-                std::slice::from_raw_parts_mut((bufs[k].0 as *mut f32).add(a), b - a)
-            };
+            // SAFETY: chunk `a..b` of every buffer is this task's alone (chunks are disjoint,
+            // the buffers distinct), and each is taken once.
+            let sl = |k: usize| unsafe { bufs[k].slice(a, b - a) };
             let (p, m, v) = (sl(0), sl(1), sl(2));
             let sq = super::vmath::sum_sq_dev(p, 0.0);
             adam_chunk(p, &g[a..b], m, v, c);
@@ -319,12 +313,20 @@ fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamCon
     adam_chunk_impl(p, g, m, v, c)
 }
 
+/// [`adam_chunk_impl`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn adam_chunk_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
     adam_chunk_impl(p, g, m, v, c)
 }
 
+/// [`adam_chunk_impl`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn adam_chunk_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConsts) {
@@ -359,6 +361,10 @@ fn ema_chunk(e: &mut [f32], p: &[f32], r: f32, w: f32) {
     ema_chunk_impl(e, p, r, w)
 }
 
+/// [`ema_chunk_impl`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn ema_chunk_avx2(e: &mut [f32], p: &[f32], r: f32, w: f32) {

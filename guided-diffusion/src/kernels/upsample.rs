@@ -8,13 +8,16 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::policy::KernelPolicy;
+
 type Result<T> = candle_core::Result<T>;
 
-/// `[N, C, H, W] -> [N, C, 2H, 2W]`, nearest neighbour. Where the fast kernels do not apply,
-/// a broadcast + reshape of candle ops (not candle's `upsample_nearest2d`, for its backward).
-pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+/// `[N, C, H, W] -> [N, C, 2H, 2W]`, nearest neighbour. Where the fast kernels do not apply
+/// (off in `policy`, not f32 on the CPU), a broadcast + reshape of candle ops (not candle's
+/// `upsample_nearest2d`, for its backward).
+pub fn upsample_nearest2x(policy: &KernelPolicy, x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if !super::enabled() || !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
+    if !policy.fast || !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
         let y = x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?;
         return y.contiguous()?.reshape((n, c, 2 * h, 2 * w));
     }
@@ -31,10 +34,8 @@ pub fn sum_pool2x(x: &Tensor) -> Result<Tensor> {
 type Nchw<'a> = (&'a [f32], (usize, usize, usize, usize));
 
 fn arg<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Nchw<'a>> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expected f32 data") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
     let (n, c, h, w) = l.shape().dims4()?;
-    Ok((&v[a..b], (n, c, h, w)))
+    Ok((super::storage::f32_values(s, l, op)?, (n, c, h, w)))
 }
 
 struct Up2;

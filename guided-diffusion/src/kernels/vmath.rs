@@ -45,6 +45,8 @@ pub fn sigmoid(x: f32) -> f32 {
 /// Defines `fn name(args)` that runs its body compiled for AVX2+FMA when the CPU has them (the
 /// crate itself is built for baseline x86-64, SSE2), else compiled for the baseline. Everything
 /// the body calls in its hot loops must be `#[inline(always)]` to inherit the features.
+/// `unsafe fn name(args)` defines an unsafe function the same way (its `# Safety` section goes
+/// with its doc comment; its body marks its own unsafe operations).
 macro_rules! avx2_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
@@ -55,6 +57,10 @@ macro_rules! avx2_fn {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// The body compiled for AVX2 and FMA.
+                ///
+                /// # Safety
+                /// The CPU must have AVX2 and FMA.
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
@@ -66,6 +72,39 @@ macro_rules! avx2_fn {
                 }
             }
             body($($arg),*)
+        }
+    };
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name($($arg: $ty),*) {
+            /// The body.
+            ///
+            /// # Safety
+            /// The contract of the function it is the body of.
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// The body compiled for AVX2 and FMA.
+                ///
+                /// # Safety
+                /// The CPU must have AVX2 and FMA, and the body's contract holds.
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) {
+                    // SAFETY: this function's contract, which is the body's.
+                    unsafe { body($($arg),*) }
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected; the rest is this function's
+                    // contract, which is the body's.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            // SAFETY: this function's contract, which is the body's.
+            unsafe { body($($arg),*) }
         }
     };
 }

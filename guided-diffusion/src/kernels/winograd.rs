@@ -4,7 +4,7 @@
 //! `A^T [ sum_c (G g_c G^T) . (B^T d_c B) ] A`, where `d_c` is the 6x6 input patch under the tile
 //! in channel `c` and `g_c` the 3x3 kernel (Lavin & Gray 2016). So a layer becomes
 //! - the *weight transform* `U[xi][co][c] = (G g G^T)[xi]` (36 = 6x6 positions `xi`), made
-//!   per call, or once per sampling run for a frozen weight (`super::frozen`); for the input
+//!   per call, or once for a frozen weight (`super::forms`); for the input
 //!   gradient, of the flipped weight, read flipped on the fly,
 //! - the *input transform* `V[xi][c][tile] = (B^T d B)[xi]`,
 //! - 36 matrix products `M[xi] = U[xi] V[xi]` (`[co, c] x [c, tiles]`, our packed gemm), and
@@ -20,13 +20,14 @@
 //! Rounding differs from the direct sum: `G` holds 1/6 and 1/24, and the transforms add
 //! values of both signs. The result carries an error of up to about 5e-6 of the output's
 //! largest value; the direct im2col product has about 6e-7 (measured by
-//! `kernels_conv2d_winograd_matches_definition`). The switch
-//! [`winograd_enabled`](super::switch::winograd_enabled) (`GD_WINOGRAD=0`) turns it off;
-//! [`applies`] keeps it to layers wide enough to profit (`benches/conv3x3.rs`). The weight
+//! `kernels_conv2d_winograd_matches_definition`). The policy's `winograd` turns it off
+//! (`super::KernelPolicy`); [`applies`] keeps it to layers wide enough to profit
+//! (`benches/conv3x3.rs`). The weight
 //! gradient of the same layers is in `winograd_wgrad`.
 use rayon::prelude::*;
 
 use super::conv_cpu::Conv;
+use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
@@ -53,7 +54,6 @@ pub fn applies(cv: &Conv) -> bool {
         && g.c >= 32
         && cv.co >= 32
         && cv.n * g.ho.div_ceil(4) * g.wo.div_ceil(4) >= MIN_TILES
-        && super::switch::winograd_enabled()
 }
 
 /// `out[n, co, ho, wo] = conv3x3(x[n, c, h, w], w[co, c, 3, 3]) + bias[co]`.
@@ -75,61 +75,36 @@ pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut 
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
     let imgs = (BLOCK_FLOATS / (36 * (g.c + cv.co) * tpi)).clamp(1, cv.n);
-    let op = SendPtr(out.as_mut_ptr());
+    let out = Disjoint::new(&mut out[..cv.n * cv.co * g.out_px()]);
     (0..cv.n.div_ceil(imgs)).into_par_iter().for_each(|blk| {
         let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
         let tiles = (i1 - i0) * tpi;
         let xb = &x[i0 * g.in_len()..i1 * g.in_len()];
         let mut v = scratch::take(36 * g.c * tiles);
         let mut m = scratch::take(36 * cv.co * tiles);
-        let vp = SendPtr(v.as_mut_ptr());
+        let vd = Disjoint::new(&mut v);
         (0..(i1 - i0) * g.c).into_par_iter().for_each_init(Vec::new, |buf, p| {
-            // Plane (img, c) writes only v[.][c][the tiles of img].
-            input_transform(xb, &g, th, tw, p / g.c, p % g.c, tiles, vp, buf);
+            // SAFETY: plane (img, c) writes only v[.][c][the tiles of img].
+            unsafe { input_transform(xb, &g, th, tw, p / g.c, p % g.c, tiles, vd, buf) };
         });
-        let mp = SendPtr(m.as_mut_ptr());
+        let md = Disjoint::new(&mut m);
         let v = &v[..];
         (0..36).into_par_iter().for_each(|xi| {
-            let lhs = MatRef::rows(u[xi * cv.co * g.c..].as_ptr(), g.c);
-            let rhs = MatRef::rows(v[xi * g.c * tiles..].as_ptr(), tiles);
-            let dst = MatMut::rows(mp.at(xi * cv.co * tiles), tiles);
-            // SAFETY: the views lie inside `u`, `v`, `m`; each `xi` writes its own `m[xi]`.
+            let lhs = MatRef::rows(&u[xi * cv.co * g.c..], g.c);
+            let rhs = MatRef::rows(&v[xi * g.c * tiles..], tiles);
+            let dst = MatMut::rows_in(md, xi * cv.co * tiles, tiles);
+            // SAFETY: the views lie inside `u`, `v`, `m` (sizes checked above); each `xi`
+            // writes its own `m[xi]`.
             unsafe { sgemm(cv.co, tiles, g.c, dst, false, lhs, rhs, 1) };
         });
         let m = &m[..];
-        let ob = op.offset(i0 * cv.co * g.out_px());
+        let ob = out.offset(i0 * cv.co * g.out_px());
         (0..(i1 - i0) * cv.co).into_par_iter().for_each_init(Vec::new, |buf, p| {
-            // Plane (img, o) writes only its own output plane.
-            output_transform(m, &g, cv.co, th, tw, p / cv.co, p % cv.co, tiles, bias, ob, buf);
+            let (img, o) = (p / cv.co, p % cv.co);
+            // SAFETY: plane (img, o) of this block's output is written by this task alone.
+            unsafe { output_transform(m, &g, cv.co, th, tw, img, o, tiles, bias, ob, buf) };
         });
     });
-}
-
-/// A raw pointer shared by parallel tasks that write disjoint parts through it.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The address `off` floats on (a method, so that closures capture the Send wrapper).
-    pub(super) fn at(self, off: usize) -> *mut f32 {
-        self.0.wrapping_add(off)
-    }
-
-    /// The pointer `off` floats on.
-    pub(super) fn offset(self, off: usize) -> SendPtr {
-        SendPtr(self.at(off))
-    }
-
-    /// The `len` floats from `off` on as a slice.
-    ///
-    /// # Safety
-    /// They must lie inside the buffer, and no one else may access them meanwhile.
-    #[inline(always)]
-    pub(super) unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
-    }
 }
 
 pub(super) type Lanes = [f32; L];
@@ -194,14 +169,27 @@ pub fn transform_weight(w: &[f32], co: usize, c: usize, flipped: bool) -> Vec<f3
 /// [`transform_weight`] into `u` (at least `36 co c` floats), in parallel over output channels.
 pub fn transform_weight_into(w: &[f32], co: usize, c: usize, flipped: bool, u: &mut [f32]) {
     assert!(w.len() >= co * c * 9 && u.len() >= 36 * co * c);
-    let u = SendPtr(u.as_mut_ptr());
-    (0..co).into_par_iter().for_each(|o| weight_transform_row(w, co, c, o, flipped, u));
+    let u = Disjoint::new(u);
+    (0..co).into_par_iter().for_each(|o| {
+        // SAFETY: each task writes the rows of its own output channel `o`.
+        unsafe { weight_transform_row(w, co, c, o, flipped, u) }
+    });
 }
 
 vmath::avx2_fn! {
     /// The kernels of output channel `o`, 16 input channels at a time.
     /// (`flipped`: of the flipped and transposed weight, read from `w[c, co, 3, 3]`.)
-    fn weight_transform_row(w: &[f32], co: usize, c: usize, o: usize, flipped: bool, u: SendPtr) {
+    ///
+    /// # Safety
+    /// No other task accesses `u[.][o][.]` (the rows of output channel `o`) meanwhile.
+    unsafe fn weight_transform_row(
+        w: &[f32],
+        co: usize,
+        c: usize,
+        o: usize,
+        flipped: bool,
+        u: Disjoint,
+    ) {
         for c0 in (0..c).step_by(L) {
             let nl = L.min(c - c0);
             let mut k = [[0f32; L]; 9];
@@ -229,7 +217,7 @@ vmath::avx2_fn! {
             }
             for (i, ti) in t.iter().enumerate() {
                 for (j, rj) in g_apply(ti).iter().enumerate() {
-                    // SAFETY: u[i * 6 + j][o][c0..c0 + nl], written only for this `o`.
+                    // SAFETY: u[i * 6 + j][o][c0..c0 + nl], this task's (the contract).
                     store_lanes(unsafe { u.slice(((i * 6 + j) * co + o) * c + c0, nl) }, rj);
                 }
             }
@@ -240,7 +228,10 @@ vmath::avx2_fn! {
 vmath::avx2_fn! {
     /// `v[xi][ci][t]` for the tiles `t` of image `img` in input channel `ci` (tiles counted
     /// over the batch, `tiles` of them, those of one image consecutive).
-    pub(super) fn input_transform(
+    ///
+    /// # Safety
+    /// No other task accesses `v[.][ci][the tiles of img]` meanwhile.
+    pub(super) unsafe fn input_transform(
         x: &[f32],
         g: &Geom,
         th: usize,
@@ -248,7 +239,7 @@ vmath::avx2_fn! {
         img: usize,
         ci: usize,
         tiles: usize,
-        v: SendPtr,
+        v: Disjoint,
         d: &mut Vec<f32>,
     ) {
         let nt = th * tw;
@@ -271,7 +262,7 @@ vmath::avx2_fn! {
             }
             for (i, ei) in e.iter().enumerate() {
                 for (j, vj) in bt_apply(ei).iter().enumerate() {
-                    // SAFETY: v[i * 6 + j][ci][base + t0..][..nl] belongs to this plane.
+                    // SAFETY: v[i * 6 + j][ci][base + t0..][..nl], this plane's (the contract).
                     let dst = unsafe { v.slice(((i * 6 + j) * g.c + ci) * tiles + base + t0, nl) };
                     store_lanes(dst, vj);
                 }
@@ -345,7 +336,10 @@ pub(super) fn load_lanes(dst: &mut Lanes, src: &[f32]) {
 
 vmath::avx2_fn! {
     /// Output plane `(img, o)` (+ its bias) from the products `m[xi][o][t]`.
-    fn output_transform(
+    ///
+    /// # Safety
+    /// No other task accesses output plane `(img, o)` of `out` meanwhile.
+    unsafe fn output_transform(
         m: &[f32],
         g: &Geom,
         co: usize,
@@ -355,7 +349,7 @@ vmath::avx2_fn! {
         o: usize,
         tiles: usize,
         bias: Option<&[f32]>,
-        out: SendPtr,
+        out: Disjoint,
         y: &mut Vec<f32>,
     ) {
         let nt = th * tw;
@@ -389,7 +383,7 @@ vmath::avx2_fn! {
             }
         }
         let px = g.ho * g.wo;
-        // SAFETY: plane (img, o) of the output, this task's own.
+        // SAFETY: plane (img, o) of the output, this task's (the contract).
         let plane = unsafe { out.slice((img * co + o) * px, px) };
         for oy in 0..g.ho {
             let (ty, a) = (oy / 4, oy % 4);

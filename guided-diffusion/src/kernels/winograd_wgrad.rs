@@ -28,13 +28,12 @@
 use rayon::prelude::*;
 
 use super::conv_cpu::{add_partials, Conv};
+use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
-use super::winograd::{
-    gather_patches, input_transform, load_lanes, store_lanes, Lanes, SendPtr, L,
-};
+use super::winograd::{gather_patches, input_transform, load_lanes, store_lanes, Lanes, L};
 
 /// Blocks for a large `P` (wide layers): at most this many floats of `V` and `Q` (64 MiB),
 /// so that the products sum over as many tiles as possible per pass over `P`.
@@ -85,8 +84,12 @@ fn weight_grad_in_blocks(
     let mut parts = scratch::take(groups * plen);
     // Group `gi` sums blocks `gi * blocks / groups ..` into `parts[gi]`.
     let run_group = |(gi, part): (usize, &mut [f32])| {
-        let pp = SendPtr(part.as_mut_ptr());
         let (b0, b1) = (gi * blocks / groups, (gi + 1) * blocks / groups);
+        if b1 == b0 {
+            part.fill(0.0);
+            return;
+        }
+        let pd = Disjoint::new(part);
         let mut buf = Vec::new();
         for blk in b0..b1 {
             let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
@@ -95,36 +98,39 @@ fn weight_grad_in_blocks(
             let gb = &gy[i0 * co * g.out_px()..i1 * co * g.out_px()];
             let mut v = scratch::take(36 * c * tiles);
             let mut q = scratch::take(36 * co * tiles);
-            let (vp, qp) = (SendPtr(v.as_mut_ptr()), SendPtr(q.as_mut_ptr()));
-            // Input planes (img, ci) first, then output-gradient planes (img, o); each call
-            // writes only its own plane's tiles.
-            let plane = |buf: &mut Vec<f32>, t: usize| {
-                if t < ni * c {
-                    input_transform(xb, &g, th, tw, t / c, t % c, tiles, vp, buf)
+            {
+                let (vd, qd) = (Disjoint::new(&mut v), Disjoint::new(&mut q));
+                // Input planes (img, ci) first, then output-gradient planes (img, o).
+                let plane = |buf: &mut Vec<f32>, t: usize| {
+                    if t < ni * c {
+                        // SAFETY: plane (img, ci) writes only v[.][ci][the tiles of img].
+                        unsafe { input_transform(xb, &g, th, tw, t / c, t % c, tiles, vd, buf) }
+                    } else {
+                        let (img, o) = ((t - ni * c) / co, (t - ni * c) % co);
+                        // SAFETY: plane (img, o) writes only q[.][o][the tiles of img].
+                        unsafe { grad_transform(gb, &g, co, th, tw, img, o, tiles, qd, buf) }
+                    }
+                };
+                if inner_par {
+                    (0..ni * (c + co)).into_par_iter().for_each_init(Vec::new, plane);
                 } else {
-                    let t = t - ni * c;
-                    grad_transform(gb, &g, co, th, tw, t / co, t % co, tiles, qp, buf)
+                    (0..ni * (c + co)).for_each(|t| plane(&mut buf, t));
                 }
-            };
+            }
             let (v, q) = (&v[..], &q[..]);
             let product = |xi: usize| {
-                let lhs = MatRef::rows(q[xi * co * tiles..].as_ptr(), tiles);
-                let rhs = MatRef::rows_t(v[xi * c * tiles..].as_ptr(), tiles);
-                let dst = MatMut::rows(pp.at(xi * co * c), c);
-                // SAFETY: the views lie inside `q`, `v` and this group's `P`; each `xi` writes
-                // its own `P[xi]`.
+                let lhs = MatRef::rows(&q[xi * co * tiles..], tiles);
+                let rhs = MatRef::rows_t(&v[xi * c * tiles..], tiles);
+                let dst = MatMut::rows_in(pd, xi * co * c, c);
+                // SAFETY: the views lie inside `q`, `v` and this group's `P` (sizes checked
+                // above); each `xi` writes its own `P[xi]`.
                 unsafe { sgemm(co, c, tiles, dst, blk > b0, lhs, rhs, 1) };
             };
             if inner_par {
-                (0..ni * (c + co)).into_par_iter().for_each_init(Vec::new, plane);
                 (0..36).into_par_iter().for_each(product);
             } else {
-                (0..ni * (c + co)).for_each(|t| plane(&mut buf, t));
                 (0..36).for_each(product);
             }
-        }
-        if b1 == b0 {
-            part.fill(0.0);
         }
     };
     if inner_par {
@@ -136,8 +142,11 @@ fn weight_grad_in_blocks(
     let (p, rest) = parts.split_at_mut(plen);
     add_partials(p, rest);
     let p = &p[..];
-    let dp = SendPtr(dw.as_mut_ptr());
-    (0..co).into_par_iter().for_each(|o| inverse_weight_transform_row(p, co, c, o, dp));
+    let dw = Disjoint::new(&mut dw[..co * c * 9]);
+    (0..co).into_par_iter().for_each(|o| {
+        // SAFETY: each task writes the rows of its own output channel `o`.
+        unsafe { inverse_weight_transform_row(p, co, c, o, dw) }
+    });
 }
 
 /// `A q` over 4 lane vectors (the rows of A^T as columns: q0; q0+q1+q2+q3; q0-q1+q2-q3;
@@ -176,7 +185,10 @@ fn gt_apply(p: &[Lanes; 6]) -> [Lanes; 3] {
 vmath::avx2_fn! {
     /// `q[xi][o][t] = (A dy A^T)[xi]` for the tiles `t` of image `img` in output channel `o`
     /// (outputs past the edge count as zero).
-    fn grad_transform(
+    ///
+    /// # Safety
+    /// No other task accesses `q[.][o][the tiles of img]` meanwhile.
+    unsafe fn grad_transform(
         gy: &[f32],
         g: &Geom,
         co: usize,
@@ -185,7 +197,7 @@ vmath::avx2_fn! {
         img: usize,
         o: usize,
         tiles: usize,
-        q: SendPtr,
+        q: Disjoint,
         d: &mut Vec<f32>,
     ) {
         let nt = th * tw;
@@ -210,7 +222,7 @@ vmath::avx2_fn! {
             }
             for (i, ei) in e.iter().enumerate() {
                 for (j, qj) in a_apply(ei).iter().enumerate() {
-                    // SAFETY: q[i * 6 + j][o][base + t0..][..nl] belongs to this plane.
+                    // SAFETY: q[i * 6 + j][o][base + t0..][..nl], this plane's (the contract).
                     store_lanes(unsafe { q.slice(((i * 6 + j) * co + o) * tiles + base + t0, nl) }, qj);
                 }
             }
@@ -220,7 +232,10 @@ vmath::avx2_fn! {
 
 vmath::avx2_fn! {
     /// `dw[o][c] = G^T p[.][o][c] G` for output channel `o`, 16 input channels at a time.
-    fn inverse_weight_transform_row(p: &[f32], co: usize, c: usize, o: usize, dw: SendPtr) {
+    ///
+    /// # Safety
+    /// No other task accesses `dw[o]` meanwhile.
+    unsafe fn inverse_weight_transform_row(p: &[f32], co: usize, c: usize, o: usize, dw: Disjoint) {
         for c0 in (0..c).step_by(L) {
             let nl = L.min(c - c0);
             // G^T applied to the columns of the 6x6, then to the rows of the 3x6 result.
@@ -235,7 +250,7 @@ vmath::avx2_fn! {
                     r[k][j] = t[k];
                 }
             }
-            // SAFETY: dw[o][c0..c0 + nl][..9], written only for this `o`.
+            // SAFETY: dw[o][c0..c0 + nl][..9], this task's (the contract).
             let out = unsafe { dw.slice((o * c + c0) * 9, nl * 9) };
             for (k, rk) in r.iter().enumerate() {
                 for (m, v) in gt_apply(rk).iter().enumerate() {

@@ -8,7 +8,8 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{softmax_last_f32, Conv1x1, GroupNorm32};
+use super::layers::{softmax_last_f32, Conv1x1, Exec, GroupNorm32};
+use crate::kernels::KernelPolicy;
 use crate::{bail, Result};
 
 /// Which QKV head layout a block uses.
@@ -18,14 +19,19 @@ pub enum HeadOrder {
     New,
 }
 
-/// `qkv: [B, 3*H*ch, T] -> [B, H*ch, T]`.
-pub fn qkv_attention(qkv: &Tensor, heads: usize, order: HeadOrder) -> Result<Tensor> {
+/// `qkv: [B, 3*H*ch, T] -> [B, H*ch, T]`; the fast kernel where `policy` has it.
+pub fn qkv_attention(
+    policy: &KernelPolicy,
+    qkv: &Tensor,
+    heads: usize,
+    order: HeadOrder,
+) -> Result<Tensor> {
     let (b, width, t) = qkv.dims3()?;
     if width % (3 * heads) != 0 {
         bail!("attention: qkv width {width} is not divisible by 3 * {heads} heads");
     }
     if let Some(fast) =
-        crate::kernels::attention::qkv_attention(qkv, heads, order == HeadOrder::New)?
+        crate::kernels::attention::qkv_attention(policy, qkv, heads, order == HeadOrder::New)?
     {
         return Ok(fast);
     }
@@ -47,7 +53,7 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, order: HeadOrder) -> Result<Ten
     let k = (k * scale)?;
     // weight[b, t, s] = sum_c q[b, c, t] k[b, c, s]
     let weight = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
-    let weight = softmax_last_f32(&weight)?;
+    let weight = softmax_last_f32(policy, &weight)?;
     // a[b, c, t] = sum_s weight[b, t, s] v[b, c, s]
     let a = v.contiguous()?.matmul(&weight.transpose(1, 2)?.contiguous()?)?;
     Ok(a.reshape((b, heads * ch, t))?)
@@ -103,12 +109,12 @@ impl AttentionBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let x = x.reshape((b, c, h * w))?;
-        let qkv = self.qkv.forward(&self.norm.forward(&x)?)?;
-        let a = qkv_attention(&qkv, self.heads, self.order)?;
-        let out = (x + self.proj_out.forward(&a)?)?;
+        let qkv = self.qkv.forward(ex, &self.norm.forward(ex, &x)?)?;
+        let a = qkv_attention(&ex.policy, &qkv, self.heads, self.order)?;
+        let out = (x + self.proj_out.forward(ex, &a)?)?;
         Ok(out.reshape((b, c, h, w))?)
     }
 }
@@ -148,15 +154,15 @@ impl AttentionPool2d {
     }
 
     /// `[B, C, H, W] -> [B, output_dim]`
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let x = x.reshape((b, c, h * w))?;
         let mean = x.mean_keepdim(2)?;
         let x = Tensor::cat(&[&mean, &x], 2)?;
         let x = x.broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
-        let qkv = self.qkv_proj.forward(&x)?;
-        let a = qkv_attention(&qkv, self.heads, HeadOrder::New)?;
-        let out = self.c_proj.forward(&a)?;
+        let qkv = self.qkv_proj.forward(ex, &x)?;
+        let a = qkv_attention(&ex.policy, &qkv, self.heads, HeadOrder::New)?;
+        let out = self.c_proj.forward(ex, &a)?;
         Ok(out.narrow(2, 0, 1)?.squeeze(2)?)
     }
 }

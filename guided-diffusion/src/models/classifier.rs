@@ -10,8 +10,9 @@ use candle_nn::{Module, VarBuilder};
 
 use super::attention::AttentionPool2d;
 use super::config::{EncoderConfig, Pool};
-use super::layers::{linear, Conv1x1, GroupNorm32};
+use super::layers::{linear, Conv1x1, Exec, GroupNorm32};
 use super::trunk::{TimeEmbed, Trunk};
+use crate::kernels::KernelPolicy;
 use crate::{bail, Result};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,7 @@ pub struct EncoderUNetModel {
     trunk: Trunk,
     head: Head,
     training: bool,
+    exec: Exec,
 }
 
 impl EncoderUNetModel {
@@ -71,7 +73,14 @@ impl EncoderUNetModel {
                 l3: linear(2048, config.out_channels, out.pp("3"))?,
             },
         };
-        Ok(EncoderUNetModel { config: config.clone(), time_embed, trunk, head, training: false })
+        Ok(EncoderUNetModel {
+            config: config.clone(),
+            time_embed,
+            trunk,
+            head,
+            training: false,
+            exec: Exec::default(),
+        })
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -80,6 +89,20 @@ impl EncoderUNetModel {
 
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    /// How calls run: the kernel policy and whether the weights are frozen.
+    pub fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    pub fn exec_mut(&mut self) -> &mut Exec {
+        &mut self.exec
+    }
+
+    /// The kernel policy calls run with (the default until set).
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.exec.policy = policy;
     }
 
     /// `classifier(x, timesteps)`: logits `[N, out_channels]`.
@@ -104,25 +127,26 @@ impl EncoderUNetModel {
         }
         let emb = self.time_embed.forward(t)?;
         let spatial = matches!(self.head, Head::Spatial { .. } | Head::SpatialV2 { .. });
+        let ex = &self.exec;
         let mut means = Vec::new();
         let mut h = x.clone();
         for block in &self.trunk.input_blocks {
-            h = block.forward(&h, &emb, self.training)?;
+            h = block.forward(ex, &h, &emb, self.training)?;
             if spatial {
                 means.push(h.mean((2, 3))?);
             }
         }
-        h = self.trunk.middle_block.forward(&h, &emb, self.training)?;
+        h = self.trunk.middle_block.forward(ex, &h, &emb, self.training)?;
         match &self.head {
             Head::Adaptive { norm, conv } => {
-                let p = norm.forward_silu(&h)?.mean_keepdim((2, 3))?;
+                let p = norm.forward_silu(ex, &h)?.mean_keepdim((2, 3))?;
                 let features = if want_features { Some(p.flatten_from(1)?) } else { None };
-                Ok((conv.forward_2d(&p)?.flatten_from(1)?, features))
+                Ok((conv.forward_2d(ex, &p)?.flatten_from(1)?, features))
             }
             Head::Attention { norm, pool } => {
-                let a = norm.forward_silu(&h)?;
+                let a = norm.forward_silu(ex, &h)?;
                 let features = if want_features { Some(a.mean((2, 3))?) } else { None };
-                Ok((pool.forward(&a)?, features))
+                Ok((pool.forward(ex, &a)?, features))
             }
             Head::Spatial { l0, l2 } => {
                 means.push(h.mean((2, 3))?);
@@ -134,7 +158,7 @@ impl EncoderUNetModel {
                 means.push(h.mean((2, 3))?);
                 let f = Tensor::cat(&means, 1)?;
                 // GroupNorm over [N, 2048] needs a trailing spatial axis.
-                let g = norm.forward_silu(&l0.forward(&f)?.unsqueeze(2)?)?.squeeze(2)?;
+                let g = norm.forward_silu(ex, &l0.forward(&f)?.unsqueeze(2)?)?.squeeze(2)?;
                 Ok((l3.forward(&g)?, want_features.then_some(g)))
             }
         }

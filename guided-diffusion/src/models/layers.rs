@@ -1,6 +1,6 @@
 //! The small building blocks of the ADM networks, with the reference's numerics and
 //! parameter names: GroupNorm32, 3x3 / 1x1 convolutions, linear layers, the sinusoidal timestep
-//! embedding, dropout.
+//! embedding, dropout; and [`Exec`], how a call runs, which a network hands down its blocks.
 //!
 //! Parameters are requested from a `candle_nn::VarBuilder` with PyTorch's default
 //! initialisation as hints, so the same constructors serve loading (hints ignored), fresh
@@ -10,7 +10,47 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::{kernels, Result};
+use crate::kernels::{self, KernelPolicy, WeightForms};
+use crate::Result;
+
+/// How one call of a network runs, handed down its blocks: the [`KernelPolicy`] the network
+/// holds, and whether its weights are frozen (their derived forms kept by the layers that own
+/// them, [`kernels::forms`]). A network holds one ([`Exec::freeze`] and [`Exec::thaw`] change
+/// it); nothing of it is process-wide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exec {
+    pub policy: KernelPolicy,
+    frozen: bool,
+    /// Counts the freezes, so that forms kept before a write (and a new freeze) are dropped.
+    generation: u64,
+}
+
+impl Exec {
+    pub fn new(policy: KernelPolicy) -> Self {
+        Exec { policy, ..Exec::default() }
+    }
+
+    /// From now on the weights are not written: their derived forms are made once and kept.
+    /// Freezing again (after writing the weights) drops the forms kept before.
+    pub fn freeze(&mut self) {
+        self.generation += 1;
+        self.frozen = true;
+    }
+
+    /// The weights may be written: derived forms are made per call again.
+    pub fn thaw(&mut self) {
+        self.frozen = false;
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// The generation whose forms a layer may keep (`None`: not frozen).
+    pub fn forms_generation(&self) -> Option<u64> {
+        self.frozen.then_some(self.generation)
+    }
+}
 
 /// PyTorch's default init for conv / linear weights: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
 fn torch_uniform(fan_in: usize) -> Init {
@@ -49,11 +89,13 @@ impl GroupNorm32 {
     /// The fused kernel, or `None` where it does not apply.
     fn fused(
         &self,
+        ex: &Exec,
         x: &Tensor,
         scale_shift: Option<&Tensor>,
         silu: bool,
     ) -> Result<Option<Tensor>> {
         Ok(kernels::group_norm(
+            &ex.policy,
             x,
             &self.weight,
             &self.bias,
@@ -65,8 +107,8 @@ impl GroupNorm32 {
     }
 
     /// Normalises `[N, C, ...]` in float32 and casts back to the input dtype.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.fused(x, None, false)? {
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(ex, x, None, false)? {
             return Ok(y);
         }
         let dtype = x.dtype();
@@ -77,35 +119,38 @@ impl GroupNorm32 {
     }
 
     /// `silu(GN(x))`, the pair that opens every block.
-    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.fused(x, None, true)? {
+    pub fn forward_silu(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(ex, x, None, true)? {
             return Ok(y);
         }
-        Ok(self.forward(x)?.silu()?)
+        Ok(self.forward(ex, x)?.silu()?)
     }
 
     /// `GN(x) * (1 + scale) + shift` (AdaGN), `scale`/`shift` broadcast from `[N, C, 1, 1]`.
     pub fn forward_scale_shift(
         &self,
+        ex: &Exec,
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
     ) -> Result<Tensor> {
-        self.scale_shift(x, scale, shift, false)
+        self.scale_shift(ex, x, scale, shift, false)
     }
 
     /// `silu(GN(x) * (1 + scale) + shift)`, the AdaGN + SiLU of a ResBlock's out layers.
     pub fn forward_scale_shift_silu(
         &self,
+        ex: &Exec,
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
     ) -> Result<Tensor> {
-        self.scale_shift(x, scale, shift, true)
+        self.scale_shift(ex, x, scale, shift, true)
     }
 
     fn scale_shift(
         &self,
+        ex: &Exec,
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
@@ -113,23 +158,25 @@ impl GroupNorm32 {
     ) -> Result<Tensor> {
         if scale.dims() == shift.dims() && scale.rank() >= 2 {
             let ss = Tensor::cat(&[scale, shift], 1)?;
-            if let Some(y) = self.fused(x, Some(&ss), silu)? {
+            if let Some(y) = self.fused(ex, x, Some(&ss), silu)? {
                 return Ok(y);
             }
         }
-        let h = self.forward(x)?;
+        let h = self.forward(ex, x)?;
         let h = h.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?;
         Ok(if silu { h.silu()? } else { h })
     }
 }
 
-/// A 2-D convolution (`nn.Conv2d`) with bias, square kernel.
+/// A 2-D convolution (`nn.Conv2d`) with bias, square kernel, and the derived forms of its
+/// weight while its network is frozen.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
     bias: Tensor,
     stride: usize,
     padding: usize,
+    forms: WeightForms,
 }
 
 impl Conv2d {
@@ -150,7 +197,7 @@ impl Conv2d {
         };
         let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", wi)?;
         let bias = vb.get_with_hints(cout, "bias", bi)?;
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, forms: WeightForms::default() })
     }
 
     /// 3x3, padding 1, stride 1 (`conv_nd(2, cin, cout, 3, padding=1)`).
@@ -162,9 +209,17 @@ impl Conv2d {
         self.weight.dims()[1]
     }
 
-    /// The fast CPU kernel when enabled (see [`crate::kernels`]), candle's `conv2d` otherwise.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)?)
+    /// Whether the derived forms of the weight are kept (for tests).
+    pub fn keeps_forms(&self) -> bool {
+        self.forms.is_kept()
+    }
+
+    /// The fast CPU kernel when the policy has it (see [`crate::kernels`]), candle's `conv2d`
+    /// otherwise.
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
+        let forms = self.forms.for_call(&self.weight, ex.forms_generation());
+        let (w, b) = (&self.weight, Some(&self.bias));
+        Ok(kernels::conv2d(&ex.policy, x, w, b, self.stride, self.padding, forms)?)
     }
 }
 
@@ -174,11 +229,11 @@ impl Conv2d {
 pub struct Conv1x1 {
     /// `[cout, cin]`
     weight: Tensor,
-    /// The same weight as `[cout, cin, 1, 1]`, made once: the convolution kernels key a frozen
-    /// weight's derived forms (e.g. its bf16 packing) by tensor id, so the view must not be
-    /// remade per call.
+    /// The same weight as `[cout, cin, 1, 1]`, for the convolution kernel.
     weight_4d: Tensor,
     bias: Tensor,
+    /// Derived forms of `weight_4d` (e.g. its bf16 packing) while the network is frozen.
+    forms: WeightForms,
 }
 
 impl Conv1x1 {
@@ -203,24 +258,25 @@ impl Conv1x1 {
         };
         let bias = vb.get_with_hints(cout, "bias", bi)?;
         let weight_4d = weight.unsqueeze(2)?.unsqueeze(3)?;
-        Ok(Conv1x1 { weight, weight_4d, bias })
+        Ok(Conv1x1 { weight, weight_4d, bias, forms: WeightForms::default() })
     }
 
     /// `[N, Cin, T] -> [N, Cout, T]`; the fast convolution kernel when it applies (a 1x1
     /// convolution over `[N, Cin, T, 1]`), else a broadcast matmul.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() == 3 && kernels::applies_to(&[x, &self.weight, &self.bias]) {
-            return Ok(kernels::conv2d(&x.unsqueeze(3)?, &self.weight_4d, Some(&self.bias), 1, 0)?
-                .squeeze(3)?);
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 3 && ex.policy.applies_to(&[x, &self.weight, &self.bias]) {
+            let forms = self.forms.for_call(&self.weight_4d, ex.forms_generation());
+            let (x4, w, b) = (x.unsqueeze(3)?, &self.weight_4d, Some(&self.bias));
+            return Ok(kernels::conv2d(&ex.policy, &x4, w, b, 1, 0, forms)?.squeeze(3)?);
         }
         let y = self.weight.broadcast_matmul(x)?;
         Ok(y.broadcast_add(&self.bias.unsqueeze(1)?)?)
     }
 
     /// `[N, Cin, H, W] -> [N, Cout, H, W]`
-    pub fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward_2d(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let y = self.forward(&x.reshape((n, c, h * w))?)?;
+        let y = self.forward(ex, &x.reshape((n, c, h * w))?)?;
         Ok(y.reshape((n, (), h, w))?)
     }
 }
@@ -267,8 +323,8 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
 }
 
 /// Softmax over the last dimension, computed in float32 (differentiable).
-pub fn softmax_last_f32(x: &Tensor) -> Result<Tensor> {
-    if let Some(y) = kernels::softmax_last(x)? {
+pub fn softmax_last_f32(policy: &KernelPolicy, x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = kernels::softmax_last(policy, x)? {
         return Ok(y);
     }
     let dtype = x.dtype();

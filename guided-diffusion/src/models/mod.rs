@@ -6,6 +6,11 @@
 //!   `sr_create_model` semantics.
 //! - [`layers`], [`resblock`], [`attention`], [`trunk`]: the blocks.
 //! - [`unet`], [`classifier`]: the three networks; [`Net`] holds any of them.
+//!
+//! A network holds how its calls run ([`Exec`]): the kernel policy the program chose
+//! ([`Net::set_policy`]) and whether its weights are frozen ([`Net::freeze`]: their derived
+//! forms are kept by the layers; the `load*` functions freeze, as the file's weights are held by
+//! nothing else).
 pub mod attention;
 pub mod classifier;
 pub mod config;
@@ -25,9 +30,11 @@ use candle_nn::VarBuilder;
 pub use classifier::EncoderUNetModel;
 pub use config::{EncoderConfig, NetConfig, Pool, UNetConfig};
 pub use flags::{ClassifierFlags, ModelFlags, SuperResFlags};
+pub use layers::Exec;
 pub use unet::{SuperResModel, UNetModel};
 
 use crate::checkpoint::{self, verify};
+use crate::kernels::KernelPolicy;
 use crate::{bail, Error, Result};
 
 /// Any of the three networks.
@@ -50,7 +57,7 @@ impl Net {
     }
 
     /// Builds the network from a state dict, failing with a report of every mismatching key.
-    /// `source` names the file in errors.
+    /// `source` names the file in errors. Not frozen: the caller may hold the tensors too.
     pub fn from_tensors(
         config: &NetConfig,
         tensors: HashMap<String, Tensor>,
@@ -61,8 +68,8 @@ impl Net {
         verify::build_checked(tensors, source, device, |vb| Net::new(config, vb))
     }
 
-    /// Loads weights (`.pt` or `.safetensors`) for `config`. If the file embeds a config of its
-    /// own and it disagrees with `config`, the error names the differing arguments.
+    /// Loads weights (`.pt` or `.safetensors`) for `config`, frozen. If the file embeds a config
+    /// of its own and it disagrees with `config`, the error names the differing arguments.
     pub fn load_with_config(
         config: &NetConfig,
         weights: impl AsRef<Path>,
@@ -88,10 +95,10 @@ impl Net {
                 );
             }
         }
-        Self::from_tensors(config, sd.tensors, &weights.display().to_string(), device)
+        Self::from_tensors(config, sd.tensors, &weights.display().to_string(), device).map(frozen)
     }
 
-    /// Loads a checkpoint that embeds its config (our safetensors).
+    /// Loads a checkpoint that embeds its config (our safetensors), frozen.
     pub fn load_embedded(weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let weights = weights.as_ref();
         let sd = checkpoint::read(weights, device)?;
@@ -101,10 +108,10 @@ impl Net {
                 weights.display()
             );
         };
-        Self::from_tensors(&config, sd.tensors, &weights.display().to_string(), device)
+        Self::from_tensors(&config, sd.tensors, &weights.display().to_string(), device).map(frozen)
     }
 
-    /// Loads a network from a model description (`{"builder", "kwargs"}` JSON, as the golden
+    /// Loads a network (frozen) from a model description (`{"builder", "kwargs"}` JSON, as the golden
     /// `model_<name>.json` files) and a weights file.
     pub fn load(
         json_path: impl AsRef<Path>,
@@ -146,6 +153,53 @@ impl Net {
         }
     }
 
+    /// How calls run: the kernel policy and whether the weights are frozen.
+    pub fn exec(&self) -> &Exec {
+        match self {
+            Net::UNet(m) => m.exec(),
+            Net::SuperRes(m) => m.exec(),
+            Net::Classifier(m) => m.exec(),
+        }
+    }
+
+    fn exec_mut(&mut self) -> &mut Exec {
+        match self {
+            Net::UNet(m) => m.exec_mut(),
+            Net::SuperRes(m) => m.exec_mut(),
+            Net::Classifier(m) => m.exec_mut(),
+        }
+    }
+
+    /// The kernel policy the calls run with.
+    pub fn policy(&self) -> KernelPolicy {
+        self.exec().policy
+    }
+
+    /// Sets the kernel policy the calls run with (the default until set).
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.exec_mut().policy = policy;
+    }
+
+    /// This network with `policy`.
+    pub fn with_policy(mut self, policy: KernelPolicy) -> Self {
+        self.set_policy(policy);
+        self
+    }
+
+    /// Declares the weights fixed from now on: the layers keep their derived forms (Winograd
+    /// transforms, flipped and packed weights) across calls. Nobody may write the weights while
+    /// frozen; after writing them, freeze again (which drops the forms kept before) or
+    /// [`thaw`](Self::thaw). A network built on tensors someone else updates in place (the
+    /// EMA's, `train::Ema`) is best left unfrozen.
+    pub fn freeze(&mut self) {
+        self.exec_mut().freeze();
+    }
+
+    /// The weights may be written: derived forms are made per call again.
+    pub fn thaw(&mut self) {
+        self.exec_mut().thaw();
+    }
+
     /// One call of the network: `x [N, C, H, W]` f32, `t [N]` f32 timesteps as the network sees
     /// them, `y [N]` class labels (class-conditional models), `low_res` (super-res models).
     /// A classifier returns logits `[N, classes]` and ignores `y`. Differentiable in `x`.
@@ -172,4 +226,10 @@ impl Net {
             Net::Classifier(m) => m.forward(x, &t),
         }
     }
+}
+
+/// `net`, frozen (the loaders' networks hold the only handle to the weights they read).
+fn frozen(mut net: Net) -> Net {
+    net.freeze();
+    net
 }

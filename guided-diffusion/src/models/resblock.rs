@@ -9,14 +9,14 @@
 use candle_core::Tensor;
 use candle_nn::{Module, VarBuilder};
 
-use super::layers::{dropout, linear, Conv1x1, Conv2d, GroupNorm32};
+use super::layers::{dropout, linear, Conv1x1, Conv2d, Exec, GroupNorm32};
 use crate::Result;
 
 /// Nearest-neighbour x2 upsampling (`F.interpolate(scale_factor=2, mode="nearest")`).
 /// Not candle's `upsample_nearest2d`: its backward overwrites instead of accumulating the input
 /// gradient (candle 0.11), which would drop the skip path's gradient in up-sampling ResBlocks.
-pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    Ok(crate::kernels::upsample_nearest2x(x)?)
+pub fn upsample_nearest2x(ex: &Exec, x: &Tensor) -> Result<Tensor> {
+    Ok(crate::kernels::upsample_nearest2x(&ex.policy, x)?)
 }
 
 /// 2x2 average pooling with stride 2 (`AvgPool2d(2, 2)`).
@@ -33,10 +33,10 @@ pub enum Resample {
 }
 
 impl Resample {
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
+    fn apply(self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
         match self {
             Resample::None => Ok(x.clone()),
-            Resample::Up => upsample_nearest2x(x),
+            Resample::Up => upsample_nearest2x(ex, x),
             Resample::Down => avg_pool2x(x),
         }
     }
@@ -98,25 +98,25 @@ impl ResBlock {
     }
 
     /// `x: [N, C, H, W]`, `emb: [N, E]`.
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.in_norm.forward_silu(x)?;
-        let h = self.resample.apply(&h)?;
-        let x = self.resample.apply(x)?;
-        let h = self.in_conv.forward(&h)?;
+    pub fn forward(&self, ex: &Exec, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.in_norm.forward_silu(ex, x)?;
+        let h = self.resample.apply(ex, &h)?;
+        let x = self.resample.apply(ex, x)?;
+        let h = self.in_conv.forward(ex, &h)?;
         let emb_out = self.emb_linear.forward(&emb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = if self.scale_shift {
             let half = emb_out.dim(1)? / 2;
             let scale = emb_out.narrow(1, 0, half)?;
             let shift = emb_out.narrow(1, half, half)?;
-            self.out_norm.forward_scale_shift_silu(&h, &scale, &shift)?
+            self.out_norm.forward_scale_shift_silu(ex, &h, &scale, &shift)?
         } else {
-            self.out_norm.forward_silu(&h.broadcast_add(&emb_out)?)?
+            self.out_norm.forward_silu(ex, &h.broadcast_add(&emb_out)?)?
         };
         let h = dropout(&h, self.dropout, train)?;
-        let h = self.out_conv.forward(&h)?;
+        let h = self.out_conv.forward(ex, &h)?;
         let skip = match &self.skip {
             Skip::Identity => x,
-            Skip::Conv1x1(c) => c.forward_2d(&x)?,
+            Skip::Conv1x1(c) => c.forward_2d(ex, &x)?,
         };
         Ok((skip + h)?)
     }
@@ -143,9 +143,9 @@ impl Downsample {
         Ok(Downsample { conv })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
         match &self.conv {
-            Some(c) => c.forward(x),
+            Some(c) => c.forward(ex, x),
             None => avg_pool2x(x),
         }
     }
@@ -172,10 +172,10 @@ impl Upsample {
         Ok(Upsample { conv })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = upsample_nearest2x(x)?;
+    pub fn forward(&self, ex: &Exec, x: &Tensor) -> Result<Tensor> {
+        let h = upsample_nearest2x(ex, x)?;
         match &self.conv {
-            Some(c) => c.forward(&h),
+            Some(c) => c.forward(ex, &h),
             None => Ok(h),
         }
     }

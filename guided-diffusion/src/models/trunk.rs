@@ -6,7 +6,7 @@ use candle_nn::{Module, VarBuilder};
 
 use super::attention::AttentionBlock;
 use super::config::TrunkConfig;
-use super::layers::{linear, timestep_embedding, Conv2d};
+use super::layers::{linear, timestep_embedding, Conv2d, Exec};
 use super::resblock::{Downsample, ResBlock, Resample, Upsample};
 use crate::Result;
 
@@ -25,15 +25,15 @@ pub enum Layer {
 pub struct Sequential(pub Vec<Layer>);
 
 impl Sequential {
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, ex: &Exec, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for layer in &self.0 {
             h = match layer {
-                Layer::Conv(c) => c.forward(&h)?,
-                Layer::Res(r) => r.forward(&h, emb, train)?,
-                Layer::Attn(a) => a.forward(&h)?,
-                Layer::Down(d) => d.forward(&h)?,
-                Layer::Up(u) => u.forward(&h)?,
+                Layer::Conv(c) => c.forward(ex, &h)?,
+                Layer::Res(r) => r.forward(ex, &h, emb, train)?,
+                Layer::Attn(a) => a.forward(ex, &h)?,
+                Layer::Down(d) => d.forward(ex, &h)?,
+                Layer::Up(u) => u.forward(ex, &h)?,
             };
         }
         Ok(h)

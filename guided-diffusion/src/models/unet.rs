@@ -5,9 +5,10 @@ use candle_nn::VarBuilder;
 
 use super::attention::AttentionBlock;
 use super::config::UNetConfig;
-use super::layers::{embedding, Conv2d, GroupNorm32};
+use super::layers::{embedding, Conv2d, Exec, GroupNorm32};
 use super::resblock::{ResBlock, Resample};
 use super::trunk::{up_layer, Layer, Sequential, TimeEmbed, Trunk};
+use crate::kernels::KernelPolicy;
 use crate::{bail, Result};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,7 @@ pub struct UNetModel {
     out_norm: GroupNorm32,
     out_conv: Conv2d,
     training: bool,
+    exec: Exec,
 }
 
 impl UNetModel {
@@ -94,6 +96,7 @@ impl UNetModel {
             out_norm,
             out_conv,
             training: false,
+            exec: Exec::default(),
         })
     }
 
@@ -104,6 +107,25 @@ impl UNetModel {
     /// Dropout is active only in training mode (the reference's `model.train()`).
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    /// How calls run: the kernel policy and whether the weights are frozen.
+    pub fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    pub fn exec_mut(&mut self) -> &mut Exec {
+        &mut self.exec
+    }
+
+    /// The kernel policy calls run with (the default until set).
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.exec.policy = policy;
+    }
+
+    /// Whether the weights' derived forms are kept by `out_conv` (for tests).
+    pub fn keeps_weight_forms(&self) -> bool {
+        self.out_conv.keeps_forms()
     }
 
     /// The timestep (+ class) embedding.
@@ -149,20 +171,20 @@ impl UNetModel {
             bail!("input size {h}x{w} is not divisible by {down}, the model's total downsampling");
         }
         let emb = self.embed(x, t, y)?;
-        let train = self.training;
+        let (ex, train) = (&self.exec, self.training);
         let mut hs = Vec::with_capacity(self.trunk.input_blocks.len());
         let mut h = x.clone();
         for block in &self.trunk.input_blocks {
-            h = block.forward(&h, &emb, train)?;
+            h = block.forward(ex, &h, &emb, train)?;
             hs.push(h.clone());
         }
-        h = self.trunk.middle_block.forward(&h, &emb, train)?;
+        h = self.trunk.middle_block.forward(ex, &h, &emb, train)?;
         for block in &self.output_blocks {
             let skip = hs.pop().expect("one skip per output block");
             h = Tensor::cat(&[&h, &skip], 1)?;
-            h = block.forward(&h, &emb, train)?;
+            h = block.forward(ex, &h, &emb, train)?;
         }
-        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
+        self.out_conv.forward(ex, &self.out_norm.forward_silu(ex, &h)?)
     }
 
     fn trunk_in_channels(&self) -> usize {
@@ -193,6 +215,18 @@ impl SuperResModel {
 
     pub fn set_training(&mut self, training: bool) {
         self.unet.set_training(training)
+    }
+
+    pub fn exec(&self) -> &Exec {
+        self.unet.exec()
+    }
+
+    pub fn exec_mut(&mut self) -> &mut Exec {
+        self.unet.exec_mut()
+    }
+
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.unet.set_policy(policy)
     }
 
     pub fn forward(

@@ -206,8 +206,6 @@ impl Sampling<'_> {
         let num_batches = req.num_samples.div_ceil(req.batch_size);
         // Checked before any batch runs (a bad spec fails at once, not after a batch).
         let steps = self.sampler.build(self.diffusion)?.num_steps().unwrap_or(0);
-        // Derived weight forms are kept across batches, not just within one loop.
-        let _frozen = crate::kernels::freeze();
         let mut out = Vec::with_capacity(num_batches);
         let mut floats = Vec::new();
         let mut nfe_per_batch = Vec::with_capacity(num_batches);

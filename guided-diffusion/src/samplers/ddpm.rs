@@ -80,8 +80,6 @@ pub(crate) fn respaced_loop(
 ) -> Result<Tensor> {
     let n = x.dim(0)?;
     let num_steps = d.num_timesteps();
-    // The weights stay as they are for the whole loop: keep their derived forms.
-    let _frozen = crate::kernels::freeze();
     let mut img = x.detach();
     for (index, ti) in order.enumerate() {
         let out = step(&img, &vec![ti; n])?;

@@ -825,8 +825,6 @@ impl Sampler for DpmSolver {
     ) -> Result<Tensor> {
         let mut callback = callback;
         self.nfe = 0;
-        // The weights stay as they are for the whole run: keep their derived forms.
-        let _frozen = crate::kernels::freeze();
         let x = x_t.detach();
         let x = match self.config.method {
             Method::Multistep => self.sample_multistep(denoiser, &x, &mut callback)?,

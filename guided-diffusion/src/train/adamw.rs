@@ -49,6 +49,8 @@ pub struct AdamState {
 
 pub struct AdamW {
     pub config: AdamWConfig,
+    /// Whether the updates are the fused in-place kernels (`policy.fast`; the same bits).
+    pub policy: kernels::KernelPolicy,
     /// In [`ParamSet`] order.
     state: Vec<AdamState>,
 }
@@ -66,7 +68,7 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, state })
+        Ok(Self { config, policy: kernels::KernelPolicy::default(), state })
     }
 
     pub fn lr(&self) -> f64 {
@@ -134,6 +136,7 @@ impl AdamW {
             },
         };
         let done = update::adamw_ema_step(
+            &self.policy,
             var.as_tensor(),
             &g.detach(),
             &st.exp_avg,
@@ -151,7 +154,7 @@ impl AdamW {
     /// [`AdamW::step`] does for each parameter, so that a caller can interleave other passes
     /// over the same parameter while it is in cache (the trainer's EMA and norm).
     pub fn step_param(&mut self, i: usize, var: &Var, g: &Tensor) -> Result<()> {
-        let c = self.config;
+        let (c, policy) = (self.config, self.policy);
         let Some(st) = self.state.get_mut(i) else {
             bail!("optimizer: no state for parameter {i} of {}", self.state.len());
         };
@@ -163,7 +166,7 @@ impl AdamW {
         let bias_correction1 = 1.0 - c.beta1.powi(t);
         let bias_correction2 = 1.0 - c.beta2.powi(t);
         let step_size = c.lr / bias_correction1;
-        if kernels::update::applies(&[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
+        if kernels::update::applies(&policy, &[var.as_tensor(), g, &st.exp_avg, &st.exp_avg_sq]) {
             // The same f32 operations as below, in one in-place pass per tensor.
             st.exp_avg
                 .inplace_op2(g, &update::FirstMoment { one_minus_beta1: (1.0 - c.beta1) as f32 })?;

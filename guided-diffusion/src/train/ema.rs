@@ -4,13 +4,16 @@
 use candle_core::Tensor;
 
 use super::params::ParamSet;
-use crate::kernels;
+use crate::kernels::{self, KernelPolicy};
 use crate::{bail, Result};
 
 pub struct Ema {
     pub rate: f64,
-    /// In [`ParamSet`] order; on the CPU updated in place (clones share the update).
+    /// In [`ParamSet`] order; on the CPU updated in place (clones share the update, so a
+    /// network built on them must not be frozen: `models::Net::freeze`).
     pub params: Vec<Tensor>,
+    /// Whether the update is the in-place kernel (`policy.fast`; the same bits).
+    pub policy: KernelPolicy,
 }
 
 impl Ema {
@@ -21,7 +24,7 @@ impl Ema {
             .iter()
             .map(|t| t.detach().copy())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { rate, params })
+        Ok(Self { rate, params, policy: KernelPolicy::default() })
     }
 
     pub fn update(&mut self, params: &ParamSet) -> Result<()> {
@@ -36,7 +39,7 @@ impl Ema {
         let Some(e) = self.params.get_mut(i) else {
             bail!("EMA: no average for parameter {i} of {}", self.params.len());
         };
-        if kernels::update::applies(&[e, p]) {
+        if kernels::update::applies(&self.policy, &[e, p]) {
             // The same f32 operations as below, in one in-place pass.
             let op = kernels::update::EmaStep {
                 rate: self.rate as f32,

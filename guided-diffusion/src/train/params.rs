@@ -9,6 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
+use crate::kernels::KernelPolicy;
 use crate::{bail, Result};
 
 /// Named trainable tensors, sorted by name.
@@ -86,17 +87,18 @@ impl ParamSet {
     }
 
     /// Squared L2 norm over all parameters (f32 sums per tensor, added in f64).
-    pub fn sq_norm(&self) -> Result<f64> {
-        sq_norm(self.vars.iter().map(|v| v.as_tensor()))
+    pub fn sq_norm(&self, policy: &KernelPolicy) -> Result<f64> {
+        sq_norm(policy, self.vars.iter().map(|v| v.as_tensor()))
     }
 }
 
 /// Sum of squares of tensors, each reduced on its device in f32 and added up in f64 (on the CPU
-/// in one pass with f32 partial sums per block, see `kernels::update::sum_sq`).
-pub fn sq_norm<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<f64> {
+/// with the fast kernels in one pass with f32 partial sums per block, see
+/// `kernels::update::sum_sq`).
+pub fn sq_norm<'a>(policy: &KernelPolicy, ts: impl Iterator<Item = &'a Tensor>) -> Result<f64> {
     let mut acc = 0f64;
     for t in ts {
-        acc += match crate::kernels::update::sum_sq(t) {
+        acc += match crate::kernels::update::sum_sq(policy, t) {
             Some(s) => s,
             None => {
                 t.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
@@ -131,7 +133,7 @@ impl Grads {
     }
 
     /// Squared L2 norm of all present gradients.
-    pub fn sq_norm(&self) -> Result<f64> {
-        sq_norm(self.grads.iter().flatten())
+    pub fn sq_norm(&self, policy: &KernelPolicy) -> Result<f64> {
+        sq_norm(policy, self.grads.iter().flatten())
     }
 }

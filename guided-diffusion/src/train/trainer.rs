@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// Extra metadata written into every checkpoint (e.g. the model and diffusion configs, so
     /// the files load without flags).
     pub metadata: std::collections::HashMap<String, String>,
+    /// How the optimizer, EMA and norm passes compute (the fused in-place kernels with
+    /// `fast`; the same bits either way). The network's own policy is the network's.
+    pub policy: crate::kernels::KernelPolicy,
 }
 
 impl TrainConfig {
@@ -87,6 +90,7 @@ impl TrainConfig {
             config_json: "{}".into(),
             checkpoint_dir: checkpoint_dir.into(),
             metadata: std::collections::HashMap::new(),
+            policy: crate::kernels::KernelPolicy::default(),
         }
     }
 }
@@ -147,11 +151,16 @@ impl<O: Objective> TrainLoop<O> {
                 v.set(t)?;
             }
         }
-        let opt = AdamW::new(
+        let mut opt = AdamW::new(
             &params,
             AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..AdamWConfig::default() },
         )?;
-        let emas = cfg.ema_rates.iter().map(|&r| Ema::new(r, &params)).collect::<Result<_>>()?;
+        opt.policy = cfg.policy;
+        let emas = cfg
+            .ema_rates
+            .iter()
+            .map(|&r| Ok(Ema { policy: cfg.policy, ..Ema::new(r, &params)? }))
+            .collect::<Result<_>>()?;
         Ok(Self {
             cfg,
             params,
@@ -262,7 +271,7 @@ impl<O: Objective> TrainLoop<O> {
             for (&i, t) in present.iter().zip(ts) {
                 grads.grads[i] = Some(t);
             }
-            grad_norm = grads.sq_norm()?.sqrt();
+            grad_norm = grads.sq_norm(&self.cfg.policy)?.sqrt();
             // The averaged gradients are the same on every rank; agree anyway, cheaply.
             bad = self.dist.any(!grad_norm.is_finite())?;
         }
@@ -306,7 +315,7 @@ impl<O: Objective> TrainLoop<O> {
                     continue;
                 }
             }
-            param_sq += sq_norm(std::iter::once(var.as_tensor()))?;
+            param_sq += sq_norm(&self.cfg.policy, std::iter::once(var.as_tensor()))?;
             if let Some(g) = g {
                 self.opt.step_param(i, var, g)?;
             }
@@ -426,11 +435,11 @@ impl<O: Objective> TrainLoop<O> {
         if self.dist.rank() != 0 {
             return self.dist.barrier();
         }
-        if !self.params.sq_norm()?.is_finite() {
+        if !self.params.sq_norm(&self.cfg.policy)?.is_finite() {
             bail!("step {}: parameters are not finite; refusing to write a checkpoint", self.step);
         }
         for e in &self.emas {
-            if !super::params::sq_norm(e.params.iter())?.is_finite() {
+            if !super::params::sq_norm(&self.cfg.policy, e.params.iter())?.is_finite() {
                 bail!(
                     "step {}: EMA {} is not finite; refusing to write a checkpoint",
                     self.step,
@@ -526,6 +535,7 @@ impl<O: Objective> TrainLoop<O> {
                     e.rate
                 ));
                 *e = Ema::new(e.rate, &self.params)?;
+                e.policy = self.cfg.policy;
             }
         }
         let p = dir.join(ckpt::opt_file_name(step));

@@ -1,13 +1,13 @@
 //! Parity of the smaller kernels with candle: per-channel sums (bias gradients), nearest 2x
 //! upsampling and its adjoint, softmax, QKV attention; plus the candle upsampling backward
 //! bug the fast op avoids.
-//! (`Conv1x1` on and off the fast path: see `kernels_switch.rs`.)
-mod support;
-
+//! (`Conv1x1` on and off the fast path: see `policy`.)
 use candle_core::{DType, Device, Tensor, Var};
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::{self, KernelPolicy};
 use rand::{rngs::StdRng, SeedableRng};
-use support::rand_tensor;
+
+use crate::support::rand_tensor;
+use crate::FAST;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -25,22 +25,20 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn kernels_channel_sum_matches_candle() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(1);
     for shape in [&[3usize, 5, 4, 7][..], &[1, 2, 3], &[2, 4]] {
         let x = rand_tensor(&mut rng, shape);
         let axes: Vec<usize> = (0..shape.len()).filter(|&a| a != 1).collect();
         let want = x.sum(axes).unwrap();
-        assert!(max_diff(&kernels::channel_sum(&x).unwrap(), &want) < 1e-5, "{shape:?}");
+        assert!(max_diff(&kernels::channel_sum(&FAST, &x).unwrap(), &want) < 1e-5, "{shape:?}");
     }
 }
 
 #[test]
 fn kernels_upsample_and_sum_pool_match_candle() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(2);
     let x = Var::from_tensor(&rand_tensor(&mut rng, &[2, 3, 5, 4])).unwrap();
-    let up = kernels::upsample_nearest2x(&x).unwrap();
+    let up = kernels::upsample_nearest2x(&FAST, &x).unwrap();
     assert_eq!(max_diff(&up, &x.upsample_nearest2d(10, 8).unwrap()), 0.0);
     // The adjoint: <up(x), r> == <x, pool(r)>, and the gradient is pool(r).
     let r = rand_tensor(&mut rng, &[2, 3, 10, 8]);
@@ -56,12 +54,11 @@ fn kernels_upsample_and_sum_pool_match_candle() {
 /// for its input; the fast op adds to it. `d/dx [sum(up(x)) + 10 sum(x)] = 4 + 10`.
 #[test]
 fn kernels_upsample_gradient_accumulates() {
-    kernels::set_enabled(true);
     let x =
         Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
     let loss =
         |up: Tensor| (up.sum_all().unwrap() + (x.sum_all().unwrap() * 10.0).unwrap()).unwrap();
-    let g = loss(kernels::upsample_nearest2x(&x).unwrap()).backward().unwrap();
+    let g = loss(kernels::upsample_nearest2x(&FAST, &x).unwrap()).backward().unwrap();
     let got: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(got, vec![14.0; 4]);
     let g = loss(x.upsample_nearest2d(4, 4).unwrap()).backward().unwrap();
@@ -79,7 +76,6 @@ fn kernels_upsample_gradient_accumulates() {
 /// one element.
 #[test]
 fn kernels_softmax_matches_candle() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(9);
     for shape in [&[3usize, 17][..], &[2, 4, 64], &[5, 1], &[1, 1000]] {
         let x = Var::from_tensor(&(rand_tensor(&mut rng, shape) * 30.0).unwrap()).unwrap();
@@ -87,7 +83,7 @@ fn kernels_softmax_matches_candle() {
         let max = x.max_keepdim(candle_core::D::Minus1).unwrap().detach();
         let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
         let want = e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1).unwrap()).unwrap();
-        let got = kernels::softmax_last(&x).unwrap().unwrap();
+        let got = kernels::softmax_last(&FAST, &x).unwrap().unwrap();
         assert!(max_diff(&got, &want) < 1e-6, "{shape:?} forward");
         let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gg = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -100,7 +96,6 @@ fn kernels_softmax_matches_candle() {
 #[test]
 fn kernels_qkv_attention_matches_candle() {
     use guided_diffusion::models::attention::{qkv_attention, HeadOrder};
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(10);
     // The last case has several blocks of query rows (64 each), the last one partial.
     for &(b, heads, ch, t) in
@@ -112,10 +107,9 @@ fn kernels_qkv_attention_matches_candle() {
                 Var::from_tensor(&(rand_tensor(&mut rng, &[b, 3 * heads * ch, t]) * 2.0).unwrap())
                     .unwrap();
             let r = rand_tensor(&mut rng, &[b, heads * ch, t]);
-            // The model's path uses `softmax_last_f32`, itself fused while the kernels are on;
-            // that softmax is checked against candle's ops in kernels_softmax_matches_candle.
-            let want = qkv_attention(&qkv, heads, order).unwrap();
-            let got = kernels::qkv_attention(&qkv, heads, new_order).unwrap().unwrap();
+            // The model's path with the fast kernels off: candle's ops throughout.
+            let want = qkv_attention(&KernelPolicy::candle(), &qkv, heads, order).unwrap();
+            let got = kernels::qkv_attention(&FAST, &qkv, heads, new_order).unwrap().unwrap();
             let what = format!("b{b} h{heads} ch{ch} t{t} new={new_order}");
             assert!(max_diff(&got, &want) < 1e-5, "{what}: forward");
             let gw = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -132,12 +126,11 @@ fn kernels_qkv_attention_matches_candle() {
 /// not panics.
 #[test]
 fn kernels_empty_inputs() {
-    kernels::set_enabled(true);
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::zeros((0, 4, 5, 5), DType::F32, &dev).unwrap()).unwrap();
     let w = Var::from_tensor(&Tensor::ones((6, 4, 3, 3), DType::F32, &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::ones(6, DType::F32, &dev).unwrap()).unwrap();
-    let y = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+    let y = kernels::conv2d(&FAST, &x, &w, Some(&b), 1, 1, None).unwrap();
     assert_eq!(y.dims(), [0, 6, 5, 5]);
     let g = y.sum_all().unwrap().backward().unwrap();
     assert_eq!(
@@ -146,17 +139,17 @@ fn kernels_empty_inputs() {
     );
     let g4 = Tensor::ones(4, DType::F32, &dev).unwrap();
     let z4 = Tensor::zeros(4, DType::F32, &dev).unwrap();
-    let gn = kernels::group_norm(&x, &g4, &z4, 2, 1e-5, None, true).unwrap().unwrap();
+    let gn = kernels::group_norm(&FAST, &x, &g4, &z4, 2, 1e-5, None, true).unwrap().unwrap();
     assert_eq!(gn.dims(), [0, 4, 5, 5]);
     gn.sum_all().unwrap().backward().unwrap();
     let xe = Var::from_tensor(&Tensor::zeros((2, 4, 0), DType::F32, &dev).unwrap()).unwrap();
-    let gn = kernels::group_norm(&xe, &g4, &z4, 2, 1e-5, None, false).unwrap().unwrap();
+    let gn = kernels::group_norm(&FAST, &xe, &g4, &z4, 2, 1e-5, None, false).unwrap().unwrap();
     assert_eq!(gn.dims(), [2, 4, 0]);
     gn.sum_all().unwrap().backward().unwrap();
     let qkv = Tensor::zeros((0, 6, 4), DType::F32, &dev).unwrap();
-    assert_eq!(kernels::qkv_attention(&qkv, 1, true).unwrap().unwrap().dims(), [0, 2, 4]);
+    assert_eq!(kernels::qkv_attention(&FAST, &qkv, 1, true).unwrap().unwrap().dims(), [0, 2, 4]);
     assert_eq!(
-        kernels::softmax_last(&Tensor::zeros((3, 0), DType::F32, &dev).unwrap())
+        kernels::softmax_last(&FAST, &Tensor::zeros((3, 0), DType::F32, &dev).unwrap())
             .unwrap()
             .unwrap()
             .dims(),

@@ -5,8 +5,10 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use guided_diffusion::kernels;
-use guided_diffusion::models::layers::GroupNorm32;
+use guided_diffusion::models::layers::{Exec, GroupNorm32};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::FAST;
 
 fn rand_tensor(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
     let n: usize = shape.iter().product();
@@ -32,7 +34,6 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f32) {
 
 /// `dims`: the input shape; `ss`: with AdaGN scale/shift; `silu`: with SiLU.
 fn check(dims: &[usize], groups: usize, ss: bool, silu: bool, seed: u64) {
-    kernels::set_enabled(true);
     let name = format!("{dims:?} g{groups} ss={ss} silu={silu}");
     let mut rng = StdRng::seed_from_u64(seed);
     let (n, c) = (dims[0], dims[1]);
@@ -65,10 +66,18 @@ fn check(dims: &[usize], groups: usize, ss: bool, silu: bool, seed: u64) {
         }
         h
     };
-    let fast =
-        kernels::group_norm(&x, &gamma, &beta, groups, 1e-5, ss.then_some(sst.as_tensor()), silu)
-            .unwrap()
-            .expect("fast path applies");
+    let fast = kernels::group_norm(
+        &FAST,
+        &x,
+        &gamma,
+        &beta,
+        groups,
+        1e-5,
+        ss.then_some(sst.as_tensor()),
+        silu,
+    )
+    .unwrap()
+    .expect("fast path applies");
     assert_close(&format!("{name}: forward"), &fast, &reference, 2e-5);
 
     let r = rand_tensor(&mut rng, dims, -1.0, 1.0);
@@ -105,16 +114,15 @@ fn kernels_group_norm_other_group_counts() {
 
 #[test]
 fn kernels_group_norm_not_applicable_is_none() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(5);
     let x = rand_tensor(&mut rng, &[2, 30, 4, 4], -1.0, 1.0);
     let g = Tensor::ones(30, DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros(30, DType::F32, &Device::Cpu).unwrap();
     // 30 channels in 32 groups; f64 input; 2-D input.
-    assert!(kernels::group_norm(&x, &g, &b, 32, 1e-5, None, true).unwrap().is_none());
+    assert!(kernels::group_norm(&FAST, &x, &g, &b, 32, 1e-5, None, true).unwrap().is_none());
     let x64 = x.to_dtype(DType::F64).unwrap();
-    assert!(kernels::group_norm(&x64, &g, &b, 2, 1e-5, None, true).unwrap().is_none());
-    assert!(kernels::group_norm(&x.flatten_from(1).unwrap(), &g, &b, 2, 1e-5, None, true)
+    assert!(kernels::group_norm(&FAST, &x64, &g, &b, 2, 1e-5, None, true).unwrap().is_none());
+    assert!(kernels::group_norm(&FAST, &x.flatten_from(1).unwrap(), &g, &b, 2, 1e-5, None, true)
         .unwrap()
         .is_none());
 }
@@ -122,7 +130,6 @@ fn kernels_group_norm_not_applicable_is_none() {
 /// The model-facing methods agree with the plain candle composition they replace.
 #[test]
 fn kernels_group_norm32_methods() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(6);
     let vm = VarMap::new();
     let gn = GroupNorm32::new(64, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
@@ -139,18 +146,19 @@ fn kernels_group_norm32_methods() {
     .unwrap()
     .forward(&x)
     .unwrap();
-    assert_close("forward", &gn.forward(&x).unwrap(), &plain, 2e-5);
-    assert_close("forward_silu", &gn.forward_silu(&x).unwrap(), &plain.silu().unwrap(), 2e-5);
+    let ex = Exec::new(FAST);
+    assert_close("forward", &gn.forward(&ex, &x).unwrap(), &plain, 2e-5);
+    assert_close("forward_silu", &gn.forward_silu(&ex, &x).unwrap(), &plain.silu().unwrap(), 2e-5);
     let ada = plain.broadcast_mul(&(&scale + 1.0).unwrap()).unwrap().broadcast_add(&shift).unwrap();
     assert_close(
         "forward_scale_shift",
-        &gn.forward_scale_shift(&x, &scale, &shift).unwrap(),
+        &gn.forward_scale_shift(&ex, &x, &scale, &shift).unwrap(),
         &ada,
         2e-5,
     );
     assert_close(
         "forward_scale_shift_silu",
-        &gn.forward_scale_shift_silu(&x, &scale, &shift).unwrap(),
+        &gn.forward_scale_shift_silu(&ex, &x, &scale, &shift).unwrap(),
         &ada.silu().unwrap(),
         2e-5,
     );

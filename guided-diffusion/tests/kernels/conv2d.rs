@@ -1,13 +1,13 @@
 //! Parity of the fast CPU convolution (`kernels::conv2d`) with candle's plain `conv2d` and its
 //! autograd: forward, input gradient, weight gradient, bias gradient and a second derivative,
 //! on random shapes including stride 2, odd sizes, batch 1 and 1x1 kernels; plus the fallback
-//! rules (other dtypes, the switch).
-mod support;
-
+//! rules (other dtypes; fast kernels off: `policy`).
 use candle_core::{DType, Tensor, Var};
-use guided_diffusion::kernels;
+use guided_diffusion::kernels::{self, KernelPolicy};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use support::rand_tensor;
+
+use crate::support::rand_tensor;
+use crate::FAST;
 
 /// Max |a - b| must stay within `rtol` of max |b| (plus a tiny floor).
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f32) {
@@ -39,7 +39,6 @@ struct Case {
 
 /// Forward and first-order gradients of `sum(conv(x, w) + b) * r)`, fast vs candle.
 fn check(case: &Case, seed: u64) {
-    kernels::set_enabled(true);
     let Case { n, c, h, w, co, k, stride, pad } = *case;
     let name = format!("n{n} c{c} {h}x{w} co{co} k{k} s{stride} p{pad}");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -52,7 +51,7 @@ fn check(case: &Case, seed: u64) {
         .unwrap()
         .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
         .unwrap();
-    let got = kernels::conv2d(&x, &wt, Some(&b), stride, pad).unwrap();
+    let got = kernels::conv2d(&FAST, &x, &wt, Some(&b), stride, pad, None).unwrap();
     assert_close(&format!("{name}: forward"), &got, &want, 1e-5);
 
     let r = rand_tensor(&mut rng, want.dims());
@@ -129,7 +128,6 @@ fn assert_close_f64(what: &str, a: &Tensor, b: &[f64], rtol: f64) {
 /// Random shapes (non-square, odd sizes, stride 2, kernels 1..5) against the direct definition.
 #[test]
 fn kernels_conv2d_matches_definition_on_random_shapes() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(7);
     for i in 0..60 {
         let k = [1, 3, 3, 3, 2, 5][rng.gen_range(0..6)];
@@ -148,7 +146,7 @@ fn kernels_conv2d_matches_definition_on_random_shapes() {
         let name = format!("#{i} n{n} c{c} {h}x{w} co{co} k{k} s{stride} p{pad}");
         let x = Var::from_tensor(&rand_tensor(&mut rng, &[n, c, h, w])).unwrap();
         let wt = Var::from_tensor(&rand_tensor(&mut rng, &[co, c, k, k])).unwrap();
-        let y = kernels::conv2d(&x, &wt, None, stride, pad).unwrap();
+        let y = kernels::conv2d(&FAST, &x, &wt, None, stride, pad, None).unwrap();
         let r = rand_tensor(&mut rng, y.dims());
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -185,7 +183,6 @@ fn kernels_conv2d_large_batch() {
 /// A second derivative through the gradient ops: d/dw of <dL/dx, s>.
 #[test]
 fn kernels_conv2d_second_derivative_matches_candle() {
-    kernels::set_enabled(true);
     for (i, &(stride, pad)) in [(1, 1), (2, 1)].iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(900 + i as u64);
         let x = Var::from_tensor(&rand_tensor(&mut rng, &[2, 3, 8, 8])).unwrap();
@@ -194,7 +191,7 @@ fn kernels_conv2d_second_derivative_matches_candle() {
         let s = rand_tensor(&mut rng, &[2, 3, 8, 8]);
         let second = |fast: bool| {
             let y = if fast {
-                kernels::conv2d(&x, &wt, None, stride, pad).unwrap()
+                kernels::conv2d(&FAST, &x, &wt, None, stride, pad, None).unwrap()
             } else {
                 x.conv2d(&wt, pad, stride, 1, 1).unwrap()
             };
@@ -210,11 +207,10 @@ fn kernels_conv2d_second_derivative_matches_candle() {
 /// No gradient is computed (or needed) for a constant input, e.g. the image fed to the model.
 #[test]
 fn kernels_conv2d_constant_input_gets_no_gradient() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(11);
     let x = rand_tensor(&mut rng, &[2, 3, 6, 6]);
     let wt = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3])).unwrap();
-    let y = kernels::conv2d(&x, &wt, None, 1, 1).unwrap();
+    let y = kernels::conv2d(&FAST, &x, &wt, None, 1, 1, None).unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
     assert!(g.get(&x).is_none());
     let want = x.conv2d(&wt, 1, 1, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
@@ -224,13 +220,12 @@ fn kernels_conv2d_constant_input_gets_no_gradient() {
 /// Non-f32 inputs and mismatched shapes go to candle (same result / same error kind).
 #[test]
 fn kernels_conv2d_falls_back_where_it_does_not_apply() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(12);
     let x = rand_tensor(&mut rng, &[1, 2, 5, 5]);
     let w = rand_tensor(&mut rng, &[3, 2, 3, 3]);
     let x64 = x.to_dtype(DType::F64).unwrap();
     let w64 = w.to_dtype(DType::F64).unwrap();
-    let got = kernels::conv2d(&x64, &w64, None, 1, 1).unwrap();
+    let got = kernels::conv2d(&FAST, &x64, &w64, None, 1, 1, None).unwrap();
     assert_eq!(got.dtype(), DType::F64);
     assert_close(
         "f64 fallback",
@@ -240,25 +235,24 @@ fn kernels_conv2d_falls_back_where_it_does_not_apply() {
     );
     // Channel mismatch: an error, not a panic.
     let bad = rand_tensor(&mut rng, &[3, 4, 3, 3]);
-    assert!(kernels::conv2d(&x, &bad, None, 1, 1).is_err());
+    assert!(kernels::conv2d(&FAST, &x, &bad, None, 1, 1, None).is_err());
     // Kernel larger than the padded input: an error, not a panic.
     let big = rand_tensor(&mut rng, &[3, 2, 9, 9]);
-    assert!(kernels::conv2d(&x, &big, None, 1, 1).is_err());
+    assert!(kernels::conv2d(&FAST, &x, &big, None, 1, 1, None).is_err());
     // The gradient ops reject wrong shapes with errors.
     let gy = rand_tensor(&mut rng, &[1, 3, 4, 4]);
     let p = kernels::ConvParams { stride: 1, padding: 1 };
-    assert!(kernels::conv2d_input_grad(&gy, &w, p, 5, 5).is_err());
-    assert!(kernels::conv2d_weight_grad(&x, &gy, p, 3, 3).is_err());
+    assert!(kernels::conv2d_input_grad(&FAST, &gy, &w, p, (5, 5), None).is_err());
+    assert!(kernels::conv2d_weight_grad(&FAST, &x, &gy, p, 3, 3).is_err());
 }
 
 /// Non-contiguous inputs are accepted (made contiguous first).
 #[test]
 fn kernels_conv2d_non_contiguous_input() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(13);
     let x = rand_tensor(&mut rng, &[2, 3, 6, 7]).transpose(2, 3).unwrap();
     let w = rand_tensor(&mut rng, &[4, 3, 3, 3]);
-    let got = kernels::conv2d(&x, &w, None, 1, 1).unwrap();
+    let got = kernels::conv2d(&FAST, &x, &w, None, 1, 1, None).unwrap();
     assert_close("transposed input", &got, &x.conv2d(&w, 1, 1, 1, 1).unwrap(), 1e-5);
 }
 
@@ -270,7 +264,6 @@ fn kernels_conv2d_non_contiguous_input() {
 /// next to the direct path's.
 #[test]
 fn kernels_conv2d_winograd_matches_definition() {
-    kernels::set_enabled(true);
     let mut rng = StdRng::seed_from_u64(11);
     for case in [
         Case { n: 1, c: 48, h: 32, w: 32, co: 40, k: 3, stride: 1, pad: 1 },
@@ -289,7 +282,7 @@ fn kernels_conv2d_winograd_matches_definition() {
             &(rand_tensor(&mut rng, &[co, c, 3, 3]) * (3.0 / (9.0 * c as f64)).sqrt()).unwrap(),
         )
         .unwrap();
-        let y = kernels::conv2d(&x, &wt, None, 1, pad).unwrap();
+        let y = kernels::conv2d(&FAST, &x, &wt, None, 1, pad, None).unwrap();
         let r = rand_tensor(&mut rng, y.dims());
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -301,12 +294,11 @@ fn kernels_conv2d_winograd_matches_definition() {
         };
         let (ey, edx, edw) =
             (rel(&y, &wy), rel(g.get(&x).unwrap(), &wdx), rel(g.get(&wt).unwrap(), &wdw));
-        kernels::set_winograd(false);
-        let yd = kernels::conv2d(&x, &wt, None, 1, pad).unwrap();
+        let direct = KernelPolicy { winograd: false, ..FAST };
+        let yd = kernels::conv2d(&direct, &x, &wt, None, 1, pad, None).unwrap();
         let gd = (&yd * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let (dy, ddx, ddw) =
             (rel(&yd, &wy), rel(gd.get(&x).unwrap(), &wdx), rel(gd.get(&wt).unwrap(), &wdw));
-        kernels::set_winograd(true);
         println!(
             "{name}: max error / max |value|, Winograd vs direct: output {ey:.1e} vs {dy:.1e}, \
              input grad {edx:.1e} vs {ddx:.1e}, weight grad {edw:.1e} vs {ddw:.1e}"

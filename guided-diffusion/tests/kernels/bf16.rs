@@ -1,16 +1,15 @@
-//! bf16 inference scopes (`kernels::bf16`): inside one, a convolution's forward equals the f32
+//! bf16 policies (`kernels::bf16`): with one, a convolution's forward equals the f32
 //! convolution of its inputs and weights rounded to bf16 (up to the order of the f32 sums),
 //! through AMX where the CPU has it and through the rounding + f32 product everywhere; so does
 //! the input gradient of a stride-1 convolution (classifier guidance), while other input
-//! gradients stay f32; attention's forward products are bf16 and its backward f32; outside the
-//! scope nothing changes. One test function, because the scope
-//! and the AMX switch are process-wide.
-mod support;
-
+//! gradients stay f32; attention's forward products are bf16 and its backward f32; with an
+//! f32 policy nothing changes.
 use candle_core::{Device, Tensor, Var};
-use guided_diffusion::kernels::{self, amx, bf16};
+use guided_diffusion::kernels::{self, amx, bf16, KernelPolicy, Precision, WeightForms};
 use rand::{rngs::StdRng, SeedableRng};
-use support::rand_tensor;
+
+use crate::support::rand_tensor;
+use crate::FAST;
 
 fn vals(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -21,8 +20,25 @@ fn rounded(t: &Tensor) -> Tensor {
     Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
 }
 
-/// (y, dx) of `sum(conv(x, w, b) * r)`.
+/// (y, dx) of `sum(conv(x, w, b) * r)` with `policy`, and `forms` kept for a frozen weight.
+fn run_with(
+    policy: &KernelPolicy,
+    x: &Var,
+    (w, b): (&Tensor, &Tensor),
+    r: &Tensor,
+    (stride, pad): (usize, usize),
+    forms: Option<&WeightForms>,
+) -> (Vec<f32>, Vec<f32>) {
+    let kept = forms.and_then(|f| f.for_call(w, Some(1)));
+    let y = kernels::conv2d(policy, x, w, Some(b), stride, pad, kept).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    (vals(&y), vals(g.get(x).unwrap()))
+}
+
+/// [`run_with`] without kept forms.
+#[allow(clippy::too_many_arguments)]
 fn run(
+    policy: &KernelPolicy,
     x: &Var,
     w: &Tensor,
     b: &Tensor,
@@ -30,15 +46,22 @@ fn run(
     stride: usize,
     pad: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let y = kernels::conv2d(x, w, Some(b), stride, pad).unwrap();
-    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    (vals(&y), vals(g.get(x).unwrap()))
+    run_with(policy, x, (w, b), r, (stride, pad), None)
 }
 
 /// The weight gradient of `sum(conv(x, w, b) * r)` for a variable weight.
-fn run_dw(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, stride: usize, pad: usize) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn run_dw(
+    policy: &KernelPolicy,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Vec<f32> {
     let wv = Var::from_tensor(w).unwrap();
-    let y = kernels::conv2d(x, &wv, Some(b), stride, pad).unwrap();
+    let y = kernels::conv2d(policy, x, &wv, Some(b), stride, pad, None).unwrap();
     let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     vals(g.get(&wv).unwrap())
 }
@@ -51,9 +74,8 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
-    kernels::set_enabled(true);
-    kernels::set_winograd(true);
+fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
+    let direct = KernelPolicy { winograd: false, ..FAST };
     let mut rng = StdRng::seed_from_u64(11);
     // (n, c, hw, co, k, stride, pad): a Winograd-sized 3x3 (f32 path), odd channel counts
     // (rows and depth not multiples of 16/32), the output conv's 3 channels, stride 2, 1x1,
@@ -82,24 +104,18 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
         let b = rand_tensor(&mut rng, &[co]);
         let ho = (hw + 2 * pad - k) / stride + 1;
         let r = rand_tensor(&mut rng, &[n, co, ho, ho]);
-        let plain = run(&x, &w, &b, &r, stride, pad);
+        let plain = run(&FAST, &x, &w, &b, &r, stride, pad);
         // The definition: f32 (direct, not Winograd) of the rounded input and weight.
-        kernels::set_winograd(false);
         let xr = Var::from_tensor(&rounded(x.as_tensor())).unwrap();
-        let want = run(&xr, &rounded(&w), &b, &r, stride, pad).0;
+        let want = run(&direct, &xr, &rounded(&w), &b, &r, stride, pad).0;
         // The output gradient of sum(y * r) is r: the bf16 input gradient rounds it and w.
-        let want_dx = run(&xr, &rounded(&w), &b, &rounded(&r), stride, pad).1;
+        let want_dx = run(&direct, &xr, &rounded(&w), &b, &rounded(&r), stride, pad).1;
         let bf16_dx = stride == 1 && k > 1;
-        let plain_dw = run_dw(x.as_tensor(), &w, &b, &r, stride, pad);
-        let want_dw = run_dw(&rounded(x.as_tensor()), &w, &b, &rounded(&r), stride, pad);
-        kernels::set_winograd(true);
+        let plain_dw = run_dw(&FAST, x.as_tensor(), &w, &b, &r, stride, pad);
+        let want_dw = run_dw(&direct, &rounded(x.as_tensor()), &w, &b, &rounded(&r), stride, pad);
         for &use_amx in amx_modes {
-            kernels::set_amx(use_amx);
-            let got = {
-                let _scope = kernels::bf16();
-                assert!(bf16::active());
-                run(&x, &w, &b, &r, stride, pad)
-            };
+            let policy = KernelPolicy { amx: use_amx, ..FAST }.with_precision(Precision::Bf16);
+            let got = run(&policy, &x, &w, &b, &r, stride, pad);
             let e = rel_err(&got.0, &want);
             println!(
                 "case {i} amx {use_amx}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}",
@@ -111,7 +127,10 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
             );
             assert!(rel_err(&got.0, &plain.0) < 2e-2, "case {i}: bf16 too far from f32");
             // (No input channels: the bias alone, in either precision.)
-            assert!(c == 0 || rel_err(&got.0, &plain.0) > 0.0, "case {i}: the scope did not round");
+            assert!(
+                c == 0 || rel_err(&got.0, &plain.0) > 0.0,
+                "case {i}: the policy did not round"
+            );
             if bf16_dx {
                 let e = rel_err(&got.1, &want_dx);
                 println!("case {i} amx {use_amx}: input gradient vs rounded f32 {e:.2e}");
@@ -124,10 +143,7 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
                 assert_eq!(got.1, plain.1, "case {i}: this input gradient must stay f32");
             }
             // The weight gradient (training): bf16 x and output gradient, f32 sums.
-            let got_dw = {
-                let _scope = kernels::bf16();
-                run_dw(x.as_tensor(), &w, &b, &r, stride, pad)
-            };
+            let got_dw = run_dw(&policy, x.as_tensor(), &w, &b, &r, stride, pad);
             // (bf16 on AMX for layers with >= 128 output channels; f32 otherwise.)
             if c > 0 && n * ho * ho > 0 && co >= 128 && use_amx {
                 let e = rel_err(&got_dw, &want_dw);
@@ -145,34 +161,42 @@ fn kernels_bf16_scope_rounds_convolution_inputs_and_stride1_input_gradients() {
                 );
             }
             // Frozen weights keep the packed form: same values.
-            let _frozen = kernels::freeze();
-            let _scope = kernels::bf16();
+            let forms = WeightForms::default();
             for _ in 0..2 {
-                assert_eq!(run(&x, &w, &b, &r, stride, pad), got, "case {i}: frozen bf16 differs");
+                let kept = run_with(&policy, &x, (&w, &b), &r, (stride, pad), Some(&forms));
+                assert_eq!(kept, got, "case {i}: frozen bf16 differs");
             }
         }
-        assert!(!bf16::active());
         assert_eq!(
-            run(&x, &w, &b, &r, stride, pad).0,
+            run(&FAST, &x, &w, &b, &r, stride, pad).0,
             plain.0,
-            "case {i}: after the scope, f32 again"
+            "case {i}: with an f32 policy, f32 again"
         );
     }
-    kernels::set_amx(true);
-    attention(&mut rng, amx_modes);
 }
 
-/// (out, dqkv) of `sum(attention(qkv) * r)`.
-fn run_attention(qkv: &Var, heads: usize, new_order: bool, r: &Tensor) -> (Vec<f32>, Vec<f32>) {
-    let a =
-        kernels::qkv_attention(qkv, heads, new_order).unwrap().expect("the fast attention applies");
+/// (out, dqkv) of `sum(attention(qkv) * r)` with `policy`.
+fn run_attention(
+    policy: &KernelPolicy,
+    qkv: &Var,
+    heads: usize,
+    new_order: bool,
+    r: &Tensor,
+) -> (Vec<f32>, Vec<f32>) {
+    let a = kernels::qkv_attention(policy, qkv, heads, new_order)
+        .unwrap()
+        .expect("the fast attention applies");
     let g = (&a * r).unwrap().sum_all().unwrap().backward().unwrap();
     (vals(&a), vals(g.get(qkv).unwrap()))
 }
 
-/// Attention in a bf16 scope: both products in bf16 (AMX and the rounding path agree), its
+/// Attention in a bf16 policy: both products in bf16 (AMX and the rounding path agree), its
 /// backward f32.
-fn attention(rng: &mut StdRng, amx_modes: &[bool]) {
+#[test]
+fn kernels_bf16_policy_rounds_attention_forward_products() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let rng = &mut rng;
+    let amx_modes: &[bool] = if amx::hardware() { &[true, false] } else { &[false] };
     // (batch, heads, ch, T): T not a multiple of 16, 32 or the 64-row blocks; ch not of 32.
     for (i, &(n, heads, ch, t)) in
         [(2, 2, 24, 100), (1, 3, 64, 64), (1, 1, 8, 17)].iter().enumerate()
@@ -180,14 +204,11 @@ fn attention(rng: &mut StdRng, amx_modes: &[bool]) {
         for new_order in [false, true] {
             let qkv = Var::from_tensor(&rand_tensor(rng, &[n, 3 * heads * ch, t])).unwrap();
             let r = rand_tensor(rng, &[n, heads * ch, t]);
-            let plain = run_attention(&qkv, heads, new_order, &r);
+            let plain = run_attention(&FAST, &qkv, heads, new_order, &r);
             let mut outs = Vec::new();
             for &use_amx in amx_modes {
-                kernels::set_amx(use_amx);
-                let got = {
-                    let _scope = kernels::bf16();
-                    run_attention(&qkv, heads, new_order, &r)
-                };
+                let policy = KernelPolicy { amx: use_amx, ..FAST }.with_precision(Precision::Bf16);
+                let got = run_attention(&policy, &qkv, heads, new_order, &r);
                 let e = rel_err(&got.0, &plain.0);
                 println!("attention {i} new_order {new_order} amx {use_amx}: bf16 vs f32 {e:.2e}");
                 assert!(e > 0.0 && e < 2e-2, "attention case {i}: bf16 vs f32 {e}");
@@ -201,5 +222,4 @@ fn attention(rng: &mut StdRng, amx_modes: &[bool]) {
             }
         }
     }
-    kernels::set_amx(true);
 }
