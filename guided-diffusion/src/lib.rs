@@ -9,9 +9,11 @@
 //!   and the guidance terms a sampler takes as a value.
 //! - [`models`]: the ADM UNet, the super-resolution UNet and the noisy-image classifier.
 //! - [`checkpoint`], [`data`]: weights in and out (.pt, safetensors), images and data sets.
+//! - [`dist`]: several processes (MPI) for training, sampling and likelihood.
 pub mod checkpoint;
 pub mod data;
 pub mod diffusion;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod guidance;

@@ -103,3 +103,37 @@ fn data_idx_parser_checks_headers() {
         .contains("unsupported"));
     assert!(parse_idx(&[1, 2]).unwrap_err().to_string().contains("magic"));
 }
+
+/// A rank's loader (`rows`) decodes exactly its rows of each global batch: the same items with
+/// the same augmentation as those rows of one loader of the global batch.
+#[test]
+fn data_loader_rows_are_the_rank_share_of_the_global_batch() {
+    let mut spec = DataSpec::new("fashion-mnist", 32);
+    spec.class_cond = true;
+    spec.channels = 1;
+    spec.random_crop = true;
+    let ds = open_dataset(&spec).unwrap();
+    let mut whole_cfg = LoaderConfig::new(6, 4);
+    whole_cfg.workers = 0;
+    let mut whole = Loader::new(ds.clone(), whole_cfg.clone()).unwrap();
+    whole.seek(3).unwrap();
+    let g = whole.next_batch().unwrap();
+    for rank in 0..3 {
+        let mut cfg = whole_cfg.clone();
+        cfg.rows = Some((rank * 2, 2));
+        let mut part = Loader::new(ds.clone(), cfg).unwrap();
+        part.seek(3).unwrap();
+        let b = part.next_batch().unwrap();
+        assert_eq!(b.len(), 2);
+        let want = g.narrow(rank * 2, 2).unwrap();
+        let d = (&b.images - &want.images).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "rank {rank}");
+        assert_eq!(
+            b.labels.unwrap().to_vec1::<u32>().unwrap(),
+            want.labels.unwrap().to_vec1::<u32>().unwrap()
+        );
+    }
+    let mut bad = whole_cfg.clone();
+    bad.rows = Some((5, 2));
+    assert!(Loader::new(ds, bad).is_err());
+}

@@ -214,6 +214,7 @@ fn train_ema_sampling_after_in_place_update_matches_fresh_copy() {
             seed: 3,
             init_noise: None,
             keep_float: false,
+            shard: Default::default(),
             low_res: None,
         };
         let images = run.run(&req, &mut |_| {}).unwrap().images;

@@ -7,3 +7,4 @@ pub mod policy;
 pub mod presets;
 pub mod resolve;
 pub mod sampler;
+pub mod shard;

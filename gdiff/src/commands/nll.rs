@@ -1,6 +1,11 @@
 //! `gdiff nll`: `image_nll.py` — the variational bound in bits per dimension over a data set,
 //! with the per-timestep `vb`, `mse` and `xstart_mse` terms written as the reference's
 //! `{name}_terms.npz` (arr_0: mean over batches, one value per timestep in loop order T-1 .. 0).
+//!
+//! Under `mpirun`, rank r evaluates the batches k with k % N == r (the same batches, with the
+//! same noise, as one process), and rank 0 averages the terms of all batches after one gather:
+//! the reference's all-reduce, without its per-batch collective that deadlocks when ranks hold
+//! different numbers of batches (guided-diffusion#12).
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
@@ -10,7 +15,8 @@ use guided_diffusion::sample::PerSampleNoise;
 use guided_diffusion::train::resolve_log_dir;
 
 use crate::cli::args::{parse_bool, DiffusionArgs, ModelArgs};
-use crate::cli::{output, resolve};
+use crate::cli::{output, resolve, shard};
+use guided_diffusion::dist::{bytes_to_f64s, f64s_to_bytes, rank_batches, Distributed};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -43,6 +49,11 @@ pub struct NllArgs {
 }
 
 pub fn run(a: &NllArgs) -> Result<()> {
+    let dist = shard::init()?;
+    shard::run_or_abort(dist.as_ref(), || run_with(a, dist.as_ref()))
+}
+
+fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     let device = output::device(&a.device)?;
     if !a.model_path.exists() {
         bail!("--model_path {}: no such file", a.model_path.display());
@@ -62,15 +73,29 @@ pub fn run(a: &NllArgs) -> Result<()> {
     lc.shuffle = false; // deterministic=True in the reference
     lc.device = device.clone();
     let mut data = Loader::new(open_dataset(&spec)?, lc)?;
-    let log_dir = resolve_log_dir(a.log_dir.as_deref());
-    std::fs::create_dir_all(&log_dir)?;
+    let root = dist.rank() == 0;
+    let mut dir = if root {
+        resolve_log_dir(a.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
+    } else {
+        Vec::new()
+    };
+    dist.broadcast_bytes(&mut dir)?;
+    let log_dir = std::path::PathBuf::from(String::from_utf8(dir)?);
+    if root {
+        std::fs::create_dir_all(&log_dir)?;
+    }
 
     let names = ["vb", "mse", "xstart_mse"];
-    let mut sums: Vec<Option<Tensor>> = vec![None, None, None];
-    let mut bpd = Vec::new();
-    let mut done = 0;
-    let pb = output::progress_bar(a.num_samples as u64, a.quiet);
-    while done < a.num_samples {
+    let num_batches = a.num_samples.div_ceil(a.batch_size);
+    // Per batch of this rank: its index, sample count, mean bpd and mean terms.
+    let mut mine: Vec<f64> = Vec::new();
+    let mut steps = 0usize;
+    let pb = output::progress_bar(a.num_samples as u64, a.quiet || !root);
+    for k in rank_batches(num_batches, dist.rank(), dist.world_size()) {
+        if dist.world_size() > 1 {
+            data.seek(k as u64)?;
+        }
+        let done = k * a.batch_size;
         let batch = data.next_batch()?;
         let n = batch.len().min(a.num_samples - done);
         let batch = batch.narrow(0, n)?;
@@ -79,26 +104,53 @@ pub fn run(a: &NllArgs) -> Result<()> {
         let mut noise = PerSampleNoise::new(a.seed, done, n);
         let terms =
             diffusion.calc_bpd_loop(&model_fn, &batch.images, a.clip_denoised, &mut noise)?;
-        for (i, t) in [&terms.vb, &terms.mse, &terms.xstart_mse].into_iter().enumerate() {
-            let m = t.to_dtype(DType::F64)?.mean(0)?;
-            sums[i] = Some(match sums[i].take() {
-                Some(s) => (s + m)?,
-                None => m,
-            });
+        let bpd = terms.total_bpd.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
+        mine.extend([k as f64, n as f64, bpd]);
+        for t in [&terms.vb, &terms.mse, &terms.xstart_mse] {
+            let m: Vec<f64> = t.to_dtype(DType::F64)?.mean(0)?.to_vec1()?;
+            steps = m.len();
+            mine.extend(m);
         }
-        bpd.push(terms.total_bpd.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?);
-        done += n;
-        pb.set_position(done as u64);
-        let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-        pb.println(format!("done {done} samples: bpd={mean}"));
+        pb.set_position((done + n) as u64);
+        pb.println(format!("done {} samples: batch bpd={bpd}", done + n));
     }
     pb.finish_and_clear();
-    for (name, sum) in names.iter().zip(sums) {
-        let mean = (sum.expect("at least one batch") / bpd.len() as f64)?;
-        let path = log_dir.join(format!("{name}_terms.npz"));
-        output::write_npz(&path, &[("arr_0", &mean)])?;
+    // One gather of every rank's batches; rank 0 averages over all of them in batch order.
+    let steps = diffusion.num_timesteps().max(steps);
+    let Some(all) = dist.gather_bytes(&f64s_to_bytes(&mine))? else {
+        return Ok(());
+    };
+    let record = 3 + 3 * steps;
+    let mut batches: Vec<Vec<f64>> = Vec::new();
+    for part in &all {
+        let v = bytes_to_f64s(part)?;
+        if v.len() % record != 0 {
+            bail!("a rank sent {} values, not whole batches of {record}", v.len());
+        }
+        batches.extend(v.chunks(record).map(<[f64]>::to_vec));
     }
-    let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
+    batches.sort_by(|x, y| x[0].total_cmp(&y[0]));
+    if batches.is_empty() {
+        bail!("no batch was evaluated");
+    }
+    let count = batches.len() as f64;
+    let done: f64 = batches.iter().map(|b| b[1]).sum();
+    let mean = batches.iter().map(|b| b[2]).sum::<f64>() / count;
+    for (i, name) in names.iter().enumerate() {
+        let mut sum = vec![0.0f64; steps];
+        for b in &batches {
+            for (s, v) in sum.iter_mut().zip(&b[3 + i * steps..3 + (i + 1) * steps]) {
+                *s += v;
+            }
+        }
+        let m = Tensor::from_vec(
+            sum.iter().map(|v| v / count).collect::<Vec<_>>(),
+            steps,
+            &candle_core::Device::Cpu,
+        )?;
+        let path = log_dir.join(format!("{name}_terms.npz"));
+        output::write_npz(&path, &[("arr_0", &m)])?;
+    }
     println!("bpd={mean} over {done} samples; terms written to {}", log_dir.display());
     Ok(())
 }

@@ -15,7 +15,8 @@ use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::sampler::{
     check_builds, check_scale, parse_interval, sampler_spec, BUILTIN_SAMPLER,
 };
-use crate::cli::{output, policy, resolve};
+use crate::cli::{output, policy, resolve, shard};
+use guided_diffusion::dist::Distributed;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -214,14 +215,20 @@ fn outputs(a: &SamplingArgs, shape: [usize; 3], num_samples: usize) -> Result<Ou
 
 /// Runs a sampling job and writes the npz, the grid (captioned with `class_names` when the
 /// samples have labels) and the float array if asked, all or nothing.
+///
+/// Under `mpirun`, every rank samples its share of the batches ([`shard`]), rank 0 gathers
+/// them and writes the files; progress shows on rank 0 only.
 pub fn run_and_write(
     s: &Sampling,
     req: &Request,
     a: &SamplingArgs,
     class_names: Option<&[String]>,
+    dist: &dyn Distributed,
 ) -> Result<()> {
-    let files = outputs(a, s.shape, req.num_samples)?;
-    let pb = output::progress_bar(0, a.quiet);
+    let root = dist.rank() == 0;
+    // Checked on rank 0 before anyone samples; the others write nothing.
+    let files = if root { Some(outputs(a, s.shape, req.num_samples)?) } else { None };
+    let pb = output::progress_bar(0, a.quiet || !root);
     let mut on_step = |p: Progress| {
         pb.set_length((p.steps_per_batch * p.num_batches) as u64);
         pb.set_position((p.batch * p.steps_per_batch + p.step) as u64);
@@ -234,9 +241,16 @@ pub fn run_and_write(
         ));
     };
     let mut req = req.clone();
-    req.keep_float = files.float.is_some();
-    let out = s.run(&req, &mut on_step)?;
+    req.keep_float = a.output_float.is_some();
+    req.shard = shard::shard(dist);
+    let part = s.run(&req, &mut on_step)?;
     pb.finish_and_clear();
+    let (b, total) = (req.batch_size, req.num_samples);
+    let rows_of = |k: usize| b.min(total - k * b);
+    let Some(out) = shard::gather(dist, part, s.shape, &rows_of)? else {
+        return Ok(());
+    };
+    let files = files.expect("rank 0 has its outputs");
     let dims = out.images.dims().to_vec();
     let labels = match &out.labels {
         Some(l) => Some(Tensor::new(l.as_slice(), &Device::Cpu)?),
@@ -297,6 +311,11 @@ pub fn run_and_write(
 }
 
 pub fn run(a: &SampleArgs) -> Result<()> {
+    let dist = shard::init()?;
+    shard::run_or_abort(dist.as_ref(), || run_with(a, dist.as_ref()))
+}
+
+fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
     let device = output::device(&a.sampling.device)?;
     let model_path = match &a.sampling.model_path {
         Some(p) => p.clone(),
@@ -358,8 +377,9 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     } else {
         DEFAULT_NUM_SAMPLES
     });
-    let seed = seed_or_random(a.sampling.seed);
-    if a.sampling.seed.is_none() && !a.sampling.quiet {
+    // Every rank draws the same run: rank 0's seed when none is given.
+    let seed = shard::same_seed(dist, seed_or_random(a.sampling.seed))?;
+    if a.sampling.seed.is_none() && !a.sampling.quiet && dist.rank() == 0 {
         eprintln!("seed {seed} (give --seed {seed} to repeat this run)");
     }
     let s = Sampling {
@@ -385,9 +405,10 @@ pub fn run(a: &SampleArgs) -> Result<()> {
         seed,
         init_noise: init_noise.as_ref(),
         keep_float: false,
+        shard: Default::default(),
         low_res: None,
     };
     let names = class_names(&model_path)
         .or_else(|| clf_args.classifier_path.as_deref().and_then(class_names));
-    run_and_write(&s, &req, &a.sampling, names.as_deref())
+    run_and_write(&s, &req, &a.sampling, names.as_deref(), dist)
 }

@@ -13,8 +13,10 @@ use guided_diffusion::sample::{images, Classes, GuidanceSettings, Request, Sampl
 use super::sample::{guidance_flags, read_init_noise, run_and_write, seed_or_random};
 use crate::cli::args::{DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::sampler::{check_builds, sampler_spec};
+use crate::cli::shard;
 use crate::cli::{output, resolve};
 use crate::commands::sample::DEFAULT_NUM_SAMPLES;
+use guided_diffusion::dist::Distributed;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -37,6 +39,11 @@ pub struct SuperResArgs {
 }
 
 pub fn run(a: &SuperResArgs) -> Result<()> {
+    let dist = shard::init()?;
+    shard::run_or_abort(dist.as_ref(), || run_with(a, dist.as_ref()))
+}
+
+fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
     let device = output::device(&a.sampling.device)?;
     let Some(model_path) = &a.sampling.model_path else {
         bail!("--model_path is required for super-res");
@@ -94,7 +101,8 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
     let low_res = images::from_uint8_nhwc(&base)?;
     let num_samples = a.sampling.num_samples.unwrap_or(DEFAULT_NUM_SAMPLES).min(n);
     let init_noise = a.sampling.init_noise.as_deref().map(read_init_noise).transpose()?;
-    let seed = seed_or_random(a.sampling.seed);
+    // Every rank draws the same run: rank 0's seed when none is given.
+    let seed = shard::same_seed(dist, seed_or_random(a.sampling.seed))?;
     let s = Sampling {
         model: &model,
         diffusion: &dcfg,
@@ -118,7 +126,8 @@ pub fn run(a: &SuperResArgs) -> Result<()> {
         seed,
         init_noise: init_noise.as_ref(),
         keep_float: false,
+        shard: Default::default(),
         low_res: Some(&low_res),
     };
-    run_and_write(&s, &req, &a.sampling, None)
+    run_and_write(&s, &req, &a.sampling, None, dist)
 }

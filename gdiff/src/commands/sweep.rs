@@ -704,6 +704,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                         seed: a.seed,
                         init_noise: None,
                         keep_float: false,
+                        shard: Default::default(),
                         low_res: None,
                     };
                     let out = s.run(&req, &mut |_| {})?;

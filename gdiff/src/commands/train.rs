@@ -10,7 +10,9 @@
 //! with the same per-sample timesteps and noise, so both runs compute the same updates (up to
 //! floating-point summation order). Gradients are averaged with an allreduce; rank 0 picks the
 //! log directory (shared with the others; it must be on a file system every rank sees), writes
-//! logs and checkpoints, and every rank resumes from it. See `guided_diffusion::train::dist`.
+//! logs (of every rank's samples) and checkpoints, and every rank resumes from it; each rank
+//! decodes only its rows of the global batch, and the loss-aware schedule sampler sees every
+//! rank's losses. See `guided_diffusion::dist`.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -19,10 +21,10 @@ use clap::Args;
 use guided_diffusion::checkpoint::{CONFIG_KEY, DIFFUSION_KEY};
 use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
 use guided_diffusion::diffusion::create_named_schedule_sampler;
+use guided_diffusion::dist::init_from_env;
 use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::ckpt::meta;
-use guided_diffusion::train::dist::{init_from_env, RankSlice};
 use guided_diffusion::train::{
     parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed,
     LabelDropout, Logger, MicroScaling, Objective, ParamSet, TrainConfig, TrainLoop,
@@ -158,29 +160,6 @@ pub struct TrainClassifierArgs {
     pub diffusion: DiffusionArgs,
 }
 
-fn open_loader(
-    c: &CommonTrainArgs,
-    data_dir: &str,
-    image_size: usize,
-    channels: usize,
-    class_cond: bool,
-    random_crop: bool,
-    batch: usize,
-    seed: u64,
-    device: &candle_core::Device,
-) -> Result<Loader> {
-    let mut spec = DataSpec::new(data_dir, image_size);
-    spec.class_cond = class_cond;
-    spec.random_crop = random_crop;
-    spec.random_flip = c.random_flip;
-    spec.channels = channels;
-    let ds = open_dataset(&spec)?;
-    let mut cfg = LoaderConfig::new(batch, seed);
-    cfg.workers = c.data_workers;
-    cfg.device = device.clone();
-    Ok(Loader::new(ds, cfg)?)
-}
-
 fn data_classes(c: &CommonTrainArgs, image_size: usize, channels: usize) -> Result<Option<usize>> {
     let mut spec = DataSpec::new(&c.data_dir, image_size);
     spec.class_cond = true;
@@ -225,46 +204,38 @@ fn rank_setup(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<(std::path:
     Ok((log_dir, logger))
 }
 
-/// The loss-aware sampler's history is updated from each rank's own losses (the reference
-/// all-gathers them); not supported across ranks yet.
-fn check_sampler(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<()> {
-    if dist.world_size() > 1 && c.schedule_sampler != "uniform" {
-        bail!(
-            "--schedule_sampler {} is not supported with several MPI ranks yet (use uniform)",
-            c.schedule_sampler
-        );
-    }
-    Ok(())
-}
-
-/// The rank's loader: every rank reads the same global batches (`world_size * batch`, same
-/// seed) and keeps its rows.
-#[allow(clippy::too_many_arguments)]
-fn open_rank_loader(
-    c: &CommonTrainArgs,
-    data_dir: &str,
+/// What a training loader reads.
+struct DataOpts<'a> {
+    data_dir: &'a str,
     image_size: usize,
     channels: usize,
     class_cond: bool,
     random_crop: bool,
-    batch: usize,
     seed: u64,
+}
+
+/// The rank's loader: the global batches of `world_size * batch` items (same seed on every
+/// rank), of which this rank decodes only its rows `[rank * batch, (rank + 1) * batch)`.
+fn open_rank_loader(
+    c: &CommonTrainArgs,
+    d: &DataOpts,
+    batch: usize,
     device: &candle_core::Device,
     dist: &dyn Distributed,
-) -> Result<RankSlice<Loader>> {
-    let global = batch * dist.world_size();
-    let l = open_loader(
-        c,
-        data_dir,
-        image_size,
-        channels,
-        class_cond,
-        random_crop,
-        global,
-        seed,
-        device,
-    )?;
-    Ok(RankSlice::new(l, dist.rank(), dist.world_size())?)
+) -> Result<Loader> {
+    let mut spec = DataSpec::new(d.data_dir, d.image_size);
+    spec.class_cond = d.class_cond;
+    spec.random_crop = d.random_crop;
+    spec.random_flip = c.random_flip;
+    spec.channels = d.channels;
+    let ds = open_dataset(&spec)?;
+    let mut cfg = LoaderConfig::new(batch * dist.world_size(), d.seed);
+    cfg.workers = c.data_workers;
+    cfg.device = device.clone();
+    if dist.world_size() > 1 {
+        cfg.rows = Some((dist.rank() * batch, batch));
+    }
+    Ok(Loader::new(ds, cfg)?)
 }
 
 fn run_loop<O: Objective, S: BatchSource>(
@@ -298,7 +269,6 @@ fn fresh_net(
 fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let c = &a.common;
     let dist = init_from_env()?;
-    check_sampler(c, dist.as_ref())?;
     let device = output::device(&c.device)?;
     let mut margs = a.model.clone();
     let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
@@ -363,18 +333,15 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
         small_size: small.map(|(_, s)| s),
         label_dropout,
     };
-    let data = open_rank_loader(
-        c,
-        &c.data_dir,
+    let opts = DataOpts {
+        data_dir: &c.data_dir,
         image_size,
-        ucfg.in_channels,
-        ucfg.num_classes.is_some(),
-        false,
-        tc.batch_size,
-        c.seed,
-        &device,
-        dist.as_ref(),
-    )?;
+        channels: ucfg.in_channels,
+        class_cond: ucfg.num_classes.is_some(),
+        random_crop: false,
+        seed: c.seed,
+    };
+    let data = open_rank_loader(c, &opts, tc.batch_size, &device, dist.as_ref())?;
     run_loop(TrainLoop::with_dist(tc, params, objective, logger, dist)?, c, data, None)
 }
 
@@ -393,7 +360,6 @@ pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
 pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let c = &a.common;
     let dist = init_from_env()?;
-    check_sampler(c, dist.as_ref())?;
     let device = output::device(&c.device)?;
     let num_classes = match a.num_classes {
         Some(n) => Some(n),
@@ -423,32 +389,20 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     }
     let sampler = create_named_schedule_sampler(&c.schedule_sampler, diffusion.num_timesteps())?;
     let objective = ClassifierObjective { net, diffusion, sampler, noised: a.noised };
-    let data = open_rank_loader(
-        c,
-        &c.data_dir,
-        a.image_size,
-        a.in_channels,
-        true,
-        true,
-        tc.batch_size,
-        c.seed,
-        &device,
-        dist.as_ref(),
-    )?;
+    let opts = DataOpts {
+        data_dir: &c.data_dir,
+        image_size: a.image_size,
+        channels: a.in_channels,
+        class_cond: true,
+        random_crop: true,
+        seed: c.seed,
+    };
+    let data = open_rank_loader(c, &opts, tc.batch_size, &device, dist.as_ref())?;
     let val = match &a.val_data_dir {
         Some(v) => {
-            let mut l = open_rank_loader(
-                c,
-                v,
-                a.image_size,
-                a.in_channels,
-                true,
-                false,
-                tc.batch_size,
-                c.seed ^ 0x5eed,
-                &device,
-                dist.as_ref(),
-            )?;
+            let val_opts =
+                DataOpts { data_dir: v, random_crop: false, seed: c.seed ^ 0x5eed, ..opts };
+            let mut l = open_rank_loader(c, &val_opts, tc.batch_size, &device, dist.as_ref())?;
             l.seek(0)?;
             Some(l)
         }

@@ -11,6 +11,10 @@
 //! batch, and hand it back; the consumer takes batches strictly in order. At most `prefetch`
 //! batches are claimed beyond the one the consumer waits for, which bounds memory. With
 //! `workers == 0` batches are prepared on the caller's thread.
+//!
+//! Several processes (data-parallel training): each sets [`LoaderConfig::rows`] to its rows of
+//! the global batch, and decodes only those; the rows are exactly the ones one process with
+//! the global batch would have at those positions (same items, same augmentation).
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -75,6 +79,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Where batches are delivered.
     pub device: Device,
+    /// Only rows `start .. start + len` of each batch of `batch_size` (this rank's share of a
+    /// global batch); all rows when `None`.
+    pub rows: Option<(usize, usize)>,
 }
 
 impl LoaderConfig {
@@ -88,6 +95,7 @@ impl LoaderConfig {
             workers,
             prefetch: 2 * workers,
             device: Device::Cpu,
+            rows: None,
         }
     }
 }
@@ -96,6 +104,8 @@ impl LoaderConfig {
 struct Plan {
     dataset: Arc<dyn Dataset>,
     batch_size: usize,
+    /// The rows of each batch this loader delivers.
+    rows: std::ops::Range<usize>,
     shuffle: bool,
     seed: u64,
     batches_per_epoch: u64,
@@ -131,10 +141,10 @@ impl Plan {
         let perm = self.permutation(epoch);
         let ds = &self.dataset;
         let per_item = ds.channels() * ds.image_size() * ds.image_size();
-        let mut pixels = Vec::with_capacity(per_item * self.batch_size);
-        let mut labels = Vec::with_capacity(self.batch_size);
+        let mut pixels = Vec::with_capacity(per_item * self.rows.len());
+        let mut labels = Vec::with_capacity(self.rows.len());
         let mut labelled = true;
-        for i in 0..self.batch_size {
+        for i in self.rows.clone() {
             let idx = perm[slot * self.batch_size + i];
             let mut rng = stream(self.seed, domain::AUGMENT, b * self.batch_size as u64 + i as u64);
             let item = ds.get(idx, &mut rng)?;
@@ -259,10 +269,20 @@ impl Loader {
                 cfg.batch_size
             );
         }
+        let rows = match cfg.rows {
+            None => 0..cfg.batch_size,
+            Some((start, len)) => {
+                if len == 0 || start.checked_add(len).is_none_or(|end| end > cfg.batch_size) {
+                    bail!("rows {start}..+{len} of a batch of {}", cfg.batch_size);
+                }
+                start..start + len
+            }
+        };
         let plan = Arc::new(Plan {
             batches_per_epoch: (dataset.len() / cfg.batch_size) as u64,
             dataset,
             batch_size: cfg.batch_size,
+            rows,
             shuffle: cfg.shuffle,
             seed: cfg.seed,
             perm_cache: Mutex::new(None),
@@ -305,7 +325,7 @@ impl BatchSource for Loader {
         };
         let ds = &self.plan.dataset;
         let (c, s) = (ds.channels(), ds.image_size());
-        let n = self.cfg.batch_size;
+        let n = self.plan.rows.len();
         let images = Tensor::from_vec(host.pixels, (n, c, s, s), &Device::Cpu)?
             .to_device(&self.cfg.device)?;
         let labels = match host.labels {

@@ -77,6 +77,20 @@ pub struct Sampling<'a> {
     pub device: Device,
 }
 
+/// The part of a run one process does, when several share it (MPI): global batches `k` with
+/// `k % world == rank`, each batch as it is in one process (same samples, same noise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+}
+
 /// What to sample.
 #[derive(Clone)]
 pub struct Request<'a> {
@@ -88,6 +102,8 @@ pub struct Request<'a> {
     pub init_noise: Option<&'a Tensor>,
     /// Also return the float x_0 ([`Samples::float`]).
     pub keep_float: bool,
+    /// This process's batches (all of them by default).
+    pub shard: Shard,
     /// Low-resolution conditioning for every sample (super-resolution), `[num_samples, C, h, w]`.
     pub low_res: Option<&'a Tensor>,
 }
@@ -103,10 +119,13 @@ pub struct Progress {
     pub num_samples: usize,
 }
 
-/// The outcome: uint8 NHWC images and the labels they were asked for (if any were used).
+/// The outcome: uint8 NHWC images and the labels they were asked for (if any were used), of
+/// the shard's batches ([`Samples::batches`]) in order.
 pub struct Samples {
     pub images: Tensor,
     pub labels: Option<Vec<i64>>,
+    /// The global batches these samples are (all of them without a shard).
+    pub batches: Vec<usize>,
     /// The final x_0 in float32 NCHW before the uint8 conversion, when asked for.
     pub float: Option<Tensor>,
     /// Each batch's network evaluations (NFE; they differ between batches only with the
@@ -209,7 +228,10 @@ impl Sampling<'_> {
         let mut out = Vec::with_capacity(num_batches);
         let mut floats = Vec::new();
         let mut nfe_per_batch = Vec::with_capacity(num_batches);
-        for b in 0..num_batches {
+        let mine: Vec<usize> =
+            crate::dist::rank_batches(num_batches, req.shard.rank, req.shard.world).collect();
+        let mut done = 0usize;
+        for &b in &mine {
             let first = b * req.batch_size;
             let n = req.batch_size.min(req.num_samples - first);
             let mut noise = PerSampleNoise::new(req.seed, first, n);
@@ -306,14 +328,33 @@ impl Sampling<'_> {
                 floats.push(x0.to_device(&Device::Cpu)?);
             }
             out.push(images::to_uint8_nhwc(&x0)?.to_device(&Device::Cpu)?);
+            done += n;
         }
+        if out.is_empty() {
+            // A rank with no batch (more ranks than batches) returns an empty part.
+            out.push(Tensor::zeros((0, h, w, c), DType::U8, &Device::Cpu)?);
+            if req.keep_float {
+                floats.push(Tensor::zeros((0, c, h, w), DType::F32, &Device::Cpu)?);
+            }
+        }
+        let labels = labels.map(|l| {
+            mine.iter()
+                .flat_map(|&b| {
+                    let first = b * req.batch_size;
+                    l[first..req.num_samples.min(first + req.batch_size)].to_vec()
+                })
+                .map(|v| v as i64)
+                .collect()
+        });
+        let per_sample = |rows: usize| rows as f64 / done.max(1) as f64;
         Ok(Samples {
             images: Tensor::cat(&out, 0)?,
-            labels: labels.map(|l| l.into_iter().map(|v| v as i64).collect()),
+            labels,
+            batches: mine,
             float: if req.keep_float { Some(Tensor::cat(&floats, 0)?) } else { None },
             nfe_per_batch,
-            model_evals: model_rows.into_inner() as f64 / req.num_samples as f64,
-            classifier_evals: classifier_rows.into_inner() as f64 / req.num_samples as f64,
+            model_evals: per_sample(model_rows.into_inner()),
+            classifier_evals: per_sample(classifier_rows.into_inner()),
         })
     }
 }

@@ -13,7 +13,8 @@
 //! - [`dist`]: the data-parallel hook ([`Distributed`]); one process by default.
 pub mod adamw;
 pub mod ckpt;
-pub mod dist;
+/// The data-parallel hook, shared with sampling: [`crate::dist`].
+pub use crate::dist;
 pub mod ema;
 pub mod logger;
 pub mod objective;

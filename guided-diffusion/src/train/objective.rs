@@ -26,6 +26,10 @@ pub struct StepContext<'a> {
     /// Global row of the micro-batch's first sample within the step's global batch (all ranks
     /// together): `rank * batch_size + micro-batch start`.
     pub first_row: u64,
+    /// The processes sharing the step (one by default). Every rank calls the objective the
+    /// same number of times, so objectives may use collectives (the loss-aware schedule
+    /// sampler gathers every rank's losses).
+    pub dist: &'a dyn crate::dist::Distributed,
 }
 
 impl StepContext<'_> {

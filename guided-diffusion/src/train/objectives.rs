@@ -34,6 +34,28 @@ fn vec_tensor(values: &[f32], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::new(values, like.device())?)
 }
 
+/// Every rank's timesteps and losses of the micro-batch, in rank order (the reference's
+/// `update_with_local_losses` all-gather), so that a loss-aware schedule sampler has the same
+/// history on every rank. One process: its own.
+fn gather_losses(
+    dist: &dyn crate::dist::Distributed,
+    t: &[usize],
+    losses: &[f64],
+) -> Result<(Vec<usize>, Vec<f64>)> {
+    if dist.world_size() == 1 {
+        return Ok((t.to_vec(), losses.to_vec()));
+    }
+    let mine: Vec<f64> = t.iter().map(|&v| v as f64).chain(losses.iter().copied()).collect();
+    let (mut t_all, mut l_all) = (Vec::new(), Vec::new());
+    for part in dist.all_gather_bytes(&crate::dist::f64s_to_bytes(&mine))? {
+        let v = crate::dist::bytes_to_f64s(&part)?;
+        let n = v.len() / 2;
+        t_all.extend(v[..n].iter().map(|&x| x as usize));
+        l_all.extend_from_slice(&v[n..]);
+    }
+    Ok((t_all, l_all))
+}
+
 /// Label dropout for classifier-free guidance (Ho & Salimans 2022), in DiT's convention
 /// (`LabelEmbedder.token_drop`): each training sample's label is replaced by the null class
 /// with probability `prob`. The null class is the last row of the label embedding, so a model
@@ -140,7 +162,8 @@ impl Objective for DiffusionObjective {
         self.net.set_training(false);
         if ctx.train {
             let losses: Vec<f64> = tl.loss.to_dtype(DType::F64)?.to_vec1()?;
-            self.sampler.update_with_losses(&t, &losses)?;
+            let (t_all, l_all) = gather_losses(ctx.dist, &t, &losses)?;
+            self.sampler.update_with_losses(&t_all, &l_all)?;
         }
         let mut terms = vec![("loss".to_string(), tl.loss.detach())];
         if let Some(m) = &tl.mse {
@@ -254,6 +277,7 @@ mod tests {
             device: &Device::Cpu,
             row_key: super::super::objective::row_key(5, crate::data::rng::domain::STEP, step),
             first_row: 0,
+            dist: &crate::dist::SingleProcess,
         };
         let x0 = Tensor::zeros((16, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
         per_row_draws(&UniformSampler::new(1000), &ctx, &x0, dropout).unwrap()

@@ -15,13 +15,13 @@ use candle_core::{Device, Tensor};
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::ckpt::{self, meta};
-use super::dist::{Distributed, SingleProcess};
 use super::ema::Ema;
 use super::logger::Logger;
 use super::objective::{log_loss_dict, row_key, Objective, StepContext};
 use super::params::{sq_norm, Grads, ParamSet};
 use crate::data::rng::{domain, stream};
 use crate::data::{Batch, BatchSource, ClassList};
+use crate::dist::{Distributed, SingleProcess};
 use crate::{bail, Error, Result};
 
 /// How micro-batch gradients are combined.
@@ -225,6 +225,7 @@ impl<O: Objective> TrainLoop<O> {
                 device: &self.device,
                 row_key: key,
                 first_row: rank_row + start as u64,
+                dist: self.dist.as_ref(),
             };
             let losses = self.objective.losses(&micro, &mut ctx)?;
             let weighted = match &losses.weights {
@@ -234,9 +235,13 @@ impl<O: Objective> TrainLoop<O> {
             let micro_loss = weighted.mean_all()?;
             let lv = micro_loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             self.log_terms(&losses.terms, losses.weights.as_ref(), losses.timesteps.as_ref())?;
-            if !lv.is_finite() {
-                bad = true;
-                break;
+            // After a non-finite loss the step is lost; the remaining micro-batches still run
+            // their forward pass (without backward), so that every rank makes the same
+            // collective calls (the objective's, the logging's) in the same order.
+            bad |= !lv.is_finite();
+            if bad {
+                start += len;
+                continue;
             }
             let scale = match self.cfg.micro_scaling {
                 MicroScaling::SumOfMicroMeans => 1.0,
@@ -346,7 +351,42 @@ impl<O: Objective> TrainLoop<O> {
                 v.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
             ));
         }
-        log_loss_dict(&mut self.logger, timesteps, &host);
+        if self.dist.world_size() == 1 {
+            log_loss_dict(&mut self.logger, timesteps, &host);
+            return Ok(());
+        }
+        // Several ranks: rank 0 logs the terms of every rank's samples (the global batch), not
+        // its own alone. One gather per call; every rank calls it alike.
+        let mut mine: Vec<f64> = Vec::new();
+        if let Some((ts, _)) = timesteps {
+            mine.extend(ts.iter().map(|&t| t as f64));
+        }
+        for (_, v) in &host {
+            mine.extend(v.iter().map(|&x| x as f64));
+        }
+        let Some(all) = self.dist.gather_bytes(&crate::dist::f64s_to_bytes(&mine))? else {
+            return Ok(());
+        };
+        let k = host.len() + usize::from(timesteps.is_some());
+        let mut merged: Vec<(String, Vec<f32>)> =
+            host.iter().map(|(name, _)| (name.clone(), Vec::new())).collect();
+        let mut ts_all = Vec::new();
+        for part in &all {
+            let v = crate::dist::bytes_to_f64s(part)?;
+            if k == 0 || v.len() % k != 0 {
+                bail!("a rank logged {} values for {k} terms", v.len());
+            }
+            let n = v.len() / k;
+            let mut chunks = v.chunks(n.max(1));
+            if timesteps.is_some() {
+                ts_all.extend(chunks.next().unwrap_or(&[]).iter().map(|&t| t as i64));
+            }
+            for ((_, dst), c) in merged.iter_mut().zip(chunks) {
+                dst.extend(c.iter().map(|&x| x as f32));
+            }
+        }
+        let ts = timesteps.map(|(_, n)| (ts_all, *n));
+        log_loss_dict(&mut self.logger, ts.as_ref(), &merged);
         Ok(())
     }
 
@@ -360,6 +400,7 @@ impl<O: Objective> TrainLoop<O> {
             device: &self.device,
             row_key: row_key(self.cfg.seed, domain::EVAL, self.step),
             first_row: (self.dist.rank() * batch.len()) as u64,
+            dist: self.dist.as_ref(),
         };
         let losses = self.objective.losses(batch, &mut ctx)?;
         self.log_terms(&losses.terms, losses.weights.as_ref(), losses.timesteps.as_ref())

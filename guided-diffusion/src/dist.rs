@@ -1,7 +1,13 @@
-//! The data-parallel hook: rank/world size and gradient averaging. [`SingleProcess`] is the
-//! default; with the cargo feature `mpi`, [`mpi::Mpi`] implements [`Distributed`] over MPI
-//! (allreduce-mean of gradients as DDP does, broadcast of initial parameters from rank 0 — the
-//! reference's `sync_params` — and an agreement on skipped steps).
+//! Several processes: rank/world size and the collectives that training, sampling and the
+//! likelihood need. [`SingleProcess`] is the default; with the cargo feature `mpi`,
+//! [`mpi::Mpi`] implements [`Distributed`] over MPI (allreduce-mean of gradients as DDP does,
+//! broadcast of initial parameters from rank 0 — the reference's `sync_params` — an agreement
+//! on skipped steps, gathers of samples and of the loss-aware sampler's losses, and
+//! `MPI_Abort` when a rank fails, so that no rank waits forever in a collective).
+//!
+//! Sampling splits its batches over the ranks by global batch index (batch `k` on rank
+//! `k % N`) and gathers them on rank 0, so with a seed the output equals the one-process output
+//! for any `N`, and an uneven split costs every rank the same one gather.
 //!
 //! # Launching a multi-process run
 //!
@@ -17,7 +23,7 @@
 //! [`init_from_env`] picks MPI when the process was started by an MPI launcher. `--batch_size`
 //! is per rank, as in the reference: the global batch is `N * batch_size`. Data: every rank
 //! reads the same shuffled sequence of global batches of `N * batch_size` items and keeps rows
-//! `[rank * b, (rank + 1) * b)` ([`RankSlice`]); step randomness (timesteps, noise) is drawn
+//! `[rank * b, (rank + 1) * b)`, decoding only those ([`crate::data::LoaderConfig::rows`]); step randomness (timesteps, noise) is drawn
 //! per sample from the sample's global row ([`crate::train::StepContext::row_rng`]). Hence
 //! `N` ranks with batch `b` compute the same update, up to floating-point summation order, as
 //! one process with batch `N * b` and the same seed — and the ranks never see the same sample
@@ -29,7 +35,6 @@
 //! letting `N` independent copies train and overwrite each other's checkpoints.
 use candle_core::{Device, Tensor};
 
-use crate::data::{Batch, BatchSource, ClassList};
 use crate::{bail, Result};
 
 #[cfg(feature = "mpi")]
@@ -45,6 +50,14 @@ pub trait Distributed {
     /// True on every rank if `flag` is true on any (e.g. "my loss was not finite").
     fn any(&self, flag: bool) -> Result<bool>;
     fn barrier(&self) -> Result<()>;
+    /// Every rank's `bytes`, in rank order, on rank 0 (`None` on the other ranks). One
+    /// collective whatever the lengths.
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>>;
+    /// Every rank's `bytes`, in rank order, on every rank.
+    fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>>;
+    /// Ends every process of the job with `code` (after printing what failed): a failing rank
+    /// must not leave the others waiting in a collective.
+    fn abort(&self, code: i32) -> !;
     /// Replaces `bytes` by rank 0's (e.g. the log directory rank 0 chose). The default goes
     /// through [`Distributed::broadcast_from_root`] with one f32 per byte (exact).
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
@@ -86,6 +99,38 @@ impl Distributed for SingleProcess {
     fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
         Ok(())
     }
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        Ok(Some(vec![bytes.to_vec()]))
+    }
+    fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes.to_vec()])
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// Little-endian f64 values as bytes, and back (for gathers of host values).
+pub fn f64s_to_bytes(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Inverse of [`f64s_to_bytes`].
+pub fn bytes_to_f64s(b: &[u8]) -> Result<Vec<f64>> {
+    if b.len() % 8 != 0 {
+        bail!("a gathered f64 buffer of {} bytes", b.len());
+    }
+    Ok(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+}
+
+/// Which of `num_batches` global batches rank `rank` of `world_size` runs: `k % world_size ==
+/// rank`. Every batch keeps the composition it has in one process.
+pub fn rank_batches(
+    num_batches: usize,
+    rank: usize,
+    world_size: usize,
+) -> impl Iterator<Item = usize> {
+    (rank..num_batches).step_by(world_size.max(1))
 }
 
 /// The world size an MPI launcher announced in the environment (OpenMPI, MPICH/PMI, PMIx),
@@ -116,86 +161,20 @@ pub fn init_from_env() -> Result<Box<dyn Distributed>> {
     Ok(Box::new(SingleProcess))
 }
 
-/// Rank `rank`'s share of a source of global batches: rows `[rank * b, (rank + 1) * b)` of
-/// each batch, `b = global / world_size`. Wrap a loader built with the global batch size
-/// (`world_size * --batch_size`) and the same seed on every rank.
-///
-/// Every rank prepares the whole global batch and keeps its slice: simple and exactly equal
-/// to the single-process order, at `world_size` times the decoding work (cheap for in-memory
-/// data such as Fashion-MNIST; for large JPEG folders a loader that decodes only its rows is
-/// the next step).
-pub struct RankSlice<S: BatchSource> {
-    inner: S,
-    rank: usize,
-    world_size: usize,
-}
-
-impl<S: BatchSource> RankSlice<S> {
-    pub fn new(inner: S, rank: usize, world_size: usize) -> Result<Self> {
-        if world_size == 0 || rank >= world_size {
-            bail!("invalid rank {rank} of world size {world_size}");
-        }
-        Ok(Self { inner, rank, world_size })
-    }
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S: BatchSource> BatchSource for RankSlice<S> {
-    fn next_batch(&mut self) -> Result<Batch> {
-        let g = self.inner.next_batch()?;
-        let n = g.len();
-        if n % self.world_size != 0 {
-            bail!("global batch of {n} does not split into {} ranks", self.world_size);
-        }
-        let b = n / self.world_size;
-        g.narrow(self.rank * b, b)
-    }
-    fn seek(&mut self, n: u64) -> Result<()> {
-        self.inner.seek(n)
-    }
-    fn classes(&self) -> Option<ClassList> {
-        self.inner.classes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Batch `k` of 6 rows holds the values `6k .. 6k + 6`.
-    struct Counting(u64);
-    impl BatchSource for Counting {
-        fn next_batch(&mut self) -> Result<Batch> {
-            let v: Vec<f32> = (0..6).map(|i| (self.0 * 6 + i) as f32).collect();
-            let index = self.0;
-            self.0 += 1;
-            Ok(Batch {
-                images: Tensor::from_vec(v, (6, 1, 1, 1), &Device::Cpu)?,
-                labels: None,
-                index,
-            })
-        }
-        fn seek(&mut self, n: u64) -> Result<()> {
-            self.0 = n;
-            Ok(())
-        }
-    }
-
     #[test]
-    fn rank_slices_partition_the_global_batch_in_order() {
-        let mut all = Vec::new();
-        for r in 0..3 {
-            let mut s = RankSlice::new(Counting(0), r, 3).unwrap();
-            s.seek(2).unwrap();
-            let b = s.next_batch().unwrap();
-            assert_eq!(b.index, 2);
-            all.extend(b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        }
-        assert_eq!(all, (12..18).map(|v| v as f32).collect::<Vec<_>>());
-        assert!(RankSlice::new(Counting(0), 3, 3).is_err());
-        assert!(RankSlice::new(Counting(0), 0, 4).unwrap().next_batch().is_err());
+    fn rank_batches_cover_every_batch_once() {
+        let mut seen: Vec<usize> = (0..3).flat_map(|r| rank_batches(7, r, 3)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
+        assert_eq!(rank_batches(7, 1, 3).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(rank_batches(2, 3, 4).count(), 0, "more ranks than batches");
+        let v = [0.5, -2.0, f64::MAX];
+        assert_eq!(bytes_to_f64s(&f64s_to_bytes(&v)).unwrap(), v);
+        assert!(bytes_to_f64s(&[0; 7]).is_err());
     }
 
     #[test]
@@ -205,5 +184,7 @@ mod tests {
         d.broadcast_bytes(&mut b).unwrap();
         assert_eq!(b, b"dir");
         assert!(d.any(true).unwrap() && !d.any(false).unwrap());
+        assert_eq!(d.gather_bytes(b"x").unwrap(), Some(vec![b"x".to_vec()]));
+        assert_eq!(d.all_gather_bytes(b"y").unwrap(), vec![b"y".to_vec()]);
     }
 }

@@ -4,6 +4,7 @@
 //! the non-finite agreement).
 use candle_core::{DType, Tensor};
 use mpi::collective::SystemOperation;
+use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -39,6 +40,33 @@ impl Mpi {
         }
         Ok(())
     }
+}
+
+/// A length as MPI's element count (a C int): larger buffers are an error, not a wrap-around.
+fn count(n: usize) -> Result<mpi::Count> {
+    mpi::Count::try_from(n)
+        .map_err(|_| Error::msg(format!("MPI: {n} bytes exceed one message's limit (2 GiB)")))
+}
+
+/// Offsets of each rank's part in a gathered buffer, and the total length.
+fn displacements(counts: &[mpi::Count]) -> Result<(Vec<mpi::Count>, usize)> {
+    let mut displs = Vec::with_capacity(counts.len());
+    let mut total = 0usize;
+    for &c in counts {
+        displs.push(count(total)?);
+        total += usize::try_from(c).map_err(|_| Error::msg("MPI: a negative count"))?;
+    }
+    count(total)?;
+    Ok((displs, total))
+}
+
+/// The gathered buffer cut back into each rank's part.
+fn split(all: &[u8], counts: &[mpi::Count], displs: &[mpi::Count]) -> Vec<Vec<u8>> {
+    counts
+        .iter()
+        .zip(displs)
+        .map(|(&c, &d)| all[d as usize..d as usize + c as usize].to_vec())
+        .collect()
 }
 
 /// All tensors flattened into one f32 buffer (or f64 if any tensor is f64, so nothing is
@@ -144,6 +172,42 @@ impl Distributed for Mpi {
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
         Ok(())
+    }
+
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        let root = self.world.process_at_rank(0);
+        let n = count(bytes.len())?;
+        if self.world.rank() != 0 {
+            root.gather_into(&n);
+            root.gather_varcount_into(bytes);
+            return Ok(None);
+        }
+        let mut counts = vec![0 as mpi::Count; self.world.size() as usize];
+        root.gather_into_root(&n, &mut counts[..]);
+        let (displs, total) = displacements(&counts)?;
+        let mut all = vec![0u8; total];
+        {
+            let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            root.gather_varcount_into_root(bytes, &mut part);
+        }
+        Ok(Some(split(&all, &counts, &displs)))
+    }
+
+    fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let n = count(bytes.len())?;
+        let mut counts = vec![0 as mpi::Count; self.world.size() as usize];
+        self.world.all_gather_into(&n, &mut counts[..]);
+        let (displs, total) = displacements(&counts)?;
+        let mut all = vec![0u8; total];
+        {
+            let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            self.world.all_gather_varcount_into(bytes, &mut part);
+        }
+        Ok(split(&all, &counts, &displs))
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
     }
 
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
