@@ -168,7 +168,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     bars.finish();
     let results = results?;
     eprintln!("Computing evaluations...");
-    print!("{}", results.report());
+    crate::cli::output::print_stdout(&results.report())?;
     if let Some(out) = &args.output {
         results.write_json(out)?;
         eprintln!("wrote {}", out.display());

@@ -61,7 +61,11 @@ pub fn run(a: &NllArgs) -> Result<()> {
     let mut lc = LoaderConfig::new(a.batch_size, a.seed);
     lc.shuffle = false; // deterministic=True in the reference
     lc.device = device.clone();
-    let mut data = Loader::new(open_dataset(&spec)?, lc)?;
+    let ds = open_dataset(&spec)?;
+    for note in ds.notes() {
+        eprintln!("note: {note}");
+    }
+    let mut data = Loader::new(ds, lc)?;
     let log_dir = resolve_log_dir(a.log_dir.as_deref());
     std::fs::create_dir_all(&log_dir)?;
 
@@ -99,6 +103,9 @@ pub fn run(a: &NllArgs) -> Result<()> {
         output::write_npz(&path, &[("arr_0", &mean)])?;
     }
     let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-    println!("bpd={mean} over {done} samples; terms written to {}", log_dir.display());
+    crate::cli::output::print_stdout(&format!(
+        "bpd={mean} over {done} samples; terms written to {}\n",
+        log_dir.display()
+    ))?;
     Ok(())
 }
