@@ -45,7 +45,7 @@ pub const MAX_PICKLE_DEPTH: u32 = 100;
 /// Tensor rank in a checkpoint or an npy array.
 pub const MAX_RANK: usize = 32;
 /// Compressed entries of a `.pt` archive may inflate to this many bytes in all...
-pub const ZIP_FREE_INFLATE: u64 = 64 << 20;
+pub const ZIP_FREE_INFLATE: u64 = 16 << 20;
 /// ...plus this many times their compressed size (`torch.save` stores weights uncompressed,
 /// and float weights do not deflate to less than ~80%; a larger ratio is a zip bomb).
 pub const ZIP_MAX_RATIO: u64 = 64;

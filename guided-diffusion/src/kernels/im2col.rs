@@ -233,3 +233,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod size_checks {
+    use super::super::conv_cpu::Conv;
+    use super::*;
+
+    /// Issue 18, D1: an `image_size` of 2^32 made `ho * wo` wrap to 0 and the conv kernel
+    /// write out of bounds. Sizes that overflow are now refused where they are computed.
+    #[test]
+    fn overflowing_geometries_are_refused() {
+        let big = 1usize << 32;
+        assert!(Geom::new(3, big, big, 3, 3, 1, 1, 1).is_none(), "h * w overflows");
+        assert!(Geom::new(1, usize::MAX, 4, 3, 3, 1, 1, 1).is_none(), "h + 2p overflows");
+        assert!(Geom::new(usize::MAX / 2, 2, 2, 3, 3, 1, 1, 1).is_none(), "c * kh * kw");
+        let g = Geom::new(64, 1 << 14, 1 << 14, 3, 3, 1, 1, 1).unwrap();
+        let cv = Conv { n: 1 << 20, co: 1 << 20, g };
+        assert!(cv.lens().is_none(), "n * co * ho * wo overflows");
+        assert!(!cv.fits(usize::MAX, usize::MAX, usize::MAX));
+        let small = Conv { n: 2, co: 4, g: Geom::new(3, 5, 5, 3, 3, 1, 1, 1).unwrap() };
+        assert_eq!(small.lens(), Some((2 * 75, 4 * 27, 2 * 4 * 25)));
+        assert!(small.fits(150, 108, 200) && !small.fits(149, 108, 200));
+    }
+}

@@ -419,6 +419,15 @@ impl NetConfig {
     }
 }
 
+/// Deserializes constructor kwargs; errors name the key at fault (serde alone says only
+/// "invalid type: null, expected f64").
 fn from_kwargs<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
-    serde_json::from_value(v.clone()).map_err(|e| crate::Error::msg(format!("{what}: {e}")))
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            crate::Error::msg(format!("{what}: {}", e.inner()))
+        } else {
+            crate::Error::msg(format!("{what}: key {path}: {}", e.inner()))
+        }
+    })
 }
