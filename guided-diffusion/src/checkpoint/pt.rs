@@ -333,21 +333,28 @@ fn load_tensor<R: Read + Seek>(
     Ok(Tensor::from_raw_buffer(&bytes, r.dtype, &r.size, &Device::Cpu)?)
 }
 
-/// The tensor's elements in C order (`numel` of them, all inside `storage` as checked).
-fn gather(storage: &[u8], es: usize, r: &TensorRef, numel: usize) -> Result<Vec<u8>> {
+/// The tensor's elements in C order (`numel` of them, all inside `storage` as checked): the
+/// storage's own bytes when the tensor is a contiguous slice of it (the common case), else a
+/// gathered copy.
+fn gather<'a>(
+    storage: &'a [u8],
+    es: usize,
+    r: &TensorRef,
+    numel: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
     let mut contiguous = vec![1usize; r.size.len()];
     for d in (0..r.size.len().saturating_sub(1)).rev() {
         contiguous[d] = contiguous[d + 1].saturating_mul(r.size[d + 1]);
     }
     let nbytes = numel * es; // <= storage bytes, checked by the caller
     if numel == 0 {
-        return Ok(Vec::new());
+        return Ok(std::borrow::Cow::Borrowed(&[]));
     }
     let is_contiguous =
         r.size.iter().zip(r.stride.iter().zip(&contiguous)).all(|(&n, (&s, &c))| n == 1 || s == c);
     if is_contiguous {
         let start = r.offset * es;
-        return Ok(storage[start..start + nbytes].to_vec());
+        return Ok(std::borrow::Cow::Borrowed(&storage[start..start + nbytes]));
     }
     let mut out = Vec::with_capacity(nbytes);
     let mut idx = vec![0usize; r.size.len()];
@@ -362,5 +369,5 @@ fn gather(storage: &[u8], es: usize, r: &TensorRef, numel: usize) -> Result<Vec<
             idx[ax] = 0;
         }
     }
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
