@@ -10,8 +10,10 @@ fn gdiff(args: &[String]) -> (String, String) {
         .env("RAYON_NUM_THREADS", "2")
         .output()
         .expect("gdiff runs");
-    let (out, err) =
-        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
     assert!(o.status.success(), "gdiff {args:?} failed:\n{err}");
     (out, err)
 }
@@ -54,7 +56,10 @@ fn npz_shape(path: &Path) -> Vec<usize> {
 fn every_command_on(data: &Path, work: &Path, expect_note: bool) {
     let (d, w) = (data, work);
     // train: 2 steps, a checkpoint, then samples from it.
-    let (_, err) = gdiff(&args(&format!("train --data_dir {{}} {NET} {TRAIN} --log_dir {{}}"), &[d, &w.join("m")]));
+    let (_, err) = gdiff(&args(
+        &format!("train --data_dir {{}} {NET} {TRAIN} --log_dir {{}}"),
+        &[d, &w.join("m")],
+    ));
     assert_eq!(err.contains("converted to gray"), expect_note, "{err}");
     let model = w.join("m/model000002.safetensors");
     assert!(model.exists());
@@ -88,7 +93,9 @@ fn every_command_on(data: &Path, work: &Path, expect_note: bool) {
         ),
         &[d, &w.join("sr")],
     ));
-    let small = candle_core::Tensor::zeros((2, 8, 8, 1), candle_core::DType::U8, &candle_core::Device::Cpu).unwrap();
+    let small =
+        candle_core::Tensor::zeros((2, 8, 8, 1), candle_core::DType::U8, &candle_core::Device::Cpu)
+            .unwrap();
     candle_core::Tensor::write_npz(&[("arr_0", &small)], w.join("base.npz")).unwrap();
     gdiff(&args(
         "super-res --model_path {} --base_samples {} --large_size 16 --small_size 8 \

@@ -99,7 +99,8 @@ fn pt(path: &Path, pkl: &[u8], storages: &[(&str, Vec<u8>)], deflate: bool) {
     let f = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(f);
     let m = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
-    let opts: zip::write::FileOptions<()> = zip::write::FileOptions::default().compression_method(m);
+    let opts: zip::write::FileOptions<()> =
+        zip::write::FileOptions::default().compression_method(m);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(pkl).unwrap();
     for (name, data) in storages {
@@ -126,7 +127,11 @@ fn safetensors_file(path: &Path, tensors: &[(&str, Vec<f32>)], meta: HashMap<Str
         .iter()
         .map(|(n, v)| {
             let bytes: &[u8] = unsafe_bytes(v);
-            (n.to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![v.len()], bytes).unwrap())
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![v.len()], bytes)
+                    .unwrap(),
+            )
         })
         .collect();
     let b = safetensors::serialize(views, Some(meta)).unwrap();
@@ -167,7 +172,12 @@ fn hostile_cli_checkpoints_are_refused_under_a_memory_cap() {
     pt(&d.join("deep.pt"), &deep, &[], false);
     refuses("nesting", &["inspect", &s(&d.join("deep.pt"))], "nested deeper");
     // D2: too few rebuild arguments (candle: Vec::remove panic).
-    pt(&d.join("short.pt"), b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(J\x00\x00\x00\x00tRu.", &[], false);
+    pt(
+        &d.join("short.pt"),
+        b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(J\x00\x00\x00\x00tRu.",
+        &[],
+        false,
+    );
     refuses("short args", &["inspect", &s(&d.join("short.pt"))], "expected at least 4");
     // Zip bomb: 40 MiB of zeros declared as a tensor, ~40 KiB on disk.
     pt(&d.join("bomb.pt"), &one_tensor_pickle(10 << 20), &[("0", vec![0; 40 << 20])], true);
@@ -246,9 +256,22 @@ fn hostile_cli_flags_and_side_files_are_refused() {
     }
     refuses(
         "empty base samples",
-        &["super-res", "--model_path", &golden("model_sr.pt"), "--model_config",
-          &golden("model_sr.json"), "--base_samples", &s(&base), "--large_size", "32",
-          "--small_size", "16", "--quiet", "--output", "o.npz"],
+        &[
+            "super-res",
+            "--model_path",
+            &golden("model_sr.pt"),
+            "--model_config",
+            &golden("model_sr.json"),
+            "--base_samples",
+            &s(&base),
+            "--large_size",
+            "32",
+            "--small_size",
+            "16",
+            "--quiet",
+            "--output",
+            "o.npz",
+        ],
         "is empty",
     );
     // D9: eval inputs that gave FID 2e8 / IS inf.
@@ -266,7 +289,11 @@ fn hostile_cli_flags_and_side_files_are_refused() {
         }
         z.finish().unwrap();
     }
-    refuses("eval inf", &["eval", "--features", &s(&feats), &s(&feats), "--device", "cpu", "--output", "r.json"], "not finite");
+    refuses(
+        "eval inf",
+        &["eval", "--features", &s(&feats), &s(&feats), "--device", "cpu", "--output", "r.json"],
+        "not finite",
+    );
     // Training flags (D6, D9) are refused before anything is created.
     let train = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["train", "--data_dir", "fashion-mnist", "--log_dir", "logs"]

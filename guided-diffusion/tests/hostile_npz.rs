@@ -125,7 +125,7 @@ fn hostile_eval_pixels_must_be_levels_in_range() {
     // D9: float images with NaN, Inf or values past 255 gave FID 2e8 or IS inf.
     for (name, bad) in [("nan", f32::NAN), ("inf", f32::INFINITY), ("big", 300.0), ("neg", -1.0)] {
         let p = tmp.path().join(format!("{name}.npz"));
-        let mut v = vec![10.0f32; 2 * 2 * 2 * 3];
+        let mut v = [10.0f32; 2 * 2 * 2 * 3];
         v[13] = bad;
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         npz(&p, &[("arr_0", lying("<f4", "(2, 2, 2, 3)", &bytes))]);

@@ -362,7 +362,7 @@ impl Machine<'_> {
 
     /// Adds `pairs` (key, value, key, value, ...) to the dict on top of the stack.
     fn extend_dict(&mut self, flat: Vec<Value>) -> PResult<()> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(format!(
                 "SETITEM(S) with an odd number ({}) of keys and values",
                 flat.len()
