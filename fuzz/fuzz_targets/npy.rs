@@ -1,12 +1,14 @@
 //! npy and npz: the input as a `.npy` file (`read_npy_f32`, as `--init_noise`) and as an
 //! `.npz` archive (every member's header, then whole reads and batch streaming, as `eval`
-//! and `--base_samples` read them). Files go to /dev/shm, one per process.
+//! and `--base_samples` read them). The readers take paths: the input is written to
+//! /dev/shm (memory) where there is one, else the temp dir, one file per process.
 #![no_main]
 use guided_diffusion::eval::npz;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir();
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
     let npy = dir.join(format!("gdiff-fuzz-{}.npy", std::process::id()));
     std::fs::write(&npy, data).unwrap();
     let _ = npz::read_npy_f32(&npy);

@@ -178,11 +178,18 @@ impl Dataset for FolderDataset {
 
 /// Checks `--in_channels` against the first image of the folder (its header only): 1 and 3
 /// always work (PIL's `convert("L")` / `convert("RGB")`), 2 and 4 only for images with alpha.
-/// Returns a note when colour images are converted to gray.
+/// Returns a note when colour images are converted to gray. A first file that cannot be read
+/// is left for decoding to report (naming it) when its item is loaded.
 fn check_channels(first: &Path, channels: usize) -> Result<Option<String>> {
-    let bytes = std::fs::read(first).map_err(|e| crate::Error::io(first, e))?;
-    let ct =
-        color_type(&bytes).map_err(|e| crate::Error::msg(format!("{}: {e}", first.display())))?;
+    if !(1..=4).contains(&channels) {
+        bail!(
+            "--in_channels {channels}: a folder of images decodes to 1 (gray) or 3 (RGB) \
+             channels, 2 or 4 with alpha"
+        );
+    }
+    let Some(ct) = std::fs::read(first).ok().and_then(|b| color_type(&b).ok()) else {
+        return Ok(None);
+    };
     let have = channels_of(ct);
     match channels {
         1 if have >= 3 => Ok(Some(format!(
@@ -191,15 +198,10 @@ fn check_channels(first: &Path, channels: usize) -> Result<Option<String>> {
             first.display()
         ))),
         1 | 3 => Ok(None),
-        2 | 4 if have == 2 || have == 4 => Ok(None),
-        2 | 4 => bail!(
+        _ if have == 2 || have == 4 => Ok(None),
+        _ => bail!(
             "--in_channels {channels}: the images have no alpha channel ({} is {ct:?}); use \
              --in_channels 3 (RGB) or 1 (gray)",
-            first.display()
-        ),
-        _ => bail!(
-            "--in_channels {channels}: a folder of images decodes to 1 (gray) or 3 (RGB) \
-             channels, 2 or 4 with alpha ({} is {ct:?})",
             first.display()
         ),
     }
