@@ -33,6 +33,9 @@ pub const MAX_DATA_WORKERS: usize = 256;
 
 /// Decoded images of a data folder: width and height...
 pub const MAX_DECODED_SIDE: u32 = 16384;
+/// ...their pixel count (64 Mpx, e.g. 8192x8192; a 710-byte JPEG claiming 15111x8446 took
+/// 8.5 s and 900 MB to decode and crop, found by the `image` fuzz target)...
+pub const MAX_DECODED_PIXELS: u64 = 1 << 26;
 /// ...and the memory one decode may allocate (a 8192x8192 RGBA image is 256 MiB).
 pub const MAX_DECODE_ALLOC: u64 = 512 << 20;
 

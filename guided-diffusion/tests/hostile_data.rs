@@ -136,3 +136,18 @@ fn gray_folders_decode_to_one_channel_as_pil() {
         assert!(e.contains(&format!("--in_channels {c}")) && e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn fuzz_found_jpeg_claiming_127_megapixels_is_refused_from_its_header() {
+    // Found by the `image` fuzz target: 710 bytes whose SOF claims 15111x8446 gray; decoding
+    // and cropping it took 8.5 s and 900 MB. Its first byte is the target's channel choice.
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/image-timeout-jpeg-15111x8446"),
+    )
+    .unwrap();
+    for channels in [1, 2, 3, 4] {
+        let e = decode(&input[1..], channels).unwrap_err().to_string();
+        assert!(e.contains("15111x8446") && e.contains("decoding limits"), "{e}");
+    }
+}

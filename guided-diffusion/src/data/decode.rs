@@ -23,7 +23,7 @@ use std::path::Path;
 use image::{ColorType, DynamicImage, ImageDecoder, ImageReader};
 
 use super::resize::RawImage;
-use crate::limits::{MAX_DECODED_SIDE, MAX_DECODE_ALLOC};
+use crate::limits::{MAX_DECODED_PIXELS, MAX_DECODED_SIDE, MAX_DECODE_ALLOC};
 use crate::{bail, Error, Result};
 
 /// Decodes `path` to RGB (3 channels).
@@ -72,14 +72,24 @@ pub fn decode(bytes: &[u8], channels: usize) -> Result<RawImage> {
     if !(1..=4).contains(&channels) {
         bail!("cannot decode to {channels} channels (1 = L, 2 = LA, 3 = RGB, 4 = RGBA)");
     }
-    let img = reader(bytes)?.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => Error::msg(format!(
-            "image over the decoding limits ({l}; at most {MAX_DECODED_SIDE} pixels a side and \
-             {} MiB): a decompression bomb or a picture far larger than training needs",
+    let over = |what: String| {
+        Error::msg(format!(
+            "image over the decoding limits ({what}; at most {MAX_DECODED_SIDE} pixels a side, \
+             {MAX_DECODED_PIXELS} pixels and {} MiB): a decompression bomb or a picture far \
+             larger than training needs",
             MAX_DECODE_ALLOC >> 20
-        )),
+        ))
+    };
+    let fail = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => over(l.to_string()),
         e => Error::msg(format!("cannot decode image: {e}")),
-    })?;
+    };
+    let decoder = reader(bytes)?.into_decoder().map_err(fail)?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > MAX_DECODED_PIXELS {
+        return Err(over(format!("{w}x{h}")));
+    }
+    let img = DynamicImage::from_decoder(decoder).map_err(fail)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let data = match (channels, img) {
         (1, DynamicImage::ImageLuma8(g)) => g.into_raw(),
