@@ -175,7 +175,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         if let Err(e) = out.write_all(results.report().as_bytes()).and_then(|_| out.flush()) {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
-                return Err(e).context("writing to stdout");
+                bail!("writing to stdout: {e}");
             }
         }
     }
