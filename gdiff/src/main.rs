@@ -86,10 +86,22 @@ fn clap_exit(e: clap::Error) -> ! {
     ) {
         e.exit()
     }
-    let text = e.to_string();
-    let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-    eprintln!("error: {line} (see gdiff --help)");
+    eprintln!("error: {} (see gdiff --help)", one_line(&e.to_string()));
     std::process::exit(2)
+}
+
+/// clap's message on one line: the first line, plus the indented lines that follow it (the
+/// list of missing required arguments), up to the usage block.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut out =
+        lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    let items: Vec<&str> =
+        lines.take_while(|l| !l.trim().is_empty() && l.starts_with(' ')).map(str::trim).collect();
+    if !items.is_empty() {
+        out = format!("{} {}", out.trim_end(), items.join(", "));
+    }
+    out
 }
 
 fn main() {

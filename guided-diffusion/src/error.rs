@@ -3,8 +3,10 @@
 pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The OS error is part of the message and deliberately not a `source()`: anyhow's `{:#}`
+    /// would print it a second time ("failed to fill whole buffer: failed to fill whole buffer").
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{0}")]
     Msg(String),
 }
@@ -14,7 +16,7 @@ impl Error {
         Error::Msg(s.into())
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io { path: path.as_ref().display().to_string(), error: source }
     }
 }
 

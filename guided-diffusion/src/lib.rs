@@ -10,6 +10,7 @@
 //! - [`models`]: the ADM UNet, the super-resolution UNet and the noisy-image classifier.
 //! - [`checkpoint`], [`data`]: weights in and out (.pt, safetensors), images and data sets.
 //! - [`dist`]: several processes (MPI) for training, sampling and likelihood.
+//! - [`limits`]: the bounds every size from a file or a flag is checked against.
 pub mod checkpoint;
 pub mod data;
 pub mod diffusion;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod guidance;
 pub mod kernels;
+pub mod limits;
 pub mod models;
 pub mod sample;
 pub mod samplers;

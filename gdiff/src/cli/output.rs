@@ -1,10 +1,12 @@
-//! Output files and progress: npz archives written atomically, the device flag, progress bars
-//! that show on a terminal only.
+//! Output files and progress: npz archives written atomically and read with checked sizes
+//! (`guided_diffusion::eval::npz`), the device flag, progress bars that show on a terminal
+//! only, and stdout text that ends quietly when the reader goes away (`| head -1`).
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use guided_diffusion::eval::npz;
 
 /// The temporary name `path` is written under before the rename: a hidden file beside it.
 fn temp_path(path: &Path) -> PathBuf {
@@ -54,7 +56,8 @@ impl Staged {
 
     /// An `.npz` of named arrays.
     pub fn npz(&mut self, path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
-        self.file(path, |tmp| Ok(Tensor::write_npz(arrays, tmp)?))
+        let bytes = npz_bytes(arrays)?;
+        self.file(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
     }
 
     /// One array as `.npy`.
@@ -83,17 +86,66 @@ impl Drop for Staged {
     }
 }
 
-/// Reads one array of an `.npz` by name, naming the file and key in errors.
+/// An `.npz` of named arrays, assembled in memory (so no zip writer can fail half way and
+/// print its drop message before the real error).
+fn npz_bytes(arrays: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
+    let mut members = Vec::with_capacity(arrays.len());
+    for (name, t) in arrays {
+        let dims = t.dims().to_vec();
+        let t = t.to_device(&Device::Cpu)?.flatten_all()?;
+        let (descr, data): (&str, Vec<u8>) = match t.dtype() {
+            DType::U8 => ("|u1", t.to_vec1::<u8>()?),
+            DType::I64 => {
+                ("<i8", t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            DType::U32 => {
+                ("<u4", t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            DType::F64 => {
+                ("<f8", t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            _ => (
+                "<f4",
+                t.to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        };
+        members.push((*name, npz::npy_bytes(descr, &dims, &data)));
+    }
+    Ok(npz::npz_bytes(&members)?)
+}
+
+/// Reads one array of an `.npz` by name (uint8 as U8, other integers as I64, floats as F32),
+/// naming the file and key in errors. The header is checked against the archive before
+/// anything is allocated, and an empty array (no entries along its first axis) is an error.
 pub fn read_npz_array(path: &Path, key: &str) -> Result<Tensor> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    let all = Tensor::read_npz(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable .npz: {e}", path.display()))?;
-    let keys: Vec<String> = all.iter().map(|(k, _)| k.clone()).collect();
-    all.into_iter().find(|(k, _)| k == key).map(|(_, t)| t).ok_or_else(|| {
-        anyhow::anyhow!("{}: has no array {key:?} (it has {})", path.display(), keys.join(", "))
-    })
+    let f = npz::NpzFile::open(path)?;
+    let h = f.header(key)?;
+    if h.shape.first() == Some(&0) || h.numel() == 0 {
+        bail!("{}: array {key:?} is empty (shape {:?})", path.display(), h.shape);
+    }
+    let t = match h.dtype {
+        npz::NpyDtype::U8 => {
+            let a = f.read_u8(key)?;
+            Tensor::from_vec(a.data, a.shape, &Device::Cpu)?
+        }
+        d if !d.is_float() => {
+            let a = f.read_f64(key)?;
+            let v: Vec<i64> = a.data.iter().map(|&x| x as i64).collect();
+            Tensor::from_vec(v, a.shape, &Device::Cpu)?
+        }
+        _ => {
+            let a = f.read_f32(key)?;
+            Tensor::from_vec(a.data, a.shape, &Device::Cpu)?
+        }
+    };
+    Ok(t)
 }
 
 /// `--device`, for every command: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA 0 when this gdiff
@@ -131,4 +183,15 @@ pub fn progress_bar(len: u64, quiet: bool) -> indicatif::ProgressBar {
         .expect("valid template"),
     );
     pb
+}
+
+/// Prints `text` on stdout. A reader that closed the pipe early (`gdiff inspect F | head -1`)
+/// is not an error: the rest is dropped and the command ends normally.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }

@@ -24,7 +24,8 @@ pub fn read_config_file(path: &Path, default_builder: &str) -> Result<NetConfig>
     } else {
         NetConfig::from_builder(default_builder, &v)
     };
-    cfg.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    cfg.and_then(|c| c.validate().map(|_| c))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// The model and diffusion configs embedded in one of our checkpoints, if any.
@@ -33,18 +34,29 @@ pub fn embedded(path: &Path) -> Result<(Option<NetConfig>, Option<DiffusionConfi
         return Ok((None, None));
     }
     let meta = checkpoint::read_metadata(path)?;
-    let net = match meta.get(checkpoint::CONFIG_KEY) {
-        Some(s) => Some(
-            NetConfig::from_json(&serde_json::from_str(s)?)
-                .map_err(|e| anyhow::anyhow!("{}: embedded model config: {e}", path.display()))?,
-        ),
+    let key = checkpoint::CONFIG_KEY;
+    let net = match meta.get(key) {
+        Some(s) => {
+            let v: serde_json::Value = serde_json::from_str(s).map_err(|e| {
+                anyhow::anyhow!("{}: metadata {key} is not valid JSON: {e}", path.display())
+            })?;
+            let cfg = NetConfig::from_json(&v)
+                .and_then(|c| c.validate().map(|_| c))
+                .map_err(|e| anyhow::anyhow!("{}: metadata {key}: {e}", path.display()))?;
+            Some(cfg)
+        }
         None => None,
     };
     let diffusion = match meta.get(DIFFUSION_KEY) {
-        Some(s) => Some(
-            serde_json::from_str(s)
-                .with_context(|| format!("{}: embedded diffusion config", path.display()))?,
-        ),
+        Some(s) => {
+            let d: DiffusionConfig = serde_json::from_str(s).map_err(|e| {
+                anyhow::anyhow!("{}: metadata {DIFFUSION_KEY}: {e}", path.display())
+            })?;
+            d.build().map_err(|e| {
+                anyhow::anyhow!("{}: metadata {DIFFUSION_KEY}: {e}", path.display())
+            })?;
+            Some(d)
+        }
         None => None,
     };
     Ok((net, diffusion))

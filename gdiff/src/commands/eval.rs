@@ -168,7 +168,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     bars.finish();
     let results = results?;
     eprintln!("Computing evaluations...");
-    print!("{}", results.report());
+    // A closed stdout (`| head -1`) is not an error (this file is also compiled into the
+    // eval_cli test on its own, hence no crate::cli helper here).
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(results.report().as_bytes()).and_then(|_| out.flush()) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                bail!("writing to stdout: {e}");
+            }
+        }
+    }
     if let Some(out) = &args.output {
         results.write_json(out)?;
         eprintln!("wrote {}", out.display());

@@ -7,7 +7,7 @@ use candle_core::Device;
 use clap::Args;
 use guided_diffusion::checkpoint;
 
-use crate::cli::resolve;
+use crate::cli::{output, resolve};
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -20,43 +20,49 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: &InspectArgs) -> Result<()> {
+    use std::fmt::Write;
     if !a.file.exists() {
         bail!("{}: no such file", a.file.display());
     }
     let format = checkpoint::detect_format(&a.file)?;
     let sd = checkpoint::read(&a.file, &Device::Cpu)?;
-    println!("file: {} ({format:?})", a.file.display());
-    println!("tensors: {}, parameters: {}", sd.tensors.len(), sd.num_params());
+    // All text first, then one write: a closed stdout (`| head -1`) ends it quietly.
+    let mut o = String::new();
+    writeln!(o, "file: {} ({format:?})", a.file.display())?;
+    writeln!(o, "tensors: {}, parameters: {}", sd.tensors.len(), sd.num_params())?;
     let (net, diffusion) = resolve::embedded(&a.file)?;
     match net {
         Some(cfg) => {
-            println!("config (embedded): {}", serde_json::to_string_pretty(&cfg.to_json())?)
+            writeln!(o, "config (embedded): {}", serde_json::to_string_pretty(&cfg.to_json())?)?
         }
         None => match checkpoint::infer::infer(&sd.tensors) {
             Some(inf) => {
-                println!("config (inferred from the shapes): {}", inf.builder);
+                writeln!(o, "config (inferred from the shapes): {}", inf.builder)?;
                 for (k, v) in &inf.known {
-                    println!("  {k}: {v}");
+                    writeln!(o, "  {k}: {v}")?;
                 }
-                println!("  not determined by the weights: {}", inf.unknown.join(", "));
+                writeln!(o, "  not determined by the weights: {}", inf.unknown.join(", "))?;
             }
-            None => println!("config: not an ADM network (no time_embed / input_blocks keys)"),
+            None => writeln!(o, "config: not an ADM network (no time_embed / input_blocks keys)")?,
         },
     }
     if let Some(d) = diffusion {
-        println!("diffusion (embedded): {}", serde_json::to_string(&d)?);
+        writeln!(o, "diffusion (embedded): {}", serde_json::to_string(&d)?)?;
     }
     let meta = |k: &str| sd.metadata.get(k);
     if let Some(null) = meta(guided_diffusion::train::ckpt::meta::NULL_CLASS) {
         let p = meta(guided_diffusion::train::ckpt::meta::CLASS_DROPOUT_PROB);
-        println!(
+        writeln!(
+            o,
             "classifier-free guidance: null class {null}{} (gdiff sample --cfg_scale S)",
             p.map(|p| format!(", trained with label dropout {p}")).unwrap_or_default()
-        );
+        )?;
     }
-    for (k, v) in &sd.metadata {
+    let mut sorted: Vec<_> = sd.metadata.iter().collect();
+    sorted.sort();
+    for (k, v) in sorted {
         if k != checkpoint::CONFIG_KEY && k != resolve::DIFFUSION_KEY {
-            println!("metadata {k}: {v}");
+            writeln!(o, "metadata {k}: {v}")?;
         }
     }
     if !a.no_keys {
@@ -64,8 +70,8 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             sd.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
         keys.sort();
         for (k, s) in keys {
-            println!("{k} {s:?}");
+            writeln!(o, "{k} {s:?}")?;
         }
     }
-    Ok(())
+    output::print_stdout(&o)
 }

@@ -72,8 +72,14 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     let mut lc = LoaderConfig::new(a.batch_size, a.seed);
     lc.shuffle = false; // deterministic=True in the reference
     lc.device = device.clone();
-    let mut data = Loader::new(open_dataset(&spec)?, lc)?;
+    let ds = open_dataset(&spec)?;
     let root = dist.rank() == 0;
+    if root {
+        for note in ds.notes() {
+            eprintln!("note: {note}");
+        }
+    }
+    let mut data = Loader::new(ds, lc)?;
     let mut dir = if root {
         resolve_log_dir(a.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
     } else {
@@ -151,6 +157,9 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
         let path = log_dir.join(format!("{name}_terms.npz"));
         output::write_npz(&path, &[("arr_0", &m)])?;
     }
-    println!("bpd={mean} over {done} samples; terms written to {}", log_dir.display());
+    crate::cli::output::print_stdout(&format!(
+        "bpd={mean} over {done} samples; terms written to {}\n",
+        log_dir.display()
+    ))?;
     Ok(())
 }

@@ -54,22 +54,30 @@ pub fn parse_classes(s: &str) -> Result<Vec<usize>> {
     Ok(guided_diffusion::models::flags::parse_list::<usize>(s, "classes")?)
 }
 
-/// Reads `--init_noise`: float32 NCHW `.npy`.
+/// Reads `--init_noise`: a float NCHW `.npy` (any byte order; its shape is checked against the
+/// file's length before anything is allocated), all values finite.
 pub fn read_init_noise(path: &Path) -> Result<Tensor> {
     if !path.exists() {
         bail!("--init_noise {}: no such file", path.display());
     }
-    let t = Tensor::read_npy(path).map_err(|e| {
-        anyhow::anyhow!("--init_noise {}: not a readable .npy: {e}", path.display())
-    })?;
-    if t.rank() != 4 {
+    let a = guided_diffusion::eval::npz::read_npy_f32(path)
+        .map_err(|e| anyhow::anyhow!("--init_noise {e}"))?;
+    if a.shape.len() != 4 || a.shape.contains(&0) {
         bail!(
-            "--init_noise {}: expected a float32 NCHW array, got shape {:?}",
+            "--init_noise {}: expected a non-empty float32 NCHW array, got shape {:?}",
             path.display(),
-            t.dims()
+            a.shape
         );
     }
-    Ok(t.to_dtype(DType::F32)?)
+    if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "--init_noise {}: value {} at flat index {i} is not finite; x_T must be finite \
+             (Gaussian) noise",
+            path.display(),
+            a.data[i]
+        );
+    }
+    Ok(Tensor::from_vec(a.data, a.shape, &Device::Cpu)?.to_dtype(DType::F32)?)
 }
 
 /// A random seed when none is given (printed so the run can be repeated).
@@ -377,6 +385,8 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
     } else {
         DEFAULT_NUM_SAMPLES
     });
+    guided_diffusion::limits::check_num_samples("--num_samples", num_samples)?;
+    guided_diffusion::limits::check_batch_size("--batch_size", a.sampling.batch_size)?;
     // Every rank draws the same run: rank 0's seed when none is given.
     let seed = shard::same_seed(dist, seed_or_random(a.sampling.seed))?;
     if a.sampling.seed.is_none() && !a.sampling.quiet && dist.rank() == 0 {

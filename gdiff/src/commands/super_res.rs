@@ -99,6 +99,10 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
         Classes::Random
     };
     let low_res = images::from_uint8_nhwc(&base)?;
+    if let Some(k) = a.sampling.num_samples {
+        guided_diffusion::limits::check_num_samples("--num_samples", k)?;
+    }
+    guided_diffusion::limits::check_batch_size("--batch_size", a.sampling.batch_size)?;
     let num_samples = a.sampling.num_samples.unwrap_or(DEFAULT_NUM_SAMPLES).min(n);
     let init_noise = a.sampling.init_noise.as_deref().map(read_init_noise).transpose()?;
     // Every rank draws the same run: rank 0's seed when none is given.

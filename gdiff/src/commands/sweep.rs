@@ -559,9 +559,8 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let samplers = parse_samplers(&a.samplers)?;
     let kinds = Kind::parse_list(&a.guidance)?;
     let interval = a.guidance_interval.as_deref().map(parse_interval).transpose()?;
-    if a.num_samples == 0 || a.batch_size == 0 {
-        bail!("--num_samples and --batch_size must be positive");
-    }
+    guided_diffusion::limits::check_num_samples("--num_samples", a.num_samples)?;
+    guided_diffusion::limits::check_batch_size("--batch_size", a.batch_size)?;
     let clf_path = builtin_file(&a.classifier_path, "classifier.safetensors", "--classifier_path")?;
     let judge_path = builtin_file(&a.judge_path, "judge.safetensors", "--judge_path")?;
     if clf_path.canonicalize().ok() == judge_path.canonicalize().ok() {

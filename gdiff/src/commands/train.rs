@@ -27,7 +27,7 @@ use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::train::ckpt::meta;
 use guided_diffusion::train::{
     parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed,
-    LabelDropout, Logger, MicroScaling, Objective, ParamSet, TrainConfig, TrainLoop,
+    LabelDropout, Logger, MicroScaling, Objective, ParamSet, RunLock, TrainConfig, TrainLoop,
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
@@ -187,9 +187,44 @@ fn train_config(
     Ok(tc)
 }
 
-/// This process's rank, the log directory (rank 0's choice, sent to the others) and the logger
-/// (rank 0 writes `log.txt` and `progress.csv`; the other ranks write nothing).
-fn rank_setup(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<(std::path::PathBuf, Logger)> {
+/// Checks the training flags that the library takes as plain numbers: a negative or NaN
+/// learning rate would train silently into garbage.
+fn check_common(c: &CommonTrainArgs) -> Result<()> {
+    use guided_diffusion::limits;
+    if let Some(lr) = c.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr {lr}: expected a positive, finite learning rate (e.g. 1e-4)");
+        }
+    }
+    if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
+        bail!("--weight_decay {}: expected a finite value >= 0", c.weight_decay);
+    }
+    if let Some(b) = c.batch_size {
+        limits::check_batch_size("--batch_size", b)?;
+    }
+    if c.microbatch == 0 || c.microbatch < -1 {
+        bail!("--microbatch {}: expected -1 (the whole batch) or a positive size", c.microbatch);
+    }
+    if c.log_interval == 0 || c.save_interval == 0 {
+        bail!("--log_interval and --save_interval must be positive");
+    }
+    limits::check("--data_workers", c.data_workers, limits::MAX_DATA_WORKERS)?;
+    if let Some(g) = c.fp16_scale_growth {
+        if !g.is_finite() {
+            bail!("--fp16_scale_growth {g}: expected a finite number");
+        }
+    }
+    Ok(())
+}
+
+/// This process's rank, the log directory (rank 0's choice, sent to the others), the logger
+/// (rank 0 writes `log.txt` and `progress.csv`; the other ranks write nothing) and, on rank 0,
+/// the lock that keeps a second run out of the directory. Temporary files a killed run left
+/// there are removed once the lock is held.
+fn rank_setup(
+    c: &CommonTrainArgs,
+    dist: &dyn Distributed,
+) -> Result<(std::path::PathBuf, Logger, Option<RunLock>)> {
     let mut dir = if dist.rank() == 0 {
         resolve_log_dir(c.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
     } else {
@@ -197,11 +232,22 @@ fn rank_setup(c: &CommonTrainArgs, dist: &dyn Distributed) -> Result<(std::path:
     };
     dist.broadcast_bytes(&mut dir)?;
     let log_dir = std::path::PathBuf::from(String::from_utf8(dir)?);
-    let logger = if dist.rank() == 0 { Logger::open(&log_dir, 0)? } else { Logger::null() };
+    let lock = if dist.rank() == 0 {
+        let holder: Vec<String> = std::env::args().collect();
+        Some(RunLock::acquire(&log_dir, &holder.join(" "))?)
+    } else {
+        None
+    };
+    let mut logger = if dist.rank() == 0 { Logger::open(&log_dir, 0)? } else { Logger::null() };
+    if lock.is_some() {
+        for p in guided_diffusion::train::ckpt::remove_stale_temp_files(&log_dir)? {
+            logger.log(&format!("removed {}, left by an interrupted run", p.display()));
+        }
+    }
     if dist.world_size() > 1 && dist.rank() == 0 {
         eprintln!("data parallel over {} MPI ranks; --batch_size is per rank", dist.world_size());
     }
-    Ok((log_dir, logger))
+    Ok((log_dir, logger, lock))
 }
 
 /// What a training loader reads.
@@ -229,6 +275,11 @@ fn open_rank_loader(
     spec.random_flip = c.random_flip;
     spec.channels = d.channels;
     let ds = open_dataset(&spec)?;
+    if dist.rank() == 0 {
+        for note in ds.notes() {
+            eprintln!("note: {note}");
+        }
+    }
     let mut cfg = LoaderConfig::new(batch * dist.world_size(), d.seed);
     cfg.workers = c.data_workers;
     cfg.device = device.clone();
@@ -268,6 +319,7 @@ fn fresh_net(
 /// `image_train.py` (and, with `small_size`, `super_res_train.py`).
 fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let c = &a.common;
+    check_common(c)?;
     let dist = init_from_env()?;
     let device = output::device(&c.device)?;
     let mut margs = a.model.clone();
@@ -311,7 +363,7 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
         ),
     };
     let (net, params) = fresh_net(&net_cfg, c, &device)?;
-    let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
+    let (log_dir, logger, _lock) = rank_setup(c, dist.as_ref())?;
     let mut tc =
         train_config(c, c.batch_size.unwrap_or(1), c.lr.unwrap_or(1e-4), &log_dir, &net_cfg)?;
     tc.metadata.insert(DIFFUSION_KEY.into(), serde_json::to_string(&dcfg)?);
@@ -359,6 +411,7 @@ pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
 /// `classifier_train.py`.
 pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let c = &a.common;
+    check_common(c)?;
     let dist = init_from_env()?;
     let device = output::device(&c.device)?;
     let num_classes = match a.num_classes {
@@ -377,7 +430,7 @@ pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let net_cfg = NetConfig::Classifier(cfg);
     let diffusion = resolve::diffusion_config(&a.diffusion, None, false)?.build()?;
     let (net, params) = fresh_net(&net_cfg, c, &device)?;
-    let (log_dir, logger) = rank_setup(c, dist.as_ref())?;
+    let (log_dir, logger, _lock) = rank_setup(c, dist.as_ref())?;
     let mut tc =
         train_config(c, c.batch_size.unwrap_or(4), c.lr.unwrap_or(3e-4), &log_dir, &net_cfg)?;
     tc.micro_scaling = MicroScaling::BatchMean;

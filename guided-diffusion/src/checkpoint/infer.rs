@@ -37,6 +37,10 @@ impl<'a> Keys<'a> {
     fn shape(&self, k: &str) -> Option<&'a [usize]> {
         self.t.get(k).map(|x| x.dims())
     }
+    /// Dimension `i` of tensor `k`, if it has one (files may hold tensors of any rank).
+    fn dim(&self, k: &str, i: usize) -> Option<usize> {
+        self.shape(k)?.get(i).copied()
+    }
     fn has(&self, out: bool, i: usize, prefix: &str) -> bool {
         self.blocks.get(&(out, i)).is_some_and(|v| v.iter().any(|r| r.starts_with(prefix)))
     }
@@ -60,15 +64,15 @@ impl<'a> Keys<'a> {
 /// Infers what it can; `None` if the keys are not those of an ADM network.
 pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     let k = Keys::new(t);
-    let mc = k.shape("time_embed.0.weight")?[1];
-    let in_ch = k.shape("input_blocks.0.0.weight")?[1];
+    let mc = k.dim("time_embed.0.weight", 1).filter(|&m| m > 0)?;
+    let in_ch = k.dim("input_blocks.0.0.weight", 1)?;
     let mut known = vec![("model_channels", mc.to_string())];
     let mut unknown = vec!["num_heads", "num_head_channels", "use_new_attention_order"];
     if let (Some(e), Some(o)) = (
-        k.shape("input_blocks.1.0.emb_layers.1.weight"),
-        k.shape("input_blocks.1.0.in_layers.2.weight"),
+        k.dim("input_blocks.1.0.emb_layers.1.weight", 0),
+        k.dim("input_blocks.1.0.in_layers.2.weight", 0),
     ) {
-        known.push(("use_scale_shift_norm", (e[0] == 2 * o[0]).to_string()));
+        known.push(("use_scale_shift_norm", (e == 2 * o).to_string()));
     }
     let n_out = k.count(true);
     if n_out == 0 {
@@ -77,13 +81,16 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     // The first output block with an up layer closes the deepest level after num_res_blocks + 1.
     let up_at = (0..n_out).find(|&i| k.up_layer(i).is_some());
     let nrb = up_at.unwrap_or(n_out - 1);
-    let levels = n_out / (nrb + 1);
+    let levels = (n_out / (nrb + 1)).min(64);
     known.push(("num_res_blocks", nrb.to_string()));
     let mult: Vec<String> = (0..levels)
         .filter_map(|l| {
-            k.shape(&format!("output_blocks.{}.0.in_layers.2.weight", (levels - 1 - l) * (nrb + 1)))
+            k.dim(
+                &format!("output_blocks.{}.0.in_layers.2.weight", (levels - 1 - l) * (nrb + 1)),
+                0,
+            )
         })
-        .map(|s| format!("{}", s[0] as f64 / mc as f64))
+        .map(|s| format!("{}", s as f64 / mc as f64))
         .collect();
     known.push(("channel_mult", format!("[{}]", mult.join(", "))));
     known.push(("resblock_updown", up_at.and_then(|i| k.up_layer(i)).unwrap_or(false).to_string()));
@@ -99,7 +106,7 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
         i += 1; // the down block
     }
     known.push(("attention_resolutions (downsample factors)", format!("{ds:?}")));
-    let out = k.shape("out.2.weight").map(|s| s[0]).unwrap_or(0);
+    let out = k.dim("out.2.weight", 0).unwrap_or(0);
     known.push(("out_channels", out.to_string()));
     let builder = if out == 2 * in_ch {
         known.push(("in_channels", in_ch.to_string()));
@@ -115,8 +122,8 @@ pub fn infer(t: &HashMap<String, Tensor>) -> Option<Inferred> {
     };
     known.push((
         "num_classes",
-        k.shape("label_emb.weight")
-            .map(|s| s[0].to_string())
+        k.dim("label_emb.weight", 0)
+            .map(|s| s.to_string())
             .unwrap_or_else(|| "None (unconditional)".into()),
     ));
     unknown.push("image_size");
@@ -140,11 +147,11 @@ fn infer_classifier(
         ("spatial", "out.2.bias")
     };
     known.push(("pool", pool.into()));
-    if let Some(s) = k.shape(out_key) {
-        known.push(("out_channels", s[0].to_string()));
+    if let Some(s) = k.dim(out_key, 0) {
+        known.push(("out_channels", s.to_string()));
     }
-    if let Some(p) = k.shape("out.2.positional_embedding") {
-        let side = ((p[1] - 1) as f64).sqrt() as usize;
+    if let Some(p) = k.dim("out.2.positional_embedding", 1) {
+        let side = (p.saturating_sub(1) as f64).sqrt() as usize;
         known.push(("image_size / 2^(levels-1)", side.to_string()));
     }
     unknown.extend(["image_size", "num_res_blocks", "channel_mult", "attention_resolutions"]);

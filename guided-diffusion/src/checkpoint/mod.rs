@@ -2,11 +2,14 @@
 //! and safetensors with our model config embedded in the metadata.
 //!
 //! - [`read`] loads every tensor of a file by its reference parameter name, casting f16/bf16/f64
-//!   weights to f32; the format is detected from the file's first bytes.
+//!   weights to f32; the format is detected from the file's first bytes. Files are untrusted:
+//!   `.pt` pickles go through our own restricted unpickler ([`pickle`]), and every size is
+//!   checked against the file before anything is allocated (`crate::limits`).
 //! - [`verify`] builds a network against a state dict and reports missing, unexpected and
 //!   mis-shaped keys together with the flag that most likely differs.
 //! - [`write_safetensors`] writes atomically (temporary file, then rename).
 pub mod infer;
+pub mod pickle;
 mod pt;
 mod pt_write;
 mod st;
@@ -56,6 +59,34 @@ impl StateDict {
     pub fn num_params(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()
     }
+
+    /// Fails, naming `source` and the first tensor at fault, if any floating-point weight is
+    /// NaN or infinite (such weights only ever sample black images).
+    pub fn check_finite(&self, source: &str) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &self.tensors[name];
+            if !t.dtype().is_float() {
+                continue;
+            }
+            let bad = t
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .filter(|v| !v.is_finite())
+                .count();
+            if bad > 0 {
+                bail!(
+                    "{source}: tensor {name} has {bad} NaN or infinite value(s) of {}: the \
+                     checkpoint is corrupt or its training diverged",
+                    t.elem_count()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// File formats we read.
@@ -92,17 +123,40 @@ pub fn detect_format(path: &Path) -> Result<Format> {
 /// Reads every tensor of a `.pt` or `.safetensors` file, as f32 on `device`.
 pub fn read(path: impl AsRef<Path>, device: &Device) -> Result<StateDict> {
     let path = path.as_ref();
-    let mut sd = match detect_format(path)? {
+    let sd = match detect_format(path)? {
         Format::TorchZip => pt::read(path)?,
         Format::Safetensors => st::read(path)?,
     };
+    to_f32(sd, &path.display().to_string(), device)
+}
+
+/// Reads a checkpoint from memory (`.pt` zip or safetensors, by its first bytes), as [`read`]
+/// does a file; `source` names it in errors. The entry point of the fuzz targets.
+pub fn read_bytes(bytes: &[u8], source: &str, device: &Device) -> Result<StateDict> {
+    let sd = if bytes.starts_with(b"PK\x03\x04") {
+        pt::read_from(std::io::Cursor::new(bytes), source)?
+    } else {
+        st::read_from(std::io::Cursor::new(bytes), source)?
+    };
+    to_f32(sd, source, device)
+}
+
+/// The raw tensors of a safetensors file, in their own dtypes (training checkpoints keep
+/// integer optimizer counters), with its metadata.
+pub fn read_safetensors_raw(path: impl AsRef<Path>) -> Result<StateDict> {
+    st::read(path.as_ref())
+}
+
+fn to_f32(mut sd: StateDict, source: &str, device: &Device) -> Result<StateDict> {
+    if sd.tensors.is_empty() {
+        bail!("{source}: holds no tensors (expected model weights)");
+    }
     for (name, t) in sd.tensors.iter_mut() {
         let cast = match t.dtype() {
             DType::F32 => t.clone(),
             DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
             other => bail!(
-                "{}: tensor {name} has dtype {other:?}; expected floating-point weights",
-                path.display()
+                "{source}: tensor {name} has dtype {other:?}; expected floating-point weights"
             ),
         };
         *t = cast.to_device(device)?;
@@ -143,31 +197,13 @@ pub fn write_model(
     write_safetensors(path, tensors, &meta)
 }
 
-/// The metadata of a safetensors file (reads only the header); empty for a `.pt`.
+/// The metadata of a safetensors file (reads and checks only the header); empty for a `.pt`.
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
-    use std::io::Read;
     let path = path.as_ref();
     if detect_format(path)? != Format::Safetensors {
         return Ok(HashMap::new());
     }
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 {
-        bail!("{}: safetensors header of {n} bytes is implausibly large", path.display());
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::msg(format!("{}: bad safetensors header: {e}", path.display())))?;
-    let mut out = HashMap::new();
-    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
-        for (k, val) in m {
-            if let Some(s) = val.as_str() {
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-    }
-    Ok(out)
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (meta, _) = st::read_header(&mut std::io::BufReader::new(f), &path.display().to_string())?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }

@@ -8,21 +8,83 @@
 //!   without `_` is its own class, extension included, as in the reference). Class names are
 //!   sorted and numbered from 0.
 //! - Sharding: rank `r` of `w` keeps `files[r::w]`.
+//! - Safety: directories are walked once each, by device and inode, so a symlink loop ends;
+//!   FIFOs, sockets and devices with image names are skipped (reading one would hang), as are
+//!   broken links and trees deeper than [`MAX_DEPTH`]; every skipped path is reported with
+//!   its reason in [`Listing::skipped`].
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::{bail, Error, Result};
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "gif"];
 
+/// Directory levels below `--data_dir` that are walked.
+pub const MAX_DEPTH: usize = 256;
+
+/// The image files of a tree, and what was left out and why.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub files: Vec<PathBuf>,
+    /// `(path, reason)` of every entry skipped for safety.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 /// All image files under `dir`, recursively, in the reference's order.
 pub fn list_image_files_recursively(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    Ok(list_images(dir)?.files)
+}
+
+/// All image files under `dir`, recursively, in the reference's order, plus the entries
+/// skipped (symlink loops, FIFOs and devices, broken links).
+pub fn list_images(dir: impl AsRef<Path>) -> Result<Listing> {
     let dir = dir.as_ref();
-    let mut out = Vec::new();
-    list_into(dir, &mut out)?;
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    let mut visited = HashSet::new();
+    visited.insert(dir_key(dir, &meta));
+    let mut out = Listing::default();
+    list_into(dir, 0, &mut visited, &mut out)?;
     Ok(out)
 }
 
-fn list_into(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// What identifies a directory however it is reached: (device, inode) on Unix.
+#[cfg(unix)]
+fn dir_key(_path: &Path, meta: &std::fs::Metadata) -> (u64, u64, PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), PathBuf::new())
+}
+
+#[cfg(not(unix))]
+fn dir_key(path: &Path, _meta: &std::fs::Metadata) -> (u64, u64, PathBuf) {
+    (0, 0, std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// What a non-regular, non-directory entry is, for messages.
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+type Visited = HashSet<(u64, u64, PathBuf)>;
+
+fn list_into(dir: &Path, depth: usize, visited: &mut Visited, out: &mut Listing) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut names = Vec::new();
     for entry in rd {
@@ -35,10 +97,34 @@ fn list_into(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let full = dir.join(&name);
         let name_s = name.to_string_lossy();
         let ext = name_s.rsplit('.').next().unwrap_or("").to_lowercase();
-        if name_s.contains('.') && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            out.push(full);
-        } else if full.is_dir() {
-            list_into(&full, out)?;
+        let is_image_name = name_s.contains('.') && IMAGE_EXTENSIONS.contains(&ext.as_str());
+        // Follows symlinks: a link to an image is an image, a link to a directory is walked.
+        let meta = match std::fs::metadata(&full) {
+            Ok(m) => m,
+            Err(e) => {
+                if is_image_name || std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_symlink()) {
+                    out.skipped.push((full, format!("unreadable or a broken link ({e})")));
+                }
+                continue;
+            }
+        };
+        if is_image_name {
+            if meta.is_file() {
+                out.files.push(full);
+            } else {
+                out.skipped.push((full, format!("{}, not an image file", special_kind(&meta))));
+            }
+        } else if meta.is_dir() {
+            if depth + 1 > MAX_DEPTH {
+                out.skipped.push((full, format!("more than {MAX_DEPTH} directories deep")));
+            } else if !visited.insert(dir_key(&full, &meta)) {
+                out.skipped.push((
+                    full,
+                    "a directory already listed (a symlink loop or a second link to it)".into(),
+                ));
+            } else {
+                list_into(&full, depth + 1, visited, out)?;
+            }
         }
     }
     Ok(())

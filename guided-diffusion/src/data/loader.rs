@@ -174,7 +174,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(plan: Arc<Plan>, start: u64, n: usize, prefetch: usize) -> Self {
+    fn start(plan: Arc<Plan>, start: u64, n: usize, prefetch: usize) -> Result<Self> {
         let state = Arc::new((
             Mutex::new(Shared {
                 next_claim: start,
@@ -184,13 +184,18 @@ impl Workers {
             }),
             Condvar::new(),
         ));
-        let handles = (0..n)
-            .map(|_| {
-                let (plan, state) = (plan.clone(), state.clone());
-                std::thread::spawn(move || worker_loop(&plan, &state, prefetch.max(1) as u64))
-            })
-            .collect();
-        Self { state, handles }
+        let mut w = Self { state, handles: Vec::with_capacity(n) };
+        for i in 0..n {
+            let (plan, state) = (plan.clone(), w.state.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("data-loader-{i}"))
+                .spawn(move || worker_loop(&plan, &state, prefetch.max(1) as u64))
+                .map_err(|e| {
+                    Error::msg(format!("--data_workers {n}: cannot start loader thread {i}: {e}"))
+                })?;
+            w.handles.push(h);
+        }
+        Ok(w)
     }
 
     fn take(&self) -> Result<HostBatch> {
@@ -262,6 +267,13 @@ impl Loader {
         if cfg.batch_size == 0 {
             bail!("--batch_size must be positive");
         }
+        crate::limits::check("--batch_size", cfg.batch_size, crate::limits::MAX_BATCH_SIZE)?;
+        crate::limits::check("--data_workers", cfg.workers, crate::limits::MAX_DATA_WORKERS)?;
+        // Every item of a batch is held in memory: check the batch's size before any decode.
+        crate::limits::product(
+            "a batch (--batch_size x channels x --image_size^2)",
+            &[cfg.batch_size, dataset.channels(), dataset.image_size(), dataset.image_size()],
+        )?;
         if dataset.len() < cfg.batch_size {
             bail!(
                 "data set has {} items (this rank), fewer than --batch_size {}: no full batch",
@@ -288,11 +300,11 @@ impl Loader {
             perm_cache: Mutex::new(None),
         });
         let mut l = Self { plan, cfg, position: 0, workers: None };
-        l.restart();
+        l.restart()?;
         Ok(l)
     }
 
-    fn restart(&mut self) {
+    fn restart(&mut self) -> Result<()> {
         self.workers = None; // joins the old threads first
         if self.cfg.workers > 0 {
             self.workers = Some(Workers::start(
@@ -300,8 +312,9 @@ impl Loader {
                 self.position,
                 self.cfg.workers,
                 self.cfg.prefetch,
-            ));
+            )?);
         }
+        Ok(())
     }
 
     /// Full batches per epoch (items / batch size, rounded down).
@@ -340,7 +353,7 @@ impl BatchSource for Loader {
     fn seek(&mut self, n: u64) -> Result<()> {
         if n != self.position {
             self.position = n;
-            self.restart();
+            self.restart()?;
         }
         Ok(())
     }

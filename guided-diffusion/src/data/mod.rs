@@ -2,7 +2,7 @@
 //!
 //! - [`files`]: listing, labels from file names, class lists, sharding (rank::world).
 //! - [`resize`]: PIL-exact BOX/BICUBIC, `center_crop_arr`, `random_crop_arr`, flips.
-//! - [`decode`]: image files to RGB.
+//! - [`decode`]: image files to gray or RGB, under decoding limits.
 //! - [`dataset`]: the [`Dataset`] trait and the folder data set.
 //! - [`idx`], [`fashion_mnist`]: Debian's `dataset-fashion-mnist` files.
 //! - [`loader`]: endless shuffled batches (`[N,C,H,W]` tensors + labels) from background threads.
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub use dataset::{Dataset, FolderDataset, FolderOptions, Item};
 pub use fashion_mnist::{FashionMnist, FashionMnistOptions, Fit, Split};
-pub use files::{list_image_files_recursively, ClassList};
+pub use files::{list_image_files_recursively, list_images, ClassList, Listing};
 pub use loader::{Batch, BatchSource, Loader, LoaderConfig};
 
 use crate::{bail, Result};
@@ -40,7 +40,8 @@ pub struct DataSpec {
     pub class_cond: bool,
     pub random_crop: bool,
     pub random_flip: bool,
-    /// Fashion-MNIST only: 1 or 3 channels.
+    /// Channels of the items: the model's `in_channels` (1 = gray, 3 = RGB; folders also
+    /// 2 / 4 for images with alpha).
     pub channels: usize,
     /// Fashion-MNIST only: pad or resize.
     pub fit: Fit,
@@ -92,6 +93,7 @@ pub fn open_dataset(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
             d,
             FolderOptions {
                 image_size: spec.image_size,
+                channels: spec.channels,
                 class_cond: spec.class_cond,
                 random_crop: spec.random_crop,
                 random_flip: spec.random_flip,

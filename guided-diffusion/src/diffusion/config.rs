@@ -73,6 +73,14 @@ impl DiffusionConfig {
 
     /// `create_gaussian_diffusion(**self)`.
     pub fn build(&self) -> Result<GaussianDiffusion> {
+        if self.steps == 0 {
+            crate::bail!("diffusion_steps 0: expected at least 1 (--diffusion_steps)");
+        }
+        crate::limits::check(
+            "diffusion_steps (--diffusion_steps)",
+            self.steps,
+            crate::limits::MAX_DIFFUSION_STEPS,
+        )?;
         let betas = get_named_beta_schedule(self.noise_schedule, self.steps);
         let use_timesteps = space_timesteps(self.steps, &self.timestep_respacing)?;
         GaussianDiffusion::spaced(betas, &use_timesteps, self.kind())

@@ -80,6 +80,14 @@ pub struct Evaluator<'a> {
 fn check_2d(npz: &NpzFile, key: &str) -> Result<(usize, usize)> {
     let h = npz.header(key)?;
     match h.shape.as_slice() {
+        // The statistics hold D x D covariances: bound D before anything is read.
+        &[_, d] if d > crate::limits::MAX_FEATURE_DIM => bail!(
+            "{}: array '{key}': {d} features per row is over the limit of {} (the covariance \
+             would take {} GiB)",
+            npz.path().display(),
+            crate::limits::MAX_FEATURE_DIM,
+            (d as u128 * d as u128 * 8) >> 30
+        ),
         &[n, d] if n > 0 && d > 0 => Ok((n, d)),
         s => bail!(
             "{}: array '{key}': expected a non-empty 2-d [N, D] feature array, got shape {s:?}",
@@ -98,7 +106,32 @@ fn read_matrix(npz: &NpzFile, key: &str) -> Result<FeatureMatrix> {
             h.dtype.name()
         );
     }
-    FeatureMatrix::new(n, d, npz.read_f32(key)?.data)
+    let data = npz.read_f32(key)?.data;
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: array '{key}': value {} at row {}, column {} is not finite",
+            npz.path().display(),
+            data[i],
+            i / d,
+            i % d
+        );
+    }
+    FeatureMatrix::new(n, d, data)
+}
+
+/// Image pixels must be finite levels in [0, 255] (uint8, or a float/int array holding them):
+/// anything else would give a meaningless FID or an infinite Inception Score.
+fn check_pixels(path: &str, first_image: usize, shape: &[usize], data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !(v.is_finite() && (0.0..=255.0).contains(v))) {
+        let per_image = shape.iter().skip(1).product::<usize>().max(1);
+        bail!(
+            "{path}: array 'arr_0': image {} holds the value {}; expected pixel levels in [0, 255] \
+             (uint8 NHWC)",
+            first_image + i / per_image,
+            data[i]
+        );
+    }
+    Ok(())
 }
 
 impl<'a> Evaluator<'a> {
@@ -177,7 +210,11 @@ impl<'a> Evaluator<'a> {
         let mut logits: Option<FeatureMatrix> = None;
         let mut done = 0;
         progress(stage, 0, total);
+        let needs_check = h.dtype != super::npz::NpyDtype::U8;
         npz.for_each_batch("arr_0", self.options.batch_size, |shape, data| {
+            if needs_check {
+                check_pixels(&p, done, shape, &data)?;
+            }
             let batch = ImageBatch::new(shape, data)?;
             let f = ex.extract(&batch)?;
             pool_stats

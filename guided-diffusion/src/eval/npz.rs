@@ -7,6 +7,12 @@
 //! Supported: npy format versions 1–3, stored or deflate-compressed archive members
 //! (`np.savez` / `np.savez_compressed`), little- and big-endian integer and float dtypes
 //! (converted to `f32`/`f64` on read), C order streamed, Fortran order read whole and transposed.
+//!
+//! Files are untrusted: the header's length is bounded ([`MAX_NPY_HEADER`]), its shape is
+//! multiplied out with checked arithmetic and compared with the bytes the archive member (or
+//! the `.npy` file) really holds before anything is allocated, and data is read in bounded
+//! steps, so a lying header gets an error, not an allocation of its claimed size.
+use crate::limits::{MAX_NPY_HEADER, MAX_RANK};
 use crate::{bail, Error, Result};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -69,6 +75,10 @@ pub struct NpyHeader {
 }
 
 impl NpyHeader {
+    /// Bytes of data (`numel * itemsize`; checked not to overflow when the header was parsed).
+    pub fn data_bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -158,7 +168,11 @@ impl NpzFile {
         let mut member = archive
             .by_name(&format!("{key}.npy"))
             .map_err(|e| ctx(&self.path, key, format!("cannot open member: {e}")))?;
-        let header = read_header(&mut member).map_err(|e| ctx(&self.path, key, e))?;
+        let declared = member.size();
+        let (header, header_len) =
+            read_header_len(&mut member).map_err(|e| ctx(&self.path, key, e))?;
+        check_data_len(&header, declared.saturating_sub(header_len as u64))
+            .map_err(|e| ctx(&self.path, key, e))?;
         f(&header, &mut member)
     }
 
@@ -169,6 +183,15 @@ impl NpzFile {
     /// Reads the whole array, converted to `f64`.
     pub fn read_f64(&self, key: &str) -> Result<NpyArray<f64>> {
         self.read_whole(key, |h, bytes| decode(h, bytes, |v| v))
+    }
+
+    /// Reads a whole `uint8` array as is (images).
+    pub fn read_u8(&self, key: &str) -> Result<NpyArray<u8>> {
+        let h = self.header(key)?;
+        if h.dtype != NpyDtype::U8 {
+            bail!("{}: array '{key}': dtype {}, expected uint8", self.path.display(), h.descr);
+        }
+        self.read_whole(key, |_, bytes| bytes.to_vec())
     }
 
     /// Reads the whole array, converted to `f32`.
@@ -236,22 +259,49 @@ impl NpzFile {
     }
 }
 
+/// Reads exactly `n` bytes. The buffer grows with the data actually read (in steps of at most
+/// 64 MiB), so a wrong `n` costs at most one step beyond what the reader holds.
 fn read_exact_vec(r: &mut dyn Read, n: usize) -> std::result::Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => return Err(format!("truncated data: expected {n} bytes, got {got}")),
-            Ok(k) => got += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read error: {e}")),
+    const STEP: usize = 64 << 20;
+    let mut buf = Vec::new();
+    while buf.len() < n {
+        let want = (n - buf.len()).min(STEP);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let mut got = 0;
+        while got < want {
+            match r.read(&mut buf[start + got..start + want]) {
+                Ok(0) => {
+                    return Err(format!("truncated data: expected {n} bytes, got {}", start + got))
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read error: {e}")),
+            }
         }
     }
     Ok(buf)
 }
 
+/// Fails unless `available` bytes hold the array's data (`numel * itemsize`).
+fn check_data_len(h: &NpyHeader, available: u64) -> std::result::Result<(), String> {
+    let need = h.data_bytes();
+    if need as u64 > available {
+        return Err(format!(
+            "the header declares shape {:?} of {} ({need} bytes) but only {available} bytes follow",
+            h.shape, h.descr
+        ));
+    }
+    Ok(())
+}
+
 /// Parses the npy magic, version and header dictionary.
 pub fn read_header(r: &mut dyn Read) -> std::result::Result<NpyHeader, String> {
+    read_header_len(r).map(|(h, _)| h)
+}
+
+/// [`read_header`], plus the bytes it took (where the data starts).
+pub fn read_header_len(r: &mut dyn Read) -> std::result::Result<(NpyHeader, usize), String> {
     let pre = read_exact_vec(r, 8)?;
     if &pre[..6] != b"\x93NUMPY" {
         return Err("not an npy array (bad magic)".into());
@@ -267,9 +317,92 @@ pub fn read_header(r: &mut dyn Read) -> std::result::Result<NpyHeader, String> {
         }
         v => return Err(format!("unsupported npy format version {v}.{}", pre[7])),
     };
+    if len > MAX_NPY_HEADER {
+        return Err(format!("an npy header of {len} bytes is over the limit of {MAX_NPY_HEADER}"));
+    }
     let text = read_exact_vec(r, len)?;
     let text = String::from_utf8_lossy(&text);
-    parse_header_dict(&text)
+    let consumed = if pre[6] == 1 { 10 } else { 12 } + len;
+    let header = parse_header_dict(&text).map_err(|e| {
+        // The messages quote the header; a hostile one can be a megabyte long.
+        if e.len() > 300 {
+            format!("{}...", e.chars().take(300).collect::<String>())
+        } else {
+            e
+        }
+    })?;
+    Ok((header, consumed))
+}
+
+/// Reads a whole `.npy` file converted to `f32`, checking its declared shape against the
+/// file's real length first.
+pub fn read_npy_f32(path: &Path) -> Result<NpyArray<f32>> {
+    let bad = |e: &dyn std::fmt::Display| Error::msg(format!("{}: {e}", path.display()));
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = BufReader::new(f);
+    let (h, header_len) = read_header_len(&mut r).map_err(|e| bad(&e))?;
+    let data_len = len.saturating_sub(header_len as u64);
+    check_data_len(&h, data_len).map_err(|e| bad(&e))?;
+    if data_len != h.data_bytes() as u64 {
+        return Err(bad(&format!(
+            "{} bytes follow the header, the shape {:?} of {} needs {}",
+            data_len,
+            h.shape,
+            h.descr,
+            h.data_bytes()
+        )));
+    }
+    let bytes = read_exact_vec(&mut r, h.data_bytes()).map_err(|e| bad(&e))?;
+    let data = decode(&h, &bytes, |v| v as f32);
+    let data = if h.fortran_order { fortran_to_c(&h.shape, &data) } else { data };
+    Ok(NpyArray { shape: h.shape.clone(), data })
+}
+
+/// The bytes of an `.npy` file (format 1.0) holding `data`, raw little-endian values of numpy
+/// type `descr` (`"|u1"`, `"<i8"`, `"<f4"`, ...) and `shape`, C order.
+pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    // Pad with spaces so that magic (6) + version (2) + length (2) + dict + '\n' is a multiple
+    // of 64, as numpy does.
+    let total = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    dict.push('\n');
+    let mut out = Vec::with_capacity(10 + dict.len() + data.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Writes named `.npy` members (as made by [`npy_bytes`]) to an `.npz` archive at `path`,
+/// assembled in memory and then written atomically (temporary file and rename).
+pub fn write_npz(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
+    let bytes = npz_bytes(members).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
+/// The bytes of an `.npz` archive of `.npy` members (stored, as `np.savez`).
+pub fn npz_bytes(members: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let zerr = |e: zip::result::ZipError| Error::msg(format!("npz: {e}"));
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let opts: zip::write::FileOptions<()> = zip::write::FileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(members.iter().any(|(_, b)| b.len() as u64 >= u32::MAX as u64));
+    for (name, bytes) in members {
+        zip.start_file(format!("{name}.npy"), opts).map_err(zerr)?;
+        zip.write_all(bytes).map_err(|e| Error::msg(format!("npz: {e}")))?;
+    }
+    zip.finish().map_err(zerr)?;
+    Ok(buf.into_inner())
 }
 
 fn dict_value<'a>(text: &'a str, key: &str) -> std::result::Result<&'a str, String> {
@@ -318,6 +451,14 @@ fn parse_header_dict(text: &str) -> std::result::Result<NpyHeader, String> {
         .map(|t| t.trim_end_matches('L').parse::<usize>())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| format!("malformed shape in npy header: {text}"))?;
+    if shape.len() > MAX_RANK {
+        return Err(format!("{} dimensions (at most {MAX_RANK})", shape.len()));
+    }
+    shape
+        .iter()
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| format!("shape {shape:?} of {descr} overflows the address space"))?;
     Ok(NpyHeader { descr, dtype, big_endian, fortran_order, shape })
 }
 

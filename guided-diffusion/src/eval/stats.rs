@@ -45,6 +45,24 @@ impl FidStatistics {
     /// the reference does for its reference batches; errors name the file and key.
     pub fn from_npz(npz: &NpzFile, mu_key: &str, sigma_key: &str) -> Result<Self> {
         let p = npz.path().display();
+        let mh = npz.header(mu_key)?;
+        if mh.shape.len() != 1 || mh.shape[0] > crate::limits::MAX_FEATURE_DIM {
+            bail!(
+                "{p}: array '{mu_key}': expected a 1-d mean vector of at most {} features, got \
+                 shape {:?}",
+                crate::limits::MAX_FEATURE_DIM,
+                mh.shape
+            );
+        }
+        let sh = npz.header(sigma_key)?;
+        if sh.shape != [mh.shape[0], mh.shape[0]] {
+            bail!(
+                "{p}: array '{sigma_key}': expected a {0}x{0} covariance to match '{mu_key}', got \
+                 shape {1:?}",
+                mh.shape[0],
+                sh.shape
+            );
+        }
         let mu = npz.read_f64(mu_key)?;
         let sigma = npz.read_f64(sigma_key)?;
         let &[d] = mu.shape.as_slice() else {

@@ -147,6 +147,15 @@ fn geom(
     }
 }
 
+/// The input, weight and output lengths of `cv`, or an error if one overflows a `usize`
+/// (sizes come from files and flags; a wrapped product would under-allocate).
+fn lens(cv: &Conv, op: &str) -> Result<(usize, usize, usize)> {
+    match cv.lens() {
+        Some(l) => Ok(l),
+        None => bail!("{op}: the sizes of {cv:?} overflow the address space"),
+    }
+}
+
 /// Forward: `(x, w, bias) -> y` as `policy` says (in bf16, the forward value in bf16 and the
 /// gradients as the policy says for them); `forms` keeps derived forms of a frozen weight.
 struct ConvFwd {
@@ -179,8 +188,9 @@ impl CustomOp3 for ConvFwd {
             bail!("{op}: input {xd:?}, weight {wdims:?} and bias {bd:?} do not match");
         }
         let g = geom(c, h, wd, kh, kw, self.p, op)?;
-        let mut y = vec![0f32; n * co * g.out_px()];
         let cv = Conv { n, co, g };
+        let (_, _, out_len) = lens(&cv, op)?;
+        let mut y = vec![0f32; out_len];
         if self.policy.bf16() {
             super::conv_bf16::forward(
                 &cv,
@@ -257,15 +267,10 @@ impl CustomOp2 for ConvInputGrad {
                 self.w
             );
         }
-        let mut dx = vec![0f32; n * g.in_len()];
-        conv_cpu::input_grad(
-            &Conv { n, co, g },
-            gy,
-            w,
-            &mut dx,
-            &self.policy,
-            self.forms.as_deref(),
-        );
+        let cv = Conv { n, co, g };
+        let (in_len, _, _) = lens(&cv, op)?;
+        let mut dx = vec![0f32; in_len];
+        conv_cpu::input_grad(&cv, gy, w, &mut dx, &self.policy, self.forms.as_deref());
         Ok((CpuStorage::F32(dx), Shape::from((n, c, self.h, self.w))))
     }
 
@@ -319,8 +324,9 @@ impl CustomOp2 for ConvWeightGrad {
         if n != n2 || (g.ho, g.wo) != (ho, wo) {
             bail!("{op}: input {xd:?} and output gradient {gd:?} do not match");
         }
-        let mut dw = vec![0f32; co * g.k()];
         let cv = Conv { n, co, g };
+        let (_, w_len, _) = lens(&cv, op)?;
+        let mut dw = vec![0f32; w_len];
         if self.policy.bf16() && super::conv_bf16::weight_grad_applies(&cv, self.policy.uses_amx())
         {
             super::conv_bf16::weight_grad(&cv, x, gy, &mut dw);

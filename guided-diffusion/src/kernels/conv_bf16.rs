@@ -82,12 +82,7 @@ pub fn forward(
 ) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(
-        x.len() >= cv.n * g.in_len()
-            && w.len() >= cv.co * k
-            && bias.len() == cv.co
-            && out.len() >= cv.n * cv.co * px
-    );
+    assert!(cv.fits(x.len(), w.len(), out.len()) && bias.len() == cv.co);
     if cv.n * cv.co * px == 0 {
         return; // no output (e.g. the input gradient of a layer without input channels)
     }
@@ -312,7 +307,7 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
     assert!(amx::hardware(), "conv_bf16::weight_grad needs AMX");
-    assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
+    assert!(cv.fits(x.len(), dw.len(), gy.len()));
     let dw = &mut dw[..cv.co * k];
     if px == 0 || cv.n == 0 {
         return dw.fill(0.0);

@@ -55,6 +55,23 @@ impl Plan {
 }
 
 impl Conv {
+    /// The lengths of the input, weight and output arrays (`n*c*h*w`, `co*c*kh*kw`,
+    /// `n*co*ho*wo`), or `None` if one does not fit a `usize`.
+    pub fn lens(&self) -> Option<(usize, usize, usize)> {
+        let g = &self.g;
+        Some((
+            self.n.checked_mul(g.in_len())?,
+            self.co.checked_mul(g.k())?,
+            self.n.checked_mul(self.co)?.checked_mul(g.out_px())?,
+        ))
+    }
+
+    /// Whether arrays of these lengths hold the input, the weight and the output: the bounds
+    /// check (it cannot wrap) that the unsafe pointer writes of the kernels rest on.
+    pub fn fits(&self, x: usize, w: usize, out: usize) -> bool {
+        self.lens().is_some_and(|(xl, wl, ol)| x >= xl && w >= wl && out >= ol)
+    }
+
     pub(super) fn plan(&self) -> Plan {
         let g = &self.g;
         let threads = rayon::current_num_threads().max(1);
@@ -108,7 +125,7 @@ pub fn forward(
     }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(x.len() >= cv.n * g.in_len() && w.len() >= cv.co * k && out.len() >= cv.n * cv.co * px);
+    assert!(cv.fits(x.len(), w.len(), out.len()), "conv forward: arrays smaller than {cv:?}");
     if cv.n * cv.co * px == 0 {
         return; // no output (e.g. the input gradient of a layer without input channels)
     }
@@ -177,7 +194,7 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32], use_winogra
     }
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(x.len() >= cv.n * g.in_len() && gy.len() >= cv.n * cv.co * px && dw.len() >= cv.co * k);
+    assert!(cv.fits(x.len(), dw.len(), gy.len()), "conv weight grad: arrays smaller than {cv:?}");
     let mut plan = cv.plan();
     // Per-thread partial sums only when each thread reduces over enough pixels to pay for its
     // own `[co, K]` partial; otherwise one pass over the tiles with a threaded gemm.
@@ -340,7 +357,7 @@ pub fn input_grad(
 fn input_grad_pointwise(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
     let g = cv.g;
     let (px, il) = (g.out_px(), g.in_len());
-    assert!(gy.len() >= cv.n * cv.co * px && w.len() >= cv.co * g.c && dx.len() >= cv.n * il);
+    assert!(cv.fits(dx.len(), w.len(), gy.len()), "conv input grad: arrays smaller than {cv:?}");
     let threads = rayon::current_num_threads().max(1);
     let par_imgs = threads > 1 && cv.n >= threads;
     let run = |(img, dxi): (usize, &mut [f32])| {
@@ -391,7 +408,7 @@ fn flip_transpose(w: &[f32], co: usize, c: usize, taps: usize, wt: &mut [f32]) {
 fn input_grad_col2im(cv: &Conv, gy: &[f32], w: &[f32], dx: &mut [f32]) {
     let g = cv.g;
     let (k, px, il) = (g.k(), g.out_px(), g.in_len());
-    assert!(gy.len() >= cv.n * cv.co * px && w.len() >= cv.co * k && dx.len() >= cv.n * il);
+    assert!(cv.fits(dx.len(), w.len(), gy.len()), "conv input grad: arrays smaller than {cv:?}");
     let plan = cv.plan();
     let threads = rayon::current_num_threads().max(1);
     let par_imgs = threads > 1 && cv.n >= threads;

@@ -24,7 +24,10 @@ pub struct Geom {
 }
 
 impl Geom {
-    /// `None` when the padded input is smaller than the kernel or the stride is 0.
+    /// `None` when the padded input is smaller than the kernel, the stride is 0, or one of
+    /// [`k`](Self::k), [`in_len`](Self::in_len), [`out_px`](Self::out_px) would overflow (the
+    /// sizes come from files and flags: a wrapped product would under-allocate and then write
+    /// out of bounds).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         c: usize,
@@ -36,11 +39,16 @@ impl Geom {
         ph: usize,
         pw: usize,
     ) -> Option<Geom> {
-        if stride == 0 || kh == 0 || kw == 0 || h + 2 * ph < kh || w + 2 * pw < kw {
+        let hp = ph.checked_mul(2)?.checked_add(h)?;
+        let wp = pw.checked_mul(2)?.checked_add(w)?;
+        if stride == 0 || kh == 0 || kw == 0 || hp < kh || wp < kw {
             return None;
         }
-        let ho = (h + 2 * ph - kh) / stride + 1;
-        let wo = (w + 2 * pw - kw) / stride + 1;
+        let ho = (hp - kh) / stride + 1;
+        let wo = (wp - kw) / stride + 1;
+        c.checked_mul(h)?.checked_mul(w)?;
+        c.checked_mul(kh)?.checked_mul(kw)?;
+        ho.checked_mul(wo)?;
         Some(Geom { c, h, w, kh, kw, stride, ph, pw, ho, wo })
     }
 
@@ -87,7 +95,7 @@ impl Geom {
 /// (`[K, (oy1 - oy0) * WO]`).
 pub fn im2col(x: &[f32], g: &Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
     let tp = (oy1 - oy0) * g.wo;
-    debug_assert!(x.len() >= g.in_len() && col.len() >= g.k() * tp);
+    assert!(x.len() >= g.in_len() && g.k().checked_mul(tp).is_some_and(|n| col.len() >= n));
     for (r, row) in col[..g.k() * tp].chunks_exact_mut(tp.max(1)).enumerate().take(g.k()) {
         im2col_row(x, g, r, oy0, oy1, row);
     }
@@ -126,7 +134,7 @@ pub fn im2col_row(x: &[f32], g: &Geom, r: usize, oy0: usize, oy1: usize, row: &m
 pub fn col2im_add(col: &[f32], g: &Geom, oy0: usize, oy1: usize, dx: &mut [f32]) {
     let (w, wo, s) = (g.w, g.wo, g.stride);
     let tp = (oy1 - oy0) * wo;
-    debug_assert!(dx.len() >= g.in_len() && col.len() >= g.k() * tp);
+    assert!(dx.len() >= g.in_len() && g.k().checked_mul(tp).is_some_and(|n| col.len() >= n));
     let mut r = 0;
     for c in 0..g.c {
         let dxc = &mut dx[c * g.h * w..(c + 1) * g.h * w];
@@ -223,5 +231,28 @@ mod tests {
             let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
             assert!((lhs - rhs).abs() < 1e-3, "{g:?}: {lhs} vs {rhs}");
         }
+    }
+}
+
+#[cfg(test)]
+mod size_checks {
+    use super::super::conv_cpu::Conv;
+    use super::*;
+
+    /// Issue 18, D1: an `image_size` of 2^32 made `ho * wo` wrap to 0 and the conv kernel
+    /// write out of bounds. Sizes that overflow are now refused where they are computed.
+    #[test]
+    fn overflowing_geometries_are_refused() {
+        let big = 1usize << 32;
+        assert!(Geom::new(3, big, big, 3, 3, 1, 1, 1).is_none(), "h * w overflows");
+        assert!(Geom::new(1, usize::MAX, 4, 3, 3, 1, 1, 1).is_none(), "h + 2p overflows");
+        assert!(Geom::new(usize::MAX / 2, 2, 2, 3, 3, 1, 1, 1).is_none(), "c * kh * kw");
+        let g = Geom::new(64, 1 << 14, 1 << 14, 3, 3, 1, 1, 1).unwrap();
+        let cv = Conv { n: 1 << 20, co: 1 << 20, g };
+        assert!(cv.lens().is_none(), "n * co * ho * wo overflows");
+        assert!(!cv.fits(usize::MAX, usize::MAX, usize::MAX));
+        let small = Conv { n: 2, co: 4, g: Geom::new(3, 5, 5, 3, 3, 1, 1, 1).unwrap() };
+        assert_eq!(small.lens(), Some((2 * 75, 4 * 27, 2 * 4 * 25)));
+        assert!(small.fits(150, 108, 200) && !small.fits(149, 108, 200));
     }
 }

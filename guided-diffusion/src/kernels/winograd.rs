@@ -68,9 +68,8 @@ pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut 
     let g = cv.g;
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
     assert!(
-        x.len() >= cv.n * g.in_len()
-            && u.len() >= 36 * cv.co * g.c
-            && out.len() >= cv.n * cv.co * g.out_px()
+        cv.fits(x.len(), usize::MAX, out.len())
+            && cv.co.checked_mul(g.c).and_then(|n| n.checked_mul(36)).is_some_and(|n| u.len() >= n)
     );
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;

@@ -69,11 +69,7 @@ fn weight_grad_in_blocks(
     let g = cv.g;
     let (co, c) = (cv.co, g.c);
     assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ph <= 2 && g.pw <= 2);
-    assert!(
-        x.len() >= cv.n * g.in_len()
-            && gy.len() >= cv.n * co * g.out_px()
-            && dw.len() >= co * c * 9
-    );
+    assert!(cv.fits(x.len(), dw.len(), gy.len()));
     let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
     let tpi = th * tw;
     let imgs = (block_floats / (36 * (c + co) * tpi)).clamp(1, cv.n.max(1));

@@ -160,6 +160,41 @@ impl TrunkConfig {
     }
 
     pub fn validate(&self, image_size: usize, dims: usize) -> Result<()> {
+        use crate::limits::{self, check};
+        // Sizes first, with the key and the flag named: they size every allocation below.
+        check("image_size (--image_size)", image_size, limits::MAX_IMAGE_SIZE)?;
+        if image_size == 0 {
+            bail!("image_size 0: expected a positive image side (--image_size)");
+        }
+        check("in_channels (--in_channels)", self.in_channels, limits::MAX_IMAGE_CHANNELS)?;
+        if self.in_channels == 0 {
+            bail!("in_channels 0: expected at least 1 (--in_channels)");
+        }
+        check("model_channels (--num_channels)", self.model_channels, limits::MAX_LEVEL_CHANNELS)?;
+        check("num_res_blocks (--num_res_blocks)", self.num_res_blocks, limits::MAX_RES_BLOCKS)?;
+        check("channel_mult levels (--channel_mult)", self.channel_mult.len(), limits::MAX_LEVELS)?;
+        check("num_heads (--num_heads)", self.num_heads, limits::MAX_HEADS)?;
+        if self.num_head_channels > limits::MAX_LEVEL_CHANNELS as i64 {
+            bail!(
+                "num_head_channels (--num_head_channels) {}: over the limit of {}",
+                self.num_head_channels,
+                limits::MAX_LEVEL_CHANNELS
+            );
+        }
+        for (i, m) in self.channel_mult.iter().enumerate() {
+            let ch = m * self.model_channels as f64;
+            if !ch.is_finite() || ch < 0.0 || ch > limits::MAX_LEVEL_CHANNELS as f64 {
+                bail!(
+                    "channel_mult[{i}]={m} with model_channels={} gives {ch} channels: over the \
+                     limit of {} (--channel_mult, --num_channels)",
+                    self.model_channels,
+                    limits::MAX_LEVEL_CHANNELS
+                );
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("dropout {}: expected a probability in [0, 1) (--dropout)", self.dropout);
+        }
         if dims != 2 {
             bail!("dims={dims}: only 2-D images are supported (the released ADM models are 2-D)");
         }
@@ -346,10 +381,33 @@ impl NetConfig {
 
     /// Validates the structural arguments (group-norm channel multiples, sizes, heads).
     pub fn validate(&self) -> Result<()> {
+        use crate::limits::{self, check};
         match self {
-            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.trunk().validate(c.image_size, c.dims),
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => {
+                c.trunk().validate(c.image_size, c.dims)?;
+                check("out_channels", c.out_channels, limits::MAX_IMAGE_CHANNELS)?;
+                if c.out_channels == 0 {
+                    bail!("out_channels 0: expected at least 1");
+                }
+                if let Some(n) = c.num_classes {
+                    check("num_classes (--num_classes)", n, limits::MAX_CLASSES)?;
+                }
+                if c.num_heads_upsample > limits::MAX_HEADS as i64 || c.num_heads_upsample < -1 {
+                    bail!(
+                        "num_heads_upsample (--num_heads_upsample) {}: expected -1 or 0..={}",
+                        c.num_heads_upsample,
+                        limits::MAX_HEADS
+                    );
+                }
+                Ok(())
+            }
             NetConfig::Classifier(c) => {
                 c.trunk().validate(c.image_size, c.dims)?;
+                check(
+                    "out_channels (classes of the classifier)",
+                    c.out_channels,
+                    limits::MAX_CLASSES,
+                )?;
                 if c.pool == Pool::Attention && c.num_head_channels == -1 {
                     bail!(
                         "pool=attention needs num_head_channels != -1 (the reference asserts it)"
@@ -361,6 +419,15 @@ impl NetConfig {
     }
 }
 
+/// Deserializes constructor kwargs; errors name the key at fault (serde alone says only
+/// "invalid type: null, expected f64").
 fn from_kwargs<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
-    serde_json::from_value(v.clone()).map_err(|e| crate::Error::msg(format!("{what}: {e}")))
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            crate::Error::msg(format!("{what}: {}", e.inner()))
+        } else {
+            crate::Error::msg(format!("{what}: key {path}: {}", e.inner()))
+        }
+    })
 }

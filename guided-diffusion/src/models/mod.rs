@@ -77,6 +77,7 @@ impl Net {
     ) -> Result<Self> {
         let weights = weights.as_ref();
         let sd = checkpoint::read(weights, device)?;
+        sd.check_finite(&weights.display().to_string())?;
         if let Some(saved) = sd.embedded_config()? {
             if saved.builder() != config.builder() {
                 bail!(
@@ -102,6 +103,7 @@ impl Net {
     pub fn load_embedded(weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let weights = weights.as_ref();
         let sd = checkpoint::read(weights, device)?;
+        sd.check_finite(&weights.display().to_string())?;
         let Some(config) = sd.embedded_config()? else {
             bail!(
                 "{} carries no model config: give the model flags or --model_config",

@@ -57,18 +57,18 @@ pub fn save_safetensors(
     write_atomic(path, &bytes)
 }
 
-/// Tensors (on `device`) and string metadata of a safetensors file.
+/// Tensors (on `device`) and string metadata of a safetensors file (header checked before
+/// anything is read, see `checkpoint`).
 pub fn load_safetensors(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::msg(format!("{}: not a safetensors file: {e}", path.display())))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-    Ok((tensors, metadata))
+    let sd = crate::checkpoint::read_safetensors_raw(path)?;
+    let mut tensors = HashMap::with_capacity(sd.tensors.len());
+    for (k, t) in sd.tensors {
+        tensors.insert(k, t.to_device(device)?);
+    }
+    Ok((tensors, sd.metadata))
 }
 
 /// The step in a name like `path/to/model000500.safetensors` (the reference's
@@ -115,4 +115,34 @@ pub fn meta_u64(
             Err(_) => bail!("{}: metadata {key}={v:?} is not an integer", source.display()),
         },
     }
+}
+
+/// Removes the temporary files a killed run left in `dir` (`.<name>.<pid>.tmp`, as
+/// `write_atomic` names them) and returns their paths. Call it only while holding the
+/// directory's [`RunLock`](super::RunLock): then no other run can be writing them.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_ours = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit_once('.'))
+            .is_some_and(|(stem, pid)| {
+                !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+            });
+        if is_ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            removed.push(p);
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }

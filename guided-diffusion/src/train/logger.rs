@@ -108,6 +108,35 @@ impl CsvOut {
         Ok(Self { path, keys, rows })
     }
 
+    /// Drops the rows whose `step` is after `step` (logged by a run killed after its last
+    /// checkpoint; the resumed run logs those steps again). Returns how many were dropped.
+    fn truncate_after(&mut self, step: u64) -> Result<usize> {
+        let Some(col) = self.keys.iter().position(|k| k == "step") else { return Ok(0) };
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        let mut lines = text.lines();
+        let mut out = lines.next().map(|h| format!("{h}\n")).unwrap_or_default();
+        let (mut kept, mut dropped) = (0, 0);
+        for line in lines {
+            let s = line.split(',').nth(col).and_then(|v| v.parse::<f64>().ok());
+            if s.is_some_and(|s| s > step as f64) {
+                dropped += 1;
+            } else {
+                out.push_str(line);
+                out.push('\n');
+                kept += 1;
+            }
+        }
+        if dropped > 0 {
+            write_atomic(&self.path, out.as_bytes())?;
+        }
+        self.rows = kept;
+        Ok(dropped)
+    }
+
     fn write(&mut self, kvs: &BTreeMap<String, f64>) -> Result<()> {
         let extra: Vec<String> = kvs.keys().filter(|k| !self.keys.contains(k)).cloned().collect();
         if !extra.is_empty() {
@@ -192,6 +221,21 @@ impl Logger {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// On resume from `step`: drops the `progress.csv` rows of later steps, which the
+    /// interrupted run logged after its last checkpoint and the resumed run will log again.
+    pub fn truncate_progress_after(&mut self, step: u64) -> Result<()> {
+        if let Some(csv) = &mut self.csv {
+            let n = csv.truncate_after(step)?;
+            if n > 0 {
+                self.log(&format!(
+                    "progress.csv: dropped {n} row(s) after step {step}, logged after the last \
+                     checkpoint by the interrupted run"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn logkv(&mut self, key: &str, val: f64) {

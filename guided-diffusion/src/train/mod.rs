@@ -10,12 +10,14 @@
 //! - [`trainer`]: [`TrainLoop`] (micro-batches, lr anneal, NaN skipping, save/resume).
 //! - [`ckpt`]: checkpoint names, atomic safetensors with metadata, latest-checkpoint lookup.
 //! - [`logger`]: `log.txt` / `progress.csv` as the reference's logger.
+//! - [`lock`]: one run per log directory.
 //! - [`dist`]: the data-parallel hook ([`Distributed`]); one process by default.
 pub mod adamw;
 pub mod ckpt;
 /// The data-parallel hook, shared with sampling: [`crate::dist`].
 pub use crate::dist;
 pub mod ema;
+pub mod lock;
 pub mod logger;
 pub mod objective;
 pub mod objectives;
@@ -25,6 +27,7 @@ pub mod trainer;
 pub use adamw::{AdamW, AdamWConfig};
 pub use dist::{Distributed, SingleProcess};
 pub use ema::{parse_ema_rates, Ema};
+pub use lock::RunLock;
 pub use logger::{resolve_log_dir, Logger};
 pub use objective::{randn, Losses, Objective, StepContext};
 pub use objectives::{ClassifierObjective, DiffusionObjective, LabelDropout};

@@ -600,6 +600,7 @@ impl<O: Objective> TrainLoop<O> {
                 .log(&format!("warning: {} not found; optimizer state starts fresh", p.display()));
         }
         self.step = step;
+        self.logger.truncate_progress_after(step)?;
         Ok(())
     }
 }
