@@ -151,7 +151,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         (None, true) => Source::Features,
         (Some(path), false) => {
             eprintln!("loading Inception weights from {}...", path.display());
-            extractor = InceptionExtractor::from_file(path, convention, &device)?;
+            let mut ex = InceptionExtractor::from_file(path, convention, &device)?;
+            // the GD_* switches: fast kernels, Winograd; GD_FROZEN_CACHE=0 keeps no weight forms
+            ex.net.set_policy(crate::cli::policy::from_env());
+            if !crate::cli::policy::keep_forms() {
+                ex.net.thaw();
+            }
+            extractor = ex;
             Source::Images(&extractor)
         }
         (None, false) => bail!(
