@@ -1,7 +1,8 @@
 //! End-to-end `gdiff eval` through its clap arguments and `run`, on tiny npz batches: features
 //! mode against the numpy expectations, images through the full Inception network with
-//! synthetic weights (with and without the classifier head), and the error paths. The command
-//! file is compiled in here by path because wiring it into `main` is the lead's.
+//! synthetic weights (with and without the classifier head), `--save_features` files read back
+//! with identical results, and the error paths. The command file is compiled in here by path
+//! because wiring it into `main` is the lead's.
 /// The command line's plumbing, which `eval.rs` uses (the one `--device` parser).
 #[path = "../src/cli/mod.rs"]
 #[allow(dead_code)]
@@ -113,4 +114,33 @@ fn eval_cli_errors_name_the_culprit() {
     let e = err(&[&bad, &imgs, "--features"]);
     assert!(e.contains("bad_missing_arr0.npz") && e.contains("'pool'"), "{e}");
     assert!(Cli::try_parse_from(["gdiff-eval", &imgs]).is_err(), "two batches are required");
+}
+
+/// `--save_features` through the command line, on the feature batches (the library's
+/// `eval_pipeline_saved_features_round_trip` runs images through an extractor and the mixed
+/// case): the saved files give the same five numbers again.
+#[test]
+fn eval_cli_save_features_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (r, s) = (format!("{FIX}/e2e/ref_features.npz"), format!("{FIX}/e2e/sample_features.npz"));
+    let run = |argv: &[&str], out: &str| {
+        let mut argv = argv.to_vec();
+        argv.extend_from_slice(&["--features", "--no_progress", "--output", out]);
+        eval::run(&parse(&argv)).unwrap();
+        json(std::path::Path::new(out))
+    };
+    let first = run(&[&r, &s, "--save_features", &p("feats.npz")], &p("a.json"));
+    let (rf, sf) = (p("feats.ref.npz"), p("feats.sample.npz"));
+    let again = run(&[&rf, &sf], &p("b.json"));
+    for key in ["inception_score", "fid", "sfid", "precision", "recall"] {
+        assert!(first[key].is_number(), "{key}: {first}");
+        assert_eq!(again[key], first[key], "{key}: --features on the saved files");
+    }
+    assert_eq!(again["details"]["reference_statistics"], "precomputed (mu, sigma, mu_s, sigma_s)");
+    // an input batch is never overwritten
+    let e = eval::run(&parse(&[&rf, &sf, "--features", "--save_features", &p("feats")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--save_features") && e.contains("feats.ref.npz"), "{e}");
 }

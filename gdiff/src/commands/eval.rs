@@ -4,6 +4,7 @@
 //! options, draws progress bars on stderr, prints the five lines on stdout and writes the JSON.
 use anyhow::{bail, Result};
 use guided_diffusion::eval::evaluator::{EvalOptions, Evaluator, Source};
+use guided_diffusion::eval::feature_file::FeatureFiles;
 use guided_diffusion::eval::inception::{InceptionExtractor, InputConvention};
 use guided_diffusion::eval::{DistancePrecision, SqrtmMethod};
 use std::path::PathBuf;
@@ -46,7 +47,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// The two npz files hold precomputed features instead of images: `pool` [N, D] (required),
-    /// `spatial` [N, Ds] and `logits` [N, C] (optional), plus optional mu/sigma/mu_s/sigma_s
+    /// `spatial` [N, Ds] and `logits` [N, C] (optional), plus optional mu/sigma/mu_s/sigma_s.
+    /// Without it, a batch that has `pool` and no `arr_0` is read as features too
     #[arg(long)]
     pub features: bool,
     /// Images per forward pass
@@ -60,6 +62,12 @@ pub struct EvalArgs {
     /// Write the results as JSON to this file (through a temporary file and a rename)
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also save each batch's features and the statistics used, in the --features layout
+    /// (pool, spatial, logits, mu, sigma, mu_s, sigma_s): FILE.npz gives FILE.ref.npz and
+    /// FILE.sample.npz. A saved reference batch can be given again in place of its images, so
+    /// its features are computed once.
+    #[arg(long = "save_features", visible_alias = "save-features", value_name = "FILE.npz")]
+    pub save_features: Option<PathBuf>,
     /// Input resizing and scaling convention of the Inception network
     #[arg(
         long = "input_convention",
@@ -143,8 +151,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             SqrtmArg::Symmetric => SqrtmMethod::Symmetric,
         },
         device: device.clone(),
+        save_features: args.save_features.as_deref().map(FeatureFiles::from_stem),
         ..Default::default()
     };
+    if let Some(f) = &options.save_features {
+        for p in [&f.reference, &f.samples] {
+            if p == &args.ref_batch || p == &args.sample_batch {
+                bail!("--save_features: {} would overwrite an input batch", p.display());
+            }
+        }
+    }
     let extractor;
     let source = match (&args.inception, args.features) {
         (Some(_), true) => bail!("--inception and --features exclude each other"),
@@ -165,6 +181,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
              .pt or .safetensors) to evaluate images, or --features for npz files of precomputed features"
         ),
     };
+    let options_files = options.save_features.clone();
     let mut bars = Bars { enabled: !args.no_progress, stage: String::new(), bar: None };
     let results = Evaluator::new(source, options).evaluate(
         &args.ref_batch,
@@ -175,6 +192,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let results = results?;
     eprintln!("Computing evaluations...");
     print!("{}", results.report());
+    if let Some(f) = &options_files {
+        eprintln!("wrote {} and {}", f.reference.display(), f.samples.display());
+    }
     if let Some(out) = &args.output {
         results.write_json(out)?;
         eprintln!("wrote {}", out.display());
