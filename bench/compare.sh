@@ -90,7 +90,7 @@ import glob, json, os, statistics, sys
 
 out_dir, torch_err, py_rc, rust_rc, threads, load0 = sys.argv[1:7]
 order = ["unet_fwd_small", "train_step_small", "unet_fwd_64", "clf_grad_64",
-         "guided_ddim_step_64", "train_step_64"]
+         "guided_ddim_step_64", "train_step_64", "inception_fid_64"]
 
 def results(path):
     rows = {}

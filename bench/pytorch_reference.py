@@ -4,7 +4,11 @@
 (openai/guided-diffusion: `script_util.create_model_and_diffusion`, `create_classifier`,
 `GaussianDiffusion.ddim_sample`, `training_losses`, `MixedPrecisionTrainer`, `update_ema`),
 with the same configs, shapes, thread count and timing rule (one warm-up call, then the median
-of GD_BENCH_REPS calls, default 3), float32 on the CPU.
+of GD_BENCH_REPS calls, default 3), float32 on the CPU. `inception_fid_64` runs pytorch-fid's
+FID Inception (torchvision's Inception3 with pytorch-fid's FIDInception blocks, random
+weights) as pytorch-fid's `InceptionV3` does: bilinear resize to 299x299, then to pool_3, with
+the 1x1 branch of Mixed_6d (sFID) and the logits kept; it needs torchvision and pytorch-fid
+(`pip install torchvision pytorch-fid`) but not the reference checkout.
 
 Every workload prints a human-readable line and one `RESULT {json}` line with
 `"impl": "pytorch"`; `bench/compare.sh` joins them with ours. `gflops` is measured with
@@ -35,7 +39,11 @@ WORKLOADS = [
     ("clf_grad_64", True),
     ("guided_ddim_step_64", True),
     ("train_step_64", True),
+    ("inception_fid_64", True),
 ]
+
+# Workloads that need no openai/guided-diffusion checkout.
+STANDALONE = {"inception_fid_64"}
 
 # The label every workload conditions on / guides towards (as workloads.rs).
 LABEL = 1
@@ -109,9 +117,18 @@ def selection(args):
     return out
 
 
-def load_prerequisites(reference):
-    """Imports torch and the reference's modules; on anything missing, explains and exits 2."""
+def load_prerequisites(reference, names):
+    """Imports torch and what the workloads `names` need (the reference's modules, or
+    torchvision and pytorch-fid); on anything missing, explains and exits 2."""
     missing = []
+    need_reference = any(n not in STANDALONE for n in names)
+    if "inception_fid_64" in names:
+        for mod, pkg in [("torchvision", "torchvision"), ("pytorch_fid", "pytorch-fid")]:
+            if importlib.util.find_spec(mod) is None:
+                missing.append(
+                    f"{pkg} (inception_fid_64 runs pytorch-fid's FID Inception) is not installed for "
+                    f"{sys.executable}:\n      {sys.executable} -m pip install {pkg}"
+                )
     th = None
     try:
         import torch as th  # noqa: F401
@@ -131,7 +148,9 @@ def load_prerequisites(reference):
         "      git clone https://github.com/openai/guided-diffusion /path/to/guided-diffusion\n"
         "    then pass --reference /path/to/guided-diffusion or set GUIDED_DIFFUSION_REF"
     )
-    if reference:
+    if not need_reference:
+        pass
+    elif reference:
         ref = os.path.abspath(os.path.expanduser(reference))
         if not os.path.isfile(os.path.join(ref, "guided_diffusion", "script_util.py")):
             missing.append(
@@ -147,6 +166,8 @@ def load_prerequisites(reference):
         for m in missing:
             print("  - " + m, file=sys.stderr)
         sys.exit(2)
+    if not need_reference:
+        return th, "no checkout needed"
     try:
         from guided_diffusion import logger, script_util  # noqa: F401
         from guided_diffusion import fp16_util, nn, resample, unet  # noqa: F401
@@ -348,6 +369,53 @@ def train_step(th, model, diffusion, batch, channels, size, num_classes):
     return batch, n_params(model), fn
 
 
+def inception_fid(th, batch, size):
+    """pytorch-fid's InceptionV3(output_blocks=[3], resize_input=True, normalize_input=True)
+    on uint8-valued `size`x`size` RGB images, built from the same modules as its
+    fid_inception_v3() (whose constructor downloads weights): torchvision's Inception3 with
+    pytorch-fid's FIDInceptionA/C/E_1/E_2, random weights; plus the sFID features (Mixed_6d's
+    1x1 branch, first 7 channels, NHWC) and the logits without bias, as gdiff eval computes
+    them. One call: resize, forward, the three outputs as numpy arrays."""
+    import numpy as np
+    import torch.nn.functional as F
+    import torchvision
+    from pytorch_fid import inception as pfi
+
+    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    net.eval()
+    blocks = th.nn.Sequential(
+        net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, th.nn.MaxPool2d(3, 2),
+        net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, th.nn.MaxPool2d(3, 2),
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
+        net.Mixed_6d, net.Mixed_6e, net.Mixed_7a, net.Mixed_7b, net.Mixed_7c,
+        th.nn.AdaptiveAvgPool2d((1, 1)),
+    ).eval()
+    grabbed = {}
+    net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: grabbed.__setitem__("s", o))
+    rng = np.random.default_rng(0)
+    images = th.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+
+    def fn():
+        with th.no_grad():
+            x = images.permute(0, 3, 1, 2).float() / 255.0
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            pool = blocks(2 * x - 1)[:, :, 0, 0]
+            spatial = grabbed["s"][:, :7].permute(0, 2, 3, 1).reshape(batch, -1)
+            logits = pool @ net.fc.weight.T
+            return pool.numpy(), spatial.numpy(), logits.numpy()
+
+    return batch, n_params(net), fn
+
+
 def build(th, name):
     if name == "unet_fwd_small":
         return unet_forward(th, small_unet(), 32, 1, 32)
@@ -363,6 +431,8 @@ def build(th, name):
     if name == "train_step_64":
         model, diffusion = imagenet64()
         return train_step(th, model, diffusion, 2, 3, 64, 1000)
+    if name == "inception_fid_64":
+        return inception_fid(th, 64, 64)
     raise AssertionError(name)
 
 
@@ -439,8 +509,8 @@ def count_flops(th, fn):
 
 def main():
     args = parse_args()
-    th, ref_root = load_prerequisites(args.reference)
     names = selection(args)
+    th, ref_root = load_prerequisites(args.reference, names)
     th.set_num_threads(args.threads)
     th.manual_seed(0)
     import numpy as np

@@ -6,10 +6,13 @@ formulas (openai/guided-diffusion evaluations/evaluator.py), computed with numpy
 PyTorch running pytorch-fid's own FID Inception classes. CI does not run this script; its outputs
 are committed (small). Subcommands, each needing only what it imports:
 
-  metrics    numpy + scipy < 1.16   (scipy's Schur-based sqrtm, the algorithm the reference ran
-                                     with; scipy 1.16 replaced it and no longer returns NaN for
-                                     singular products, so the eps fallback would not trigger)
+  metrics    numpy + scipy >= 1.16  (the scipy a fresh install of the reference's unpinned
+                                     requirements gets; its sqrtm returns finite values for
+                                     singular products, so the eps fallback is not taken; older
+                                     versions may take it when two covariances have zero rows at
+                                     different positions: see eval/frechet.rs)
   npz        numpy (+ scipy, same version note)  npz reader cases and end-to-end `gdiff eval` batches
+  degenerate numpy + scipy >= 1.16  prints the constants of eval_metrics.rs's degenerate-covariance test
   inception  numpy + torch + torchvision + pytorch-fid + tensorflow (TF only for its legacy
              ResizeBilinear)
 
@@ -156,7 +159,7 @@ def precision_recall(ref, sam, dist, rows=10000, cols=10000):
 def cmd_metrics():
     import scipy
 
-    assert tuple(int(x) for x in scipy.__version__.split(".")[:2]) < (1, 16), "needs scipy < 1.16, see docstring"
+    assert tuple(int(x) for x in scipy.__version__.split(".")[:2]) >= (1, 16), "needs scipy >= 1.16, see docstring"
     rng = np.random.default_rng(20210601)
     arrays, expect = {}, {"scipy": scipy.__version__, "numpy": np.__version__}
 
@@ -179,8 +182,8 @@ def cmd_metrics():
     a, b = rng.standard_normal((100, 16)), rng.standard_normal((90, 16))
     a[:, 4] = 0.25
     fid_case("constant1", a, b)
-    assert expect["constant3"]["eps_fallback"] and not expect["constant1"]["eps_fallback"]
-    assert not expect["fullrank"]["eps_fallback"]
+    # constant3's zero rows differ between a and b: scipy < 1.16 fell back to eps there
+    assert not any(expect[k]["eps_fallback"] for k in ("fullrank", "rankdef", "constant1", "constant3"))
 
     logits = (rng.standard_normal((1300, 12)) * 3).astype(np.float32)
     logits[:, 0] += 2
@@ -385,9 +388,30 @@ def cmd_bench():
         print(rows, repr(frechet(m1, s1, m2, s2)[0]))
 
 
+def cmd_degenerate():
+    """Prints the constants of eval_metrics.rs's degenerate-covariance test: features with
+    constant columns (zero rows and columns in the covariances), the same formula as the test."""
+    import scipy
+
+    def feats(n, d, salt, consts, scale=1.0, shift=0.0):
+        i, j = np.meshgrid(np.arange(n), np.arange(d), indexing="ij")
+        x = (((i * 37 + j * 101 + i * j * 7 + salt * 11) % 23) * 0.25 * scale - 2.0 + shift).astype(np.float32)
+        for col, c in consts.items():
+            x[:, col] = c
+        return x
+
+    print("scipy", scipy.__version__)
+    cases = [("same", {1: 0.0, 4: 3.0}, {1: 0.0, 4: 3.0}), ("one_side", {1: 0.0, 4: 3.0}, {}),
+             ("crossing", {0: 0.0, 1: 3.0}, {4: 0.0, 5: -1.5})]
+    for name, ca, cb in cases:
+        (m1, s1), (m2, s2) = stats(feats(20, 6, 1, ca)), stats(feats(24, 6, 2, cb, 1.25, 0.5))
+        print(name, *map(repr, frechet(m1, s1, m2, s2)))
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    cmds = {"metrics": cmd_metrics, "npz": cmd_npz, "inception": cmd_inception, "bench": cmd_bench}
+    cmds = {"metrics": cmd_metrics, "npz": cmd_npz, "inception": cmd_inception, "bench": cmd_bench,
+            "degenerate": cmd_degenerate}
     if len(sys.argv) < 2 or any(a not in cmds for a in sys.argv[1:]):
         sys.exit(__doc__)
     for a in sys.argv[1:]:

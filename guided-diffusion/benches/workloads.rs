@@ -10,7 +10,10 @@
 //!   gradient of log p(y|x) w.r.t. the input (`classifier_sample.py`'s `cond_fn`), batch 1;
 //! - `guided_ddim_step_64`: one classifier-guided DDIM step (UNet forward, classifier gradient,
 //!   DDIM update) of a `ddim25` cosine process, batch 1;
-//! - `train_step_64`: one training step of the 64x64 UNet, batch 2.
+//! - `train_step_64`: one training step of the 64x64 UNet, batch 2;
+//! - `inception_fid_64`: `gdiff eval`'s Inception-v3 (pytorch-fid's FID network, synthetic
+//!   weights) on 64x64 RGB images: resize to 299x299, forward to pool_3, the 17x17x7 spatial
+//!   features and the logits, batch 64 (the reference evaluator's batch size).
 //!
 //! Each is timed as the median of `GD_BENCH_REPS` (default 3) calls after one warm-up call.
 //! `GD_WORKLOADS=unet_fwd_small,train_step_small` picks workloads. Every workload prints a
@@ -48,13 +51,14 @@ use guided_diffusion::Result;
 
 /// (name, needs GD_BENCH_BIG), in running order: small first, so that the peak memory of a
 /// small workload is not inflated by what a big one left resident.
-const WORKLOADS: [(&str, bool); 6] = [
+const WORKLOADS: [(&str, bool); 7] = [
     ("unet_fwd_small", false),
     ("train_step_small", false),
     ("unet_fwd_64", true),
     ("clf_grad_64", true),
     ("guided_ddim_step_64", true),
     ("train_step_64", true),
+    ("inception_fid_64", true),
 ];
 
 /// The label every workload conditions on / guides towards.
@@ -490,8 +494,66 @@ fn run(name: &str) -> Result<Measured> {
         "clf_grad_64" => classifier_grad(1),
         "guided_ddim_step_64" => guided_ddim_step(1),
         "train_step_64" => train_step(&common::imagenet64_flags(), 2),
+        "inception_fid_64" => inception_fid(64, 64),
         _ => unreachable!("checked against WORKLOADS"),
     }
+}
+
+/// Convolution and matrix-product FLOPs of one image through the FID Inception at 299x299 (the
+/// logits' product included), from the weights' shapes and each layer's output size.
+fn inception_flop(sd: &HashMap<String, Tensor>) -> Result<f64> {
+    let mut flop = 2.0 * (2048 * 1008) as f64;
+    for (k, t) in sd {
+        let Some(layer) = k.strip_suffix(".conv.weight") else { continue };
+        let (co, ci, kh, kw) = t.dims4()?;
+        let (block, branch) = layer.split_once('.').unwrap_or((layer, ""));
+        let res = match block {
+            "Conv2d_1a_3x3" => 149,
+            "Conv2d_2a_3x3" | "Conv2d_2b_3x3" => 147,
+            "Conv2d_3b_1x1" => 73,
+            "Conv2d_4a_3x3" => 71,
+            "Mixed_6a" if matches!(branch, "branch3x3" | "branch3x3dbl_3") => 17,
+            "Mixed_7a" if matches!(branch, "branch3x3_2" | "branch7x7x3_4") => 8,
+            "Mixed_6a" => 35,
+            "Mixed_7a" => 17,
+            b if b.starts_with("Mixed_5") => 35,
+            b if b.starts_with("Mixed_6") => 17,
+            _ => 8,
+        };
+        flop += 2.0 * (co * ci * kh * kw * res * res) as f64;
+    }
+    Ok(flop)
+}
+
+/// `gdiff eval`'s feature extraction: uint8-valued `size`x`size` RGB images through
+/// `InceptionExtractor::extract` (resize, network, pool / spatial / logits to feature matrices).
+fn inception_fid(batch: usize, size: usize) -> Result<Measured> {
+    use guided_diffusion::eval::inception::synthetic::{synthetic_state_dict, uniforms};
+    use guided_diffusion::eval::inception::{InceptionExtractor, InceptionV3, WeightMap};
+    use guided_diffusion::eval::{FeatureExtractor, ImageBatch};
+    let sd = synthetic_state_dict(true)?;
+    // as torch's parameters(): the batch norms' running statistics are buffers
+    let params = sd
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    let flop = inception_flop(&sd)? * batch as f64;
+    let w = WeightMap::from_tensors("synthetic", sd)?;
+    // Loaded weights are frozen (their Winograd transforms kept across calls), as in gdiff eval.
+    let mut net = InceptionV3::load(&w, &Device::Cpu)?;
+    net.set_policy(common::policy());
+    let ex = InceptionExtractor::new(net, Default::default());
+    let pixels = uniforms("bench_images", batch * size * size * 3);
+    let images = ImageBatch::new(
+        &[batch, size, size, 3],
+        pixels.iter().map(|u| (u * 256.0).floor() as f32).collect(),
+    )?;
+    let seconds = time(|| {
+        ex.extract(&images)?;
+        Ok(())
+    })?;
+    Ok(Measured { batch, seconds, flop: Some(flop), params })
 }
 
 /// The workloads to run: `GD_WORKLOADS` (comma list) or all, the 64x64 ones only with

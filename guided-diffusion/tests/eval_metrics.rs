@@ -1,5 +1,5 @@
-//! Metric math against numpy/scipy: fixtures from `tools/eval_fixtures.py metrics` (scipy 1.15,
-//! whose Schur-based `sqrtm` is the one the reference evaluator ran with).
+//! Metric math against numpy/scipy: fixtures from `tools/eval_fixtures.py metrics` (scipy 1.17,
+//! what a fresh install of the reference evaluator's unpinned requirements gets).
 use candle_core::{Device, Tensor};
 use guided_diffusion::eval::frechet::{frechet_distance, SqrtmMethod};
 use guided_diffusion::eval::inception_score::inception_score_from_logits;
@@ -73,8 +73,8 @@ fn eval_fid_matches_scipy_sqrtm() {
     for (case, tol_schur, tol_sym) in [
         ("fullrank", 1e-11, 1e-10),
         ("rankdef", 1e-9, 1e-5),
-        ("constant1", 1e-10, 1e-6),
-        ("constant3", 1e-9, 1e-3),
+        ("constant1", 1e-12, 1e-6),
+        ("constant3", 1e-12, 1e-3),
     ] {
         let sa = FidStatistics::from_features(&matrix(&a, &format!("{case}_a"))).unwrap();
         let sb = FidStatistics::from_features(&matrix(&a, &format!("{case}_b"))).unwrap();
@@ -98,6 +98,56 @@ fn eval_fid_matches_scipy_sqrtm() {
                 sym.distance
             );
         }
+    }
+}
+
+/// Features of the degenerate-covariance test: a fixed pattern of multiples of `0.25 * scale`,
+/// with the columns of `consts` held constant (zero rows and columns in the covariance), as
+/// `tools/eval_fixtures.py degenerate` builds them.
+fn pattern(
+    n: usize,
+    salt: usize,
+    consts: &[(usize, f32)],
+    scale: f64,
+    shift: f64,
+) -> FeatureMatrix {
+    let d = 6;
+    let mut data = Vec::with_capacity(n * d);
+    for i in 0..n {
+        for j in 0..d {
+            let k = (i * 37 + j * 101 + i * j * 7 + salt * 11) % 23;
+            let v = consts
+                .iter()
+                .find(|c| c.0 == j)
+                .map_or(k as f64 * 0.25 * scale - 2.0 + shift, |c| c.1 as f64);
+            data.push(v as f32);
+        }
+    }
+    FeatureMatrix::new(n, d, data).unwrap()
+}
+
+/// The reference adds `eps·I` only when `sqrtm(S1 S2)` is not finite, and scipy's `sqrtm` is
+/// finite for covariances with zero rows (features that never vary). Expected values from
+/// `tools/eval_fixtures.py degenerate` (scipy 1.17.1, numpy 2.4): the reference's formula on the
+/// same features. For "crossing" (zero rows at different positions in the two covariances)
+/// scipy 1.15.3 returns NaN instead, falls back to eps and gives 30.411056917377188; see
+/// `eval/frechet.rs`.
+#[test]
+fn eval_fid_degenerate_covariances_take_no_offset() {
+    for (case, a_consts, b_consts, want) in [
+        ("same", &[(1, 0.0), (4, 3.0)][..], &[(1, 0.0), (4, 3.0)][..], 6.798683046157976),
+        ("one_side", &[(1, 0.0), (4, 3.0)][..], &[][..], 20.138594612998254),
+        ("crossing", &[(0, 0.0), (1, 3.0)][..], &[(4, 0.0), (5, -1.5)][..], 30.426189320347007),
+    ] {
+        let sa = FidStatistics::from_features(&pattern(20, 1, a_consts, 1.0, 0.0)).unwrap();
+        let sb = FidStatistics::from_features(&pattern(24, 2, b_consts, 1.25, 0.5)).unwrap();
+        for &(i, _) in a_consts {
+            assert!(sa.sigma[i * 6..(i + 1) * 6].iter().all(|&v| v == 0.0), "{case}: zero row {i}");
+        }
+        let got = frechet_distance(&sa, &sb, SqrtmMethod::SchurEigenvalues).unwrap();
+        println!("{case}: {} (scipy {want}) rel {:.1e}", got.distance, rel(got.distance, want));
+        assert!(!got.eps_fallback, "{case}: the plain result is finite, no offset");
+        assert!(rel(got.distance, want) < 1e-12, "{case}: {} vs scipy {want}", got.distance);
     }
 }
 

@@ -150,3 +150,111 @@ fn eval_pipeline_errors_name_file_and_key() {
         fe.evaluate(Path::new(&good), Path::new(&good), &mut |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("images.npz") && e.contains("'pool'") && e.contains("missing"), "{e}");
 }
+
+/// A toy extractor with all three outputs: channel means and corners (pool), row means
+/// (spatial), channel maxima (logits).
+struct Toy3(&'static str);
+
+impl FeatureExtractor for Toy3 {
+    fn describe(&self) -> String {
+        self.0.into()
+    }
+    fn has_spatial(&self) -> bool {
+        true
+    }
+    fn has_logits(&self) -> bool {
+        true
+    }
+    fn extract(&self, b: &ImageBatch) -> guided_diffusion::Result<ExtractedFeatures> {
+        let pool = Toy.extract(b)?.pool;
+        let (row, px) = (b.width * b.channels, b.height * b.width * b.channels);
+        let (mut spatial, mut logits) = (Vec::new(), Vec::new());
+        for img in b.data.chunks(px) {
+            spatial.extend(img.chunks(row).map(|r| r.iter().sum::<f32>() / row as f32));
+            for c in 0..b.channels {
+                logits.push(
+                    img.iter().skip(c).step_by(b.channels).fold(0f32, |m, v| m.max(*v)) / 64.0,
+                );
+            }
+        }
+        Ok(ExtractedFeatures {
+            pool,
+            spatial: Some(FeatureMatrix::new(b.n, b.height, spatial)?),
+            logits: Some(FeatureMatrix::new(b.n, b.channels, logits)?),
+        })
+    }
+}
+
+/// `n` RGB images of 5x4 pixels (uint8 values from a fixed pattern) as an npz `arr_0`.
+fn image_npz(path: &Path, n: usize, salt: usize) {
+    let v: Vec<u8> =
+        (0..n * 5 * 4 * 3).map(|i| ((i * 97 + salt * 31 + i / 7 * salt) % 256) as u8).collect();
+    let t = candle_core::Tensor::from_vec(v, (n, 5, 4, 3), &candle_core::Device::Cpu).unwrap();
+    candle_core::Tensor::write_npz(&[("arr_0", &t)], path).unwrap();
+}
+
+#[test]
+fn eval_pipeline_saved_features_round_trip() {
+    use guided_diffusion::eval::feature_file::FeatureFiles;
+    use guided_diffusion::eval::npz::NpzFile;
+    let dir = tempfile::tempdir().unwrap();
+    let (r_img, s_img) = (dir.path().join("ref.npz"), dir.path().join("samples.npz"));
+    image_npz(&r_img, 12, 1);
+    image_npz(&s_img, 10, 2);
+    let toy = Toy3("toy3");
+    let files = FeatureFiles::from_stem(&dir.path().join("feats.npz"));
+    assert_eq!(files.reference, dir.path().join("feats.ref.npz"));
+    assert_eq!(files.samples, dir.path().join("feats.sample.npz"));
+    let opts =
+        EvalOptions { batch_size: 4, save_features: Some(files.clone()), ..Default::default() };
+    let a = Evaluator::new(Source::Images(&toy), opts)
+        .evaluate(&r_img, &s_img, &mut |_, _, _| {})
+        .unwrap();
+    assert!(a.fid > 1.0 && a.sfid.unwrap() > 1e-3 && a.inception_score.unwrap() > 1.0, "{a:?}");
+
+    let f = NpzFile::open(&files.reference).unwrap();
+    let mut keys = f.keys().to_vec();
+    keys.sort();
+    assert_eq!(keys, ["extractor", "logits", "mu", "mu_s", "pool", "sigma", "sigma_s", "spatial"]);
+    assert_eq!(f.header("pool").unwrap().shape, [12, 5]);
+    assert_eq!(f.header("spatial").unwrap().shape, [12, 5]);
+    assert_eq!(f.header("sigma").unwrap().shape, [5, 5]);
+    assert_eq!(
+        guided_diffusion::eval::feature_file::read_extractor(&f).unwrap().as_deref(),
+        Some("toy3")
+    );
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 4, "no temporary file left: {names:?}");
+
+    let same = |b: &guided_diffusion::eval::EvalResults, how: &str| {
+        assert_eq!(
+            (b.inception_score, b.fid, b.sfid, b.precision, b.recall),
+            (a.inception_score, a.fid, a.sfid, a.precision, a.recall),
+            "{how}"
+        );
+        assert_eq!((b.details.num_reference, b.details.num_samples), (12, 10), "{how}");
+    };
+    // both batches from their feature files
+    let b = Evaluator::new(Source::Features, EvalOptions::default())
+        .evaluate(&files.reference, &files.samples, &mut |_, _, _| {})
+        .unwrap();
+    same(&b, "--features");
+    assert!(b.details.extractor.contains("toy3"), "{}", b.details.extractor);
+    // the saved reference batch in place of its images
+    let c =
+        Evaluator::new(Source::Images(&toy), EvalOptions { batch_size: 4, ..Default::default() })
+            .evaluate(&files.reference, &s_img, &mut |_, _, _| {})
+            .unwrap();
+    same(&c, "reference features, sample images");
+    // ... but not with another network
+    let other = Toy3("another network");
+    let e = Evaluator::new(Source::Images(&other), EvalOptions::default())
+        .evaluate(&files.reference, &s_img, &mut |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("feats.ref.npz") && e.contains("'toy3'") && e.contains("'another network'"),
+        "{e}"
+    );
+}

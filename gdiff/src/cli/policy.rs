@@ -46,11 +46,16 @@ pub fn with_precision(
     Ok(policy.with_precision(Precision::Bf16))
 }
 
+/// Whether loaded networks keep their weights' derived forms (`GD_FROZEN_CACHE` unset or on).
+pub fn keep_forms() -> bool {
+    guided_diffusion::kernels::policy::switch_on(var("GD_FROZEN_CACHE").as_deref())
+}
+
 /// A loaded network set up for the run: its policy, and frozen (it was loaded so) unless
 /// `GD_FROZEN_CACHE` turns the kept weight forms off.
 pub fn prepare(mut net: Net, policy: KernelPolicy) -> Net {
     net.set_policy(policy);
-    if !guided_diffusion::kernels::policy::switch_on(var("GD_FROZEN_CACHE").as_deref()) {
+    if !keep_forms() {
         net.thaw();
     }
     net

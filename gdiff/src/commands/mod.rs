@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod convert;
+pub mod convert_inception;
 pub mod eval;
 pub mod inspect;
 pub mod nll;

@@ -8,11 +8,14 @@
 //! - [`verify`] builds a network against a state dict and reports missing, unexpected and
 //!   mis-shaped keys together with the flag that most likely differs.
 //! - [`write_safetensors`] writes atomically (temporary file, then rename).
+//! - [`torchscript`] reads the parameters of a TorchScript archive (`torch.jit.save`) by their
+//!   attribute paths, for converters.
 pub mod infer;
 pub mod pickle;
 mod pt;
 mod pt_write;
 mod st;
+pub mod torchscript;
 pub mod verify;
 
 use std::collections::HashMap;

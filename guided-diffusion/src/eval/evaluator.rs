@@ -5,8 +5,13 @@
 //! Two sources of activations:
 //! - images: `arr_0`, `[N, H, W, C]`, any integer or float dtype on the 0–255 scale (uint8 in
 //!   practice), streamed `batch_size` images at a time through a [`FeatureExtractor`];
-//! - precomputed features (`--features`): arrays `pool` `[N, D]` (required), `spatial`
-//!   `[N, Ds]` and `logits` `[N, C]` (optional) in each npz.
+//! - precomputed features (`--features`, or a batch without `arr_0` but with `pool` when the
+//!   other batch is images): arrays `pool` `[N, D]` (required), `spatial` `[N, Ds]` and `logits`
+//!   `[N, C]` (optional) in each npz, as [`super::feature_file`] writes them.
+//!
+//! With [`EvalOptions::save_features`] each batch's activations and statistics are written as
+//! such a feature file, right after they are computed.
+use super::feature_file::{self, BatchFeatures, FeatureFiles};
 use super::features::{FeatureExtractor, FeatureMatrix, ImageBatch};
 use super::frechet::{frechet_distance, SqrtmMethod};
 use super::inception_score::{inception_score_from_logits, IS_SPLIT_SIZE};
@@ -30,6 +35,8 @@ pub struct EvalOptions {
     pub pr_batch_size: usize,
     /// Device for the pairwise distances.
     pub device: Device,
+    /// Write each batch's features and statistics to these files ([`super::feature_file`]).
+    pub save_features: Option<FeatureFiles>,
 }
 
 impl Default for EvalOptions {
@@ -41,6 +48,7 @@ impl Default for EvalOptions {
             pr_distance: DistancePrecision::default(),
             pr_batch_size: 10_000,
             device: Device::Cpu,
+            save_features: None,
         }
     }
 }
@@ -54,7 +62,11 @@ pub struct Activations {
     pub pool: FeatureMatrix,
     pub pool_stats: MomentAccumulator,
     pub spatial_stats: Option<MomentAccumulator>,
+    /// The spatial features themselves, kept only to be saved.
+    pub spatial: Option<FeatureMatrix>,
     pub logits: Option<FeatureMatrix>,
+    /// The network that made them, when known.
+    pub extractor: Option<String>,
 }
 
 impl Activations {
@@ -134,12 +146,57 @@ fn check_pixels(path: &str, first_image: usize, shape: &[usize], data: &[f32]) -
     Ok(())
 }
 
+/// Activations from a feature file: `pool`, and `spatial` / `logits` when present (`logits`
+/// only when `want_logits`; `spatial` kept as a matrix only when `keep_spatial`).
+fn feature_activations(
+    npz: &NpzFile,
+    want_logits: bool,
+    keep_spatial: bool,
+    stage: &str,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Activations> {
+    let pool = read_matrix(npz, "pool")?;
+    let mut pool_stats = MomentAccumulator::new(pool.cols);
+    pool_stats.update(&pool)?;
+    let rows_match = |m: &FeatureMatrix, key: &str| -> Result<()> {
+        if m.rows != pool.rows {
+            bail!(
+                "{}: array '{key}' has {} rows but 'pool' has {}",
+                npz.path().display(),
+                m.rows,
+                pool.rows
+            );
+        }
+        Ok(())
+    };
+    let (spatial_stats, spatial) = if npz.contains("spatial") {
+        let s = read_matrix(npz, "spatial")?;
+        rows_match(&s, "spatial")?;
+        let mut acc = MomentAccumulator::new(s.cols);
+        acc.update(&s)?;
+        (Some(acc), keep_spatial.then_some(s))
+    } else {
+        (None, None)
+    };
+    let logits = if want_logits && npz.contains("logits") {
+        let l = read_matrix(npz, "logits")?;
+        rows_match(&l, "logits")?;
+        Some(l)
+    } else {
+        None
+    };
+    let extractor = feature_file::read_extractor(npz)?;
+    progress(stage, pool.rows, pool.rows);
+    Ok(Activations { pool, pool_stats, spatial_stats, spatial, logits, extractor })
+}
+
 impl<'a> Evaluator<'a> {
     pub fn new(source: Source<'a>, options: EvalOptions) -> Self {
         Self { source, options }
     }
 
-    /// Reads and checks a batch, returning its activations.
+    /// Reads and checks a batch, returning its activations: images through the extractor, or
+    /// features from a feature file (`--features`, or any batch with `pool` and no `arr_0`).
     pub fn read_activations(
         &self,
         npz: &NpzFile,
@@ -147,41 +204,28 @@ impl<'a> Evaluator<'a> {
         stage: &str,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Activations> {
+        let keep = self.options.save_features.is_some();
         match self.source {
-            Source::Images(ex) => self.image_activations(ex, npz, want_logits, stage, progress),
-            Source::Features => {
-                let pool = read_matrix(npz, "pool")?;
-                let mut pool_stats = MomentAccumulator::new(pool.cols);
-                pool_stats.update(&pool)?;
-                let rows_match = |m: &FeatureMatrix, key: &str| -> Result<()> {
-                    if m.rows != pool.rows {
+            Source::Images(ex) if !feature_file::is_feature_file(npz) => {
+                self.image_activations(ex, npz, want_logits || keep, stage, progress)
+            }
+            Source::Images(ex) => {
+                let acts = feature_activations(npz, want_logits || keep, keep, stage, progress)?;
+                if let Some(theirs) = &acts.extractor {
+                    if *theirs != ex.describe() {
                         bail!(
-                            "{}: array '{key}' has {} rows but 'pool' has {}",
+                            "{}: its features were made by '{theirs}', but this run's images go \
+                             through '{}'; give the same network and input convention, or \
+                             --features for two feature files",
                             npz.path().display(),
-                            m.rows,
-                            pool.rows
+                            ex.describe()
                         );
                     }
-                    Ok(())
-                };
-                let spatial_stats = if npz.contains("spatial") {
-                    let s = read_matrix(npz, "spatial")?;
-                    rows_match(&s, "spatial")?;
-                    let mut acc = MomentAccumulator::new(s.cols);
-                    acc.update(&s)?;
-                    Some(acc)
-                } else {
-                    None
-                };
-                let logits = if want_logits && npz.contains("logits") {
-                    let l = read_matrix(npz, "logits")?;
-                    rows_match(&l, "logits")?;
-                    Some(l)
-                } else {
-                    None
-                };
-                progress(stage, pool.rows, pool.rows);
-                Ok(Activations { pool, pool_stats, spatial_stats, logits })
+                }
+                Ok(acts)
+            }
+            Source::Features => {
+                feature_activations(npz, want_logits || keep, keep, stage, progress)
             }
         }
     }
@@ -204,9 +248,11 @@ impl<'a> Evaluator<'a> {
             ),
         };
         let want_logits = want_logits && ex.has_logits();
+        let keep_spatial = self.options.save_features.is_some();
         let mut pool = FeatureMatrix::default();
         let mut pool_stats: Option<MomentAccumulator> = None;
         let mut spatial_stats: Option<MomentAccumulator> = None;
+        let mut spatial: Option<FeatureMatrix> = None;
         let mut logits: Option<FeatureMatrix> = None;
         let mut done = 0;
         progress(stage, 0, total);
@@ -223,6 +269,9 @@ impl<'a> Evaluator<'a> {
             pool.append(&f.pool)?;
             if let Some(s) = &f.spatial {
                 spatial_stats.get_or_insert_with(|| MomentAccumulator::new(s.cols)).update(s)?;
+                if keep_spatial {
+                    spatial.get_or_insert_with(FeatureMatrix::default).append(s)?;
+                }
             }
             if want_logits {
                 if let Some(l) = &f.logits {
@@ -234,7 +283,8 @@ impl<'a> Evaluator<'a> {
             Ok(())
         })?;
         let pool_stats = pool_stats.expect("at least one batch");
-        Ok(Activations { pool, pool_stats, spatial_stats, logits })
+        let extractor = Some(ex.describe());
+        Ok(Activations { pool, pool_stats, spatial_stats, spatial, logits, extractor })
     }
 
     /// `(pool statistics, spatial statistics, description)`, from the npz when it has `mu`
@@ -273,11 +323,33 @@ impl<'a> Evaluator<'a> {
     ) -> Result<EvalResults> {
         let ref_npz = NpzFile::open(reference)?;
         let sample_npz = NpzFile::open(samples)?;
+        let save = |path: Option<&Path>, acts: &Activations, stats, spatial| -> Result<()> {
+            let Some(path) = path else { return Ok(()) };
+            feature_file::write_features(
+                path,
+                &BatchFeatures {
+                    pool: &acts.pool,
+                    spatial: acts.spatial.as_ref(),
+                    logits: acts.logits.as_ref(),
+                    stats,
+                    spatial_stats: spatial,
+                    extractor: acts.extractor.as_deref(),
+                },
+            )
+        };
+        let files = self.options.save_features.as_ref();
         let ref_acts = self.read_activations(&ref_npz, false, "reference batch", progress)?;
         let (ref_stats, ref_spatial, ref_how) = self.read_statistics(&ref_npz, &ref_acts)?;
+        save(files.map(|f| f.reference.as_path()), &ref_acts, &ref_stats, ref_spatial.as_ref())?;
         let sample_acts = self.read_activations(&sample_npz, true, "sample batch", progress)?;
         let (sample_stats, sample_spatial, sample_how) =
             self.read_statistics(&sample_npz, &sample_acts)?;
+        save(
+            files.map(|f| f.samples.as_path()),
+            &sample_acts,
+            &sample_stats,
+            sample_spatial.as_ref(),
+        )?;
 
         let o = &self.options;
         let mut details = EvalDetails {
@@ -285,9 +357,10 @@ impl<'a> Evaluator<'a> {
             sample_batch: samples.display().to_string(),
             num_reference: ref_acts.len(),
             num_samples: sample_acts.len(),
-            extractor: match self.source {
-                Source::Images(ex) => ex.describe(),
-                Source::Features => "precomputed features".to_string(),
+            extractor: match (&self.source, &sample_acts.extractor) {
+                (Source::Images(ex), _) => ex.describe(),
+                (Source::Features, Some(e)) => format!("precomputed features ({e})"),
+                (Source::Features, None) => "precomputed features".to_string(),
             },
             reference_statistics: ref_how,
             sample_statistics: sample_how,

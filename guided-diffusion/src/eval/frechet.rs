@@ -7,8 +7,9 @@
 //! `tr(Q R Qᴴ) = tr(R) = Σ sqrt(T_ii) = Σ sqrt(λ_i)`, with `λ_i` the eigenvalues of `S1 S2` (the
 //! diagonal of its Schur form) and `sqrt` the principal branch. So the default
 //! [`SqrtmMethod::SchurEigenvalues`] computes exactly those eigenvalues (faer's Hessenberg-QR, the
-//! same LAPACK-style algorithm as scipy's `schur`) and sums their principal square roots,
-//! keeping the real part as the reference does. On full-rank covariances it agrees with scipy
+//! same LAPACK-style algorithm as scipy's `schur`, after LAPACK's isolation of the eigenvalues
+//! that rows or columns with zero off-diagonal entries fix exactly) and sums their principal
+//! square roots, keeping the real part as the reference does. On full-rank covariances it agrees with scipy
 //! to ~1e-13 relative; on rank-deficient ones (fewer samples than dimensions), where the tiny
 //! eigenvalues come out slightly negative or complex, it still agrees to ~1e-9, because it sees
 //! the same eigenvalues scipy does. The alternative [`SqrtmMethod::Symmetric`] (eigenvalues of
@@ -16,13 +17,20 @@
 //! from scipy by up to ~1e-7 relative in rank-deficient cases, so it is kept for cross-checks.
 //!
 //! # The reference's two safety nets, reproduced
-//! - **Epsilon fallback.** The reference retries with `eps·I` added to both covariances when
-//!   `sqrtm` returns non-finite values. scipy's triangular recurrence divides by
-//!   `R_ii + R_jj`, which is zero only when two eigenvalues are exactly zero (e.g. two constant
-//!   features: zero rows in a covariance); then it returns NaN. We fall back in the same
-//!   situation: at least two exact-zero eigenvalues (counted from the eigenvalues and from the
-//!   zero rows/columns of the factors, so the trigger does not hinge on the eigen-solver's
-//!   rounding), or any non-finite eigenvalue, or no convergence.
+//! - **Epsilon fallback, only when the plain result is not finite.** The reference computes
+//!   `sqrtm(S1 S2)` once and retries with `eps·I` added to both covariances only when that
+//!   result holds a non-finite value. We do the same: the fallback is taken when the inputs or
+//!   the eigenvalues are not finite, or the eigen-solver does not converge, and never otherwise.
+//!   In particular covariances with zero rows (features that never vary, common with small or
+//!   padded images) take no offset: scipy's `sqrtm` returns a finite result for them, so the
+//!   reference uses the plain value. scipy 1.16 and later (a recursive Schur algorithm whose
+//!   Sylvester solves perturb zero denominators) always return finite values for finite
+//!   covariances, and so do older versions when the zero rows are at the same positions in both
+//!   covariances. With zero rows at *different* positions in the two covariances, scipy 1.9–1.15
+//!   may return NaN instead (a zero denominator over a numerator that is zero in exact
+//!   arithmetic but not after rounding) and then fall back: a rounding accident that no other
+//!   implementation reproduces, and which changes the distance by about 1e-5 relative. We
+//!   follow the current scipy there.
 //! - **Imaginary-part check.** The reference raises `ValueError("Imaginary component m")` when the
 //!   diagonal of the complex `sqrtm` has an imaginary part above `1e-3`. Without the full matrix,
 //!   we apply the check to the imaginary parts of `sqrt(λ_i)` (an upper bound on the diagonal's
@@ -51,7 +59,7 @@ pub struct TraceSqrt {
     pub trace: f64,
     /// Largest `|Im sqrt(λ)|` over the eigenvalues.
     pub max_imag: f64,
-    /// Whether scipy's `sqrtm` would have produced non-finite values (see module docs).
+    /// The plain result is not finite, so the reference would add `eps·I` (see module docs).
     pub singular: bool,
 }
 
@@ -64,11 +72,43 @@ pub struct FrechetOutcome {
     pub max_imag: f64,
 }
 
-fn count_zero_rows(m: MatRef<'_, f64>, by_column: bool) -> usize {
-    let n = m.nrows();
-    (0..n)
-        .filter(|&i| (0..n).all(|j| if by_column { m[(j, i)] == 0.0 } else { m[(i, j)] == 0.0 }))
-        .count()
+/// LAPACK's eigenvalue isolation (`gebal` with job `P`, which `gees`, and so scipy's `sqrtm`,
+/// runs before the QR iterations): rows of `p` whose off-diagonal entries within the remaining
+/// ("active") indices are all zero are split off, repeatedly, then columns likewise. Each split
+/// index is an eigenvalue equal to its diagonal entry, exactly; the others are the eigenvalues of
+/// `p` restricted to the active indices. Zero rows of a covariance make zero rows (first
+/// factor) or zero columns (second factor) of the product, so their eigenvalues come out as
+/// exact zeros, as in the reference, instead of rounding noise whose square roots (~1e-8 each)
+/// would show in the trace. Returns (the isolated eigenvalues, the active indices).
+fn isolate_eigenvalues(p: MatRef<'_, f64>) -> (Vec<f64>, Vec<usize>) {
+    let n = p.nrows();
+    let mut active = vec![true; n];
+    let mut isolated = Vec::new();
+    // Rows to convergence, then columns to convergence, as gebal. `nz[i]`: nonzero off-diagonal
+    // entries of row (or column) i within the active indices.
+    for by_column in [false, true] {
+        let at = |i: usize, j: usize| if by_column { p[(j, i)] } else { p[(i, j)] };
+        let mut nz: Vec<usize> = (0..n)
+            .map(|i| (0..n).filter(|&j| j != i && active[j] && at(i, j) != 0.0).count())
+            .collect();
+        let mut queue: Vec<usize> = (0..n).filter(|&i| active[i] && nz[i] == 0).collect();
+        while let Some(i) = queue.pop() {
+            if !active[i] {
+                continue;
+            }
+            active[i] = false;
+            isolated.push(p[(i, i)]);
+            for r in 0..n {
+                if active[r] && r != i && at(r, i) != 0.0 {
+                    nz[r] -= 1;
+                    if nz[r] == 0 {
+                        queue.push(r);
+                    }
+                }
+            }
+        }
+    }
+    (isolated, (0..n).filter(|&i| active[i]).collect())
 }
 
 /// `tr(sqrtm(s1 · s2))` for square symmetric `s1`, `s2` of equal size.
@@ -88,26 +128,30 @@ pub fn trace_sqrt_product(
         SqrtmMethod::SchurEigenvalues => {
             let mut p = Mat::<f64>::zeros(n, n);
             faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, s1, s2, 1.0, parallelism());
-            let eig = match p.eigenvalues() {
-                Ok(e) => e,
-                Err(_) => return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true }),
-            };
+            let (isolated, active) = isolate_eigenvalues(p.as_ref());
+            let mut eig: Vec<faer::c64> =
+                isolated.iter().map(|&v| faer::c64::new(v, 0.0)).collect();
+            if !active.is_empty() {
+                let block = Mat::<f64>::from_fn(active.len(), active.len(), |i, j| {
+                    p[(active[i], active[j])]
+                });
+                match block.eigenvalues() {
+                    Ok(e) => eig.extend(e),
+                    Err(_) => {
+                        return Ok(TraceSqrt { trace: f64::NAN, max_imag: 0.0, singular: true })
+                    }
+                }
+            }
             let mut trace = 0.0;
             let mut max_imag: f64 = 0.0;
-            let mut zeros = 0;
             let mut finite = true;
             for l in &eig {
                 finite &= l.re.is_finite() && l.im.is_finite();
-                if l.re == 0.0 && l.im == 0.0 {
-                    zeros += 1;
-                }
                 let r = l.sqrt();
                 trace += r.re;
                 max_imag = max_imag.max(r.im.abs());
             }
-            let structural = count_zero_rows(s1, false).max(count_zero_rows(s2, true));
-            let singular = !finite || zeros.max(structural) >= 2;
-            Ok(TraceSqrt { trace, max_imag, singular })
+            Ok(TraceSqrt { trace, max_imag, singular: !finite })
         }
         SqrtmMethod::Symmetric => {
             let e1 = s1.self_adjoint_eigen(faer::Side::Lower).map_err(|_| {

@@ -10,9 +10,11 @@
 //! - [`inception`]: Inception-v3 as pytorch-fid's FID variant, in candle;
 //! - [`judge`]: a clean classifier as the judge of class-conditional samples (accuracy on the
 //!   asked class, Fréchet distance and precision/recall in its feature space);
+//! - [`feature_file`]: a batch's features and statistics saved in the `--features` layout;
 //! - [`evaluator`]: the pipeline that turns two batches into the five numbers, and
 //!   [`results`]: those numbers, their printout in the reference's format and their JSON.
 pub mod evaluator;
+pub mod feature_file;
 pub mod features;
 pub mod frechet;
 pub mod inception;

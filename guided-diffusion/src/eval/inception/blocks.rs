@@ -5,6 +5,7 @@
 //! order, which is also the TensorFlow graph's.
 use super::layers::{avg_pool_3x3_s1_p1_exclude_pad, max_pool_3x3_s1_p1, max_pool_3x3_s2, ConvBn};
 use super::weights::WeightMap;
+use crate::models::Exec;
 use crate::Result;
 use candle_core::{Device, Tensor};
 
@@ -68,11 +69,11 @@ impl InceptionA {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.b1.forward(x)?;
-        let b = self.b5_2.forward(&self.b5_1.forward(x)?)?;
-        let c = self.b3_3.forward(&self.b3_2.forward(&self.b3_1.forward(x)?)?)?;
-        let d = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
+    pub fn forward(&self, x: &Tensor, e: &Exec) -> Result<Tensor> {
+        let a = self.b1.forward(x, e)?;
+        let b = self.b5_2.forward(&self.b5_1.forward(x, e)?, e)?;
+        let c = self.b3_3.forward(&self.b3_2.forward(&self.b3_1.forward(x, e)?, e)?, e)?;
+        let d = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x, e)?, e)?;
         Ok(Tensor::cat(&[a, b, c, d], 1)?)
     }
 }
@@ -96,10 +97,10 @@ impl InceptionB {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.b3.forward(x)?;
-        let b = self.bd_3.forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
-        let c = max_pool_3x3_s2(x)?;
+    pub fn forward(&self, x: &Tensor, e: &Exec) -> Result<Tensor> {
+        let a = self.b3.forward(x, e)?;
+        let b = self.bd_3.forward(&self.bd_2.forward(&self.bd_1.forward(x, e)?, e)?, e)?;
+        let c = max_pool_3x3_s2(x, e)?;
         Ok(Tensor::cat(&[a, b, c], 1)?)
     }
 }
@@ -146,23 +147,23 @@ impl InceptionC {
         })
     }
 
-    pub fn forward_with_branch1x1(&self, x: &Tensor) -> Result<InceptionCOutput> {
-        let a = self.b1.forward(x)?;
+    pub fn forward_with_branch1x1(&self, x: &Tensor, e: &Exec) -> Result<InceptionCOutput> {
+        let a = self.b1.forward(x, e)?;
         let mut b = x.clone();
         for c in &self.b7 {
-            b = c.forward(&b)?;
+            b = c.forward(&b, e)?;
         }
         let mut d = x.clone();
         for c in &self.bd {
-            d = c.forward(&d)?;
+            d = c.forward(&d, e)?;
         }
-        let p = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x)?)?;
+        let p = self.pool.forward(&avg_pool_3x3_s1_p1_exclude_pad(x, e)?, e)?;
         let output = Tensor::cat(&[&a, &b, &d, &p], 1)?;
         Ok(InceptionCOutput { output, branch1x1: a })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_with_branch1x1(x)?.output)
+    pub fn forward(&self, x: &Tensor, e: &Exec) -> Result<Tensor> {
+        Ok(self.forward_with_branch1x1(x, e)?.output)
     }
 }
 
@@ -189,13 +190,13 @@ impl InceptionD {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.b3[1].forward(&self.b3[0].forward(x)?)?;
+    pub fn forward(&self, x: &Tensor, e: &Exec) -> Result<Tensor> {
+        let a = self.b3[1].forward(&self.b3[0].forward(x, e)?, e)?;
         let mut b = x.clone();
         for c in &self.b7 {
-            b = c.forward(&b)?;
+            b = c.forward(&b, e)?;
         }
-        let p = max_pool_3x3_s2(x)?;
+        let p = max_pool_3x3_s2(x, e)?;
         Ok(Tensor::cat(&[a, b, p], 1)?)
     }
 }
@@ -245,17 +246,17 @@ impl InceptionE {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.b1.forward(x)?;
-        let b = self.b3_1.forward(x)?;
-        let b = Tensor::cat(&[self.b3_2a.forward(&b)?, self.b3_2b.forward(&b)?], 1)?;
-        let c = self.bd_2.forward(&self.bd_1.forward(x)?)?;
-        let c = Tensor::cat(&[self.bd_3a.forward(&c)?, self.bd_3b.forward(&c)?], 1)?;
+    pub fn forward(&self, x: &Tensor, e: &Exec) -> Result<Tensor> {
+        let a = self.b1.forward(x, e)?;
+        let b = self.b3_1.forward(x, e)?;
+        let b = Tensor::cat(&[self.b3_2a.forward(&b, e)?, self.b3_2b.forward(&b, e)?], 1)?;
+        let c = self.bd_2.forward(&self.bd_1.forward(x, e)?, e)?;
+        let c = Tensor::cat(&[self.bd_3a.forward(&c, e)?, self.bd_3b.forward(&c, e)?], 1)?;
         let pooled = match self.pool_kind {
-            EPool::AvgExcludePad => avg_pool_3x3_s1_p1_exclude_pad(x)?,
-            EPool::Max => max_pool_3x3_s1_p1(x)?,
+            EPool::AvgExcludePad => avg_pool_3x3_s1_p1_exclude_pad(x, e)?,
+            EPool::Max => max_pool_3x3_s1_p1(x, e)?,
         };
-        let d = self.pool.forward(&pooled)?;
+        let d = self.pool.forward(&pooled, e)?;
         Ok(Tensor::cat(&[a, b, c, d], 1)?)
     }
 }

