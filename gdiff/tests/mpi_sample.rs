@@ -248,7 +248,7 @@ fn mpi_nll_averages_over_ranks() {
             "--model_config",
             &golden("model_unet_b.json"),
             "--diffusion_steps",
-            "20",
+            "100",
             "--num_samples",
             "5",
             "--batch_size",

@@ -142,6 +142,12 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     let count = batches.len() as f64;
     let done: f64 = batches.iter().map(|b| b[1]).sum();
     let mean = batches.iter().map(|b| b[2]).sum::<f64>() / count;
+    if !mean.is_finite() {
+        bail!(
+            "the bits per dimension came out {mean}: the process has a step with beta = 1 or the \
+             model's output is not finite (check --diffusion_steps and --noise_schedule)"
+        );
+    }
     for (i, name) in names.iter().enumerate() {
         let mut sum = vec![0.0f64; steps];
         for b in &batches {
