@@ -90,6 +90,45 @@ fn first_order_dpm_solver_equals_ddim_on_the_same_grid() {
     }
 }
 
+/// With `clip_denoised`, first-order DPM-Solver++ is the reference's clipped DDIM: both step
+/// from the clamped x_0 and the noise it implies (`_predict_eps_from_xstart`).
+#[test]
+fn first_order_dpm_solver_pp_with_clipping_equals_clipped_ddim() {
+    let x_t = randn(3, &[2, 3, 4, 4]);
+    let d = linear("10").build().unwrap();
+    let opts = SampleOptions { clip_denoised: true, ..Default::default() };
+    let mut ddim_steps = vec![];
+    let mut cb = |s: &StepInfo| -> Result<()> {
+        ddim_steps.push(s.sample.clone());
+        Ok(())
+    };
+    Ddim::new(d, 0.0)
+        .sample(&Denoiser::new(&smooth_model, opts), &x_t, &mut SeededNoise::new(0), Some(&mut cb))
+        .unwrap();
+    // The solver stops at t = 1/N, DDIM's step 8 (its last step goes on to x_0).
+    let ddim = &ddim_steps[8];
+    let spec: SamplerSpec = "dpm-solver++9 order=1 clip_denoised=true".parse().unwrap();
+    assert_eq!(spec.to_string(), "dpm-solver++9 clip_denoised=true order=1");
+    let x = spec
+        .build(&linear(""))
+        .unwrap()
+        .sample(&Denoiser::new(&smooth_model, opts), &x_t, &mut SeededNoise::new(0), None)
+        .unwrap();
+    // Float32 schedule against DDIM's f64 alphas, as above; the clamp keeps x_0 in [-1, 1],
+    // so the error stays small.
+    let e = max_diff(&x, ddim);
+    assert!(e < 1e-4, "max diff to clipped DDIM {e}");
+    let unclipped: SamplerSpec = "dpm-solver++9 order=1".parse().unwrap();
+    let y = unclipped
+        .build(&linear(""))
+        .unwrap()
+        .sample(&Denoiser::new(&smooth_model, opts), &x_t, &mut SeededNoise::new(0), None)
+        .unwrap();
+    assert!(max_diff(&y, ddim) > 1e-2, "the clamp must change this case");
+    let both = "dpm-solver++9 thresholding=true clip_denoised=true".parse::<SamplerSpec>();
+    assert!(both.unwrap_err().to_string().contains("two corrections"));
+}
+
 #[test]
 fn adaptive_solver_reports_its_evaluations() {
     let x_t = randn(2, &[2, 1, 4, 4]);
