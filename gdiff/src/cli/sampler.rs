@@ -143,8 +143,12 @@ mod tests {
         let a = SamplerArgs { sampler: Some("dpm-solver++".into()), ..args() };
         let e = sampler_spec(&a, Some("250"), None, "ddpm").unwrap_err().to_string();
         assert!(e.contains("--timestep_respacing does not apply"), "{e}");
-        let e = sampler_spec(&a, None, Some(false), "ddpm").unwrap_err().to_string();
-        assert!(e.contains("--clip_denoised does not apply"), "{e}");
+        // --clip_denoised applies to the DPM-Solvers too (their x_0 clamp).
+        let s = sampler_spec(&a, None, Some(true), "ddpm").unwrap();
+        assert_eq!(s.to_string(), "dpm-solver++20 clip_denoised=true");
+        let a = SamplerArgs { thresholding: Some(true), ..a };
+        let e = sampler_spec(&a, None, Some(true), "ddpm").unwrap_err().to_string();
+        assert!(e.contains("two corrections of x_0"), "{e}");
         let a =
             SamplerArgs { sampler: Some("dpm-solver++".into()), use_ddim: Some(true), ..args() };
         assert!(sampler_spec(&a, None, None, "ddpm").is_err());
