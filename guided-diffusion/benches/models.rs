@@ -20,7 +20,7 @@ fn bench(name: &str, cfg: NetConfig, batch: usize, reps: usize) {
     let vm = VarMap::new();
     let mut net = Net::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let (c, s) = match &cfg {
-        NetConfig::UNet(u) => (u.in_channels, u.image_size),
+        NetConfig::UNet(u) => (u.trunk.in_channels, u.trunk.image_size),
         _ => unreachable!(),
     };
     let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();

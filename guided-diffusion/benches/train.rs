@@ -19,7 +19,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     let vm = VarMap::new();
     let net = Net::new(&cfg, seeded_var_builder(&vm, 0, &dev)).unwrap();
     let diffusion = DiffusionConfig {
-        learn_sigma: flags.learn_sigma,
+        learn_sigma: flags.to_config().unwrap().learns_sigma(),
         noise_schedule: NoiseSchedule::Cosine,
         ..Default::default()
     }
@@ -32,9 +32,10 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     tc.save_interval = u64::MAX;
     tc.log_interval = u64::MAX;
     let mut lp = TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null()).unwrap();
-    let (c, s) = (flags.in_channels, flags.image_size);
+    let u = flags.to_config().unwrap();
+    let (c, s) = (u.trunk.in_channels, u.trunk.image_size);
     let images = Tensor::rand(-1f32, 1.0, (batch, c, s, s), &dev).unwrap();
-    let labels = flags.class_cond.then(|| Tensor::new(vec![1u32; batch], &dev).unwrap());
+    let labels = u.num_classes.is_some().then(|| Tensor::new(vec![1u32; batch], &dev).unwrap());
     let b = Batch { images, labels, index: 0 };
     lp.run_step(&b).unwrap(); // warm-up
     let t = Instant::now();
@@ -57,7 +58,7 @@ fn main() {
     let small = common::small_flags();
     bench("fashion-mnist small (32ch)", &small, 32, 3);
     let mut mid = common::mid_flags();
-    mid.in_channels = 3;
+    mid.in_channels = Some(3);
     bench("32x32 64ch 2 res blocks", &mid, 8, 3);
     if std::env::var("GD_BENCH_BIG").is_ok() {
         let f = common::imagenet64_flags();

@@ -211,30 +211,30 @@ fn trunk_cost(c: &mut Cost, t: &Trunk) -> (Vec<usize>, Vec<usize>, usize, usize,
 fn unet_cost(u: &UNetConfig) -> Cost {
     let mut c = Cost::default();
     let t = Trunk {
-        image_size: u.image_size,
-        in_channels: u.in_channels,
-        mc: u.model_channels,
-        mult: &u.channel_mult,
-        nrb: u.num_res_blocks,
-        attn: &u.attention_resolutions,
-        conv_resample: u.conv_resample,
-        scale_shift: u.use_scale_shift_norm,
-        updown: u.resblock_updown,
+        image_size: u.trunk.image_size,
+        in_channels: u.trunk.in_channels,
+        mc: u.trunk.model_channels,
+        mult: &u.trunk.channel_mult,
+        nrb: u.trunk.num_res_blocks,
+        attn: &u.trunk.attention_resolutions,
+        conv_resample: u.trunk.conv_resample,
+        scale_shift: u.trunk.use_scale_shift_norm,
+        updown: u.trunk.resblock_updown,
     };
-    let emb_dim = 4 * u.model_channels;
+    let emb_dim = 4 * u.trunk.model_channels;
     if let Some(n) = u.num_classes {
         c.params += n * emb_dim;
     }
     let (level, mut chans, mut ch, mut res, mut ds) = trunk_cost(&mut c, &t);
     for l in (0..level.len()).rev() {
-        for i in 0..=u.num_res_blocks {
+        for i in 0..=u.trunk.num_res_blocks {
             let ich = chans.pop().expect("one skip per output block");
             c.resblock(ch + ich, level[l], res, 0, emb_dim, t.scale_shift);
             ch = level[l];
-            if u.attention_resolutions.contains(&ds) {
+            if u.trunk.attention_resolutions.contains(&ds) {
                 c.attention(ch, res * res);
             }
-            if l > 0 && i == u.num_res_blocks {
+            if l > 0 && i == u.trunk.num_res_blocks {
                 if t.updown {
                     c.resblock(ch, ch, res, 1, emb_dim, t.scale_shift);
                 } else if t.conv_resample {
@@ -246,7 +246,7 @@ fn unet_cost(u: &UNetConfig) -> Cost {
         }
     }
     c.norm(ch);
-    c.conv(level[0], u.out_channels, 3, u.image_size * u.image_size);
+    c.conv(level[0], u.trunk.out_channels, 3, u.trunk.image_size * u.trunk.image_size);
     c
 }
 
@@ -254,15 +254,15 @@ fn unet_cost(u: &UNetConfig) -> Cost {
 fn encoder_cost(e: &EncoderConfig) -> Option<Cost> {
     let mut c = Cost::default();
     let t = Trunk {
-        image_size: e.image_size,
-        in_channels: e.in_channels,
-        mc: e.model_channels,
-        mult: &e.channel_mult,
-        nrb: e.num_res_blocks,
-        attn: &e.attention_resolutions,
-        conv_resample: e.conv_resample,
-        scale_shift: e.use_scale_shift_norm,
-        updown: e.resblock_updown,
+        image_size: e.trunk.image_size,
+        in_channels: e.trunk.in_channels,
+        mc: e.trunk.model_channels,
+        mult: &e.trunk.channel_mult,
+        nrb: e.trunk.num_res_blocks,
+        attn: &e.trunk.attention_resolutions,
+        conv_resample: e.trunk.conv_resample,
+        scale_shift: e.trunk.use_scale_shift_norm,
+        updown: e.trunk.resblock_updown,
     };
     let (_, _, ch, res, _) = trunk_cost(&mut c, &t);
     match e.pool {
@@ -274,11 +274,11 @@ fn encoder_cost(e: &EncoderConfig) -> Option<Cost> {
             c.params += ch * tokens;
             c.conv(ch, 3 * ch, 1, tokens);
             c.mm += 4.0 * (tokens * tokens * ch) as f64;
-            c.conv(ch, e.out_channels, 1, tokens);
+            c.conv(ch, e.trunk.out_channels, 1, tokens);
         }
         Pool::Adaptive => {
             c.norm(ch);
-            c.conv(ch, e.out_channels, 1, 1);
+            c.conv(ch, e.trunk.out_channels, 1, 1);
         }
         Pool::Spatial | Pool::SpatialV2 => return None,
     }
@@ -340,8 +340,8 @@ fn unet_cfg(flags: &ModelFlags) -> Result<NetConfig> {
 /// attention 32,16,8, attention pool, resblock_updown, scale-shift norm: the defaults).
 fn classifier64_cfg() -> Result<NetConfig> {
     let mut f = ClassifierFlags::script_defaults();
-    f.image_size = 64;
-    f.classifier_depth = 4;
+    f.image_size = Some(64);
+    f.classifier_depth = Some(4);
     Ok(NetConfig::Classifier(f.to_config()?))
 }
 
@@ -391,7 +391,8 @@ fn unet_forward(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let dev = Device::Cpu;
     let cfg = unet_cfg(flags)?;
     let (net, params) = frozen(&cfg, 0)?;
-    let (c, s) = (flags.in_channels, flags.image_size);
+    let u = flags.to_config()?;
+    let (c, s) = (u.trunk.in_channels, u.trunk.image_size);
     let x = Tensor::randn(0f32, 1.0, (batch, c, s, s), &dev)?;
     let t = Tensor::new(vec![500f32; batch], &dev)?;
     let y = Tensor::new(vec![LABEL; batch], &dev)?;
@@ -461,7 +462,7 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     let cfg = unet_cfg(flags)?;
     let (net, vm, params) = trainable(&cfg, 0)?;
     let diffusion = DiffusionConfig {
-        learn_sigma: flags.learn_sigma,
+        learn_sigma: flags.to_config()?.learns_sigma(),
         noise_schedule: NoiseSchedule::Cosine,
         ..Default::default()
     }
@@ -474,9 +475,11 @@ fn train_step(flags: &ModelFlags, batch: usize) -> Result<Measured> {
     tc.log_interval = u64::MAX;
     tc.policy = common::policy();
     let mut lp = TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null())?;
-    let (c, s) = (flags.in_channels, flags.image_size);
+    let u = flags.to_config()?;
+    let (c, s) = (u.trunk.in_channels, u.trunk.image_size);
     let images = Tensor::rand(-1f32, 1.0, (batch, c, s, s), &dev)?;
-    let labels = flags.class_cond.then(|| Tensor::new(vec![LABEL; batch], &dev)).transpose()?;
+    let labels =
+        u.num_classes.is_some().then(|| Tensor::new(vec![LABEL; batch], &dev)).transpose()?;
     let b = Batch { images, labels, index: 0 };
     let seconds = time(|| {
         lp.run_step(&b)?;

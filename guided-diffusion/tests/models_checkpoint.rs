@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use guided_diffusion::checkpoint;
-use guided_diffusion::models::{flags, ModelFlags, Net, NetConfig, Pool};
+use guided_diffusion::models::{defaults, flags, ModelFlags, Net, NetConfig, Pool};
 use support::{assert_close, golden, Case};
 
 fn unet_b_flags() -> ModelFlags {
@@ -27,7 +27,7 @@ fn load_err(flags: &ModelFlags, weights: &str) -> String {
 #[test]
 fn wrong_num_channels_names_shapes_and_flag() {
     let mut f = unet_b_flags();
-    f.num_channels = 64;
+    f.num_channels = Some(64);
     let msg = load_err(&f, "model_unet_b.pt");
     println!("{msg}");
     assert!(msg.contains("model_unet_b.pt"), "{msg}");
@@ -41,14 +41,14 @@ fn wrong_num_channels_names_shapes_and_flag() {
 #[test]
 fn wrong_class_cond_and_learn_sigma_are_named() {
     let mut f = unet_b_flags();
-    f.class_cond = true;
-    f.num_classes = 10;
+    f.class_cond = Some(true);
+    f.num_classes = Some(10);
     let msg = load_err(&f, "model_unet_b.safetensors");
     assert!(msg.contains("label_emb.weight [10, 128]"), "{msg}");
     assert!(msg.contains("--class_cond"), "{msg}");
 
     let mut f = unet_b_flags();
-    f.learn_sigma = true;
+    f.learn_sigma = Some(true);
     let msg = load_err(&f, "model_unet_b.safetensors");
     assert!(msg.contains("out.2.weight is [3, 32, 3, 3] in the file but [6, 32, 3, 3]"), "{msg}");
     assert!(msg.contains("--learn_sigma"), "{msg}");
@@ -57,7 +57,7 @@ fn wrong_class_cond_and_learn_sigma_are_named() {
 #[test]
 fn wrong_attention_resolutions_lists_missing_and_unexpected_keys() {
     let mut f = unet_b_flags();
-    f.attention_resolutions = "32".into();
+    f.attention_resolutions = Some("32".into());
     let msg = load_err(&f, "model_unet_b.pt");
     println!("{msg}");
     assert!(msg.contains("missing from the file: input_blocks.1.1.norm.weight"), "{msg}");
@@ -76,7 +76,7 @@ fn wrong_num_heads_is_caught_by_the_embedded_config() {
     checkpoint::write_model(&path, &sd.tensors, &cfg, &HashMap::new()).unwrap();
 
     let mut f = unet_b_flags();
-    f.num_heads = 4;
+    f.num_heads = Some(4);
     let wrong = NetConfig::UNet(f.to_config().unwrap());
     let msg = Net::load_with_config(&wrong, &path, &Device::Cpu).unwrap_err().to_string();
     println!("{msg}");
@@ -102,16 +102,16 @@ fn golden_kwargs_are_valid_configs_and_round_trip() {
     let NetConfig::UNet(c) = NetConfig::from_file(golden("model_unet_b.json")).unwrap() else {
         panic!()
     };
-    assert_eq!(c.attention_resolutions, vec![2]);
-    assert_eq!(c.channel_mult, vec![1.0, 1.0]);
-    assert_eq!((c.in_channels, c.out_channels, c.num_classes), (3, 3, None));
+    assert_eq!(c.trunk.attention_resolutions, vec![2]);
+    assert_eq!(c.trunk.channel_mult, vec![1.0, 1.0]);
+    assert_eq!((c.trunk.in_channels, c.trunk.out_channels, c.num_classes), (3, 3, None));
 }
 
 #[test]
 fn script_flag_semantics() {
     assert_eq!(flags::attention_ds(64, "32,16,8", "attention_resolutions").unwrap(), vec![2, 4, 8]);
-    assert_eq!(flags::default_channel_mult(512).unwrap(), vec![0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]);
-    assert!(flags::default_channel_mult(48).unwrap_err().to_string().contains("--channel_mult"));
+    assert_eq!(defaults::channel_mult(512).unwrap(), vec![0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]);
+    assert!(defaults::channel_mult(48).unwrap_err().to_string().contains("--channel_mult"));
     for (s, b) in
         [("True", true), ("yes", true), ("1", true), ("False", false), ("no", false), ("0", false)]
     {
@@ -124,23 +124,26 @@ fn script_flag_semantics() {
 
     // The released 64x64 model: learn_sigma doubles out channels, class_cond gives 1000 classes.
     let mut f = ModelFlags::script_defaults();
-    f.attention_resolutions = "32,16,8".into();
-    f.class_cond = true;
-    f.learn_sigma = true;
-    f.num_channels = 192;
-    f.num_head_channels = 64;
-    f.num_res_blocks = 3;
-    f.resblock_updown = true;
-    f.use_new_attention_order = true;
+    f.attention_resolutions = Some("32,16,8".into());
+    f.class_cond = Some(true);
+    f.learn_sigma = Some(true);
+    f.num_channels = Some(192);
+    f.num_head_channels = Some(64);
+    f.num_res_blocks = Some(3);
+    f.resblock_updown = Some(true);
+    f.use_new_attention_order = Some(true);
     let c = f.to_config().unwrap();
     assert_eq!(
-        (c.out_channels, c.num_classes, c.attention_resolutions.clone()),
+        (c.trunk.out_channels, c.num_classes, c.trunk.attention_resolutions.clone()),
         (6, Some(1000), vec![2, 4, 8])
     );
-    assert_eq!(c.channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(c.trunk.channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
 
     let cf = flags::ClassifierFlags::script_defaults().to_config().unwrap();
-    assert_eq!((cf.num_head_channels, cf.out_channels, cf.pool), (64, 1000, Pool::Attention));
+    assert_eq!(
+        (cf.trunk.num_head_channels, cf.trunk.out_channels, cf.pool),
+        (64, 1000, Pool::Attention)
+    );
 }
 
 #[test]

@@ -1,72 +1,22 @@
 //! The reference scripts' flags, by their own names (`--num_channels 192`, `--class_cond True`),
-//! grouped as the scripts group them. Every flag is optional here so that resolution can tell
-//! "not given" (take the preset's, the embedded config's or the reference default) from "given".
+//! grouped as the scripts group them. Every flag is optional so that resolution can tell "not
+//! given" (take the preset's, the embedded config's or the reference default) from "given"; the
+//! network flags are the library's own flag structs (`models::flags`), flattened in.
 use clap::Args;
+use guided_diffusion::models::{ClassifierFlags, ModelFlags};
 
 /// Booleans as the reference's `str2bool`: yes/true/t/y/1, no/false/f/n/0.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
-    guided_diffusion::models::flags::parse_bool(s, "flag")
-        .map_err(|_| format!("{s:?} is not a boolean: use True/False, yes/no or 1/0"))
+    guided_diffusion::models::flags::bool_value(s)
 }
 
-/// Network flags of `create_model` / `sr_create_model` (`model_and_diffusion_defaults`).
+/// Network flags of `create_model` / `sr_create_model` (`model_and_diffusion_defaults`; the
+/// library's one flag struct, [`ModelFlags`]) and a config file.
 #[derive(Args, Debug, Clone, Default)]
 #[command(rename_all = "snake_case")]
 pub struct ModelArgs {
-    /// Image side in pixels [default: 64]
-    #[arg(long)]
-    pub image_size: Option<usize>,
-    /// Base channel count [default: 128]
-    #[arg(long)]
-    pub num_channels: Option<usize>,
-    /// Residual blocks per resolution [default: 2]
-    #[arg(long)]
-    pub num_res_blocks: Option<usize>,
-    /// Attention heads [default: 4]
-    #[arg(long)]
-    pub num_heads: Option<usize>,
-    /// Heads in the decoder, -1 = num_heads [default: -1]
-    #[arg(long, allow_negative_numbers = true)]
-    pub num_heads_upsample: Option<i64>,
-    /// Channels per head, -1 = use num_heads [default: -1]
-    #[arg(long, allow_negative_numbers = true)]
-    pub num_head_channels: Option<i64>,
-    /// Resolutions with attention, e.g. "32,16,8" [default: 16,8]
-    #[arg(long)]
-    pub attention_resolutions: Option<String>,
-    /// Channel multipliers per level, e.g. "1,2,3,4"; "" = by image size [default: ""]
-    #[arg(long)]
-    pub channel_mult: Option<String>,
-    /// Dropout probability [default: 0.0]
-    #[arg(long)]
-    pub dropout: Option<f64>,
-    /// Class-conditional model [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub class_cond: Option<bool>,
-    /// Gradient checkpointing (training; no effect on outputs) [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub use_checkpoint: Option<bool>,
-    /// AdaGN scale-shift conditioning [default: True]
-    #[arg(long, value_parser = parse_bool)]
-    pub use_scale_shift_norm: Option<bool>,
-    /// BigGAN-style residual up/down-sampling [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub resblock_updown: Option<bool>,
-    /// Accepted for compatibility; inference runs in float32 [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub use_fp16: Option<bool>,
-    /// QKV split before heads (QKVAttention) instead of the legacy order [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub use_new_attention_order: Option<bool>,
-    /// Predict the variance too (2x output channels) [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub learn_sigma: Option<bool>,
-    /// Number of classes of a class-conditional model (the reference hard-codes 1000)
-    #[arg(long)]
-    pub num_classes: Option<usize>,
-    /// Image channels (the reference hard-codes 3)
-    #[arg(long)]
-    pub in_channels: Option<usize>,
+    #[command(flatten)]
+    pub flags: ModelFlags,
     /// JSON file with the network's constructor arguments ({"builder", "kwargs"} or kwargs)
     #[arg(long)]
     pub model_config: Option<std::path::PathBuf>,
@@ -102,7 +52,8 @@ pub struct DiffusionArgs {
     pub sigma_small: Option<bool>,
 }
 
-/// Flags of `create_classifier` plus the guidance scale.
+/// Flags of `create_classifier` ([`ClassifierFlags`]) plus the checkpoint, a config file and
+/// the guidance scale.
 #[derive(Args, Debug, Clone, Default)]
 #[command(rename_all = "snake_case")]
 pub struct ClassifierArgs {
@@ -112,27 +63,8 @@ pub struct ClassifierArgs {
     /// Guidance scale [default: 1.0]
     #[arg(long, allow_negative_numbers = true)]
     pub classifier_scale: Option<f64>,
-    /// Accepted for compatibility; inference runs in float32 [default: False]
-    #[arg(long, value_parser = parse_bool)]
-    pub classifier_use_fp16: Option<bool>,
-    /// Classifier base channels [default: 128]
-    #[arg(long)]
-    pub classifier_width: Option<usize>,
-    /// Classifier residual blocks per resolution [default: 2]
-    #[arg(long)]
-    pub classifier_depth: Option<usize>,
-    /// Classifier attention resolutions [default: 32,16,8]
-    #[arg(long)]
-    pub classifier_attention_resolutions: Option<String>,
-    /// [default: True]
-    #[arg(long, value_parser = parse_bool)]
-    pub classifier_use_scale_shift_norm: Option<bool>,
-    /// [default: True]
-    #[arg(long, value_parser = parse_bool)]
-    pub classifier_resblock_updown: Option<bool>,
-    /// adaptive, attention, spatial or spatial_v2 [default: attention]
-    #[arg(long)]
-    pub classifier_pool: Option<String>,
+    #[command(flatten)]
+    pub flags: ClassifierFlags,
     /// JSON file with the classifier's constructor arguments
     #[arg(long)]
     pub classifier_config: Option<std::path::PathBuf>,
@@ -253,4 +185,52 @@ pub struct SamplerArgs {
     /// DPM-Solver adaptive: relative tolerance [default: 0.05]
     #[arg(long, allow_negative_numbers = true)]
     pub rtol: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+    use guided_diffusion::models::{ClassifierFlags, ModelFlags};
+
+    use super::{ClassifierArgs, ModelArgs};
+
+    /// A default as the help text writes it: Python's spelling.
+    fn spelled(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Bool(true) => "True".into(),
+            serde_json::Value::Bool(false) => "False".into(),
+            serde_json::Value::String(s) if s.is_empty() => "\"\"".into(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Every `[default: X]` in the help of a flag is the value the library starts from, so the
+    /// defaults stay in one place (`models::defaults`).
+    #[test]
+    fn help_defaults_are_the_library_defaults() {
+        let cases = [
+            (
+                ModelArgs::augment_args(Command::new("m")),
+                serde_json::to_value(ModelFlags::script_defaults()),
+            ),
+            (
+                ClassifierArgs::augment_args(Command::new("c")),
+                serde_json::to_value(ClassifierFlags::script_defaults()),
+            ),
+        ];
+        let mut checked = 0;
+        for (cmd, defaults) in cases {
+            let defaults = defaults.unwrap();
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let Some(d) = help.split("[default: ").nth(1) else { continue };
+                let id = arg.get_id().as_str();
+                let Some(want) = defaults.get(id) else { continue };
+                assert_eq!(d.trim_end_matches(']'), spelled(want), "--{id}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} defaults checked");
+    }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use guided_diffusion::checkpoint;
-use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::models::{defaults, Net, NetConfig};
 
 use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
 use crate::cli::resolve;
@@ -53,16 +53,16 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         "model" => NetConfig::UNet(resolve::unet_config(&a.model, Some(&a.input))?),
         "super-res" => NetConfig::SuperRes(resolve::super_res_config(
             &a.model,
-            a.large_size.unwrap_or(256),
-            a.small_size.unwrap_or(64),
+            a.large_size.unwrap_or(defaults::sr_create_model::LARGE_SIZE),
+            a.small_size.unwrap_or(defaults::sr_create_model::SMALL_SIZE),
             Some(&a.input),
         )?),
         "classifier" => {
-            let image_size = a.model.image_size.unwrap_or(64);
+            let image_size = a.model.flags.image_size.unwrap_or(defaults::script::IMAGE_SIZE);
             NetConfig::Classifier(resolve::classifier_config(
                 &a.classifier,
                 image_size,
-                a.model.num_classes,
+                a.model.flags.num_classes,
                 &a.input,
             )?)
         }

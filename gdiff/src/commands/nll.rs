@@ -66,9 +66,9 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     let model = crate::cli::policy::prepare(model, crate::cli::policy::from_env());
     let (_, emb) = resolve::embedded(&a.model_path)?;
     let diffusion = resolve::diffusion_config(&a.diffusion, emb, ucfg.learns_sigma())?.build()?;
-    let mut spec = DataSpec::new(&a.data_dir, ucfg.image_size);
+    let mut spec = DataSpec::new(&a.data_dir, ucfg.trunk.image_size);
     spec.class_cond = ucfg.num_classes.is_some();
-    spec.channels = ucfg.in_channels;
+    spec.channels = ucfg.trunk.in_channels;
     let mut lc = LoaderConfig::new(a.batch_size, a.seed);
     lc.shuffle = false; // deterministic=True in the reference
     lc.device = device.clone();

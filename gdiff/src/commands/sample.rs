@@ -370,7 +370,8 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
         (Some(rows), Some(k)) if k + 1 == rows => Some(k),
         (rows, _) => rows,
     };
-    let classifier = load_classifier(&clf_args, ucfg.image_size, real_classes, &device, policy)?;
+    let classifier =
+        load_classifier(&clf_args, ucfg.trunk.image_size, real_classes, &device, policy)?;
     let g = guidance_flags(&a.sampling, &model_path, ucfg.num_classes, classifier.is_some())?;
     let num_classes =
         ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
@@ -403,7 +404,7 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
             null_branch: None,
         },
         clip_denoised: a.sampling.clip_denoised.unwrap_or(true),
-        shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
+        shape: [ucfg.trunk.in_channels, ucfg.trunk.image_size, ucfg.trunk.image_size],
         num_classes,
         null_class: g.null_class,
         device,

@@ -51,8 +51,10 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
     if !model_path.exists() {
         bail!("--model_path {}: no such file", model_path.display());
     }
-    let large = a.large_size.unwrap_or(256);
-    let small = a.small_size.unwrap_or(64);
+    let large =
+        a.large_size.unwrap_or(guided_diffusion::models::defaults::sr_create_model::LARGE_SIZE);
+    let small =
+        a.small_size.unwrap_or(guided_diffusion::models::defaults::sr_create_model::SMALL_SIZE);
     let cfg = resolve::super_res_config(&a.model, large, small, Some(model_path))?;
     let s = &a.sampling;
     let policy = crate::cli::policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
@@ -79,11 +81,11 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
         );
     }
     let (n, h, w, c) = base.dims4()?;
-    if c != cfg.in_channels || h != small || w != small {
+    if c != cfg.trunk.in_channels || h != small || w != small {
         bail!(
             "{}: arr_0 holds {h}x{w}x{c} images; --small_size {small} with {} channels was expected",
             a.base_samples.display(),
-            cfg.in_channels
+            cfg.trunk.in_channels
         );
     }
     let classes = if cfg.num_classes.is_some() {
@@ -118,7 +120,7 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
             null_branch: None,
         },
         clip_denoised: a.sampling.clip_denoised.unwrap_or(true),
-        shape: [cfg.in_channels, large, large],
+        shape: [cfg.trunk.in_channels, large, large],
         num_classes: cfg.num_classes,
         null_class: g.null_class,
         device,

@@ -601,10 +601,10 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             bail!("--model {name}={}: not a diffusion UNet", path.display())
         };
         let ucfg = u.config().clone();
-        if ucfg.image_size != judge.image_size() {
+        if ucfg.trunk.image_size != judge.image_size() {
             bail!(
                 "--model {name}: {0}x{0} images, but the judge takes {1}x{1}",
-                ucfg.image_size,
+                ucfg.trunk.image_size,
                 judge.image_size()
             );
         }
@@ -626,7 +626,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     }
 
     let t0 = Instant::now();
-    let channels = loaded.first().map(|l| l.3.in_channels).unwrap_or(1);
+    let channels = loaded.first().map(|l| l.3.trunk.in_channels).unwrap_or(1);
     let kinds_limits: Vec<(Kind, Option<(f64, f64)>)> = kinds
         .iter()
         .flat_map(|&k| std::iter::once((k, None)).chain(interval.map(|i| (k, Some(i)))))
@@ -691,7 +691,11 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                         sampler: &sp.spec,
                         guidance: settings(kind, scale, &classifier, *null_class, limit),
                         clip_denoised: true,
-                        shape: [ucfg.in_channels, ucfg.image_size, ucfg.image_size],
+                        shape: [
+                            ucfg.trunk.in_channels,
+                            ucfg.trunk.image_size,
+                            ucfg.trunk.image_size,
+                        ],
                         num_classes: Some(num_classes),
                         null_class: None,
                         device: device.clone(),

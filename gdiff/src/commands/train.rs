@@ -23,7 +23,7 @@ use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, Loader
 use guided_diffusion::diffusion::create_named_schedule_sampler;
 use guided_diffusion::dist::init_from_env;
 use guided_diffusion::models::init::seeded_var_builder;
-use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::models::{defaults, Net, NetConfig};
 use guided_diffusion::train::ckpt::meta;
 use guided_diffusion::train::{
     parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed,
@@ -116,9 +116,9 @@ pub struct TrainArgs {
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct TrainSuperResArgs {
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults::sr_create_model::LARGE_SIZE)]
     pub large_size: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::sr_create_model::SMALL_SIZE)]
     pub small_size: usize,
     #[command(flatten)]
     pub train: TrainArgs,
@@ -323,8 +323,9 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let dist = init_from_env()?;
     let device = output::device(&c.device)?;
     let mut margs = a.model.clone();
-    let image_size = small.map(|(l, _)| l).or(margs.image_size).unwrap_or(64);
-    let channels = margs.in_channels.unwrap_or(3);
+    let image_size =
+        small.map(|(l, _)| l).or(margs.flags.image_size).unwrap_or(defaults::script::IMAGE_SIZE);
+    let channels = margs.flags.in_channels.unwrap_or(defaults::IN_CHANNELS);
     let dropout_prob = match a.class_dropout_prob {
         Some(p) if !(0.0..1.0).contains(&p) => {
             bail!("--class_dropout_prob {p}: expected a probability in [0, 1)")
@@ -332,16 +333,18 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
         Some(p) if p > 0.0 => Some(p),
         _ => None,
     };
-    if margs.class_cond == Some(true) && margs.num_classes.is_none() && margs.model_config.is_none()
+    if margs.flags.class_cond == Some(true)
+        && margs.flags.num_classes.is_none()
+        && margs.model_config.is_none()
     {
-        margs.num_classes = data_classes(c, image_size, channels)?;
+        margs.flags.num_classes = data_classes(c, image_size, channels)?;
     }
     if dropout_prob.is_some() && margs.model_config.is_none() {
-        if margs.class_cond != Some(true) {
+        if margs.flags.class_cond != Some(true) {
             bail!("--class_dropout_prob needs a class-conditional model (--class_cond True)");
         }
         // The null class is one extra, last row of the label embedding.
-        margs.num_classes = margs.num_classes.map(|k| k + 1);
+        margs.flags.num_classes = margs.flags.num_classes.map(|k| k + 1);
     }
     let (ucfg, net_cfg) = match small {
         None => {
@@ -388,7 +391,7 @@ fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let opts = DataOpts {
         data_dir: &c.data_dir,
         image_size,
-        channels: ucfg.in_channels,
+        channels: ucfg.trunk.in_channels,
         class_cond: ucfg.num_classes.is_some(),
         random_crop: false,
         seed: c.seed,

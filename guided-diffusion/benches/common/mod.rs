@@ -68,39 +68,39 @@ pub fn reset_peak_rss() {
 /// The small Fashion-MNIST UNet (32x32, 1 channel, 32 channels, levels 1,2,2).
 pub fn small_flags() -> guided_diffusion::models::ModelFlags {
     let mut f = guided_diffusion::models::ModelFlags::script_defaults();
-    f.image_size = 32;
-    f.in_channels = 1;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,2,2".into();
-    f.attention_resolutions = "8".into();
-    f.num_head_channels = 32;
-    f.class_cond = true;
-    f.num_classes = 10;
-    f.learn_sigma = true;
-    f.resblock_updown = true;
+    f.image_size = Some(32);
+    f.in_channels = Some(1);
+    f.num_channels = Some(32);
+    f.num_res_blocks = Some(1);
+    f.channel_mult = Some("1,2,2".into());
+    f.attention_resolutions = Some("8".into());
+    f.num_head_channels = Some(32);
+    f.class_cond = Some(true);
+    f.num_classes = Some(10);
+    f.learn_sigma = Some(true);
+    f.resblock_updown = Some(true);
     f
 }
 
 /// The small UNet widened to 64 channels with 2 residual blocks per level.
 pub fn mid_flags() -> guided_diffusion::models::ModelFlags {
     let mut f = small_flags();
-    f.num_channels = 64;
-    f.num_res_blocks = 2;
+    f.num_channels = Some(64);
+    f.num_res_blocks = Some(2);
     f
 }
 
 /// The released 64x64 ImageNet model (`--preset imagenet64`).
 pub fn imagenet64_flags() -> guided_diffusion::models::ModelFlags {
     let mut f = guided_diffusion::models::ModelFlags::script_defaults();
-    f.attention_resolutions = "32,16,8".into();
-    f.class_cond = true;
-    f.learn_sigma = true;
-    f.num_channels = 192;
-    f.num_head_channels = 64;
-    f.num_res_blocks = 3;
-    f.resblock_updown = true;
-    f.use_new_attention_order = true;
+    f.attention_resolutions = Some("32,16,8".into());
+    f.class_cond = Some(true);
+    f.learn_sigma = Some(true);
+    f.num_channels = Some(192);
+    f.num_head_channels = Some(64);
+    f.num_res_blocks = Some(3);
+    f.resblock_updown = Some(true);
+    f.use_new_attention_order = Some(true);
     f
 }
 

@@ -75,7 +75,7 @@ impl Judge {
 
     /// Image side length the judge expects.
     pub fn image_size(&self) -> usize {
-        self.net.config().image_size
+        self.net.config().trunk.image_size
     }
 
     /// Judges uint8 NHWC images (`[N, H, W, C]`, as samplers write them).
@@ -98,11 +98,11 @@ impl Judge {
 
     fn check_shape(&self, h: usize, w: usize, c: usize) -> Result<()> {
         let cfg = self.net.config();
-        if h != cfg.image_size || w != cfg.image_size || c != cfg.in_channels {
+        if h != cfg.trunk.image_size || w != cfg.trunk.image_size || c != cfg.trunk.in_channels {
             bail!(
                 "the judge takes {0}x{0} images with {1} channel(s), got {h}x{w} with {c}",
-                cfg.image_size,
-                cfg.in_channels
+                cfg.trunk.image_size,
+                cfg.trunk.in_channels
             );
         }
         Ok(())

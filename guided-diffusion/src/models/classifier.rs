@@ -35,42 +35,42 @@ pub struct EncoderUNetModel {
 
 impl EncoderUNetModel {
     pub fn new(config: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
-        let tc = config.trunk();
-        tc.validate(config.image_size, config.dims)?;
-        let emb_dim = 4 * config.model_channels;
-        let time_embed = TimeEmbed::new(config.model_channels, vb.pp("time_embed"))?;
-        let trunk = Trunk::new(&tc, emb_dim, vb.clone())?;
+        let tc = &config.trunk;
+        tc.validate()?;
+        let emb_dim = 4 * tc.model_channels;
+        let time_embed = TimeEmbed::new(tc.model_channels, vb.pp("time_embed"))?;
+        let trunk = Trunk::new(tc, emb_dim, vb.clone())?;
         let ch = trunk.ch;
         let out = vb.pp("out");
         let head = match config.pool {
             Pool::Adaptive => Head::Adaptive {
                 norm: GroupNorm32::new(ch, out.pp("0"))?,
                 // zero_module in the reference.
-                conv: Conv1x1::new(ch, config.out_channels, 2, true, out.pp("3"))?,
+                conv: Conv1x1::new(ch, tc.out_channels, 2, true, out.pp("3"))?,
             },
             Pool::Attention => {
-                if config.num_head_channels == -1 {
+                if tc.num_head_channels == -1 {
                     bail!("pool=attention needs num_head_channels != -1");
                 }
                 Head::Attention {
                     norm: GroupNorm32::new(ch, out.pp("0"))?,
                     pool: AttentionPool2d::new(
-                        config.image_size / trunk.ds,
+                        tc.image_size / trunk.ds,
                         ch,
-                        config.num_head_channels as usize,
-                        config.out_channels,
+                        tc.num_head_channels as usize,
+                        tc.out_channels,
                         out.pp("2"),
                     )?,
                 }
             }
             Pool::Spatial => Head::Spatial {
                 l0: linear(trunk.feature_size, 2048, out.pp("0"))?,
-                l2: linear(2048, config.out_channels, out.pp("2"))?,
+                l2: linear(2048, tc.out_channels, out.pp("2"))?,
             },
             Pool::SpatialV2 => Head::SpatialV2 {
                 l0: linear(trunk.feature_size, 2048, out.pp("0"))?,
                 norm: GroupNorm32::new(2048, out.pp("1"))?,
-                l3: linear(2048, config.out_channels, out.pp("3"))?,
+                l3: linear(2048, tc.out_channels, out.pp("3"))?,
             },
         };
         Ok(EncoderUNetModel {

@@ -4,62 +4,46 @@
 //! arguments), [`EncoderConfig`] mirrors `unet.EncoderUNetModel.__init__`. Both deserialize from
 //! the `kwargs` object of a reference model description, with the constructor's defaults for any
 //! missing key. [`NetConfig`] ties a config to the constructor ("builder") that consumes it and is
-//! what travels inside our safetensors checkpoints. The script-flag constructors
-//! (`create_model`, `create_classifier`, `sr_create_model`) live in [`super::flags`].
+//! what travels inside our safetensors checkpoints (parsed from a description by
+//! `super::describe`). The arguments both constructors take are
+//! one [`TrunkConfig`], flattened into each; their defaults are in [`super::defaults`]. The
+//! script-flag constructors (`create_model`, `create_classifier`, `sr_create_model`) live in
+//! [`super::flags`].
 use serde::{Deserialize, Serialize};
 
+use super::defaults::kwargs;
 use crate::{bail, Result};
 
-fn default_dropout() -> f64 {
-    0.0
-}
-fn default_channel_mult() -> Vec<f64> {
-    vec![1.0, 2.0, 4.0, 8.0]
-}
-fn default_true() -> bool {
-    true
-}
-fn default_dims() -> usize {
-    2
-}
-fn default_one() -> usize {
-    1
-}
-fn default_minus_one() -> i64 {
-    -1
-}
-
-/// Arguments of `UNetModel` / `SuperResModel`. `attention_resolutions` are downsample factors
-/// (`ds`), as the constructor takes them; `channel_mult` may hold fractions (the 512x512 model
-/// uses 0.5), channels are `int(mult * model_channels)`.
+/// The constructor arguments `UNetModel` and `EncoderUNetModel` share: everything but the
+/// UNet's `num_classes` and the encoder's `pool`. Their trunks (time embedding, input and
+/// middle blocks) are built from it. `attention_resolutions` are downsample factors (`ds`), as
+/// the constructors take them; `channel_mult` may hold fractions (the 512x512 model uses 0.5),
+/// channels are `int(mult * model_channels)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UNetConfig {
+pub struct TrunkConfig {
     pub image_size: usize,
     pub in_channels: usize,
     pub model_channels: usize,
     pub out_channels: usize,
     pub num_res_blocks: usize,
     pub attention_resolutions: Vec<usize>,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "kwargs::dropout")]
     pub dropout: f64,
-    #[serde(default = "default_channel_mult")]
+    #[serde(default = "kwargs::channel_mult")]
     pub channel_mult: Vec<f64>,
-    #[serde(default = "default_true")]
+    #[serde(default = "kwargs::conv_resample")]
     pub conv_resample: bool,
-    #[serde(default = "default_dims")]
+    #[serde(default = "kwargs::dims")]
     pub dims: usize,
-    #[serde(default)]
-    pub num_classes: Option<usize>,
     #[serde(default)]
     pub use_checkpoint: bool,
     #[serde(default)]
     pub use_fp16: bool,
-    #[serde(default = "default_one")]
+    #[serde(default = "kwargs::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "default_minus_one")]
+    #[serde(default = "kwargs::num_head_channels")]
     pub num_head_channels: i64,
-    #[serde(default = "default_minus_one")]
+    #[serde(default = "kwargs::num_heads_upsample")]
     pub num_heads_upsample: i64,
     #[serde(default)]
     pub use_scale_shift_norm: bool,
@@ -67,6 +51,16 @@ pub struct UNetConfig {
     pub resblock_updown: bool,
     #[serde(default)]
     pub use_new_attention_order: bool,
+}
+
+/// Arguments of `UNetModel` / `SuperResModel`: the shared trunk arguments (flattened: the
+/// kwargs object is one flat map, as the reference's) and the class count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UNetConfig {
+    #[serde(flatten)]
+    pub trunk: TrunkConfig,
+    #[serde(default)]
+    pub num_classes: Option<usize>,
 }
 
 /// The classifier's output head (`pool` argument of `EncoderUNetModel`).
@@ -94,63 +88,18 @@ impl std::str::FromStr for Pool {
     }
 }
 
-fn default_pool() -> Pool {
-    Pool::Adaptive
-}
-
-/// Arguments of `EncoderUNetModel` (the noise-aware classifier).
+/// Arguments of `EncoderUNetModel` (the noise-aware classifier): the shared trunk arguments
+/// (flattened) and the output head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
-    pub image_size: usize,
-    pub in_channels: usize,
-    pub model_channels: usize,
-    pub out_channels: usize,
-    pub num_res_blocks: usize,
-    pub attention_resolutions: Vec<usize>,
-    #[serde(default = "default_dropout")]
-    pub dropout: f64,
-    #[serde(default = "default_channel_mult")]
-    pub channel_mult: Vec<f64>,
-    #[serde(default = "default_true")]
-    pub conv_resample: bool,
-    #[serde(default = "default_dims")]
-    pub dims: usize,
-    #[serde(default)]
-    pub use_checkpoint: bool,
-    #[serde(default)]
-    pub use_fp16: bool,
-    #[serde(default = "default_one")]
-    pub num_heads: usize,
-    #[serde(default = "default_minus_one")]
-    pub num_head_channels: i64,
-    #[serde(default = "default_minus_one")]
-    pub num_heads_upsample: i64,
-    #[serde(default)]
-    pub use_scale_shift_norm: bool,
-    #[serde(default)]
-    pub resblock_updown: bool,
-    #[serde(default)]
-    pub use_new_attention_order: bool,
+    #[serde(flatten)]
+    pub trunk: TrunkConfig,
     #[serde(default = "default_pool")]
     pub pool: Pool,
 }
 
-/// The structural arguments shared by the UNet and the encoder (their trunks are identical).
-#[derive(Debug, Clone)]
-pub(crate) struct TrunkConfig {
-    pub in_channels: usize,
-    pub model_channels: usize,
-    pub num_res_blocks: usize,
-    pub attention_resolutions: Vec<usize>,
-    pub dropout: f64,
-    pub channel_mult: Vec<f64>,
-    pub conv_resample: bool,
-    pub num_heads: usize,
-    pub num_head_channels: i64,
-    pub use_scale_shift_norm: bool,
-    pub resblock_updown: bool,
-    pub use_new_attention_order: bool,
+fn default_pool() -> Pool {
+    kwargs::POOL.parse().expect("the default pool is a known one")
 }
 
 impl TrunkConfig {
@@ -159,7 +108,9 @@ impl TrunkConfig {
         self.channel_mult.iter().map(|m| (m * self.model_channels as f64) as usize).collect()
     }
 
-    pub fn validate(&self, image_size: usize, dims: usize) -> Result<()> {
+    /// Checks the structural arguments (group-norm channel multiples, sizes, heads).
+    pub fn validate(&self) -> Result<()> {
+        let (image_size, dims) = (self.image_size, self.dims);
         use crate::limits::{self, check};
         // Sizes first, with the key and the flag named: they size every allocation below.
         check("image_size (--image_size)", image_size, limits::MAX_IMAGE_SIZE)?;
@@ -233,54 +184,18 @@ impl TrunkConfig {
 }
 
 impl UNetConfig {
-    pub(crate) fn trunk(&self) -> TrunkConfig {
-        TrunkConfig {
-            in_channels: self.in_channels,
-            model_channels: self.model_channels,
-            num_res_blocks: self.num_res_blocks,
-            attention_resolutions: self.attention_resolutions.clone(),
-            dropout: self.dropout,
-            channel_mult: self.channel_mult.clone(),
-            conv_resample: self.conv_resample,
-            num_heads: self.num_heads,
-            num_head_channels: self.num_head_channels,
-            use_scale_shift_norm: self.use_scale_shift_norm,
-            resblock_updown: self.resblock_updown,
-            use_new_attention_order: self.use_new_attention_order,
-        }
-    }
-
     /// `num_heads_upsample`, with the reference's `-1 -> num_heads`.
     pub fn heads_upsample(&self) -> usize {
-        if self.num_heads_upsample == -1 {
-            self.num_heads
+        if self.trunk.num_heads_upsample == -1 {
+            self.trunk.num_heads
         } else {
-            self.num_heads_upsample as usize
+            self.trunk.num_heads_upsample as usize
         }
     }
 
     /// Whether the model predicts a variance too (`learn_sigma`: twice the input channels).
     pub fn learns_sigma(&self) -> bool {
-        self.out_channels == 2 * self.in_channels
-    }
-}
-
-impl EncoderConfig {
-    pub(crate) fn trunk(&self) -> TrunkConfig {
-        TrunkConfig {
-            in_channels: self.in_channels,
-            model_channels: self.model_channels,
-            num_res_blocks: self.num_res_blocks,
-            attention_resolutions: self.attention_resolutions.clone(),
-            dropout: self.dropout,
-            channel_mult: self.channel_mult.clone(),
-            conv_resample: self.conv_resample,
-            num_heads: self.num_heads,
-            num_head_channels: self.num_head_channels,
-            use_scale_shift_norm: self.use_scale_shift_norm,
-            resblock_updown: self.resblock_updown,
-            use_new_attention_order: self.use_new_attention_order,
-        }
+        self.trunk.out_channels == 2 * self.trunk.in_channels
     }
 }
 
@@ -307,8 +222,8 @@ impl NetConfig {
 
     pub fn image_size(&self) -> usize {
         match self {
-            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.image_size,
-            NetConfig::Classifier(c) => c.image_size,
+            NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.trunk.image_size,
+            NetConfig::Classifier(c) => c.trunk.image_size,
         }
     }
 
@@ -326,89 +241,38 @@ impl NetConfig {
         serde_json::json!({ "builder": self.builder(), "kwargs": self.kwargs() })
     }
 
-    /// Builds a config from a constructor name and its keyword arguments. Accepts the direct
-    /// constructors (`unet.UNetModel`, `unet.SuperResModel`, `unet.EncoderUNetModel`, with or
-    /// without the `unet.` prefix) and the script builders (`script_util.create_model`,
-    /// `script_util.create_classifier`, `script_util.sr_create_model`), which take the
-    /// reference's command-line flags.
-    pub fn from_builder(builder: &str, kwargs: &serde_json::Value) -> Result<Self> {
-        let name = builder.rsplit('.').next().unwrap_or(builder);
-        let what = format!("kwargs of {builder}");
-        Ok(match name {
-            "UNetModel" => NetConfig::UNet(from_kwargs(kwargs, &what)?),
-            "SuperResModel" => NetConfig::SuperRes(from_kwargs(kwargs, &what)?),
-            "EncoderUNetModel" => NetConfig::Classifier(from_kwargs(kwargs, &what)?),
-            "create_model" => {
-                let f: super::flags::ModelFlags = from_kwargs(kwargs, &what)?;
-                NetConfig::UNet(f.to_config()?)
-            }
-            "create_classifier" => {
-                let f: super::flags::ClassifierFlags = from_kwargs(kwargs, &what)?;
-                NetConfig::Classifier(f.to_config()?)
-            }
-            "sr_create_model" => {
-                let f: super::flags::SuperResFlags = from_kwargs(kwargs, &what)?;
-                NetConfig::SuperRes(f.to_config()?)
-            }
-            _ => bail!(
-                "unknown model builder {builder:?}: expected unet.UNetModel, unet.SuperResModel, \
-                 unet.EncoderUNetModel, script_util.create_model, script_util.create_classifier \
-                 or script_util.sr_create_model"
-            ),
-        })
-    }
-
-    /// Parses `{"builder": ..., "kwargs": {...}}` (extra keys such as the golden files' key
-    /// lists are ignored).
-    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let builder = v.get("builder").and_then(|b| b.as_str()).ok_or_else(|| {
-            crate::Error::msg("model description has no \"builder\" string".to_string())
-        })?;
-        let kwargs = v
-            .get("kwargs")
-            .ok_or_else(|| crate::Error::msg("model description has no \"kwargs\" object"))?;
-        Self::from_builder(builder, kwargs)
-    }
-
-    /// Reads a model description file (`{"builder", "kwargs"}` JSON).
-    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| crate::Error::msg(format!("{}: not valid JSON: {e}", path.display())))?;
-        Self::from_json(&v).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
-    }
-
     /// Validates the structural arguments (group-norm channel multiples, sizes, heads).
     pub fn validate(&self) -> Result<()> {
         use crate::limits::{self, check};
         match self {
             NetConfig::UNet(c) | NetConfig::SuperRes(c) => {
-                c.trunk().validate(c.image_size, c.dims)?;
-                check("out_channels", c.out_channels, limits::MAX_IMAGE_CHANNELS)?;
-                if c.out_channels == 0 {
+                c.trunk.validate()?;
+                check("out_channels", c.trunk.out_channels, limits::MAX_IMAGE_CHANNELS)?;
+                if c.trunk.out_channels == 0 {
                     bail!("out_channels 0: expected at least 1");
                 }
                 if let Some(n) = c.num_classes {
                     check("num_classes (--num_classes)", n, limits::MAX_CLASSES)?;
                 }
-                if c.num_heads_upsample > limits::MAX_HEADS as i64 || c.num_heads_upsample < -1 {
+                if c.trunk.num_heads_upsample > limits::MAX_HEADS as i64
+                    || c.trunk.num_heads_upsample < -1
+                {
                     bail!(
                         "num_heads_upsample (--num_heads_upsample) {}: expected -1 or 0..={}",
-                        c.num_heads_upsample,
+                        c.trunk.num_heads_upsample,
                         limits::MAX_HEADS
                     );
                 }
                 Ok(())
             }
             NetConfig::Classifier(c) => {
-                c.trunk().validate(c.image_size, c.dims)?;
+                c.trunk.validate()?;
                 check(
                     "out_channels (classes of the classifier)",
-                    c.out_channels,
+                    c.trunk.out_channels,
                     limits::MAX_CLASSES,
                 )?;
-                if c.pool == Pool::Attention && c.num_head_channels == -1 {
+                if c.pool == Pool::Attention && c.trunk.num_head_channels == -1 {
                     bail!(
                         "pool=attention needs num_head_channels != -1 (the reference asserts it)"
                     );
@@ -417,17 +281,4 @@ impl NetConfig {
             }
         }
     }
-}
-
-/// Deserializes constructor kwargs; errors name the key at fault (serde alone says only
-/// "invalid type: null, expected f64").
-fn from_kwargs<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
-    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            crate::Error::msg(format!("{what}: {}", e.inner()))
-        } else {
-            crate::Error::msg(format!("{what}: key {path}: {}", e.inner()))
-        }
-    })
 }

@@ -1,9 +1,12 @@
 //! The ADM networks: the UNet denoiser, the super-resolution UNet and the noise-aware
 //! classifier, built by the reference's parameter names so released checkpoints load as is.
 //!
-//! - [`config`]: typed constructor arguments (`UNetConfig`, `EncoderConfig`, `NetConfig`).
-//! - [`flags`]: the reference scripts' flags and `create_model` / `create_classifier` /
-//!   `sr_create_model` semantics.
+//! - [`config`]: typed constructor arguments (`TrunkConfig` shared by `UNetConfig` and
+//!   `EncoderConfig`; `NetConfig`).
+//! - [`flags`]: the reference scripts' flags (one optional-field struct per network kind, with
+//!   a merge) and `create_model` / `create_classifier` / `sr_create_model` semantics.
+//! - [`defaults`]: every default value of the reference, in one place.
+//! - [`describe`]: `{"builder", "kwargs"}` model descriptions into a `NetConfig`.
 //! - [`layers`], [`resblock`], [`attention`], [`trunk`]: the blocks.
 //! - [`unet`], [`classifier`]: the three networks; [`Net`] holds any of them.
 //!
@@ -14,6 +17,8 @@
 pub mod attention;
 pub mod classifier;
 pub mod config;
+pub mod defaults;
+pub mod describe;
 pub mod flags;
 pub mod init;
 pub mod layers;
@@ -28,8 +33,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use classifier::EncoderUNetModel;
-pub use config::{EncoderConfig, NetConfig, Pool, UNetConfig};
-pub use flags::{ClassifierFlags, ModelFlags, SuperResFlags};
+pub use config::{EncoderConfig, NetConfig, Pool, TrunkConfig, UNetConfig};
+pub use flags::{ClassifierFlags, ModelFlags};
 pub use layers::Exec;
 pub use unet::{SuperResModel, UNetModel};
 
@@ -138,7 +143,7 @@ impl Net {
         match self {
             Net::UNet(m) => m.config().num_classes,
             Net::SuperRes(m) => m.config().num_classes,
-            Net::Classifier(m) => Some(m.config().out_channels),
+            Net::Classifier(m) => Some(m.config().trunk.out_channels),
         }
     }
 

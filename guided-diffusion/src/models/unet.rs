@@ -27,7 +27,7 @@ pub struct UNetModel {
 impl UNetModel {
     /// Builds the network, taking parameters from `vb` by the reference's names.
     pub fn new(config: &UNetConfig, vb: VarBuilder) -> Result<Self> {
-        Self::with_input_channels(config, config.in_channels, vb)
+        Self::with_input_channels(config, config.trunk.in_channels, vb)
     }
 
     /// `in_channels` may differ from the config's (the super-res model doubles it).
@@ -36,11 +36,11 @@ impl UNetModel {
         in_channels: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let mut tc = config.trunk();
-        tc.validate(config.image_size, config.dims)?;
+        config.trunk.validate()?;
+        let mut tc = config.trunk.clone();
         tc.in_channels = in_channels;
-        let emb_dim = 4 * config.model_channels;
-        let time_embed = TimeEmbed::new(config.model_channels, vb.pp("time_embed"))?;
+        let emb_dim = 4 * tc.model_channels;
+        let time_embed = TimeEmbed::new(tc.model_channels, vb.pp("time_embed"))?;
         let label_emb = match config.num_classes {
             Some(n) => Some(embedding(n, emb_dim, vb.pp("label_emb"))?),
             None => None,
@@ -54,30 +54,30 @@ impl UNetModel {
         let mut output_blocks = Vec::new();
         let vbo = vb.pp("output_blocks");
         for level in (0..level_ch.len()).rev() {
-            for i in 0..=config.num_res_blocks {
+            for i in 0..=tc.num_res_blocks {
                 let ich = chans.pop().expect("one skip per output block");
                 let vbb = vbo.pp(output_blocks.len());
                 let out_ch = level_ch[level];
                 let mut layers = vec![Layer::Res(ResBlock::new(
                     ch + ich,
                     emb_dim,
-                    config.dropout,
+                    tc.dropout,
                     out_ch,
-                    config.use_scale_shift_norm,
+                    tc.use_scale_shift_norm,
                     Resample::None,
                     vbb.pp("0"),
                 )?)];
                 ch = out_ch;
-                if config.attention_resolutions.contains(&ds) {
+                if tc.attention_resolutions.contains(&ds) {
                     layers.push(Layer::Attn(AttentionBlock::new(
                         ch,
                         heads_up,
-                        config.num_head_channels,
-                        config.use_new_attention_order,
+                        tc.num_head_channels,
+                        tc.use_new_attention_order,
                         vbb.pp(layers.len()),
                     )?));
                 }
-                if level > 0 && i == config.num_res_blocks {
+                if level > 0 && i == tc.num_res_blocks {
                     layers.push(up_layer(&tc, ch, emb_dim, vbb.pp(layers.len()))?);
                     ds /= 2;
                 }
@@ -86,7 +86,7 @@ impl UNetModel {
         }
         let out_norm = GroupNorm32::new(ch, vb.pp("out.0"))?;
         // zero_module in the reference.
-        let out_conv = Conv2d::k3(level_ch[0], config.out_channels, true, vb.pp("out.2"))?;
+        let out_conv = Conv2d::k3(level_ch[0], tc.out_channels, true, vb.pp("out.2"))?;
         Ok(UNetModel {
             config: config.clone(),
             time_embed,
@@ -166,7 +166,7 @@ impl UNetModel {
         if c != expect {
             bail!("input has {c} channels, the model expects {expect}");
         }
-        let down = 1usize << (self.config.channel_mult.len() - 1);
+        let down = 1usize << (self.config.trunk.channel_mult.len() - 1);
         if h % down != 0 || w % down != 0 {
             bail!("input size {h}x{w} is not divisible by {down}, the model's total downsampling");
         }
@@ -205,7 +205,7 @@ pub struct SuperResModel {
 impl SuperResModel {
     pub fn new(config: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         Ok(SuperResModel {
-            unet: UNetModel::with_input_channels(config, 2 * config.in_channels, vb)?,
+            unet: UNetModel::with_input_channels(config, 2 * config.trunk.in_channels, vb)?,
         })
     }
 

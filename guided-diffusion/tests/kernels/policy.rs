@@ -108,12 +108,12 @@ fn kernels_policy_conv1x1_on_matches_off() {
 /// random everywhere (also where the reference initialises with zeros).
 fn unet() -> Net {
     let mut f = ModelFlags::script_defaults();
-    f.image_size = 32;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,2".into();
-    f.attention_resolutions = "16".into();
-    f.num_head_channels = 32;
+    f.image_size = Some(32);
+    f.num_channels = Some(32);
+    f.num_res_blocks = Some(1);
+    f.channel_mult = Some("1,2".into());
+    f.attention_resolutions = Some("16".into());
+    f.num_head_channels = Some(32);
     let cfg = NetConfig::UNet(f.to_config().unwrap());
     let vm = VarMap::new();
     Net::new(&cfg, seeded_var_builder(&vm, 5, &Device::Cpu)).unwrap();

@@ -7,16 +7,16 @@ use guided_diffusion::models::{ModelFlags, NetConfig};
 /// conditional (10 classes), learned sigmas.
 pub fn tiny_config() -> NetConfig {
     let mut f = ModelFlags::script_defaults();
-    f.image_size = 16;
-    f.in_channels = 1;
-    f.num_channels = 32;
-    f.num_res_blocks = 1;
-    f.channel_mult = "1,1".into();
-    f.attention_resolutions = "8".into();
-    f.num_head_channels = 32;
-    f.class_cond = true;
-    f.num_classes = 10;
-    f.learn_sigma = true;
+    f.image_size = Some(16);
+    f.in_channels = Some(1);
+    f.num_channels = Some(32);
+    f.num_res_blocks = Some(1);
+    f.channel_mult = Some("1,1".into());
+    f.attention_resolutions = Some("8".into());
+    f.num_head_channels = Some(32);
+    f.class_cond = Some(true);
+    f.num_classes = Some(10);
+    f.learn_sigma = Some(true);
     NetConfig::UNet(f.to_config().unwrap())
 }
 
