@@ -7,6 +7,8 @@
 //!   denoiser (network + guidance); [`samplers::SamplerSpec`] names them.
 //! - [`diffusion`], [`guidance`]: the Gaussian diffusion process (schedules, respacing, losses)
 //!   and the guidance terms a sampler takes as a value.
+//! - [`load`]: networks from checkpoint files: a checkpoint read once into its tensors and what
+//!   its metadata says (configs, class names, null class), the network built and checked.
 //! - [`models`]: the ADM UNet, the super-resolution UNet and the noisy-image classifier.
 //! - [`checkpoint`], [`data`]: weights in and out (.pt, safetensors), images and data sets.
 //! - [`dist`]: several processes (MPI) for training, sampling and likelihood.
@@ -20,6 +22,7 @@ pub mod eval;
 pub mod guidance;
 pub mod kernels;
 pub mod limits;
+pub mod load;
 pub mod models;
 pub mod sample;
 pub mod samplers;

@@ -73,7 +73,7 @@ fn wrong_num_heads_is_caught_by_the_embedded_config() {
     let path = dir.join("unet_b.safetensors");
     let sd = checkpoint::read(golden("model_unet_b.pt"), &Device::Cpu).unwrap();
     let cfg = NetConfig::UNet(unet_b_flags().to_config().unwrap());
-    checkpoint::write_model(&path, &sd.tensors, &cfg, &HashMap::new()).unwrap();
+    guided_diffusion::load::write_model(&path, &sd.tensors, &cfg, &HashMap::new()).unwrap();
 
     let mut f = unet_b_flags();
     f.num_heads = Some(4);
@@ -89,6 +89,52 @@ fn wrong_num_heads_is_caught_by_the_embedded_config() {
     let t = case.get("in.timesteps").to_dtype(DType::F32).unwrap();
     let out = net.forward(case.get("in.x"), &t, None, None).unwrap();
     assert_close("unet_b from our safetensors", &out, case.get("out.out"), case.atol("out"));
+}
+
+/// The loading layer reads a checkpoint once: its tensors and everything our metadata says
+/// (network and diffusion configs, class names, the null class and label-dropout probability of
+/// classifier-free guidance), then builds the network from the same tensors, frozen; a bad
+/// metadata value is an error naming the file and the key.
+#[test]
+fn a_checkpoint_is_read_once_into_its_tensors_and_info() {
+    use guided_diffusion::checkpoint::DIFFUSION_KEY;
+    use guided_diffusion::diffusion::{DiffusionConfig, NoiseSchedule};
+    use guided_diffusion::load::{Checkpoint, CheckpointInfo};
+    use guided_diffusion::train::ckpt::meta;
+    let dir = tempdir();
+    let path = dir.join("unet_b_cfg.safetensors");
+    let sd = checkpoint::read(golden("model_unet_b.pt"), &Device::Cpu).unwrap();
+    let cfg = NetConfig::UNet(unet_b_flags().to_config().unwrap());
+    let diffusion = DiffusionConfig { noise_schedule: NoiseSchedule::Cosine, ..Default::default() };
+    let extra = HashMap::from([
+        (DIFFUSION_KEY.to_string(), serde_json::to_string(&diffusion).unwrap()),
+        (meta::CLASSES.to_string(), r#"["a","b"]"#.to_string()),
+        (meta::NULL_CLASS.to_string(), "2".to_string()),
+        (meta::CLASS_DROPOUT_PROB.to_string(), "0.1".to_string()),
+    ]);
+    guided_diffusion::load::write_model(&path, &sd.tensors, &cfg, &extra).unwrap();
+
+    let ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
+    let info = ckpt.info.clone();
+    assert_eq!(info.net.as_ref(), Some(&cfg));
+    assert_eq!(info.diffusion.as_ref().map(|d| d.noise_schedule), Some(NoiseSchedule::Cosine));
+    assert_eq!(info.class_names, Some(vec!["a".to_string(), "b".to_string()]));
+    assert_eq!((info.null_class, info.class_dropout_prob), (Some(2), Some(0.1)));
+    assert_eq!(ckpt.tensors().len(), sd.tensors.len());
+    let header_only = CheckpointInfo::read(&path).unwrap();
+    assert_eq!((header_only.net, header_only.null_class), (info.net.clone(), Some(2)));
+    let net = ckpt.into_network(&cfg).unwrap();
+    assert!(net.exec().is_frozen(), "a loaded network is frozen");
+
+    // A .pt carries no metadata: nothing but the tensors.
+    let pt = Checkpoint::read(golden("model_unet_b.pt"), &Device::Cpu).unwrap();
+    assert!(pt.info.net.is_none() && pt.info.null_class.is_none() && pt.info.diffusion.is_none());
+
+    let bad = dir.join("bad_null.safetensors");
+    let extra = HashMap::from([(meta::NULL_CLASS.to_string(), "two".to_string())]);
+    guided_diffusion::load::write_model(&bad, &sd.tensors, &cfg, &extra).unwrap();
+    let e = Checkpoint::read(&bad, &Device::Cpu).err().expect("a bad null class").to_string();
+    assert!(e.contains("bad_null.safetensors") && e.contains(meta::NULL_CLASS), "{e}");
 }
 
 #[test]

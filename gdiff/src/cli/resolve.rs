@@ -1,16 +1,14 @@
-//! Turning flags into configs: a config file or the config embedded in the checkpoint with the
-//! flags the user gave applied (`ModelFlags::apply_to`), else the flags over the reference's
-//! defaults (presets are already spliced into the flags).
+//! Turning flags into configs: a config file or the config embedded in the checkpoint (as the
+//! loading layer read it, `guided_diffusion::load::CheckpointInfo`) with the flags the user gave
+//! applied (`ModelFlags::apply_to`), else the flags over the reference's defaults (presets are
+//! already spliced into the flags).
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use guided_diffusion::checkpoint;
 use guided_diffusion::diffusion::{DiffusionConfig, NoiseSchedule};
 use guided_diffusion::models::{ClassifierFlags, EncoderConfig, ModelFlags, NetConfig, UNetConfig};
 
 use super::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
-
-pub use checkpoint::DIFFUSION_KEY;
 
 /// A config file: `{"builder": ..., "kwargs": {...}}`, or bare kwargs of `default_builder`.
 pub fn read_config_file(path: &Path, default_builder: &str) -> Result<NetConfig> {
@@ -26,55 +24,22 @@ pub fn read_config_file(path: &Path, default_builder: &str) -> Result<NetConfig>
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// The model and diffusion configs embedded in one of our checkpoints, if any.
-pub fn embedded(path: &Path) -> Result<(Option<NetConfig>, Option<DiffusionConfig>)> {
-    if checkpoint::detect_format(path)? != checkpoint::Format::Safetensors {
-        return Ok((None, None));
-    }
-    let meta = checkpoint::read_metadata(path)?;
-    let key = checkpoint::CONFIG_KEY;
-    let net = match meta.get(key) {
-        Some(s) => {
-            let v: serde_json::Value = serde_json::from_str(s).map_err(|e| {
-                anyhow::anyhow!("{}: metadata {key} is not valid JSON: {e}", path.display())
-            })?;
-            let cfg = NetConfig::from_json(&v)
-                .and_then(|c| c.validate().map(|_| c))
-                .map_err(|e| anyhow::anyhow!("{}: metadata {key}: {e}", path.display()))?;
-            Some(cfg)
-        }
-        None => None,
-    };
-    let diffusion = match meta.get(DIFFUSION_KEY) {
-        Some(s) => {
-            let d: DiffusionConfig = serde_json::from_str(s).map_err(|e| {
-                anyhow::anyhow!("{}: metadata {DIFFUSION_KEY}: {e}", path.display())
-            })?;
-            d.build().map_err(|e| {
-                anyhow::anyhow!("{}: metadata {DIFFUSION_KEY}: {e}", path.display())
-            })?;
-            Some(d)
-        }
-        None => None,
-    };
-    Ok((net, diffusion))
-}
-
-/// The base config: `--model_config`, else the checkpoint's own.
-fn base_config(a: &ModelArgs, weights: Option<&Path>, builder: &str) -> Result<Option<NetConfig>> {
+/// The base config: `--model_config`, else the one the checkpoint embeds.
+fn base_config(
+    a: &ModelArgs,
+    embedded: Option<&NetConfig>,
+    builder: &str,
+) -> Result<Option<NetConfig>> {
     if let Some(p) = &a.model_config {
         return Ok(Some(read_config_file(p, builder)?));
     }
-    match weights {
-        Some(w) => Ok(embedded(w)?.0),
-        None => Ok(None),
-    }
+    Ok(embedded.cloned())
 }
 
 /// The diffusion model's config: the base config (`--model_config` or the checkpoint's) with
 /// the flags given applied, else `create_model` of the flags over the scripts' defaults.
-pub fn unet_config(a: &ModelArgs, weights: Option<&Path>) -> Result<UNetConfig> {
-    match base_config(a, weights, "unet.UNetModel")? {
+pub fn unet_config(a: &ModelArgs, embedded: Option<&NetConfig>) -> Result<UNetConfig> {
+    match base_config(a, embedded, "unet.UNetModel")? {
         Some(NetConfig::UNet(mut c)) => {
             a.flags.apply_to(&mut c)?;
             Ok(c)
@@ -89,9 +54,9 @@ pub fn super_res_config(
     a: &ModelArgs,
     large: usize,
     small: usize,
-    weights: Option<&Path>,
+    embedded: Option<&NetConfig>,
 ) -> Result<UNetConfig> {
-    match base_config(a, weights, "unet.SuperResModel")? {
+    match base_config(a, embedded, "unet.SuperResModel")? {
         Some(NetConfig::SuperRes(mut c)) => {
             a.flags.apply_to(&mut c)?;
             Ok(c)
@@ -114,11 +79,11 @@ pub fn classifier_config(
     c: &ClassifierArgs,
     image_size: usize,
     num_classes: Option<usize>,
-    weights: &Path,
+    embedded: Option<&NetConfig>,
 ) -> Result<EncoderConfig> {
     let base = match &c.classifier_config {
         Some(p) => Some(read_config_file(p, "unet.EncoderUNetModel")?),
-        None => embedded(weights)?.0,
+        None => embedded.cloned(),
     };
     match base {
         Some(NetConfig::Classifier(mut e)) => {

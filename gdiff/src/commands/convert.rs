@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use guided_diffusion::checkpoint;
+use guided_diffusion::load::{self, Checkpoint};
 use guided_diffusion::models::{defaults, Net, NetConfig};
 
 use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs};
@@ -49,13 +50,15 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         Some("pt") | Some("pth") => true,
         _ => bail!("{}: the output must be a .safetensors or a .pt file", a.output.display()),
     };
+    let ckpt = Checkpoint::read(&a.input, &Device::Cpu)?;
+    let embedded = ckpt.info.net.as_ref();
     let cfg = match a.kind.as_str() {
-        "model" => NetConfig::UNet(resolve::unet_config(&a.model, Some(&a.input))?),
+        "model" => NetConfig::UNet(resolve::unet_config(&a.model, embedded)?),
         "super-res" => NetConfig::SuperRes(resolve::super_res_config(
             &a.model,
             a.large_size.unwrap_or(defaults::sr_create_model::LARGE_SIZE),
             a.small_size.unwrap_or(defaults::sr_create_model::SMALL_SIZE),
-            Some(&a.input),
+            embedded,
         )?),
         "classifier" => {
             let image_size = a.model.flags.image_size.unwrap_or(defaults::script::IMAGE_SIZE);
@@ -63,35 +66,35 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
                 &a.classifier,
                 image_size,
                 a.model.flags.num_classes,
-                &a.input,
+                embedded,
             )?)
         }
         k => bail!("--kind {k:?}: expected model, super-res or classifier"),
     };
-    let sd = checkpoint::read(&a.input, &Device::Cpu)?;
+    let num_params = ckpt.num_params();
+    let (info, tensors) = ckpt.into_parts();
     // Fails with the mismatch report if the config does not fit.
-    Net::from_tensors(&cfg, sd.tensors.clone(), &a.input.display().to_string(), &Device::Cpu)?;
+    Net::from_tensors(&cfg, tensors.clone(), &info.source, &Device::Cpu)?;
     let mut extra = HashMap::new();
     if !matches!(cfg, NetConfig::Classifier(_)) {
-        let (_, base) = resolve::embedded(&a.input)?;
+        let base = info.diffusion.clone();
         let learn = match &cfg {
             NetConfig::UNet(c) | NetConfig::SuperRes(c) => c.learns_sigma(),
             NetConfig::Classifier(_) => false,
         };
         let d = resolve::diffusion_config(&a.diffusion, base, learn)?;
-        extra.insert(resolve::DIFFUSION_KEY.to_string(), serde_json::to_string(&d)?);
+        extra.insert(checkpoint::DIFFUSION_KEY.to_string(), serde_json::to_string(&d)?);
     }
     if to_pt {
-        checkpoint::write_pt(&a.output, &sd.tensors)?;
+        checkpoint::write_pt(&a.output, &tensors)?;
     } else {
-        checkpoint::write_model(&a.output, &sd.tensors, &cfg, &extra)?;
+        load::write_model(&a.output, &tensors, &cfg, &extra)?;
     }
     println!(
-        "wrote {} ({}, {} tensors, {} parameters)",
+        "wrote {} ({}, {} tensors, {num_params} parameters)",
         a.output.display(),
         cfg.builder(),
-        sd.tensors.len(),
-        sd.num_params()
+        tensors.len(),
     );
     Ok(())
 }

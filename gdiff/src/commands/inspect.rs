@@ -6,8 +6,9 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use guided_diffusion::checkpoint;
+use guided_diffusion::load::Checkpoint;
 
-use crate::cli::{output, resolve};
+use crate::cli::output;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -25,17 +26,17 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         bail!("{}: no such file", a.file.display());
     }
     let format = checkpoint::detect_format(&a.file)?;
-    let sd = checkpoint::read(&a.file, &Device::Cpu)?;
+    let ckpt = Checkpoint::read(&a.file, &Device::Cpu)?;
     // All text first, then one write: a closed stdout (`| head -1`) ends it quietly.
     let mut o = String::new();
     writeln!(o, "file: {} ({format:?})", a.file.display())?;
-    writeln!(o, "tensors: {}, parameters: {}", sd.tensors.len(), sd.num_params())?;
-    let (net, diffusion) = resolve::embedded(&a.file)?;
-    match net {
+    writeln!(o, "tensors: {}, parameters: {}", ckpt.tensors().len(), ckpt.num_params())?;
+    let (info, tensors) = ckpt.into_parts();
+    match &info.net {
         Some(cfg) => {
             writeln!(o, "config (embedded): {}", serde_json::to_string_pretty(&cfg.to_json())?)?
         }
-        None => match checkpoint::infer::infer(&sd.tensors) {
+        None => match checkpoint::infer::infer(&tensors) {
             Some(inf) => {
                 writeln!(o, "config (inferred from the shapes): {}", inf.builder)?;
                 for (k, v) in &inf.known {
@@ -46,10 +47,10 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             None => writeln!(o, "config: not an ADM network (no time_embed / input_blocks keys)")?,
         },
     }
-    if let Some(d) = diffusion {
-        writeln!(o, "diffusion (embedded): {}", serde_json::to_string(&d)?)?;
+    if let Some(d) = &info.diffusion {
+        writeln!(o, "diffusion (embedded): {}", serde_json::to_string(d)?)?;
     }
-    let meta = |k: &str| sd.metadata.get(k);
+    let meta = |k: &str| info.metadata.get(k);
     if let Some(null) = meta(guided_diffusion::train::ckpt::meta::NULL_CLASS) {
         let p = meta(guided_diffusion::train::ckpt::meta::CLASS_DROPOUT_PROB);
         writeln!(
@@ -58,16 +59,16 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             p.map(|p| format!(", trained with label dropout {p}")).unwrap_or_default()
         )?;
     }
-    let mut sorted: Vec<_> = sd.metadata.iter().collect();
+    let mut sorted: Vec<_> = info.metadata.iter().collect();
     sorted.sort();
     for (k, v) in sorted {
-        if k != checkpoint::CONFIG_KEY && k != resolve::DIFFUSION_KEY {
+        if k != checkpoint::CONFIG_KEY && k != checkpoint::DIFFUSION_KEY {
             writeln!(o, "metadata {k}: {v}")?;
         }
     }
     if !a.no_keys {
         let mut keys: Vec<_> =
-            sd.tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+            tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
         keys.sort();
         for (k, s) in keys {
             writeln!(o, "{k} {s:?}")?;

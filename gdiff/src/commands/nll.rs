@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
-use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::load::Checkpoint;
+use guided_diffusion::models::NetConfig;
 use guided_diffusion::sample::PerSampleNoise;
 use guided_diffusion::train::resolve_log_dir;
 
@@ -61,10 +62,11 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     if a.batch_size == 0 || a.num_samples == 0 {
         bail!("--batch_size and --num_samples must be positive");
     }
-    let ucfg = resolve::unet_config(&a.model, Some(&a.model_path))?;
-    let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &a.model_path, &device)?;
+    let ckpt = Checkpoint::read(&a.model_path, &device)?;
+    let ucfg = resolve::unet_config(&a.model, ckpt.info.net.as_ref())?;
+    let emb = ckpt.info.diffusion.clone();
+    let model = ckpt.into_network(&NetConfig::UNet(ucfg.clone()))?;
     let model = crate::cli::policy::prepare(model, crate::cli::policy::from_env());
-    let (_, emb) = resolve::embedded(&a.model_path)?;
     let diffusion = resolve::diffusion_config(&a.diffusion, emb, ucfg.learns_sigma())?.build()?;
     let mut spec = DataSpec::new(&a.data_dir, ucfg.trunk.image_size);
     spec.class_cond = ucfg.num_classes.is_some();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
+use guided_diffusion::load::{Checkpoint, CheckpointInfo};
 use guided_diffusion::models::{Net, NetConfig};
 use guided_diffusion::sample::{
     self, Classes, ClassifierFreeSettings, GuidanceSettings, Progress, Request, Sampling,
@@ -89,44 +90,26 @@ pub fn seed_or_random(seed: Option<u64>) -> u64 {
     })
 }
 
-/// Loads the classifier for guidance, if asked for.
+/// Loads the classifier for guidance, if asked for: the network, the scale and what its
+/// checkpoint says (class names), the file read once.
 pub fn load_classifier(
     c: &ClassifierArgs,
     image_size: usize,
     num_classes: Option<usize>,
     device: &Device,
     policy: guided_diffusion::kernels::KernelPolicy,
-) -> Result<Option<(Net, f64)>> {
+) -> Result<Option<(Net, f64, CheckpointInfo)>> {
     let Some(path) = &c.classifier_path else {
         return Ok(None);
     };
     if !path.exists() {
         bail!("--classifier_path {}: no such file", path.display());
     }
-    let cfg = resolve::classifier_config(c, image_size, num_classes, path)?;
-    let net =
-        policy::prepare(Net::load_with_config(&NetConfig::Classifier(cfg), path, device)?, policy);
-    Ok(Some((net, c.classifier_scale.unwrap_or(1.0))))
-}
-
-/// The class names a checkpoint of ours records (`gdiff.classes`, from the training data).
-pub fn class_names(path: &Path) -> Option<Vec<String>> {
-    let meta = guided_diffusion::checkpoint::read_metadata(path).ok()?;
-    serde_json::from_str(meta.get(guided_diffusion::train::ckpt::meta::CLASSES)?).ok()
-}
-
-/// The null class a checkpoint of ours records (`gdiff.null_class`: trained for classifier-free
-/// guidance).
-pub fn null_class_of(path: &Path) -> Result<Option<usize>> {
-    let Ok(meta) = guided_diffusion::checkpoint::read_metadata(path) else {
-        return Ok(None);
-    };
-    match meta.get(guided_diffusion::train::ckpt::meta::NULL_CLASS) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).with_context(|| {
-            format!("{}: metadata gdiff.null_class {v:?} is not a label", path.display())
-        }),
-    }
+    let ckpt = Checkpoint::read(path, device)?;
+    let cfg = resolve::classifier_config(c, image_size, num_classes, ckpt.info.net.as_ref())?;
+    let info = ckpt.info.clone();
+    let net = policy::prepare(ckpt.into_network(&NetConfig::Classifier(cfg))?, policy);
+    Ok(Some((net, c.classifier_scale.unwrap_or(1.0), info)))
 }
 
 /// The guidance flags of a sampling command, checked against the model: classifier-free
@@ -141,21 +124,21 @@ pub struct GuidanceFlags {
 
 pub fn guidance_flags(
     a: &SamplingArgs,
-    model_path: &Path,
+    model: &CheckpointInfo,
     label_rows: Option<usize>,
     has_classifier: bool,
 ) -> Result<GuidanceFlags> {
     let null_class = match a.null_class {
         Some(k) => {
             let Some(rows) = label_rows else {
-                bail!("--null_class {k}: {} is not class-conditional", model_path.display());
+                bail!("--null_class {k}: {} is not class-conditional", model.source);
             };
             if k >= rows {
                 bail!("--null_class {k}: the model has {rows} label rows (0..{})", rows - 1);
             }
             Some(k)
         }
-        None => null_class_of(model_path)?.filter(|&k| label_rows.is_some_and(|r| k < r)),
+        None => model.null_class.filter(|&k| label_rows.is_some_and(|r| k < r)),
     };
     let classifier_free = match a.cfg_scale {
         None => None,
@@ -164,14 +147,14 @@ pub fn guidance_flags(
             if label_rows.is_none() {
                 bail!(
                     "--cfg_scale needs a class-conditional model: {} is unconditional",
-                    model_path.display()
+                    model.source
                 );
             }
             let Some(null) = null_class else {
                 bail!(
                     "--cfg_scale: {} has no null class (it was not trained with \
                      --class_dropout_prob); give --null_class K if label K is its unconditional one",
-                    model_path.display()
+                    model.source
                 );
             };
             Some(ClassifierFreeSettings { scale, null_class: null })
@@ -335,13 +318,14 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
         bail!("--model_path {}: no such file", model_path.display());
     }
     let builtin = a.sampling.model_path.is_none();
-    let ucfg = resolve::unet_config(&a.model, Some(&model_path))?;
+    let ckpt = Checkpoint::read(&model_path, &device)?;
+    let ucfg = resolve::unet_config(&a.model, ckpt.info.net.as_ref())?;
     let s = &a.sampling;
     let policy = policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
-    let model = Net::load_with_config(&NetConfig::UNet(ucfg.clone()), &model_path, &device)?;
-    let model = policy::prepare(model, policy);
-    let (_, emb_diffusion) = resolve::embedded(&model_path)?;
-    let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, ucfg.learns_sigma())?;
+    let info = ckpt.info.clone();
+    let model = policy::prepare(ckpt.into_network(&NetConfig::UNet(ucfg.clone()))?, policy);
+    let dcfg =
+        resolve::diffusion_config(&a.diffusion, info.diffusion.clone(), ucfg.learns_sigma())?;
     let default_sampler = if builtin { BUILTIN_SAMPLER } else { "ddpm" };
     let spec = sampler_spec(
         &a.sampling.sampler,
@@ -365,16 +349,16 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
     }
     // A classifier that guides a model with a null class (its last label row) knows the real
     // classes only.
-    let null = a.sampling.null_class.map_or_else(|| null_class_of(&model_path), |k| Ok(Some(k)))?;
+    let null = a.sampling.null_class.or(info.null_class);
     let real_classes = match (ucfg.num_classes, null) {
         (Some(rows), Some(k)) if k + 1 == rows => Some(k),
         (rows, _) => rows,
     };
     let classifier =
         load_classifier(&clf_args, ucfg.trunk.image_size, real_classes, &device, policy)?;
-    let g = guidance_flags(&a.sampling, &model_path, ucfg.num_classes, classifier.is_some())?;
+    let g = guidance_flags(&a.sampling, &info, ucfg.num_classes, classifier.is_some())?;
     let num_classes =
-        ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _)| c.num_classes()));
+        ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _, _)| c.num_classes()));
     let classes = match &a.sampling.classes {
         Some(s) => Classes::Cycle(parse_classes(s)?),
         None => Classes::Random,
@@ -398,7 +382,7 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
         diffusion: &dcfg,
         sampler: &spec,
         guidance: GuidanceSettings {
-            classifier: classifier.as_ref().map(|(c, s)| (c, *s)),
+            classifier: classifier.as_ref().map(|(c, s, _)| (c, *s)),
             classifier_free: g.classifier_free,
             interval: g.interval,
             null_branch: None,
@@ -419,7 +403,9 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
         shard: Default::default(),
         low_res: None,
     };
-    let names = class_names(&model_path)
-        .or_else(|| clf_args.classifier_path.as_deref().and_then(class_names));
+    let names = info
+        .class_names
+        .clone()
+        .or_else(|| classifier.as_ref().and_then(|(_, _, i)| i.class_names.clone()));
     run_and_write(&s, &req, &a.sampling, names.as_deref(), dist)
 }

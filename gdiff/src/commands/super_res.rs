@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
-use guided_diffusion::models::{Net, NetConfig};
+use guided_diffusion::load::Checkpoint;
+use guided_diffusion::models::NetConfig;
 use guided_diffusion::sample::{images, Classes, GuidanceSettings, Request, Sampling};
 
 use super::sample::{guidance_flags, read_init_noise, run_and_write, seed_or_random};
@@ -55,13 +56,14 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
         a.large_size.unwrap_or(guided_diffusion::models::defaults::sr_create_model::LARGE_SIZE);
     let small =
         a.small_size.unwrap_or(guided_diffusion::models::defaults::sr_create_model::SMALL_SIZE);
-    let cfg = resolve::super_res_config(&a.model, large, small, Some(model_path))?;
+    let ckpt = Checkpoint::read(model_path, &device)?;
+    let cfg = resolve::super_res_config(&a.model, large, small, ckpt.info.net.as_ref())?;
     let s = &a.sampling;
     let policy = crate::cli::policy::with_precision(&s.precision, &device, &s.device, s.quiet)?;
-    let model = Net::load_with_config(&NetConfig::SuperRes(cfg.clone()), model_path, &device)?;
+    let info = ckpt.info.clone();
+    let model = ckpt.into_network(&NetConfig::SuperRes(cfg.clone()))?;
     let model = crate::cli::policy::prepare(model, policy);
-    let (_, emb_diffusion) = resolve::embedded(model_path)?;
-    let dcfg = resolve::diffusion_config(&a.diffusion, emb_diffusion, cfg.learns_sigma())?;
+    let dcfg = resolve::diffusion_config(&a.diffusion, info.diffusion.clone(), cfg.learns_sigma())?;
     let spec = sampler_spec(
         &a.sampling.sampler,
         a.diffusion.timestep_respacing.as_deref(),
@@ -69,7 +71,7 @@ fn run_with(a: &SuperResArgs, dist: &dyn Distributed) -> Result<()> {
         "ddpm",
     )?;
     check_builds(&spec, &dcfg, &a.sampling.sampler, a.diffusion.timestep_respacing.as_deref())?;
-    let g = guidance_flags(&a.sampling, model_path, cfg.num_classes, false)?;
+    let g = guidance_flags(&a.sampling, &info, cfg.num_classes, false)?;
 
     let base = output::read_npz_array(&a.base_samples, "arr_0")?;
     if base.dtype() != DType::U8 || base.rank() != 4 {

@@ -21,6 +21,7 @@ use guided_diffusion::checkpoint::write_atomic;
 use guided_diffusion::data::{open_dataset, rng, DataSpec};
 use guided_diffusion::eval::judge::score;
 use guided_diffusion::eval::{FeatureMatrix, FidStatistics, Judge, JudgedMetrics};
+use guided_diffusion::load::Checkpoint;
 use guided_diffusion::models::Net;
 use guided_diffusion::sample::{
     self, Classes, ClassifierFreeSettings, GuidanceSettings, Request, Sampling,
@@ -29,10 +30,10 @@ use guided_diffusion::samplers::SamplerSpec;
 use guided_diffusion::train::logger::format_g;
 use rand::seq::SliceRandom;
 
+use crate::cli::output;
 use crate::cli::plot::{write_panels, Panel, Series};
 use crate::cli::sampler::parse_interval;
-use crate::cli::{output, resolve};
-use crate::commands::sample::{builtin_model, null_class_of};
+use crate::commands::sample::builtin_model;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -594,7 +595,11 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         if !path.exists() {
             bail!("--model {name}={}: no such file", path.display());
         }
-        let net = Net::load_embedded(path, &device)
+        let ckpt = Checkpoint::read(path, &device)
+            .with_context(|| format!("--model {name}={}", path.display()))?;
+        let info = ckpt.info.clone();
+        let net = ckpt
+            .into_embedded_network()
             .map(prepare)
             .with_context(|| format!("--model {name}={}", path.display()))?;
         let Net::UNet(u) = &net else {
@@ -608,15 +613,14 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 judge.image_size()
             );
         }
-        let null_class = null_class_of(path)?;
+        let null_class = info.null_class;
         if let Some(k) = ucfg.num_classes {
             let real = if null_class.is_some() { k - 1 } else { k };
             if real != num_classes {
                 bail!("--model {name}: {real} classes, the classifier has {num_classes}");
             }
         }
-        let (_, emb) = resolve::embedded(path)?;
-        let base = emb.with_context(|| {
+        let base = info.diffusion.with_context(|| {
             format!(
                 "--model {name}={}: no embedded diffusion config (convert it with gdiff convert)",
                 path.display()

@@ -1,13 +1,16 @@
-//! Weights in and out: PyTorch `.pt` state-dict zips as released (parsed, never executed),
-//! and safetensors with our model config embedded in the metadata.
+//! Weights in and out, as pure file I/O: PyTorch `.pt` state-dict zips as released (parsed,
+//! never executed) and safetensors, each a map of tensors by parameter name plus string
+//! metadata. What the metadata means (our embedded configs, class names, ...) and building
+//! networks from the tensors are the loading layer's, [`crate::load`].
 //!
 //! - [`read`] loads every tensor of a file by its reference parameter name, casting f16/bf16/f64
 //!   weights to f32; the format is detected from the file's first bytes. Files are untrusted:
 //!   `.pt` pickles go through our own restricted unpickler ([`pickle`]), and every size is
-//!   checked against the file before anything is allocated (`crate::limits`).
-//! - [`verify`] builds a network against a state dict and reports missing, unexpected and
-//!   mis-shaped keys together with the flag that most likely differs.
-//! - [`write_safetensors`] writes atomically (temporary file, then rename).
+//!   checked against the file before anything is allocated (`crate::limits`). [`read_metadata`]
+//!   reads a safetensors header only.
+//! - [`infer`] guesses the constructor arguments a state dict's shapes determine.
+//! - [`write_safetensors`] writes atomically (temporary file, then rename); [`write_pt`] writes
+//!   the reference's `.pt` form.
 //! - [`torchscript`] reads the parameters of a TorchScript archive (`torch.jit.save`) by their
 //!   attribute paths, for converters.
 pub mod infer;
@@ -16,21 +19,19 @@ mod pt;
 mod pt_write;
 mod st;
 pub mod torchscript;
-pub mod verify;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::models::NetConfig;
 use crate::{bail, Error, Result};
 
 pub use pt_write::write_pt;
 pub use st::write_safetensors;
 
 /// Metadata key under which our checkpoints carry the network config
-/// (`{"builder": ..., "kwargs": {...}}` JSON).
+/// (`{"builder": ..., "kwargs": {...}}` JSON; read by [`crate::load`]).
 pub const CONFIG_KEY: &str = "gdiff.model_config";
 
 /// Metadata key of the diffusion config (`create_gaussian_diffusion` kwargs JSON) in our
@@ -45,19 +46,6 @@ pub struct StateDict {
 }
 
 impl StateDict {
-    /// The config embedded by [`write_safetensors`] callers, if any.
-    pub fn embedded_config(&self) -> Result<Option<NetConfig>> {
-        match self.metadata.get(CONFIG_KEY) {
-            None => Ok(None),
-            Some(s) => {
-                let v: serde_json::Value = serde_json::from_str(s).map_err(|e| {
-                    Error::msg(format!("metadata {CONFIG_KEY} is not valid JSON: {e}"))
-                })?;
-                Ok(Some(NetConfig::from_json(&v)?))
-            }
-        }
-    }
-
     /// Total number of scalar parameters.
     pub fn num_params(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()
@@ -184,20 +172,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
-}
-
-/// Writes a network's state dict to safetensors with its config embedded (plus `extra`
-/// metadata such as a training step), atomically.
-pub fn write_model(
-    path: impl AsRef<Path>,
-    tensors: &HashMap<String, Tensor>,
-    config: &NetConfig,
-    extra: &HashMap<String, String>,
-) -> Result<()> {
-    let mut meta = extra.clone();
-    meta.insert(CONFIG_KEY.to_string(), config.to_json().to_string());
-    meta.insert("format".to_string(), "pt".to_string());
-    write_safetensors(path, tensors, &meta)
 }
 
 /// The metadata of a safetensors file (reads and checks only the header); empty for a `.pt`.

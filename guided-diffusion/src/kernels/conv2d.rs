@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
-use super::conv_cpu::{self, Conv};
+use super::conv_cpu;
+use super::conv_plan::Conv;
 use super::forms::Derived;
 use super::im2col::Geom;
 use super::policy::KernelPolicy;

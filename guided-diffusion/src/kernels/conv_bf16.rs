@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::bf16::{self, PackedWeight, Rhs};
-use super::conv_cpu::Conv;
+use super::conv_plan::Conv;
 use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
@@ -302,7 +302,7 @@ pub fn weight_grad_applies(cv: &Conv, amx: bool) -> bool {
 /// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
 /// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
 /// the product: the band's `gy` is A, its transposed column matrix B, and each thread
-/// accumulates its tiles into its own partial (`conv_cpu::sum_groups`).
+/// accumulates its tiles into its own partial (`conv_plan::sum_groups`).
 pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
@@ -335,5 +335,5 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };
-    super::conv_cpu::sum_groups(dw, groups, accumulate);
+    super::conv_plan::sum_groups(dw, groups, accumulate);
 }

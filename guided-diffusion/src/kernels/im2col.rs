@@ -236,7 +236,7 @@ mod tests {
 
 #[cfg(test)]
 mod size_checks {
-    use super::super::conv_cpu::Conv;
+    use super::super::conv_plan::Conv;
     use super::*;
 
     /// Issue 18, D1: an `image_size` of 2^32 made `ho * wo` wrap to 0 and the conv kernel

@@ -30,7 +30,8 @@
 //!   forward and weight gradient, used by `conv_cpu`.
 //! - `conv_bf16`: the bf16 convolution forward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
-//!   algorithms and the pieces they are built from.
+//!   algorithms and the pieces they are built from; `conv_plan`: a convolution's geometry and
+//!   its tiling, which the convolution algorithms share.
 //! - `disjoint`: the one handle through which parallel tasks write disjoint parts of a buffer,
 //!   with its safety argument; `storage`: the one unpacking of a custom op's f32 arguments.
 // Every `unsafe` block says why it is sound, and an `unsafe fn`'s body marks its own unsafe
@@ -39,6 +40,7 @@
 
 mod conv_bf16;
 mod conv_cpu;
+mod conv_plan;
 mod disjoint;
 mod group_norm_cpu;
 mod im2col;

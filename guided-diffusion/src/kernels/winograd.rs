@@ -26,7 +26,7 @@
 //! gradient of the same layers is in `winograd_wgrad`.
 use rayon::prelude::*;
 
-use super::conv_cpu::Conv;
+use super::conv_plan::Conv;
 use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;

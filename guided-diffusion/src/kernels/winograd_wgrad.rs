@@ -27,7 +27,7 @@
 //! 5e-7 for the im2col product (`kernels_conv2d_winograd_matches_definition`).
 use rayon::prelude::*;
 
-use super::conv_cpu::{add_partials, Conv};
+use super::conv_plan::{add_partials, Conv};
 use super::disjoint::Disjoint;
 use super::im2col::Geom;
 use super::scratch;
@@ -262,7 +262,7 @@ vmath::avx2_fn! {
 #[cfg(test)]
 mod tests {
     use super::{a_apply, gt_apply, weight_grad_in_blocks, L};
-    use crate::kernels::conv_cpu::Conv;
+    use crate::kernels::conv_plan::Conv;
     use crate::kernels::im2col::Geom;
 
     /// Blocks of one image each (the products summed into `P` over five blocks), one block for

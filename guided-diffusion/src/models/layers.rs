@@ -4,7 +4,7 @@
 //!
 //! Parameters are requested from a `candle_nn::VarBuilder` with PyTorch's default
 //! initialisation as hints, so the same constructors serve loading (hints ignored), fresh
-//! training (a `VarMap` applies them) and checkpoint verification (see `checkpoint::verify`).
+//! training (a `VarMap` applies them) and checkpoint verification (see `load::verify`).
 //! Constructors only use view operations on the weights they get (`squeeze`, never `reshape`),
 //! so verification can hand out zero-sized broadcast placeholders.
 use candle_core::{DType, Device, Module, Tensor, D};

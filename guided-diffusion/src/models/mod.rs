@@ -12,8 +12,10 @@
 //!
 //! A network holds how its calls run ([`Exec`]): the kernel policy the program chose
 //! ([`Net::set_policy`]) and whether its weights are frozen ([`Net::freeze`]: their derived
-//! forms are kept by the layers; the `load*` functions freeze, as the file's weights are held by
-//! nothing else).
+//! forms are kept by the layers). Networks are built from a config and a `VarBuilder`; loading
+//! them from checkpoint files (`Net::load*`, `Net::from_tensors`) is the layer above,
+//! [`crate::load`], which freezes what it loads (the file's weights are held by nothing
+//! else).
 pub mod attention;
 pub mod classifier;
 pub mod config;
@@ -26,10 +28,7 @@ pub mod resblock;
 pub mod trunk;
 pub mod unet;
 
-use std::collections::HashMap;
-use std::path::Path;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 pub use classifier::EncoderUNetModel;
@@ -38,7 +37,6 @@ pub use flags::{ClassifierFlags, ModelFlags};
 pub use layers::Exec;
 pub use unet::{SuperResModel, UNetModel};
 
-use crate::checkpoint::{self, verify};
 use crate::kernels::KernelPolicy;
 use crate::{bail, Error, Result};
 
@@ -59,74 +57,6 @@ impl Net {
             NetConfig::SuperRes(c) => Net::SuperRes(SuperResModel::new(c, vb)?),
             NetConfig::Classifier(c) => Net::Classifier(EncoderUNetModel::new(c, vb)?),
         })
-    }
-
-    /// Builds the network from a state dict, failing with a report of every mismatching key.
-    /// `source` names the file in errors. Not frozen: the caller may hold the tensors too.
-    pub fn from_tensors(
-        config: &NetConfig,
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        device: &Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        verify::build_checked(tensors, source, device, |vb| Net::new(config, vb))
-    }
-
-    /// Loads weights (`.pt` or `.safetensors`) for `config`, frozen. If the file embeds a config
-    /// of its own and it disagrees with `config`, the error names the differing arguments.
-    pub fn load_with_config(
-        config: &NetConfig,
-        weights: impl AsRef<Path>,
-        device: &Device,
-    ) -> Result<Self> {
-        let weights = weights.as_ref();
-        let sd = checkpoint::read(weights, device)?;
-        sd.check_finite(&weights.display().to_string())?;
-        if let Some(saved) = sd.embedded_config()? {
-            if saved.builder() != config.builder() {
-                bail!(
-                    "{}: holds a {} but a {} was asked for",
-                    weights.display(),
-                    saved.builder(),
-                    config.builder()
-                );
-            }
-            let diffs = verify::config_differences(&saved.kwargs(), &config.kwargs());
-            if !diffs.is_empty() {
-                bail!(
-                    "{} was saved with a different model config: {}",
-                    weights.display(),
-                    diffs.join("; ")
-                );
-            }
-        }
-        Self::from_tensors(config, sd.tensors, &weights.display().to_string(), device).map(frozen)
-    }
-
-    /// Loads a checkpoint that embeds its config (our safetensors), frozen.
-    pub fn load_embedded(weights: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let weights = weights.as_ref();
-        let sd = checkpoint::read(weights, device)?;
-        sd.check_finite(&weights.display().to_string())?;
-        let Some(config) = sd.embedded_config()? else {
-            bail!(
-                "{} carries no model config: give the model flags or --model_config",
-                weights.display()
-            );
-        };
-        Self::from_tensors(&config, sd.tensors, &weights.display().to_string(), device).map(frozen)
-    }
-
-    /// Loads a network (frozen) from a model description (`{"builder", "kwargs"}` JSON, as the golden
-    /// `model_<name>.json` files) and a weights file.
-    pub fn load(
-        json_path: impl AsRef<Path>,
-        weights: impl AsRef<Path>,
-        device: &Device,
-    ) -> Result<Self> {
-        let config = NetConfig::from_file(json_path)?;
-        Self::load_with_config(&config, weights, device)
     }
 
     pub fn config(&self) -> NetConfig {
@@ -233,10 +163,4 @@ impl Net {
             Net::Classifier(m) => m.forward(x, &t),
         }
     }
-}
-
-/// `net`, frozen (the loaders' networks hold the only handle to the weights they read).
-fn frozen(mut net: Net) -> Net {
-    net.freeze();
-    net
 }
