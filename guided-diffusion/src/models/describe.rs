@@ -5,7 +5,7 @@
 //! [`super::flags`]); this module sits above both.
 use serde::Serialize;
 
-use super::config::NetConfig;
+use super::config::{NetConfig, TrunkConfig};
 use super::flags::{ClassifierFlags, ModelFlags};
 use crate::{bail, Result};
 
@@ -19,9 +19,9 @@ impl NetConfig {
         let name = builder.rsplit('.').next().unwrap_or(builder);
         let what = format!("kwargs of {builder}");
         Ok(match name {
-            "UNetModel" => NetConfig::UNet(from_kwargs(kwargs, &what)?),
-            "SuperResModel" => NetConfig::SuperRes(from_kwargs(kwargs, &what)?),
-            "EncoderUNetModel" => NetConfig::Classifier(from_kwargs(kwargs, &what)?),
+            "UNetModel" => NetConfig::UNet(config_from_kwargs(kwargs, &what)?),
+            "SuperResModel" => NetConfig::SuperRes(config_from_kwargs(kwargs, &what)?),
+            "EncoderUNetModel" => NetConfig::Classifier(config_from_kwargs(kwargs, &what)?),
             "create_model" => {
                 let f: ModelFlags = from_kwargs(kwargs, &what)?;
                 not_taken(
@@ -78,30 +78,37 @@ impl NetConfig {
     }
 }
 
-/// `T` from a kwargs object, refusing keys `T` does not have (serde's `deny_unknown_fields`
-/// does not work through the flattened trunk, so the keys are checked against what `T` writes
-/// back).
-fn from_kwargs<T: serde::de::DeserializeOwned + Serialize>(
-    v: &serde_json::Value,
-    what: &str,
-) -> Result<T> {
-    // Errors name the key at fault (serde alone says only "invalid type: null, expected f64").
-    let t: T = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+/// `T` from a kwargs object (the flag structs refuse unknown keys themselves); errors name the
+/// key at fault (serde alone says only "invalid type: null, expected f64").
+fn from_kwargs<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             crate::Error::msg(format!("{what}: {}", e.inner()))
         } else {
             crate::Error::msg(format!("{what}: key {path}: {}", e.inner()))
         }
+    })
+}
+
+/// A network config from a kwargs object, refusing keys it does not have: serde's
+/// `deny_unknown_fields` does not work through the flattened trunk, so the keys are checked
+/// against the ones the config writes back (all of its fields). Nor does the key path of an
+/// error: a flattened field's error carries none, so the trunk's own parse names the key.
+fn config_from_kwargs<T: serde::de::DeserializeOwned + Serialize>(
+    v: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    let t: T = from_kwargs(v, what).map_err(|e| match from_kwargs::<TrunkConfig>(v, what) {
+        Err(trunk) => trunk,
+        Ok(_) => e,
     })?;
     let known = serde_json::to_value(&t).map_err(|e| crate::Error::msg(format!("{what}: {e}")))?;
     if let (Some(given), Some(known)) = (v.as_object(), known.as_object()) {
-        if !known.is_empty() {
-            if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
-                let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
-                names.sort();
-                bail!("{what}: unknown field `{k}`, expected one of {}", names.join(", "));
-            }
+        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+            let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
+            names.sort();
+            bail!("{what}: unknown field `{k}`, expected one of {}", names.join(", "));
         }
     }
     Ok(t)

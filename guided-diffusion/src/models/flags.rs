@@ -668,5 +668,12 @@ mod tests {
         kw["num_chanels"] = 3.into();
         let e = NetConfig::from_builder("unet.UNetModel", &kw).unwrap_err().to_string();
         assert!(e.contains("unknown field `num_chanels`"), "{e}");
+        // Flags: serde's own check; a null is "not given".
+        let kw = serde_json::json!({"image_size": 64, "num_channels": 64, "num_res_blocks": 1,
+            "channel_mult": null});
+        assert!(NetConfig::from_builder("create_model", &kw).is_ok());
+        let kw = serde_json::json!({"image_size": 64, "num_channel": 64});
+        let e = NetConfig::from_builder("create_model", &kw).unwrap_err().to_string();
+        assert!(e.contains("unknown field `num_channel`"), "{e}");
     }
 }
