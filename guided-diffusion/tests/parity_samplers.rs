@@ -39,6 +39,7 @@ fn load_net(name: &str) -> Net {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("loading model {name}: {e}"))
+    .with_policy(support::policy())
 }
 
 /// The uint8 images may differ by one level on at most 1% of the elements (truncation).
