@@ -8,9 +8,8 @@ use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guided-diffusion/tests/golden").join(name)
-}
+mod support;
+use support::golden;
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gdiff-guided-{tag}-{}", std::process::id()));

@@ -6,16 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod support;
+use support::golden_arg as golden;
+
 /// Virtual memory cap of every run, KiB (the tiny models need well under 1 GiB).
 const CAP_KB: u64 = 3 << 20;
-
-fn golden(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guided-diffusion/tests/golden")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 const UNET_B: &[&str] = &[
     "--image_size",

@@ -5,19 +5,14 @@
 //! Needs the binary built with the `mpi` feature and OpenMPI's `mpirun` on PATH; CI runs it as
 //! `cargo test --release --features mpi -p gdiff --test mpi_sample`. Built without the feature
 //! (the default `cargo test`), each test prints why and passes without doing anything.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 
-fn golden(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guided-diffusion/tests/golden")
-        .join(name)
-        .display()
-        .to_string()
-}
+mod support;
+use support::golden_arg as golden;
 
 fn skipped(name: &str) -> bool {
     if cfg!(feature = "mpi") {
