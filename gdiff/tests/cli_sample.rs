@@ -102,7 +102,7 @@ fn err_of(args: &[&str]) -> String {
     e
 }
 
-fn unet_a_args<'a>(extra: &[&'a str]) -> Vec<String> {
+fn unet_a_args(extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "sample",
         "--model_path",

@@ -117,7 +117,7 @@ pub fn f64s_to_bytes(v: &[f64]) -> Vec<u8> {
 
 /// Inverse of [`f64s_to_bytes`].
 pub fn bytes_to_f64s(b: &[u8]) -> Result<Vec<f64>> {
-    if b.len() % 8 != 0 {
+    if !b.len().is_multiple_of(8) {
         bail!("a gathered f64 buffer of {} bytes", b.len());
     }
     Ok(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())

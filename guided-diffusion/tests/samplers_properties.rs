@@ -158,7 +158,7 @@ fn adaptive_solver_reports_its_evaluations() {
             .unwrap();
         let nfe = s.nfe();
         assert_eq!(nfe, calls.load(Ordering::Relaxed), "order {order}");
-        assert!(nfe > 0 && nfe % order == 0, "order {order}: NFE {nfe}");
+        assert!(nfe > 0 && nfe.is_multiple_of(order), "order {order}: NFE {nfe}");
         assert!(accepted > 0 && accepted * order <= nfe);
         assert!(max_diff(&x, &x.zeros_like().unwrap()).is_finite());
         println!("adaptive order {order}: NFE {nfe}, {accepted} accepted steps");

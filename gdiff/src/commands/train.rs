@@ -405,7 +405,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
-    if a.small_size == 0 || a.large_size % a.small_size != 0 {
+    if a.small_size == 0 || !a.large_size.is_multiple_of(a.small_size) {
         bail!("--small_size {} must divide --large_size {}", a.small_size, a.large_size);
     }
     train_diffusion(&a.train, Some((a.large_size, a.small_size)))

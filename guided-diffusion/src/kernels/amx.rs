@@ -105,7 +105,6 @@ pub enum Start<'a> {
 /// least `m` values; `dst` must be valid for the writes described and not written by anyone
 /// else meanwhile.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_blocks(
     ib0: usize,
     ib1: usize,
@@ -332,7 +331,6 @@ fn valid_rows(
 /// # Safety
 /// Never safe to call; it panics.
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_blocks(
     _ib0: usize,
     _ib1: usize,

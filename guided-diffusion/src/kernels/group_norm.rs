@@ -17,7 +17,6 @@ type Result<T> = candle_core::Result<T>;
 /// groups, where `scale_shift` is `[N, 2C]` (or `[N, 2C, 1, 1]`, scale first) and `act` is
 /// SiLU when `silu`. Returns `None` where the fast kernels do not apply (off in `policy`, not
 /// f32 on the CPU, channels not divisible by `groups`); the caller then uses candle's ops.
-#[allow(clippy::too_many_arguments)]
 pub fn group_norm(
     policy: &KernelPolicy,
     x: &Tensor,

@@ -100,7 +100,6 @@ vmath::avx2_fn! {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Backward: `dx` (layout of `x`), `dgb` (`[2, c]`: d gamma, d beta) and `dss` (`[n, 2c]`:
 /// d scale, d shift) from the output gradient `dy`.
 pub fn backward(

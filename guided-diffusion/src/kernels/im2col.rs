@@ -28,7 +28,6 @@ impl Geom {
     /// [`k`](Self::k), [`in_len`](Self::in_len), [`out_px`](Self::out_px) would overflow (the
     /// sizes come from files and flags: a wrapped product would under-allocate and then write
     /// out of bounds).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         c: usize,
         h: usize,

@@ -59,7 +59,6 @@ impl MatMut {
 /// # Safety
 /// Every view must address valid memory for its `m x k`, `k x n`, `m x n` extent, and `dst`
 /// must not alias `lhs` or `rhs` nor be written concurrently by someone else.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(
     m: usize,
     n: usize,
@@ -78,7 +77,6 @@ pub unsafe fn sgemm(
 ///
 /// # Safety
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm_scaled(
     m: usize,
     n: usize,

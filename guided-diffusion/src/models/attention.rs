@@ -62,7 +62,7 @@ pub fn qkv_attention(
 /// Number of heads: `channels // num_head_channels` when that is set, else `num_heads`.
 pub fn head_count(channels: usize, num_heads: usize, num_head_channels: i64) -> Result<usize> {
     if num_head_channels == -1 {
-        if num_heads == 0 || channels % num_heads != 0 {
+        if num_heads == 0 || !channels.is_multiple_of(num_heads) {
             bail!(
                 "attention: {channels} channels cannot be split into num_heads={num_heads} heads"
             );
@@ -70,7 +70,7 @@ pub fn head_count(channels: usize, num_heads: usize, num_head_channels: i64) -> 
         Ok(num_heads)
     } else {
         let hc = num_head_channels as usize;
-        if hc == 0 || channels % hc != 0 {
+        if hc == 0 || !channels.is_multiple_of(hc) {
             bail!(
                 "attention: q,k,v channels {channels} are not divisible by \
                  num_head_channels={num_head_channels}"

@@ -430,7 +430,6 @@ impl DpmSolver {
 
     /// `singlestep_dpm_solver_third_update` from `s` to `t` with intermediate points at ratios
     /// `r1`, `r2`; `model_s1` is reused when the caller has it (the adaptive solver).
-    #[allow(clippy::too_many_arguments)]
     fn singlestep_third_update(
         &mut self,
         den: &Denoiser,
@@ -661,7 +660,6 @@ impl DpmSolver {
     }
 
     /// `singlestep_dpm_solver_update`: one step of `order` from `s` to `t`.
-    #[allow(clippy::too_many_arguments)]
     fn singlestep_update(
         &mut self,
         den: &Denoiser,

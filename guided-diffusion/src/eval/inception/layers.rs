@@ -31,7 +31,6 @@ pub struct ConvBn {
 
 impl ConvBn {
     /// Loads `{prefix}.conv.weight` and `{prefix}.bn.{weight,bias,running_mean,running_var}`.
-    #[allow(clippy::too_many_arguments)]
     pub fn load(
         w: &WeightMap,
         prefix: &str,
