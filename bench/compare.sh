@@ -14,8 +14,9 @@
 #   GD_WORKLOADS=unet_fwd_small,train_step_small bench/compare.sh
 #
 # Environment: RAYON_NUM_THREADS (default: the CPU count), GUIDED_DIFFUSION_REF, GD_BENCH_BIG,
-# GD_WORKLOADS, GD_BENCH_REPS, GD_COMPARE_ROUNDS (--rounds); CARGO and PYTHON pick the
-# programs (cargo, python3).
+# GD_WORKLOADS, GD_BENCH_REPS, GD_COMPARE_ROUNDS (--rounds), GD_BENCH_CLOCK=cpu (both sides
+# time in process CPU seconds: on a loaded machine, with --threads 1); CARGO and PYTHON pick
+# the programs (cargo, python3).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,6 +49,7 @@ esac
 
 export RAYON_NUM_THREADS="$threads"
 export GD_BENCH_BIG="${GD_BENCH_BIG:-}" GD_WORKLOADS="${GD_WORKLOADS:-}" GD_BENCH_REPS="${GD_BENCH_REPS:-}"
+export GD_BENCH_CLOCK="${GD_BENCH_CLOCK:-}"
 cargo="${CARGO:-cargo}"
 python="${PYTHON:-python3}"
 
@@ -132,8 +134,35 @@ def round_ratios(w):
             if w in a and w in b and b[w]["seconds"] > 0]
 
 what = "median of the timed calls after one warm-up"
+if os.environ.get("GD_BENCH_CLOCK", "").strip().lower() == "cpu":
+    what += ", in process CPU seconds (GD_BENCH_CLOCK=cpu)"
 if multi:
     what += f"; each side's median over {len(our_rounds)} rounds, run alternately"
+def cpu():
+    """The CPU model and its bf16 / vector class, from /proc/cpuinfo (Linux)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, val = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = val.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(val.split())
+    except OSError:
+        pass
+    if "amx_bf16" in flags:
+        kind = "AMX"
+    elif "avx512_bf16" in flags:
+        kind = "AVX512_BF16, no AMX"
+    elif "avx512f" in flags:
+        kind = "AVX-512, no bf16"
+    elif "avx2" in flags:
+        kind = "AVX2 only"
+    else:
+        kind = "no AVX2"
+    return f"{model} ({kind}; {os.cpu_count()} CPUs)"
+
+print(f"CPU: {cpu()}.")
 print(f"Threads: {threads} (RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch); {what}.")
 print()
 if multi:

@@ -440,13 +440,25 @@ def build(th, name):
 # Measurement
 
 
+def cpu_clock():
+    """GD_BENCH_CLOCK=cpu: time in process CPU seconds (as benches/common::clock)."""
+    return os.environ.get("GD_BENCH_CLOCK", "").strip().lower() == "cpu"
+
+
+def clock():
+    """Wall seconds, or with GD_BENCH_CLOCK=cpu the CPU time of the whole process (all
+    threads). At one thread that is the work done whatever else the machine runs; with more,
+    OpenMP's spin-waiting counts too."""
+    return time.process_time() if cpu_clock() else time.perf_counter()
+
+
 def median_secs(fn, reps):
     fn()  # warm-up
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
