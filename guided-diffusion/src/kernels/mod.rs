@@ -27,7 +27,8 @@
 //! - [`update`]: AdamW, EMA and sums of squares as in-place one-pass updates.
 //! - [`upsample`]: nearest 2x upsampling with a correct (accumulating) backward.
 //! - `winograd`, `winograd_wgrad`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3),
-//!   forward and weight gradient, used by `conv_cpu`.
+//!   forward and weight gradient, used by `conv_cpu`; `winograd_tiles`: their tiles in and out
+//!   of image planes.
 //! - `conv_bf16`: the bf16 convolution forward.
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from; `conv_plan`: a convolution's geometry and
@@ -49,6 +50,7 @@ mod sgemm;
 mod storage;
 mod vmath;
 mod winograd;
+mod winograd_tiles;
 mod winograd_wgrad;
 
 pub mod amx;

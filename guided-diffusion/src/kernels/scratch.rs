@@ -15,33 +15,49 @@ static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 /// A scratch buffer of `len` floats with unspecified contents, returned to the pool on drop.
 pub struct Scratch {
     buf: Vec<f32>,
+    start: usize,
     len: usize,
 }
 
+/// A scratch buffer of `len` floats (see [`Scratch`]).
 pub fn take(len: usize) -> Scratch {
+    take_from(len, 0)
+}
+
+/// [`take`] whose first float is 64-byte aligned (a cache line, an AVX-512 vector), so that
+/// whole-vector accesses at multiples of 16 floats from it never straddle two lines.
+pub fn take_aligned(len: usize) -> Scratch {
+    let mut s = take_from(len, 15);
+    s.start = s.buf.as_ptr().align_offset(64).min(15);
+    s
+}
+
+fn take_from(len: usize, slack: usize) -> Scratch {
+    let len_in = len + slack;
     let mut buf = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest idle buffer that fits, else the largest one (grown below).
-        let fit = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+        let fit =
+            (0..pool.len()).filter(|&i| pool[i].len() >= len_in).min_by_key(|&i| pool[i].len());
         let pick = fit.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()));
         pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
     };
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    if buf.len() < len_in {
+        buf.resize(len_in, 0.0);
     }
-    Scratch { buf, len }
+    Scratch { buf, start: 0, len }
 }
 
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.start + self.len]
     }
 }
 
 impl DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[..self.len]
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

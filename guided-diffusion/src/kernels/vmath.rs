@@ -107,8 +107,78 @@ macro_rules! avx2_fn {
             unsafe { body($($arg),*) }
         }
     };
+    // `avx512: unsafe fn ...`: as above, with AVX-512 (F, BW, VL) tried first, for bodies whose
+    // 16-lane arrays then become single registers. The same operations in the same order, so
+    // the same bits, whichever runs.
+    (avx512: $(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name($($arg: $ty),*) {
+            /// The body.
+            ///
+            /// # Safety
+            /// The contract of the function it is the body of.
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// The body compiled for AVX-512.
+                ///
+                /// # Safety
+                /// The CPU must have AVX-512 F, BW and VL, AVX2 and FMA, and the body's
+                /// contract holds.
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) {
+                    // SAFETY: this function's contract, which is the body's.
+                    unsafe { body($($arg),*) }
+                }
+                /// The body compiled for AVX2 and FMA.
+                ///
+                /// # Safety
+                /// The CPU must have AVX2 and FMA, and the body's contract holds.
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) {
+                    // SAFETY: this function's contract, which is the body's.
+                    unsafe { body($($arg),*) }
+                }
+                if $crate::kernels::vmath::has_avx512() {
+                    // SAFETY: the features were just detected; the rest is this function's
+                    // contract, which is the body's.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected; the rest is this function's
+                    // contract, which is the body's.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            // SAFETY: this function's contract, which is the body's.
+            unsafe { body($($arg),*) }
+        }
+    };
 }
 pub(crate) use avx2_fn;
+
+/// Whether the CPU has AVX-512 F, BW and VL, with AVX2 and FMA (what `avx2_fn!`'s `avx512:`
+/// bodies are compiled for).
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Sum of a slice, accumulated in 16 f32 lanes over blocks of 1024 and across blocks in f64.
 #[inline(always)]

@@ -12,10 +12,12 @@
 //!
 //! That is 36 multiply-adds per 16 outputs and input channel instead of 144. The transforms
 //! are memory-bound passes. The batch goes in blocks of whole images sized so that a block's
-//! `V` and `M` stay near the L2 cache. Blocks, transform planes and the 36 products all run in
+//! `V` and `M` stay near the L2 cache. Blocks, transform tasks and the 36 products all run in
 //! parallel on rayon, with single-threaded gemms and pooled scratch buffers. The transforms
-//! work on 16 tiles at a time (two AVX2 registers per value): the input is first gathered into
-//! the tiles' 6x6 patches, entry by entry, so that every vector load is contiguous.
+//! work on 16 tiles at a time (one AVX-512 register per value, or two AVX2 ones), on runs of
+//! whole images of one channel: the tiles' patches are first gathered entry by entry
+//! (`winograd_tiles`), so that every vector load is contiguous, and small images share the
+//! lanes.
 //!
 //! Rounding differs from the direct sum: `G` holds 1/6 and 1/24, and the transforms add
 //! values of both signs. The result carries an error of up to about 5e-6 of the output's
@@ -32,6 +34,7 @@ use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
+use super::winograd_tiles::{self as tiles, Planes};
 
 /// Tiles (or input channels, in the weight transform) per vector step of the transforms.
 pub(super) const L: usize = 16;
@@ -79,29 +82,38 @@ pub fn forward(cv: &Conv, x: &[f32], u: &[f32], bias: Option<&[f32]>, out: &mut 
         let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
         let tiles = (i1 - i0) * tpi;
         let xb = &x[i0 * g.in_len()..i1 * g.in_len()];
-        let mut v = scratch::take(36 * g.c * tiles);
-        let mut m = scratch::take(36 * cv.co * tiles);
+        let (vp, mp) = (Planes::new(g.c, tiles), Planes::new(cv.co, tiles));
+        let mut v = scratch::take_aligned(vp.len());
+        let mut m = scratch::take_aligned(mp.len());
         let vd = Disjoint::new(&mut v);
-        (0..(i1 - i0) * g.c).into_par_iter().for_each_init(Vec::new, |buf, p| {
-            // SAFETY: plane (img, c) writes only v[.][c][the tiles of img].
-            unsafe { input_transform(xb, &g, th, tw, p / g.c, p % g.c, tiles, vd, buf) };
+        // Tasks of `per` images (a run of small planes fills the lanes) and one channel.
+        let ni = i1 - i0;
+        let per = tiles::planes_per_task(tpi, ni);
+        let runs = ni.div_ceil(per);
+        (0..runs * g.c).into_par_iter().for_each_init(Bufs::default, |buf, p| {
+            let (img0, ci) = ((p / g.c) * per, p % g.c);
+            let imgs = img0..(img0 + per).min(ni);
+            // SAFETY: task (run, ci) writes only v[.][ci][the tiles of its images].
+            unsafe { input_transform(xb, &g, th, tw, imgs, ci, vp, vd, buf) };
         });
         let md = Disjoint::new(&mut m);
         let v = &v[..];
         (0..36).into_par_iter().for_each(|xi| {
             let lhs = MatRef::rows(&u[xi * cv.co * g.c..], g.c);
-            let rhs = MatRef::rows(&v[xi * g.c * tiles..], tiles);
-            let dst = MatMut::rows_in(md, xi * cv.co * tiles, tiles);
+            let rhs = MatRef::rows(&v[vp.at(xi, 0)..], vp.ld);
+            let dst = MatMut::rows_in(md, mp.at(xi, 0), mp.ld);
             // SAFETY: the views lie inside `u`, `v`, `m` (sizes checked above); each `xi`
             // writes its own `m[xi]`.
             unsafe { sgemm(cv.co, tiles, g.c, dst, false, lhs, rhs, 1) };
         });
         let m = &m[..];
         let ob = out.offset(i0 * cv.co * g.out_px());
-        (0..(i1 - i0) * cv.co).into_par_iter().for_each_init(Vec::new, |buf, p| {
-            let (img, o) = (p / cv.co, p % cv.co);
-            // SAFETY: plane (img, o) of this block's output is written by this task alone.
-            unsafe { output_transform(m, &g, cv.co, th, tw, img, o, tiles, bias, ob, buf) };
+        (0..runs * cv.co).into_par_iter().for_each_init(Bufs::default, |buf, p| {
+            let (img0, o) = ((p / cv.co) * per, p % cv.co);
+            let imgs = img0..(img0 + per).min(ni);
+            // SAFETY: the planes (img, o) of this task's images in this block's output are
+            // written by this task alone.
+            unsafe { output_transform(m, &g, cv.co, th, tw, imgs, o, mp, bias, ob, buf) };
         });
     });
 }
@@ -224,88 +236,58 @@ vmath::avx2_fn! {
     }
 }
 
-vmath::avx2_fn! {
-    /// `v[xi][ci][t]` for the tiles `t` of image `img` in input channel `ci` (tiles counted
-    /// over the batch, `tiles` of them, those of one image consecutive).
+/// Scratch of one transform task: the tile-major patches or outputs, and a row.
+#[derive(Default)]
+pub(super) struct Bufs {
+    pub d: Vec<f32>,
+    pub row: Vec<f32>,
+}
+
+vmath::avx2_fn! { avx512:
+    /// `v[xi][ci][t]` for the tiles `t` of the images `imgs` of the block in input channel
+    /// `ci` (tiles counted over the block, `tiles` of them, those of one image consecutive).
     ///
     /// # Safety
-    /// No other task accesses `v[.][ci][the tiles of img]` meanwhile.
+    /// No other task accesses `v[.][ci][the tiles of imgs]` meanwhile.
     pub(super) unsafe fn input_transform(
         x: &[f32],
         g: &Geom,
         th: usize,
         tw: usize,
-        img: usize,
+        imgs: std::ops::Range<usize>,
         ci: usize,
-        tiles: usize,
+        vp: Planes,
         v: Disjoint,
-        d: &mut Vec<f32>,
+        buf: &mut Bufs,
     ) {
         let nt = th * tw;
-        let xc = &x[img * g.in_len() + ci * g.h * g.w..][..g.h * g.w];
-        let ld = gather_patches(xc, (g.h, g.w), (g.ph, g.pw), 6, th, tw, d);
-        let base = img * nt;
-        for t0 in (0..nt).step_by(L) {
-            let nl = L.min(nt - t0);
-            // e[i][k] = sum_r B^T[i][r] d[r][k], column by column.
-            let mut e = [[[0f32; L]; 6]; 6];
+        let hw = g.h * g.w;
+        let plane = |i: usize| &x[(imgs.start + i) * g.in_len() + ci * hw..][..hw];
+        let count = imgs.len();
+        let Bufs { d, row } = buf;
+        let ld =
+            tiles::gather(count, plane, (g.h, g.w), (g.ph, g.pw), 6, (th, tw), L, d, row);
+        let (base, run) = (imgs.start * nt, count * nt);
+        for t0 in (0..run).step_by(L) {
+            let nl = L.min(run - t0);
+            // e[i][k] = sum_r B^T[i][r] d[r][k], column by column, in place of d[i][k] (whole
+            // vectors in and out of memory: the 36 of them do not fit in registers).
             for k in 0..6 {
-                let mut col = [[0f32; L]; 6];
-                for (r, cr) in col.iter_mut().enumerate() {
-                    cr.copy_from_slice(&d[(r * 6 + k) * ld + t0..][..L]);
-                }
-                let t = bt_apply(&col);
-                for i in 0..6 {
-                    e[i][k] = t[i];
+                let col: [Lanes; 6] = gather_lanes(|r| &d[(r * 6 + k) * ld + t0..]);
+                for (i, e) in bt_apply(&col).iter().enumerate() {
+                    put_lanes(&mut d[(i * 6 + k) * ld + t0..], e);
                 }
             }
-            for (i, ei) in e.iter().enumerate() {
-                for (j, vj) in bt_apply(ei).iter().enumerate() {
-                    // SAFETY: v[i * 6 + j][ci][base + t0..][..nl], this plane's (the contract).
-                    let dst = unsafe { v.slice(((i * 6 + j) * g.c + ci) * tiles + base + t0, nl) };
+            for i in 0..6 {
+                let ei: [Lanes; 6] = gather_lanes(|k| &d[(i * 6 + k) * ld + t0..]);
+                for (j, vj) in bt_apply(&ei).iter().enumerate() {
+                    // SAFETY: v[i * 6 + j][ci][base + t0..][..nl], this task's (the contract).
+                    let dst = unsafe { v.slice(vp.at(i * 6 + j, ci) + base + t0, nl) };
                     store_lanes(dst, vj);
                 }
             }
         }
     }
-}
-
-/// Gathers the `p x p` patches under a plane's `th x tw` tiles (tile origins 4 apart), entry
-/// by entry: `d[(r * p + k) * ld + ty * tw + tx] = plane[4 ty + r - pad_y][4 tx + k - pad_x]`,
-/// zero outside the `h x w` plane. Returns `ld`, which has `L` spare columns so that every lane
-/// step of the transforms loads whole vectors. Used for the input patches (6x6, padded) and
-/// the output-gradient tiles of the weight gradient (4x4).
-#[inline(always)]
-pub(super) fn gather_patches(
-    plane: &[f32],
-    (h, w): (usize, usize),
-    (pad_y, pad_x): (usize, usize),
-    p: usize,
-    th: usize,
-    tw: usize,
-    d: &mut Vec<f32>,
-) -> usize {
-    let ld = th * tw + L;
-    d.resize(p * p * ld, 0.0);
-    for r in 0..p {
-        for ty in 0..th {
-            let iy = (4 * ty + r) as isize - pad_y as isize;
-            let src = (iy >= 0 && iy < h as isize).then(|| &plane[iy as usize * w..][..w]);
-            for k in 0..p {
-                let dst = &mut d[(r * p + k) * ld + ty * tw..][..tw];
-                match src {
-                    None => dst.fill(0.0),
-                    Some(src) => {
-                        for (tx, dv) in dst.iter_mut().enumerate() {
-                            let ix = (4 * tx + k) as isize - pad_x as isize;
-                            *dv = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
-                        }
-                    }
-                }
-            }
-        }
-    }
-    ld
 }
 
 /// `dst = src[..dst.len()]`, a whole-vector copy when `dst` holds `L` floats (no memcpy call).
@@ -314,10 +296,33 @@ pub(super) fn store_lanes(dst: &mut [f32], src: &Lanes) {
     if let Ok(d) = <&mut Lanes>::try_from(&mut *dst) {
         *d = *src;
     } else {
-        for (a, b) in dst.iter_mut().zip(src) {
-            *a = *b;
-        }
+        let n = dst.len();
+        tiles::copy_run(dst, &src[..n]);
     }
+}
+
+/// The first `L` floats of `src` as one vector.
+#[inline(always)]
+pub(super) fn lanes(src: &[f32]) -> Lanes {
+    *<&Lanes>::try_from(&src[..L]).unwrap()
+}
+
+/// `N` vectors, vector `i` the first `L` floats of `src(i)` (unrolled: `std::array::from_fn`
+/// is not always inlined, and its result then comes back through memory in narrower pieces
+/// than the vector loads that read it, which stalls them).
+#[inline(always)]
+pub(super) fn gather_lanes<'a, const N: usize>(src: impl Fn(usize) -> &'a [f32]) -> [Lanes; N] {
+    let mut out = [[0f32; L]; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = lanes(src(i));
+    }
+    out
+}
+
+/// `dst[..L] = v`, one vector store.
+#[inline(always)]
+pub(super) fn put_lanes(dst: &mut [f32], v: &Lanes) {
+    *<&mut Lanes>::try_from(&mut dst[..L]).unwrap() = *v;
 }
 
 /// `dst[..src.len()] = src`, zeros after; a whole-vector copy when `src` holds `L` floats.
@@ -327,52 +332,53 @@ pub(super) fn load_lanes(dst: &mut Lanes, src: &[f32]) {
         *dst = *s;
     } else {
         *dst = [0.0; L];
-        for (a, b) in dst.iter_mut().zip(src) {
-            *a = *b;
-        }
+        tiles::copy_run(&mut dst[..src.len()], src);
     }
 }
 
-vmath::avx2_fn! {
-    /// Output plane `(img, o)` (+ its bias) from the products `m[xi][o][t]`.
+vmath::avx2_fn! { avx512:
+    /// Output planes `(img, o)` (+ their bias) of the images `imgs` of the block from the
+    /// products `m[xi][o][t]`.
     ///
     /// # Safety
-    /// No other task accesses output plane `(img, o)` of `out` meanwhile.
+    /// No other task accesses the output planes `(img, o)`, `img` in `imgs`, meanwhile.
     unsafe fn output_transform(
         m: &[f32],
         g: &Geom,
         co: usize,
         th: usize,
         tw: usize,
-        img: usize,
+        imgs: std::ops::Range<usize>,
         o: usize,
-        tiles: usize,
+        mp: Planes,
         bias: Option<&[f32]>,
         out: Disjoint,
-        y: &mut Vec<f32>,
+        buf: &mut Bufs,
     ) {
         let nt = th * tw;
-        let base = img * nt;
+        let (base, run) = (imgs.start * nt, imgs.len() * nt);
         let b = bias.map_or(0.0, |b| b[o]);
-        // y[(a * 4 + bq) * ld + t]: output (a, bq) of tile t, then scattered into the plane.
-        let ld = nt + L;
-        y.resize(16 * ld, 0.0);
-        for t0 in (0..nt).step_by(L) {
-            let nl = L.min(nt - t0);
+        // y[(a * 4 + bq) * ld + t]: output (a, bq) of tile t, then scattered into the planes.
+        let ld = run + L;
+        let Bufs { d: y, row } = buf;
+        // The first pass's 24 vectors, through memory (they do not fit in registers).
+        y.resize(16 * ld + 24 * L, 0.0);
+        let (y, s) = y.split_at_mut(16 * ld);
+        for t0 in (0..run).step_by(L) {
+            let nl = L.min(run - t0);
             // s[a][j] = sum_i A^T[a][i] m[i][j], column by column.
-            let mut s = [[[0f32; L]; 6]; 4];
             for j in 0..6 {
                 let mut col = [[0f32; L]; 6];
                 for (i, ci) in col.iter_mut().enumerate() {
-                    load_lanes(ci, &m[((i * 6 + j) * co + o) * tiles + base + t0..][..nl]);
+                    load_lanes(ci, &m[mp.at(i * 6 + j, o) + base + t0..][..nl]);
                 }
-                let t = at_apply(&col);
-                for a in 0..4 {
-                    s[a][j] = t[a];
+                for (a, sa) in at_apply(&col).iter().enumerate() {
+                    put_lanes(&mut s[(a * 6 + j) * L..], sa);
                 }
             }
-            for (a, sa) in s.iter().enumerate() {
-                for (bq, yb) in at_apply(sa).iter().enumerate() {
+            for a in 0..4 {
+                let sa: [Lanes; 6] = gather_lanes(|j| &s[(a * 6 + j) * L..]);
+                for (bq, yb) in at_apply(&sa).iter().enumerate() {
                     let mut v = *yb;
                     for x in v.iter_mut() {
                         *x += b;
@@ -382,14 +388,10 @@ vmath::avx2_fn! {
             }
         }
         let px = g.ho * g.wo;
-        // SAFETY: plane (img, o) of the output, this task's (the contract).
-        let plane = unsafe { out.slice((img * co + o) * px, px) };
-        for oy in 0..g.ho {
-            let (ty, a) = (oy / 4, oy % 4);
-            let row = &mut plane[oy * g.wo..][..g.wo];
-            for (ox, dst) in row.iter_mut().enumerate() {
-                *dst = y[(a * 4 + ox % 4) * ld + ty * tw + ox / 4];
-            }
+        for (i, img) in imgs.enumerate() {
+            // SAFETY: plane (img, o) of the output, this task's (the contract).
+            let plane = unsafe { out.slice((img * co + o) * px, px) };
+            tiles::scatter(plane, i, (g.ho, g.wo), (th, tw), y, ld, row);
         }
     }
 }

@@ -33,7 +33,10 @@ use super::im2col::Geom;
 use super::scratch;
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::vmath;
-use super::winograd::{gather_patches, input_transform, load_lanes, store_lanes, Lanes, L};
+use super::winograd::{
+    gather_lanes, input_transform, load_lanes, put_lanes, store_lanes, Bufs, Lanes, L,
+};
+use super::winograd_tiles::{self as tiles, Planes};
 
 /// Blocks for a large `P` (wide layers): at most this many floats of `V` and `Q` (64 MiB),
 /// so that the products sum over as many tiles as possible per pass over `P`.
@@ -86,37 +89,43 @@ fn weight_grad_in_blocks(
             return;
         }
         let pd = Disjoint::new(part);
-        let mut buf = Vec::new();
+        let mut buf = Bufs::default();
         for blk in b0..b1 {
             let (i0, i1) = (blk * imgs, ((blk + 1) * imgs).min(cv.n));
             let (ni, tiles) = (i1 - i0, (i1 - i0) * tpi);
             let xb = &x[i0 * g.in_len()..i1 * g.in_len()];
             let gb = &gy[i0 * co * g.out_px()..i1 * co * g.out_px()];
-            let mut v = scratch::take(36 * c * tiles);
-            let mut q = scratch::take(36 * co * tiles);
+            let (vp, qp) = (Planes::new(c, tiles), Planes::new(co, tiles));
+            let mut v = scratch::take_aligned(vp.len());
+            let mut q = scratch::take_aligned(qp.len());
             {
                 let (vd, qd) = (Disjoint::new(&mut v), Disjoint::new(&mut q));
-                // Input planes (img, ci) first, then output-gradient planes (img, o).
-                let plane = |buf: &mut Vec<f32>, t: usize| {
-                    if t < ni * c {
-                        // SAFETY: plane (img, ci) writes only v[.][ci][the tiles of img].
-                        unsafe { input_transform(xb, &g, th, tw, t / c, t % c, tiles, vd, buf) }
+                // Input channels first, then output-gradient channels, each for runs of `per`
+                // images (a run of small planes fills the lanes).
+                let per = tiles::planes_per_task(tpi, ni);
+                let runs = ni.div_ceil(per);
+                let plane = |buf: &mut Bufs, t: usize| {
+                    let (run, ch) = (t / (c + co), t % (c + co));
+                    let imgs = run * per..((run + 1) * per).min(ni);
+                    if ch < c {
+                        // SAFETY: task (run, ch) writes only v[.][ch][the tiles of its images].
+                        unsafe { input_transform(xb, &g, th, tw, imgs, ch, vp, vd, buf) }
                     } else {
-                        let (img, o) = ((t - ni * c) / co, (t - ni * c) % co);
-                        // SAFETY: plane (img, o) writes only q[.][o][the tiles of img].
-                        unsafe { grad_transform(gb, &g, co, th, tw, img, o, tiles, qd, buf) }
+                        // SAFETY: task (run, ch) writes only q[.][ch - c][the tiles of its
+                        // images].
+                        unsafe { grad_transform(gb, &g, co, th, tw, imgs, ch - c, qp, qd, buf) }
                     }
                 };
                 if inner_par {
-                    (0..ni * (c + co)).into_par_iter().for_each_init(Vec::new, plane);
+                    (0..runs * (c + co)).into_par_iter().for_each_init(Bufs::default, plane);
                 } else {
-                    (0..ni * (c + co)).for_each(|t| plane(&mut buf, t));
+                    (0..runs * (c + co)).for_each(|t| plane(&mut buf, t));
                 }
             }
             let (v, q) = (&v[..], &q[..]);
             let product = |xi: usize| {
-                let lhs = MatRef::rows(&q[xi * co * tiles..], tiles);
-                let rhs = MatRef::rows_t(&v[xi * c * tiles..], tiles);
+                let lhs = MatRef::rows(&q[qp.at(xi, 0)..], qp.ld);
+                let rhs = MatRef::rows_t(&v[vp.at(xi, 0)..], vp.ld);
                 let dst = MatMut::rows_in(pd, xi * co * c, c);
                 // SAFETY: the views lie inside `q`, `v` and this group's `P` (sizes checked
                 // above); each `xi` writes its own `P[xi]`.
@@ -178,48 +187,48 @@ fn gt_apply(p: &[Lanes; 6]) -> [Lanes; 3] {
     o
 }
 
-vmath::avx2_fn! {
-    /// `q[xi][o][t] = (A dy A^T)[xi]` for the tiles `t` of image `img` in output channel `o`
-    /// (outputs past the edge count as zero).
+vmath::avx2_fn! { avx512:
+    /// `q[xi][o][t] = (A dy A^T)[xi]` for the tiles `t` of the images `imgs` of the block in
+    /// output channel `o` (outputs past the edge count as zero).
     ///
     /// # Safety
-    /// No other task accesses `q[.][o][the tiles of img]` meanwhile.
+    /// No other task accesses `q[.][o][the tiles of imgs]` meanwhile.
     unsafe fn grad_transform(
         gy: &[f32],
         g: &Geom,
         co: usize,
         th: usize,
         tw: usize,
-        img: usize,
+        imgs: std::ops::Range<usize>,
         o: usize,
-        tiles: usize,
+        qp: Planes,
         q: Disjoint,
-        d: &mut Vec<f32>,
+        buf: &mut Bufs,
     ) {
         let nt = th * tw;
         // The 4x4 gradient tiles, entry by entry: d[(a * 4 + b) * ld + t] = gy[4 ty + a][4 tx + b].
         let px = g.ho * g.wo;
-        let plane = &gy[(img * co + o) * px..][..px];
-        let ld = gather_patches(plane, (g.ho, g.wo), (0, 0), 4, th, tw, d);
-        let base = img * nt;
-        for t0 in (0..nt).step_by(L) {
-            let nl = L.min(nt - t0);
+        let plane = |i: usize| &gy[((imgs.start + i) * co + o) * px..][..px];
+        let Bufs { d, row } = buf;
+        let ld = tiles::gather(imgs.len(), plane, (g.ho, g.wo), (0, 0), 4, (th, tw), L, d, row);
+        let (base, run) = (imgs.start * nt, imgs.len() * nt);
+        // The first pass's 24 vectors, through memory (they do not fit in registers).
+        row.resize(24 * L, 0.0);
+        let e = &mut row[..24 * L];
+        for t0 in (0..run).step_by(L) {
+            let nl = L.min(run - t0);
             // e[i][b] = sum_a A[i][a] dy[a][b], column by column; then the rows.
-            let mut e = [[[0f32; L]; 4]; 6];
             for b in 0..4 {
-                let mut col = [[0f32; L]; 4];
-                for (a, ca) in col.iter_mut().enumerate() {
-                    ca.copy_from_slice(&d[(a * 4 + b) * ld + t0..][..L]);
-                }
-                let t = a_apply(&col);
-                for i in 0..6 {
-                    e[i][b] = t[i];
+                let col: [Lanes; 4] = gather_lanes(|a| &d[(a * 4 + b) * ld + t0..]);
+                for (i, ei) in a_apply(&col).iter().enumerate() {
+                    put_lanes(&mut e[(i * 4 + b) * L..], ei);
                 }
             }
-            for (i, ei) in e.iter().enumerate() {
-                for (j, qj) in a_apply(ei).iter().enumerate() {
+            for i in 0..6 {
+                let ei: [Lanes; 4] = gather_lanes(|b| &e[(i * 4 + b) * L..]);
+                for (j, qj) in a_apply(&ei).iter().enumerate() {
                     // SAFETY: q[i * 6 + j][o][base + t0..][..nl], this plane's (the contract).
-                    store_lanes(unsafe { q.slice(((i * 6 + j) * co + o) * tiles + base + t0, nl) }, qj);
+                    store_lanes(unsafe { q.slice(qp.at(i * 6 + j, o) + base + t0, nl) }, qj);
                 }
             }
         }
