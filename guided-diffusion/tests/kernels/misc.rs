@@ -1,6 +1,6 @@
 //! Parity of the smaller kernels with candle: per-channel sums (bias gradients), nearest 2x
 //! upsampling and its adjoint, softmax, QKV attention; plus the candle upsampling backward
-//! bug the fast op avoids.
+//! bug the fast op avoids; and the patched autograd's sums of gradients (vendor/candle-core).
 //! (`Conv1x1` on and off the fast path: see `policy`.)
 use candle_core::{DType, Device, Tensor, Var};
 use guided_diffusion::kernels::{self, KernelPolicy};
@@ -155,4 +155,29 @@ fn kernels_empty_inputs() {
             .dims(),
         [3, 0]
     );
+}
+
+/// The patched candle autograd (vendor/candle-core/PATCHED.md) stores a node's first gradient
+/// and adds the later ones: fan-in through add, sub (negated first term), mul and a broadcast
+/// gives the exact sums.
+#[test]
+fn autograd_fan_in_sums_gradients() {
+    let dev = Device::Cpu;
+    let x = Var::new(&[1.5f32, -2.0, 0.25], &dev).unwrap();
+    let b = Var::new(&[3.0f32], &dev).unwrap();
+    let xt = x.as_tensor();
+    // y = sum(x * x - x + 2 x - (b broadcast)), dy/dx = 2x + 1, dy/db = -3.
+    let y = ((xt * xt).unwrap() - xt).unwrap();
+    let y = (y + (xt * 2.0).unwrap()).unwrap();
+    let y = y.broadcast_sub(b.as_tensor()).unwrap().sum_all().unwrap();
+    let g = y.backward().unwrap();
+    let gx = g.get(xt).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(gx, vec![4.0, -3.0, 1.5]);
+    let gb = g.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(gb, vec![-3.0]);
+    // Only a subtraction reaches `b`: its gradient is the negated first term.
+    let z = (xt.sum_all().unwrap() - b.as_tensor().sum_all().unwrap()).unwrap();
+    let g = z.backward().unwrap();
+    assert_eq!(g.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![-1.0]);
+    assert_eq!(g.get(xt).unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 3]);
 }
