@@ -4,7 +4,7 @@
 //! Run with `cargo bench -p guided-diffusion --bench train`; `GD_TRAIN_BENCH=small,shipped,mid`
 //! picks the configurations (the shipped one is the small model with 2 residual blocks per
 //! level, as the project trains it), `GD_BENCH_CLOCK=cpu` times in CPU seconds (a loaded
-//! machine: run with `RAYON_NUM_THREADS=1`).
+//! machine: run with `RAYON_NUM_THREADS=1`), `GD_PRECISION=bf16` trains with a bf16 policy.
 mod common;
 
 use candle_core::{Device, Tensor};
@@ -18,7 +18,8 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     let dev = Device::Cpu;
     let cfg = NetConfig::UNet(flags.to_config().unwrap());
     let vm = VarMap::new();
-    let net = Net::new(&cfg, seeded_var_builder(&vm, 0, &dev)).unwrap();
+    let policy = common::policy();
+    let net = Net::new(&cfg, seeded_var_builder(&vm, 0, &dev)).unwrap().with_policy(policy);
     let diffusion = DiffusionConfig {
         learn_sigma: flags.to_config().unwrap().learns_sigma(),
         noise_schedule: NoiseSchedule::Cosine,
@@ -32,6 +33,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
     let mut tc = TrainConfig::new(batch, 1e-4, &dir);
     tc.save_interval = u64::MAX;
     tc.log_interval = u64::MAX;
+    tc.policy = policy;
     let mut lp = TrainLoop::new(tc, ParamSet::from_varmap(&vm), obj, Logger::null()).unwrap();
     let u = flags.to_config().unwrap();
     let (c, s) = (u.trunk.in_channels, u.trunk.image_size);

@@ -605,7 +605,15 @@ fn main() {
     println!(
         "# ours (guided-diffusion, candle), {threads} threads, fast kernels {}, inference in {}, median of {} after 1 warm-up",
         if kernels_on { "on" } else { "off" },
-        if policy.bf16() { if policy.uses_amx() { "bf16 (AMX)" } else { "bf16 (no AMX: rounded f32)" } } else { "f32" },
+        if policy.bf16() {
+            match policy.bf16_unit() {
+                guided_diffusion::kernels::Bf16Unit::Amx => "bf16 (AMX)",
+                guided_diffusion::kernels::Bf16Unit::Avx512Bf16 => "bf16 (AVX512_BF16)",
+                guided_diffusion::kernels::Bf16Unit::Rounding => "bf16 (no bf16 unit: rounded f32)",
+            }
+        } else {
+            "f32"
+        },
         reps()
     );
     let mut failed = false;

@@ -10,6 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::bf16::Unit;
 use super::disjoint::Disjoint;
 use super::policy::KernelPolicy;
 use super::scratch;
@@ -36,7 +37,7 @@ pub fn qkv_attention(
     if !policy.applies_to(&[qkv]) || heads == 0 || width % (3 * heads) != 0 {
         return Ok(None);
     }
-    let bf16 = policy.bf16().then(|| policy.uses_amx());
+    let bf16 = policy.bf16().then(|| policy.bf16_unit());
     Ok(Some(qkv.contiguous()?.apply_op1(Attn { heads, new_order, bf16 })?))
 }
 
@@ -104,12 +105,12 @@ impl Heads {
     }
 }
 
-/// `bf16`: made in a bf16 policy, `Some(amx)` (the forward's two products in bf16, on AMX
-/// with `amx`; the backward f32).
+/// `bf16`: made in a bf16 policy, `Some(unit)` (the forward's two products in bf16, on the
+/// policy's unit; the backward f32).
 struct Attn {
     heads: usize,
     new_order: bool,
-    bf16: Option<bool>,
+    bf16: Option<Unit>,
 }
 
 impl CustomOp1 for Attn {
@@ -122,8 +123,8 @@ impl CustomOp1 for Attn {
         let x = f32_values(s, l, self.name())?;
         let (t, ch) = (hd.t, hd.ch);
         let mut out = vec![0f32; hd.b * hd.heads * ch * t];
-        if let (Some(amx), true) = (self.bf16, t > 0 && ch > 0) {
-            forward_bf16(&hd, x, &mut out, amx);
+        if let (Some(unit), true) = (self.bf16, t > 0 && ch > 0) {
+            forward_bf16(&hd, x, &mut out, unit);
         } else if t > 0 && ch > 0 {
             // Tasks are (image, head, block of query rows): a block's scores stay in cache
             // between the three passes over them (scores, softmax, product with v).
@@ -277,9 +278,9 @@ impl CustomOp2 for AttnBwd {
 /// The forward pass in bf16 ([`super::bf16`]): the scores are the f32 sums of products of
 /// bf16-rounded q and k, scaled and softmaxed in f32; the output is the f32 sum of products of
 /// bf16-rounded v and softmax weights. On AMX, k and v are packed once per head and the query
-/// rows go in blocks; without it (`amx` false), the same rounding goes through the f32
-/// products.
-fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], amx: bool) {
+/// rows go in blocks; without a bf16 unit ([`Unit::Rounding`]), the same rounding goes
+/// through the f32 products.
+fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], unit: Unit) {
     use super::bf16::{self, PackedB, PackedWeight, Rhs};
     let (t, ch) = (hd.t, hd.ch);
     let rows = ROW_BLOCK.min(t);
@@ -288,21 +289,22 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], amx: bool) {
         // Head `i`'s `[ch, T]` blocks (inside `x`: `Heads::new` checked) and output.
         let [q, k, v] = hd.qkv(i).map(|o| &x[o..o + ch * t]);
         let mut w = scratch::take(rows * t);
-        if amx {
+        if unit.packs() {
             let pk = PackedB::new(&Rhs::Rows { b: k, ld: t }, ch, t);
-            let pv = PackedWeight::new(v, ch, t, true);
+            let pv = PackedWeight::new(v, ch, t, unit);
             let (zr, zc) = (vec![0f32; rows], vec![0f32; ch]);
             for r0 in (0..t).step_by(rows) {
                 let nr = rows.min(t - r0);
-                let pq = PackedWeight::from_rows(nr, ch, true, |r, row| {
+                let pq = PackedWeight::from_rows(nr, ch, unit, |r, row| {
                     for (c, d) in row.iter_mut().enumerate() {
                         *d = q[c * t + r0 + r];
                     }
                 });
-                // SAFETY: `pq` is packed for AMX (the caller asked for it on a CPU that has
-                // it) with `ch` depth, as `pk`; `w` holds the `nr x T` scores, ours alone.
+                // SAFETY: `pq` is packed for `unit` (the policy's, which the CPU has) with `ch`
+                // depth, as `pk`; `w` holds the `nr x T` scores, ours alone.
                 unsafe {
                     bf16::gemm_packed(
+                        unit,
                         &pq,
                         &pk,
                         super::amx::Start::Bias(&zr[..nr]),
@@ -316,8 +318,9 @@ fn forward_bf16(hd: &Heads, x: &[f32], out: &mut [f32], amx: bool) {
                 }
                 let rhs = Rhs::Cols { b: &w[..nr * t], ld: t };
                 // SAFETY: columns r0..r0 + nr of this task's head output (`ch` rows `T`
-                // apart); `rhs` has `T` rows of `nr` values; one (zero) bias per row of `pv`.
-                unsafe { bf16::gemm(&pv, &rhs, nr, &zc, head[r0..].as_mut_ptr(), t, 1) };
+                // apart); `rhs` has `T` rows of `nr` values; one (zero) bias per row of `pv`;
+                // `pv` is packed for `unit`, which the CPU has.
+                unsafe { bf16::gemm(unit, &pv, &rhs, nr, &zc, head[r0..].as_mut_ptr(), t, 1) };
             }
         } else {
             let mut qkv = scratch::take(3 * ch * t);

@@ -3,26 +3,32 @@
 //!
 //! The reference samples its released models in float16 (`--use_fp16 True`): it casts the
 //! convolutions' weights and activations to half precision and keeps GroupNorm in f32. Here
-//! the same idea serves speed on CPUs with Intel AMX ([`super::amx`]): a bf16 matrix product
-//! there is several times faster than f32, and a bf16 weight is half the bytes, which is what
-//! the small 16x16 and 8x8 layers at batch 1 wait for. With a bf16 policy:
+//! the same idea serves speed on CPUs with bf16 hardware, chosen at run time ([`Unit`]):
+//! Intel AMX ([`super::amx`]), where a bf16 matrix product is several times faster than f32,
+//! or AVX512_BF16 ([`super::dpbf16`], AMD Zen 4/5, Intel Cooper Lake), twice an f32 FMA's
+//! work per instruction; and a bf16 weight is half the bytes, which is what the small 16x16
+//! and 8x8 layers at batch 1 wait for. Both read the same packed operands. With a bf16 policy:
 //! - convolution forwards and the input gradients of stride-1 convolutions (classifier
 //!   guidance, training) are bf16 products;
-//! - so are the weight gradients of convolutions with >= 128 output channels (training);
+//! - so are the weight gradients of convolutions with >= 128 output channels (training, on
+//!   AMX);
 //! - so are attention's `q^T k` and `v w^T` in the forward pass;
 //! - everything else stays f32: GroupNorm, softmax, the linear layers, the diffusion
 //!   arithmetic, thinner layers' weight gradients, the attention backward, the optimizer.
 //!
-//! The numerics are defined without AMX: round every input and weight to the nearest bf16
-//! (ties to even, NaN kept), multiply exactly and sum in f32. Without AMX the same rounding
-//! goes through the f32 matrix product, so results agree with the AMX path up to the order of
-//! the f32 sums (and AMX treating bf16 denormals as zero); that is what the tests check.
+//! The numerics are defined without bf16 hardware: round every input and weight to the
+//! nearest bf16 (ties to even, NaN kept), multiply exactly and sum in f32. Without it
+//! ([`Unit::Rounding`]) the same rounding goes through the f32 matrix product, so results
+//! agree with AMX and AVX512_BF16 up to the order of the f32 sums (and both treating bf16
+//! denormals as zero); that is what the tests check. The rounding path is slower than f32,
+//! which is why programs run f32 instead where the CPU has neither unit (`gdiff` says so).
 //!
 //! It is opt-in, per network or call: a [`KernelPolicy`](super::KernelPolicy) with
 //! [`Precision::Bf16`](super::Precision). `gdiff sample --precision bf16` and `gdiff train
 //! --precision bf16` give their networks one.
 use super::amx;
 use super::disjoint::Disjoint;
+use super::dpbf16;
 use super::im2col::{im2col_row, Geom};
 
 /// The f32 bit pattern of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN,
@@ -57,31 +63,93 @@ pub fn round_slice(xs: &mut [f32]) {
     }
 }
 
+/// What multiplies the bf16 products: the policy's choice among what the CPU has
+/// ([`KernelPolicy::bf16_unit`](super::KernelPolicy::bf16_unit)), passed to every product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Intel AMX tiles (`tdpbf16ps`, [`super::amx`]).
+    Amx,
+    /// AVX512_BF16 (`vdpbf16ps`, [`super::dpbf16`]), on the operands packed as for AMX.
+    Avx512Bf16,
+    /// No bf16 hardware: values rounded to bf16, multiplied by the f32 product (slower than
+    /// f32; the definition of the numerics).
+    Rounding,
+}
+
+impl Unit {
+    /// The fastest unit this CPU has, AMX first (AMX if `amx` allows it, AVX512_BF16 if
+    /// `avx512_bf16` does, else rounding).
+    pub fn best(amx: bool, avx512_bf16: bool) -> Unit {
+        if amx && amx::hardware() {
+            Unit::Amx
+        } else if avx512_bf16 && dpbf16::hardware() {
+            Unit::Avx512Bf16
+        } else {
+            Unit::Rounding
+        }
+    }
+
+    /// Whether the unit is hardware (AMX or AVX512_BF16), reading packed operands.
+    pub fn packs(self) -> bool {
+        self != Unit::Rounding
+    }
+
+    /// The unit's [`amx::gemm_blocks`] (`dpbf16::gemm_blocks` has the same contract).
+    ///
+    /// # Safety
+    /// `self` is [`Unit::Amx`] or [`Unit::Avx512Bf16`], which the CPU has; the rest is the
+    /// contract of `amx::gemm_blocks`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_blocks(
+        self,
+        ib0: usize,
+        ib1: usize,
+        a: *const u16,
+        m: usize,
+        start: amx::Start,
+        blocks: &[amx::Block],
+        b: &amx::BLayout,
+        dst: *mut f32,
+        ldc: usize,
+    ) {
+        match self {
+            // SAFETY: the CPU has AMX (the contract); the rest is the contract.
+            Unit::Amx => unsafe { amx::gemm_blocks(ib0, ib1, a, m, start, blocks, b, dst, ldc) },
+            // SAFETY: the CPU has AVX512_BF16 (the contract); the rest is the contract.
+            Unit::Avx512Bf16 => unsafe {
+                dpbf16::gemm_blocks(ib0, ib1, a, m, start, blocks, b, dst, ldc)
+            },
+            Unit::Rounding => {
+                panic!("bf16::Unit::gemm_blocks: the rounding path has no packed products")
+            }
+        }
+    }
+}
+
 /// A convolution weight `[co, K]` ready for the bf16 product.
 pub enum PackedWeight {
-    /// Packed AMX A operand (`[m/16][k/32][16][32]` bf16).
-    Amx { m: usize, k: usize, data: Vec<u16> },
-    /// The weight rounded to bf16 values, kept as f32 (no AMX).
+    /// Packed A operand of AMX and AVX512_BF16 (`[m/16][k/32][16][32]` bf16).
+    Tiles { m: usize, k: usize, data: Vec<u16> },
+    /// The weight rounded to bf16 values, kept as f32 (the rounding path).
     Rounded(Vec<f32>),
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[m, k]` row-major): for AMX with `amx` (the CPU must have it), else rounded.
-    pub fn new(w: &[f32], m: usize, k: usize, amx: bool) -> PackedWeight {
+    /// Packs `w` (`[m, k]` row-major) for `unit`.
+    pub fn new(w: &[f32], m: usize, k: usize, unit: Unit) -> PackedWeight {
         assert!(w.len() >= m * k);
-        Self::from_rows(m, k, amx, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
+        Self::from_rows(m, k, unit, |r, row| row.copy_from_slice(&w[r * k..(r + 1) * k]))
     }
 
-    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel: for AMX with
-    /// `amx` (the CPU must have it), else rounded.
+    /// Packs the `[m, k]` matrix whose row `r` `fill(r, row)` writes, in parallel, for `unit`.
     pub fn from_rows(
         m: usize,
         k: usize,
-        amx: bool,
+        unit: Unit,
         fill: impl Fn(usize, &mut [f32]) + Sync,
     ) -> PackedWeight {
         use rayon::prelude::*;
-        if !amx || !amx::hardware() {
+        if !unit.packs() {
             let mut r = vec![0f32; m * k];
             r.par_chunks_mut(k.max(1)).enumerate().for_each(|(row, dst)| {
                 fill(row, dst);
@@ -104,7 +172,7 @@ impl PackedWeight {
                 }
             }
         });
-        PackedWeight::Amx { m, k, data }
+        PackedWeight::Tiles { m, k, data }
     }
 }
 
@@ -260,15 +328,16 @@ fn pack_pair(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [
     }
 }
 
-/// `dst[r, c] = bias[r] + sum_k W[r, k] B[k, c]` in bf16 (`W` packed, `B` the `[k, n]`
-/// right-hand side `rhs`), `dst` with row stride `ldc`, on `threads` threads.
+/// `dst[r, c] = bias[r] + sum_k W[r, k] B[k, c]` in bf16 (`W` packed for `unit`, `B` the
+/// `[k, n]` right-hand side `rhs`), `dst` with row stride `ldc`, on `threads` threads.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `m` rows of `n` floats at row stride `ldc` and not
 /// written by anyone else meanwhile; `rhs` must have the weight's `k` rows of `n` values;
-/// `bias` has one value per row of `W`.
+/// `bias` has one value per row of `W`; `unit` is one the CPU has.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
+    unit: Unit,
     w: &PackedWeight,
     rhs: &Rhs,
     n: usize,
@@ -308,10 +377,11 @@ pub unsafe fn gemm(
                 )
             };
         }
-        PackedWeight::Amx { k, .. } => {
+        PackedWeight::Tiles { k, .. } => {
             let b = PackedB::new(rhs, *k, n);
-            // SAFETY: `w` is packed for AMX with `b`'s depth; the rest is the contract.
-            unsafe { gemm_packed(w, &b, amx::Start::Bias(bias), dst, ldc, threads) }
+            // SAFETY: `w` is packed with `b`'s depth, for a unit the CPU has (it was packed for
+            // one: `unit` packs); the rest is the contract.
+            unsafe { gemm_packed(unit, w, &b, amx::Start::Bias(bias), dst, ldc, threads) }
         }
     }
 }
@@ -336,11 +406,13 @@ impl PackedB {
 }
 
 /// [`gemm`] with a packed right-hand side, starting from a bias or from `dst` itself
-/// (accumulation); `w` must be packed for AMX, with `b.k` deep.
+/// (accumulation); `w` must be packed (tiles), with `b.k` deep.
 ///
 /// # Safety
-/// As [`gemm`]; with [`amx::Start::Dst`], `dst` must also be readable.
+/// As [`gemm`], with `unit` AMX or AVX512_BF16; with [`amx::Start::Dst`], `dst` must also be
+/// readable.
 pub unsafe fn gemm_packed(
+    unit: Unit,
     w: &PackedWeight,
     b: &PackedB,
     start: amx::Start,
@@ -348,9 +420,10 @@ pub unsafe fn gemm_packed(
     ldc: usize,
     threads: usize,
 ) {
-    let PackedWeight::Amx { m, k, data } = w else {
-        panic!("gemm_packed: the weight is not packed for AMX")
+    let PackedWeight::Tiles { m, k, data } = w else {
+        panic!("gemm_packed: the weight is not packed")
     };
+    assert!(unit.packs(), "gemm_packed: the rounding path has no packed products");
     let (m, k, n) = (*m, *k, b.n);
     assert!(b.k == k);
     if let amx::Start::Bias(bias) = start {
@@ -373,12 +446,12 @@ pub unsafe fn gemm_packed(
     // contract): that extent, which the bands below split between threads.
     let d = unsafe { Disjoint::from_raw(dst, if m * n == 0 { 0 } else { (m - 1) * ldc + n }) };
     let run = |ib0: usize, ib1: usize| {
-        // SAFETY: the CPU has AMX (a weight is packed for it only there); `data` holds `mb`
-        // row blocks of `kb` tiles; every block's tiles lie inside `b`'s packed buffer; `dst`
-        // is valid for the writes (and, with `Start::Dst`, reads) and this call's rows
-        // `ib0 * 16..ib1 * 16` are written by no other call (the contract and the bands below).
+        // SAFETY: the CPU has `unit` (the contract); `data` holds `mb` row blocks of `kb`
+        // tiles; every block's tiles lie inside `b`'s packed buffer; `dst` is valid for the
+        // writes (and, with `Start::Dst`, reads) and this call's rows `ib0 * 16..ib1 * 16` are
+        // written by no other call (the contract and the bands below).
         unsafe {
-            amx::gemm_blocks(ib0, ib1, data.as_ptr(), m, start, &blocks, &layout, d.ptr(0), ldc)
+            unit.gemm_blocks(ib0, ib1, data.as_ptr(), m, start, &blocks, &layout, d.ptr(0), ldc)
         }
     };
     // Threads take disjoint bands of 32 output rows.

@@ -157,8 +157,8 @@ fn lens(cv: &Conv, op: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Forward: `(x, w, bias) -> y` as `policy` says (in bf16, the forward value in bf16 and the
-/// gradients as the policy says for them); `forms` keeps derived forms of a frozen weight.
+/// Forward: `(x, w, bias) -> y` as `policy` says (in bf16 where it pays, `conv_bf16::pays`;
+/// the gradients as the policy says for them); `forms` keeps derived forms of a frozen weight.
 struct ConvFwd {
     p: ConvParams,
     policy: KernelPolicy,
@@ -192,7 +192,8 @@ impl CustomOp3 for ConvFwd {
         let cv = Conv { n, co, g };
         let (_, _, out_len) = lens(&cv, op)?;
         let mut y = vec![0f32; out_len];
-        if self.policy.bf16() {
+        let unit = self.policy.bf16_unit();
+        if self.policy.bf16() && super::conv_bf16::pays(&cv, unit, self.policy.winograd) {
             super::conv_bf16::forward(
                 &cv,
                 x,
@@ -200,7 +201,7 @@ impl CustomOp3 for ConvFwd {
                 false,
                 b,
                 &mut y,
-                self.policy.uses_amx(),
+                unit,
                 self.forms.as_ref().map(|d| &d.bf16),
             );
         } else {
@@ -328,9 +329,9 @@ impl CustomOp2 for ConvWeightGrad {
         let cv = Conv { n, co, g };
         let (_, w_len, _) = lens(&cv, op)?;
         let mut dw = vec![0f32; w_len];
-        if self.policy.bf16() && super::conv_bf16::weight_grad_applies(&cv, self.policy.uses_amx())
-        {
-            super::conv_bf16::weight_grad(&cv, x, gy, &mut dw);
+        let unit = self.policy.bf16_unit();
+        if self.policy.bf16() && super::conv_bf16::weight_grad_applies(&cv, unit) {
+            super::conv_bf16::weight_grad(unit, &cv, x, gy, &mut dw);
         } else {
             conv_cpu::weight_grad(&cv, x, gy, &mut dw, self.policy.winograd);
         }

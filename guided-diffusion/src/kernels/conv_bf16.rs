@@ -1,16 +1,17 @@
-//! The bf16 convolution forward ([`super::bf16`]): the bf16 product (AMX, or rounding + f32
-//! gemm without it) of the weight with the column matrix, which goes from the image straight
-//! into AMX's packed form two rows at a time, with the bias as the product's starting value.
+//! The bf16 convolution forward ([`super::bf16`]): the bf16 product (AMX or AVX512_BF16, or
+//! rounding + f32 gemm without them) of the weight with the column matrix, which goes from the
+//! image straight into the packed form two rows at a time, with the bias as the product's
+//! starting value; or, for 3x3 stride-1 layers, read from an interleaved copy of the image.
 //!
 //! Winograd is not used here: its transforms scale and mix the inputs before the product,
 //! which would round transformed values instead of the inputs (larger errors than the bf16
-//! inputs alone), and AMX's direct product is already faster than f32 Winograd.
+//! inputs alone), and the direct bf16 product is already faster than f32 Winograd on AMX.
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::amx;
-use super::bf16::{self, PackedWeight, Rhs};
+use super::bf16::{self, PackedWeight, Rhs, Unit};
 use super::conv_plan::Conv;
 use super::disjoint::Disjoint;
 use super::im2col::Geom;
@@ -55,11 +56,12 @@ impl Weight<'_> {
     }
 }
 
-/// The packed forms of a frozen weight, kept across calls ([`super::forms`]): for AMX and
-/// without it (the policy chooses per call).
+/// The packed forms of a frozen weight, kept across calls ([`super::forms`]): packed for the
+/// bf16 units (AMX and AVX512_BF16 read the same) and rounded for the rounding path (the
+/// policy chooses per call).
 #[derive(Default)]
 pub struct Cache {
-    packed_amx: OnceLock<PackedWeight>,
+    packed: OnceLock<PackedWeight>,
     rounded: OnceLock<PackedWeight>,
     taps: OnceLock<TapsWeight>,
 }
@@ -67,8 +69,8 @@ pub struct Cache {
 /// `out[n, co, ho, wo] = conv(x, w) + bias` with bf16 inputs and weights, f32 sums.
 /// `cache`, when given, keeps the packed weight across calls (a frozen weight's).
 /// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
-/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does). `amx`:
-/// the products run on AMX (the policy's choice, on a CPU that has it).
+/// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does). `unit`:
+/// what multiplies (the policy's choice, one the CPU has).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     cv: &Conv,
@@ -77,7 +79,7 @@ pub fn forward(
     flipped: bool,
     bias: &[f32],
     out: &mut [f32],
-    amx: bool,
+    unit: Unit,
     cache: Option<&Cache>,
 ) {
     let g = cv.g;
@@ -87,12 +89,12 @@ pub fn forward(
         return; // no output (e.g. the input gradient of a layer without input channels)
     }
     let wt = Weight { w, flipped, co: cv.co, c: g.c, taps: g.kh * g.kw };
-    if taps_apply(&g, amx) {
-        return forward_taps(cv, x, &wt, bias, out, cache.map(|c| &c.taps));
+    if taps_apply(&g, unit) {
+        return forward_taps(unit, cv, x, &wt, bias, out, cache.map(|c| &c.taps));
     }
-    let pack = || PackedWeight::from_rows(cv.co, k, amx, |o, row| wt.row_ck(o, row));
+    let pack = || PackedWeight::from_rows(cv.co, k, unit, |o, row| wt.row_ck(o, row));
     let own;
-    let pw = match cache.map(|c| if amx { &c.packed_amx } else { &c.rounded }) {
+    let pw = match cache.map(|c| if unit.packs() { &c.packed } else { &c.rounded }) {
         Some(p) => p.get_or_init(pack),
         None => {
             own = pack();
@@ -113,19 +115,44 @@ pub fn forward(
         // This tile's part of the output: `co` rows of `tp` pixels, `px` apart.
         let dst = out.ptr(img * cv.co * px + oy0 * g.wo);
         // SAFETY: `dst` is this tile's part (inside `out`: sizes checked above), written by no
-        // other tile; `rhs` has the weight's `k` rows of `tp` values; one bias per row.
-        unsafe { bf16::gemm(pw, &rhs, tp, bias, dst, px, plan.gemm_threads) };
+        // other tile; `rhs` has the weight's `k` rows of `tp` values; one bias per row; `pw`
+        // is packed for `unit`, the policy's, which the CPU has.
+        unsafe { bf16::gemm(unit, pw, &rhs, tp, bias, dst, px, plan.gemm_threads) };
     };
     plan.each_tile(run);
 }
 
-/// Whether the shifted-window ("taps") form applies: `amx`, a multi-tap stride-1 kernel and
-/// output rows of at least 16 pixels (a B block is 16 pixels of one row).
-pub fn taps_apply(g: &Geom, amx: bool) -> bool {
-    amx && g.stride == 1 && g.kh * g.kw > 1 && g.wo >= amx::TILE
+/// Whether a convolution of a bf16 policy goes through the bf16 product, rather than f32.
+///
+/// Always on AMX, whose products are several times f32's, and on the rounding path (slower, but
+/// the numerics a bf16 policy asks for; programs do not run it). With AVX512_BF16, whose
+/// products are only twice f32's FMA, not where f32 Winograd is faster, doing 4x fewer
+/// multiplications: layers Winograd takes ([`winograd::applies`], `winograd` on) that are wide
+/// (at least 128 input and output channels: Winograd's products are efficient there) or whose
+/// rows are too narrow for the taps form (under 16 pixels: the bf16 product then packs a column
+/// matrix). Measured at one thread on Zen 4, f32 / bf16 time: the 64x64 model's 192 channels at
+/// 64x64 0.88 and 384 at 32x32 0.77 (f32 kept); 576 at 16x16 2.03 and 768 at 8x8 1.51 (no
+/// Winograd there); the small model's 32-128 channels at 32x32 and 16x16, batch 32, 1.04-1.39;
+/// its 64 channels at 8x8 0.70 (f32 kept). Those layers stay f32 in a bf16 policy: more
+/// precise, and not slower.
+pub fn pays(cv: &Conv, unit: Unit, winograd: bool) -> bool {
+    match unit {
+        Unit::Amx | Unit::Rounding => true,
+        Unit::Avx512Bf16 => {
+            let wide = cv.g.c.min(cv.co) >= 128;
+            !(winograd && super::winograd::applies(cv) && (wide || !taps_apply(&cv.g, unit)))
+        }
+    }
 }
 
-/// A weight `[co, c, kh, kw]` packed as AMX A for the taps form: depth step
+/// Whether the shifted-window ("taps") form applies: a bf16 unit (AMX or AVX512_BF16), a
+/// multi-tap stride-1 kernel, input channels, and output rows of at least 16 pixels (a B block
+/// is 16 pixels of one row).
+pub fn taps_apply(g: &Geom, unit: Unit) -> bool {
+    unit.packs() && g.stride == 1 && g.kh * g.kw > 1 && g.c > 0 && g.wo >= amx::TILE
+}
+
+/// A weight `[co, c, kh, kw]` packed as A (AMX and AVX512_BF16) for the taps form: depth step
 /// `(i * kw + j) * cblocks + cb` holds tap `(i, j)` of channels `32 cb .. 32 cb + 32`.
 pub struct TapsWeight {
     m: usize,
@@ -165,6 +192,7 @@ impl TapsWeight {
 /// interleaved bf16 copy `[c/2][h + 2ph][wp]`, and every B tile is read from it in place (16
 /// channel pairs x 16 pixels of one row, shifted by the tap): no column matrix.
 fn forward_taps(
+    unit: Unit,
     cv: &Conv,
     x: &[f32],
     w: &Weight,
@@ -223,14 +251,15 @@ fn forward_taps(
         // Image `img`'s output: `co` rows of `px` pixels.
         let dst = out.offset(img * cv.co * px);
         let run = |range: &[amx::Block]| {
-            // SAFETY: AMX is there (`taps_apply`); `tw` holds `co` rows packed for the image's
+            // SAFETY: `unit` is AMX or AVX512_BF16, which the CPU has (`taps_apply`, the
+            // policy); `tw` holds `co` rows packed for the image's
             // `kh * kw * cblocks` steps; every block's B tiles (16 channel pairs `plane` apart,
             // shifted by a tap's offset) lie inside the padded, interleaved image `xp`, which
             // is `wp >= xblocks * 16 + kw - 1` wide and `hp` high; `bias` has `co` values;
             // `dst` is this image's output, of which this call writes the columns of the
             // blocks in `range` and no other call those.
             unsafe {
-                amx::gemm_blocks(
+                unit.gemm_blocks(
                     0,
                     mb,
                     tw.data.as_ptr(),
@@ -288,25 +317,25 @@ fn interleave(xi: &[f32], g: &Geom, wp: usize, hp: usize, pairs: usize, xp: &mut
 }
 
 /// Whether [`weight_grad`] is worth it over the f32 weight gradient: AMX, and at least 128
-/// output channels. Its operands are packed per tile (the output gradient and the transposed
+/// output channels (AVX512_BF16's products are only twice f32's, which the packing eats). Its operands are packed per tile (the output gradient and the transposed
 /// column matrix), at about the same cost per value whatever the layer; the product does
 /// `2 * co` FLOPs per packed value, so thin layers spend their time packing (the small
 /// Fashion-MNIST model, 32-64 channels: no faster than f32 Winograd; the 64x64 model's
 /// 192-768 channel layers: training step 4.94 -> 4.53 s).
-pub fn weight_grad_applies(cv: &Conv, amx: bool) -> bool {
-    amx && cv.co >= 128
+pub fn weight_grad_applies(cv: &Conv, unit: Unit) -> bool {
+    unit == Unit::Amx && cv.co >= 128
 }
 
-/// The weight gradient in bf16 on AMX (callers check [`weight_grad_applies`] with the policy's
-/// AMX choice):
+/// The weight gradient in bf16 on `unit` (callers check [`weight_grad_applies`] with the
+/// policy's unit; any unit the CPU has but the rounding path works):
 /// `dw[co, K] = sum over images and pixels of gy[co, px] * im2col(x)[K, px]`, with `gy` and
 /// `x` rounded to bf16 and f32 sums. Tiles (an image's band of output rows) are the depth of
 /// the product: the band's `gy` is A, its transposed column matrix B, and each thread
 /// accumulates its tiles into its own partial (`conv_plan::sum_groups`).
-pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+pub fn weight_grad(unit: Unit, cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let g = cv.g;
     let (k, px) = (g.k(), g.out_px());
-    assert!(amx::hardware(), "conv_bf16::weight_grad needs AMX");
+    assert!(unit.packs(), "conv_bf16::weight_grad needs AMX or AVX512_BF16");
     assert!(cv.fits(x.len(), dw.len(), gy.len()));
     let dw = &mut dw[..cv.co * k];
     if px == 0 || cv.n == 0 {
@@ -326,13 +355,14 @@ pub fn weight_grad(cv: &Conv, x: &[f32], gy: &[f32], dw: &mut [f32]) {
             let gyb = &gy[img * cv.co * px + oy0 * g.wo..];
             let col = &mut col[..k * tp];
             super::im2col::im2col(xi, &g, oy0, oy1, col);
-            let a = PackedWeight::from_rows(cv.co, tp, true, |o, row| {
+            let a = PackedWeight::from_rows(cv.co, tp, unit, |o, row| {
                 row.copy_from_slice(&gyb[o * px..o * px + tp])
             });
             let b = bf16::PackedB::new(&Rhs::Cols { b: col, ld: tp }, tp, k);
-            // SAFETY: `a` is packed for AMX (checked above) with `tp` depth as `b`; `acc` is
-            // this group's own `[co, K]` partial, readable and writable.
-            unsafe { bf16::gemm_packed(&a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
+            // SAFETY: `a` is packed for `unit` (a hardware unit: checked above; the policy's,
+            // which the CPU has) with `tp` depth as `b`; `acc` is this group's own `[co, K]`
+            // partial, readable and writable.
+            unsafe { bf16::gemm_packed(unit, &a, &b, amx::Start::Dst, acc.as_mut_ptr(), k, 1) };
         }
     };
     super::conv_plan::sum_groups(dw, groups, accumulate);

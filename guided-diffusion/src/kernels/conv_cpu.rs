@@ -179,9 +179,9 @@ pub fn input_grad(
             return input_grad_col2im(cv, gy, w, dx);
         }
         let t = Conv { n: cv.n, co: g.c, g: gt };
-        if policy.bf16() {
-            // In a bf16 policy (classifier guidance while sampling): the bf16 forward, packing
-            // the flipped weight straight from `w`.
+        if policy.bf16() && super::conv_bf16::pays(&t, policy.bf16_unit(), policy.winograd) {
+            // In a bf16 policy (classifier guidance while sampling, training): the bf16
+            // forward, packing the flipped weight straight from `w`.
             let zeros = vec![0f32; g.c];
             return super::conv_bf16::forward(
                 &t,
@@ -190,7 +190,7 @@ pub fn input_grad(
                 true,
                 &zeros,
                 dx,
-                policy.uses_amx(),
+                policy.bf16_unit(),
                 frozen.map(|d| &d.bf16_flipped),
             );
         }

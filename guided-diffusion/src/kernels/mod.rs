@@ -12,8 +12,8 @@
 //!   never process-wide.
 //! - [`conv2d`](mod@conv2d): convolution, the public entry point and the custom ops.
 //! - [`bf16`](mod@bf16): the bf16 products of a [`Precision::Bf16`] policy: convolutions and
-//!   attention products with bf16 inputs and weights and f32 sums, on Intel AMX ([`amx`])
-//!   where the CPU has it.
+//!   attention products with bf16 inputs and weights and f32 sums, on Intel AMX ([`amx`]) or
+//!   AVX512_BF16 ([`dpbf16`]), whichever the CPU has (AMX first).
 //! - [`forms`]: derived forms of convolution weights (Winograd transforms, flipped and packed
 //!   weights), kept by the layer that owns the weight while its network is frozen.
 //! - [`group_norm`](mod@group_norm): GroupNorm fused with its affine, AdaGN scale/shift and
@@ -29,7 +29,7 @@
 //! - `winograd`, `winograd_wgrad`: the 3x3 stride-1 convolutions as Winograd F(4x4, 3x3),
 //!   forward and weight gradient, used by `conv_cpu`; `winograd_tiles`: their tiles in and out
 //!   of image planes.
-//! - `conv_bf16`: the bf16 convolution forward.
+//! - `conv_bf16`: the bf16 convolution forward (and the weight gradient on AMX).
 //! - `conv_cpu`, `group_norm_cpu`, `im2col`, `sgemm`, `vmath`, `scratch`: the slice-level
 //!   algorithms and the pieces they are built from; `conv_plan`: a convolution's geometry and
 //!   its tiling, which the convolution algorithms share.
@@ -57,6 +57,7 @@ pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod conv2d;
+pub mod dpbf16;
 pub mod forms;
 pub mod group_norm;
 pub mod malloc;
@@ -67,6 +68,7 @@ pub mod update;
 pub mod upsample;
 
 pub use attention::qkv_attention;
+pub use bf16::Unit as Bf16Unit;
 pub use conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
 pub use forms::WeightForms;
 pub use group_norm::group_norm;

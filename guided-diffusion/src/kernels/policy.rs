@@ -8,6 +8,8 @@
 //! variables; [`KernelPolicy::from_vars`] is the one parser of the `GD_*` settings, for the
 //! programs that do (`gdiff`, the benchmarks, the tests).
 
+use super::bf16::Unit;
+
 /// Precision of the convolutions' and attention's matrix products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
@@ -16,7 +18,8 @@ pub enum Precision {
     F32,
     /// bf16-rounded inputs and weights, f32 sums ([`super::bf16`], like PyTorch's CPU
     /// autocast): convolution forwards, stride-1 input gradients, the weight gradients of wide
-    /// layers and attention's two forward products. Needs the fast kernels.
+    /// layers (AMX) and attention's two forward products, on the unit
+    /// [`KernelPolicy::bf16_unit`] picks. Needs the fast kernels.
     Bf16,
 }
 
@@ -27,17 +30,26 @@ pub struct KernelPolicy {
     pub fast: bool,
     /// 3x3 stride-1 convolutions through Winograd F(4x4, 3x3) where it pays (fast kernels only).
     pub winograd: bool,
-    /// bf16 products on Intel AMX where the CPU has it. Off, or without AMX, bf16 products round
-    /// their inputs to bf16 and multiply in f32: the same numerics, slower.
+    /// bf16 products on Intel AMX where the CPU has it.
     pub amx: bool,
+    /// bf16 products with AVX512_BF16 where the CPU has it and AMX is not used. With neither,
+    /// bf16 products round their inputs to bf16 and multiply in f32: the same numerics, slower
+    /// than f32 ([`KernelPolicy::bf16_unit`]).
+    pub avx512_bf16: bool,
     /// Precision of the products ([`Precision::Bf16`] only with `fast`).
     pub precision: Precision,
 }
 
 impl Default for KernelPolicy {
-    /// Fast kernels, Winograd and AMX where they apply; f32.
+    /// Fast kernels, Winograd, AMX and AVX512_BF16 where they apply; f32.
     fn default() -> Self {
-        KernelPolicy { fast: true, winograd: true, amx: true, precision: Precision::F32 }
+        KernelPolicy {
+            fast: true,
+            winograd: true,
+            amx: true,
+            avx512_bf16: true,
+            precision: Precision::F32,
+        }
     }
 }
 
@@ -64,17 +76,24 @@ impl KernelPolicy {
 
     /// Whether bf16 products run on AMX: asked for, and the CPU and OS allow it.
     pub fn uses_amx(&self) -> bool {
-        self.amx && super::amx::hardware()
+        self.bf16_unit() == Unit::Amx
+    }
+
+    /// What multiplies bf16 products under this policy, decided at run time from what the CPU
+    /// has (CPUID) and what the policy allows: AMX, else AVX512_BF16, else the rounding path.
+    pub fn bf16_unit(&self) -> Unit {
+        Unit::best(self.amx, self.avx512_bf16)
     }
 
     /// The f32 policy the `GD_*` switches describe, `lookup` giving a setting's value by name
-    /// (for a program: `|k| std::env::var(k).ok()`): `GD_KERNELS` (fast kernels), `GD_WINOGRAD`
-    /// and `GD_AMX`, each on unless set to `0`, `off`, `false` (or `candle`).
+    /// (for a program: `|k| std::env::var(k).ok()`): `GD_KERNELS` (fast kernels), `GD_WINOGRAD`,
+    /// `GD_AMX` and `GD_AVX512_BF16`, each on unless set to `0`, `off`, `false` (or `candle`).
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
         KernelPolicy {
             fast: switch_on(lookup("GD_KERNELS").as_deref()),
             winograd: switch_on(lookup("GD_WINOGRAD").as_deref()),
             amx: switch_on(lookup("GD_AMX").as_deref()),
+            avx512_bf16: switch_on(lookup("GD_AVX512_BF16").as_deref()),
             precision: Precision::F32,
         }
     }
@@ -112,6 +131,9 @@ mod tests {
         let p = KernelPolicy::from_vars(vars(&[("GD_KERNELS", "candle"), ("GD_AMX", "0")]));
         assert!(!p.fast && p.winograd && !p.amx && p.precision == Precision::F32);
         let p = KernelPolicy::from_vars(vars(&[("GD_WINOGRAD", "off")]));
-        assert!(p.fast && !p.winograd && p.amx);
+        assert!(p.fast && !p.winograd && p.amx && p.avx512_bf16);
+        let p = KernelPolicy::from_vars(vars(&[("GD_AVX512_BF16", "0"), ("GD_AMX", "off")]));
+        assert!(p.fast && !p.amx && !p.avx512_bf16);
+        assert_eq!(p.bf16_unit(), Unit::Rounding);
     }
 }

@@ -1,11 +1,12 @@
 //! bf16 policies (`kernels::bf16`): with one, a convolution's forward equals the f32
 //! convolution of its inputs and weights rounded to bf16 (up to the order of the f32 sums),
-//! through AMX where the CPU has it and through the rounding + f32 product everywhere; so does
+//! through AMX and AVX512_BF16 where the CPU has them and through the rounding + f32 product
+//! everywhere (each unit the CPU has is tested, the policy picking it); so does
 //! the input gradient of a stride-1 convolution (classifier guidance), while other input
 //! gradients stay f32; attention's forward products are bf16 and its backward f32; with an
 //! f32 policy nothing changes.
 use candle_core::{Device, Tensor, Var};
-use guided_diffusion::kernels::{self, amx, bf16, KernelPolicy, Precision, WeightForms};
+use guided_diffusion::kernels::{self, bf16, Bf16Unit, KernelPolicy, Precision, WeightForms};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::support::rand_tensor;
@@ -66,6 +67,22 @@ fn run_dw(
     vals(g.get(&wv).unwrap())
 }
 
+/// The bf16 policies of every unit this CPU has (AMX, AVX512_BF16, the rounding path), each
+/// with the unit its policy picks.
+fn unit_policies() -> Vec<(Bf16Unit, KernelPolicy)> {
+    let bf16 = |amx, avx512_bf16| {
+        KernelPolicy { amx, avx512_bf16, ..FAST }.with_precision(Precision::Bf16)
+    };
+    let all = [
+        (Bf16Unit::Amx, bf16(true, false)),
+        (Bf16Unit::Avx512Bf16, bf16(false, true)),
+        (Bf16Unit::Rounding, bf16(false, false)),
+    ];
+    let have: Vec<_> = all.into_iter().filter(|(u, p)| p.bf16_unit() == *u).collect();
+    println!("bf16 units on this CPU: {:?}", have.iter().map(|(u, _)| *u).collect::<Vec<_>>());
+    have
+}
+
 /// max |a - b| / max |b|
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -82,7 +99,9 @@ fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
     // a one-tile 8x8 layer whose product is split over threads by rows, batch 3; with AMX the
     // rows of >= 16 pixels (cases 0, 2, 7, 8) take the shifted-window form, incl. a partial
     // last pixel block (21 and 17 wide) and an odd channel count; no input channels at all;
-    // 128 and 144 output channels (cases 5, 10), whose weight gradients are bf16 on AMX.
+    // 128 and 144 output channels (cases 5, 10), whose weight gradients are bf16 on AMX;
+    // layers that stay f32 with AVX512_BF16 (`conv_bf16::pays`): a wide Winograd layer
+    // (case 11) and a Winograd layer of 8-pixel rows (case 12).
     let cases = [
         (1, 32, 32, 48, 3, 1, 1),
         (2, 7, 9, 35, 3, 1, 1),
@@ -95,9 +114,10 @@ fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
         (2, 12, 19, 20, 3, 1, 0),
         (1, 0, 16, 8, 3, 1, 1),
         (2, 20, 10, 144, 3, 2, 1),
+        (4, 128, 16, 128, 3, 1, 1),
+        (16, 32, 8, 32, 3, 1, 1),
     ];
-    let amx_modes: &[bool] = if amx::hardware() { &[true, false] } else { &[false] };
-    println!("AMX on this CPU: {}", amx::hardware());
+    let units = unit_policies();
     for (i, &(n, c, hw, co, k, stride, pad)) in cases.iter().enumerate() {
         let x = Var::from_tensor(&rand_tensor(&mut rng, &[n, c, hw, hw])).unwrap();
         let w = rand_tensor(&mut rng, &[co, c, k, k]);
@@ -113,17 +133,26 @@ fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
         let bf16_dx = stride == 1 && k > 1;
         let plain_dw = run_dw(&FAST, x.as_tensor(), &w, &b, &r, stride, pad);
         let want_dw = run_dw(&direct, &rounded(x.as_tensor()), &w, &b, &rounded(&r), stride, pad);
-        for &use_amx in amx_modes {
-            let policy = KernelPolicy { amx: use_amx, ..FAST }.with_precision(Precision::Bf16);
+        // Layers Winograd takes (3x3, stride 1, >= 32 channels both ways, >= 64 tiles) that
+        // are wide or have rows under 16 pixels: f32 with AVX512_BF16 (faster there).
+        let tiles = n * ho.div_ceil(4) * ho.div_ceil(4);
+        let winograd = k == 3 && stride == 1 && c.min(co) >= 32 && tiles >= 64;
+        let stays_f32 = winograd && (c.min(co) >= 128 || ho < 16);
+        for &(unit, policy) in &units {
             let got = run(&policy, &x, &w, &b, &r, stride, pad);
+            if unit == Bf16Unit::Avx512Bf16 && stays_f32 {
+                println!("case {i} {unit:?}: f32 (Winograd is faster)");
+                assert_eq!(got, plain, "case {i}: with AVX512_BF16 this layer stays f32");
+                continue;
+            }
             let e = rel_err(&got.0, &want);
             println!(
-                "case {i} amx {use_amx}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}",
+                "case {i} {unit:?}: bf16 vs rounded f32 {e:.2e}, vs f32 {:.2e}",
                 rel_err(&got.0, &plain.0)
             );
             assert!(
                 e < 2e-6 * ((c * k * k) as f32).sqrt().max(1.0) + 1e-6,
-                "case {i} amx {use_amx}: {e}"
+                "case {i} {unit:?}: {e}"
             );
             assert!(rel_err(&got.0, &plain.0) < 2e-2, "case {i}: bf16 too far from f32");
             // (No input channels: the bias alone, in either precision.)
@@ -133,10 +162,10 @@ fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
             );
             if bf16_dx {
                 let e = rel_err(&got.1, &want_dx);
-                println!("case {i} amx {use_amx}: input gradient vs rounded f32 {e:.2e}");
+                println!("case {i} {unit:?}: input gradient vs rounded f32 {e:.2e}");
                 assert!(
                     e < 2e-6 * ((co * k * k) as f32).sqrt().max(1.0) + 1e-6,
-                    "case {i} amx {use_amx}: dx {e}"
+                    "case {i} {unit:?}: dx {e}"
                 );
                 assert!(rel_err(&got.1, &plain.1) < 2e-2, "case {i}: bf16 dx too far from f32");
             } else {
@@ -145,20 +174,17 @@ fn kernels_bf16_policy_rounds_convolution_inputs_and_stride1_input_gradients() {
             // The weight gradient (training): bf16 x and output gradient, f32 sums.
             let got_dw = run_dw(&policy, x.as_tensor(), &w, &b, &r, stride, pad);
             // (bf16 on AMX for layers with >= 128 output channels; f32 otherwise.)
-            if c > 0 && n * ho * ho > 0 && co >= 128 && use_amx {
+            if c > 0 && n * ho * ho > 0 && co >= 128 && unit == Bf16Unit::Amx {
                 let e = rel_err(&got_dw, &want_dw);
-                println!("case {i} amx {use_amx}: weight gradient vs rounded f32 {e:.2e}");
+                println!("case {i} {unit:?}: weight gradient vs rounded f32 {e:.2e}");
                 assert!(
                     e < 4e-6 * ((n * ho * ho) as f32).sqrt().max(1.0) + 1e-6,
-                    "case {i} amx {use_amx}: dw {e}"
+                    "case {i} {unit:?}: dw {e}"
                 );
                 assert!(rel_err(&got_dw, &plain_dw) < 2e-2, "case {i}: bf16 dw too far from f32");
             } else if c > 0 && n * ho * ho > 0 {
                 let e = rel_err(&got_dw, &plain_dw);
-                assert!(
-                    e < 1e-5,
-                    "case {i} amx {use_amx}: this weight gradient must stay f32 ({e})"
-                );
+                assert!(e < 1e-5, "case {i} {unit:?}: this weight gradient must stay f32 ({e})");
             }
             // Frozen weights keep the packed form: same values.
             let forms = WeightForms::default();
@@ -190,13 +216,13 @@ fn run_attention(
     (vals(&a), vals(g.get(qkv).unwrap()))
 }
 
-/// Attention in a bf16 policy: both products in bf16 (AMX and the rounding path agree), its
-/// backward f32.
+/// Attention in a bf16 policy: both products in bf16 (every unit agrees with the rounding
+/// path), its backward f32.
 #[test]
 fn kernels_bf16_policy_rounds_attention_forward_products() {
     let mut rng = StdRng::seed_from_u64(12);
     let rng = &mut rng;
-    let amx_modes: &[bool] = if amx::hardware() { &[true, false] } else { &[false] };
+    let units = unit_policies();
     // (batch, heads, ch, T): T not a multiple of 16, 32 or the 64-row blocks; ch not of 32.
     for (i, &(n, heads, ch, t)) in
         [(2, 2, 24, 100), (1, 3, 64, 64), (1, 1, 8, 17)].iter().enumerate()
@@ -206,20 +232,76 @@ fn kernels_bf16_policy_rounds_attention_forward_products() {
             let r = rand_tensor(rng, &[n, heads * ch, t]);
             let plain = run_attention(&FAST, &qkv, heads, new_order, &r);
             let mut outs = Vec::new();
-            for &use_amx in amx_modes {
-                let policy = KernelPolicy { amx: use_amx, ..FAST }.with_precision(Precision::Bf16);
+            for &(unit, policy) in &units {
                 let got = run_attention(&policy, &qkv, heads, new_order, &r);
                 let e = rel_err(&got.0, &plain.0);
-                println!("attention {i} new_order {new_order} amx {use_amx}: bf16 vs f32 {e:.2e}");
+                println!("attention {i} new_order {new_order} {unit:?}: bf16 vs f32 {e:.2e}");
                 assert!(e > 0.0 && e < 2e-2, "attention case {i}: bf16 vs f32 {e}");
                 assert_eq!(got.1, plain.1, "attention case {i}: the backward must stay f32");
-                outs.push(got.0);
+                outs.push((unit, got.0));
             }
-            if let [a, b] = &outs[..] {
-                let e = rel_err(a, b);
-                println!("attention {i} new_order {new_order}: AMX vs rounding path {e:.2e}");
-                assert!(e < 1e-5, "attention case {i}: AMX and the rounding path differ by {e}");
+            // Every unit against the rounding path (the last): the same up to the sums' order.
+            let (_, rounding) = outs.last().unwrap();
+            for (unit, out) in &outs {
+                let e = rel_err(out, rounding);
+                println!("attention {i} new_order {new_order}: {unit:?} vs rounding path {e:.2e}");
+                assert!(
+                    e < 1e-5,
+                    "attention case {i}: {unit:?} and the rounding path differ by {e}"
+                );
             }
+        }
+    }
+}
+
+/// The packed product itself, on every bf16 unit this CPU has: starting from a bias and
+/// accumulating into `dst` (`Start::Dst`, which the weight gradient uses), on shapes that are
+/// no multiple of the 16-row, 16-column or 32-deep blocks, equals the f64 sum of the products
+/// of the bf16-rounded operands up to f32 rounding.
+#[test]
+fn kernels_bf16_packed_products_start_from_bias_or_dst() {
+    use guided_diffusion::kernels::amx::Start;
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(21);
+    let units: Vec<_> = unit_policies().into_iter().map(|(u, _)| u).filter(|u| u.packs()).collect();
+    for &(m, k, n) in &[(40usize, 70usize, 37usize), (16, 32, 16), (3, 5, 1), (33, 96, 50)] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let bias: Vec<f32> = (0..m).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let dst0: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        // sum_k round(a[r, k]) round(b[k, c]), in f64.
+        let prod = |r: usize, c: usize| -> f64 {
+            (0..k)
+                .map(|i| bf16::round(a[r * k + i]) as f64 * bf16::round(b[i * n + c]) as f64)
+                .sum()
+        };
+        for &unit in &units {
+            let pw = bf16::PackedWeight::new(&a, m, k, unit);
+            let pb = bf16::PackedB::new(&bf16::Rhs::Rows { b: &b, ld: n }, k, n);
+            let mut from_bias = vec![0f32; m * n];
+            let mut acc = dst0.clone();
+            // SAFETY: `unit` is one this CPU has (`unit_policies`); `pw` is packed for it with
+            // `k` depth, as `pb`; both outputs hold `m` rows of `n` values (row stride `n`),
+            // readable and writable, ours alone; `bias` has `m` values.
+            unsafe {
+                bf16::gemm_packed(unit, &pw, &pb, Start::Bias(&bias), from_bias.as_mut_ptr(), n, 2);
+                bf16::gemm_packed(unit, &pw, &pb, Start::Dst, acc.as_mut_ptr(), n, 2);
+            }
+            let mut worst = 0f64;
+            for r in 0..m {
+                for c in 0..n {
+                    let p = prod(r, c);
+                    let tol = 1e-6 * (k as f64).sqrt() * (1.0 + p.abs()) + 1e-6;
+                    for (got, start) in
+                        [(from_bias[r * n + c], bias[r]), (acc[r * n + c], dst0[r * n + c])]
+                    {
+                        let e = (got as f64 - (start as f64 + p)).abs();
+                        worst = worst.max(e);
+                        assert!(e < tol, "{unit:?} {m}x{k}x{n} at ({r}, {c}): error {e}");
+                    }
+                }
+            }
+            println!("packed product {m}x{k}x{n} {unit:?}: worst error {worst:.2e}");
         }
     }
 }

@@ -21,5 +21,10 @@ mod policy;
 use guided_diffusion::kernels::{KernelPolicy, Precision};
 
 /// The fast kernels in f32, Winograd and AMX where they apply (the default policy).
-pub const FAST: KernelPolicy =
-    KernelPolicy { fast: true, winograd: true, amx: true, precision: Precision::F32 };
+pub const FAST: KernelPolicy = KernelPolicy {
+    fast: true,
+    winograd: true,
+    amx: true,
+    avx512_bf16: true,
+    precision: Precision::F32,
+};
