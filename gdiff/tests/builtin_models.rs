@@ -69,38 +69,54 @@ fn builtin_guided_sampling_draws_the_asked_classes() {
 #[test]
 fn builtin_sampling_in_bf16_stays_close_to_f32() {
     let dir = tmpdir("bf16");
-    let run = |precision: &str| {
-        let out = dir.join(format!("{precision}.npz"));
-        let o = gdiff(&[
-            "sample",
-            "--classes",
-            "0,1,2,3,4,5,6,7,8,9",
-            "--classifier_scale",
-            "2",
-            "--timestep_respacing",
-            "ddim10",
-            "--use_ddim",
-            "True",
-            "--num_samples",
-            "10",
-            "--batch_size",
-            "10",
-            "--seed",
-            "1",
-            "--output",
-            out.to_str().unwrap(),
-            "--no_grid",
-            "--quiet",
-            "--precision",
-            precision,
-        ]);
+    // `off`: both bf16 units turned off (as on a CPU with neither).
+    let run_with = |precision: &str, off: bool| {
+        let out = dir.join(format!("{precision}{}.npz", if off { "-off" } else { "" }));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gdiff"));
+        if off {
+            cmd.env("GD_AMX", "0").env("GD_AVX512_BF16", "0");
+        }
+        let o = cmd
+            .args([
+                "sample",
+                "--classes",
+                "0,1,2,3,4,5,6,7,8,9",
+                "--classifier_scale",
+                "2",
+                "--timestep_respacing",
+                "ddim10",
+                "--use_ddim",
+                "True",
+                "--num_samples",
+                "10",
+                "--batch_size",
+                "10",
+                "--seed",
+                "1",
+                "--output",
+                out.to_str().unwrap(),
+                "--no_grid",
+                "--precision",
+                precision,
+            ])
+            .output()
+            .expect("gdiff runs");
         ok(&o);
+        let note = String::from_utf8_lossy(&o.stderr).contains("running in f32");
+        assert_eq!(note, off && precision == "bf16", "the f32 fallback note");
         let npz = candle_core::npy::NpzTensors::new(&out).unwrap();
         let images = npz.get("arr_0").unwrap().unwrap();
         assert_eq!(images.dims(), [10, 32, 32, 1]);
         images.flatten_all().unwrap().to_vec1::<u8>().unwrap()
     };
-    let (a, b) = (run("f32"), run("bf16"));
+    let (a, b) = (run_with("f32", false), run_with("bf16", false));
+    // With neither AMX nor AVX512_BF16, bf16 runs f32 (and says so): the same samples.
+    assert_eq!(run_with("bf16", true), a, "without bf16 units --precision bf16 must run f32");
+    let policy = guided_diffusion::kernels::KernelPolicy::from_vars(|k| std::env::var(k).ok());
+    if policy.bf16_unit() == guided_diffusion::kernels::Bf16Unit::Rounding {
+        assert_eq!(a, b, "without bf16 hardware --precision bf16 must run f32");
+        return;
+    }
     let diffs: Vec<i32> = a.iter().zip(&b).map(|(&x, &y)| (x as i32 - y as i32).abs()).collect();
     let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
     let max = *diffs.iter().max().unwrap();

@@ -132,9 +132,9 @@ pub struct SamplingArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Precision on the CPU: f32, or bf16 (convolutions and attention products take operands
-    /// rounded to bfloat16 and sum in f32; fast on CPUs with Intel AMX). The reference's
-    /// --use_fp16 runs its convolutions in float16; here --use_fp16 keeps f32 and this flag
-    /// is the counterpart
+    /// rounded to bfloat16 and sum in f32; on Intel AMX or AVX512_BF16, whichever the CPU has;
+    /// a CPU with neither runs f32 and says so). The reference's --use_fp16 runs its
+    /// convolutions in float16; here --use_fp16 keeps f32 and this flag is the counterpart
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
 }

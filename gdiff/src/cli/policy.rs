@@ -2,12 +2,13 @@
 //! switches (read here, never by the library) and `--precision`.
 //!
 //! - `GD_KERNELS=candle` (or `0`, `off`): candle's own ops instead of the fast CPU kernels;
-//! - `GD_WINOGRAD=0`: no Winograd convolutions; `GD_AMX=0`: no Intel AMX;
+//! - `GD_WINOGRAD=0`: no Winograd convolutions; `GD_AMX=0`: no Intel AMX; `GD_AVX512_BF16=0`:
+//!   no AVX512_BF16 (with neither, `--precision bf16` runs f32);
 //! - `GD_FROZEN_CACHE=0`: loaded networks do not keep their weights' derived forms (Winograd
 //!   transforms, flipped and packed weights), trading speed for memory.
 use anyhow::{bail, Result};
 use candle_core::Device;
-use guided_diffusion::kernels::{KernelPolicy, Precision};
+use guided_diffusion::kernels::{Bf16Unit, KernelPolicy, Precision};
 use guided_diffusion::models::Net;
 
 fn var(name: &str) -> Option<String> {
@@ -20,8 +21,10 @@ pub fn from_env() -> KernelPolicy {
 }
 
 /// The policy of a run with `--precision` (`f32` or `bf16`) on `device` (named `device_flag` on
-/// the command line): bf16 is CPU only, with the fast kernels on; without AMX it says that it
-/// will be slow (unless `quiet`).
+/// the command line): bf16 is CPU only, with the fast kernels on, and runs on Intel AMX or
+/// AVX512_BF16, whichever the CPU has (and `GD_AMX` / `GD_AVX512_BF16` allow). On a CPU with
+/// neither, bf16 would only round (slower than f32): the run is f32, and says so (unless
+/// `quiet`).
 pub fn with_precision(
     precision: &str,
     device: &Device,
@@ -38,12 +41,18 @@ pub fn with_precision(
     if !policy.fast {
         bail!("--precision bf16 needs the fast CPU kernels, which GD_KERNELS turned off");
     }
-    if !quiet && !policy.uses_amx() {
-        eprintln!(
-            "note: this CPU has no usable Intel AMX: bf16 gives its rounding but not its speed"
-        );
+    let bf16 = policy.with_precision(Precision::Bf16);
+    if bf16.bf16_unit() == Bf16Unit::Rounding {
+        if !quiet {
+            eprintln!(
+                "note: --precision bf16: this CPU has neither Intel AMX nor AVX512_BF16 (or \
+                 GD_AMX / GD_AVX512_BF16 turned them off), so bf16 would be slower than f32; \
+                 running in f32"
+            );
+        }
+        return Ok(policy);
     }
-    Ok(policy.with_precision(Precision::Bf16))
+    Ok(bf16)
 }
 
 /// Whether loaded networks keep their weights' derived forms (`GD_FROZEN_CACHE` unset or on).

@@ -70,10 +70,11 @@ pub struct CommonTrainArgs {
     /// Accepted for compatibility; training runs in float32 (see --precision)
     #[arg(long, value_parser = parse_bool)]
     pub use_fp16: Option<bool>,
-    /// f32, or bf16: mixed precision on the CPU. Convolution forwards, stride-1 input
-    /// gradients, the weight gradients of layers with 128+ output channels and attention
-    /// products take bf16-rounded operands (f32 sums; fast with Intel AMX). Weights, the
-    /// optimizer and everything else stay f32
+    /// f32, or bf16: mixed precision on the CPU, on Intel AMX or AVX512_BF16 (a CPU with
+    /// neither runs f32 and says so). Convolution forwards, stride-1 input gradients,
+    /// attention products and, with AMX, the weight gradients of layers with 128+ output
+    /// channels take bf16-rounded operands (f32 sums); with AVX512_BF16, layers where f32
+    /// Winograd is faster stay f32. Weights, the optimizer and everything else stay f32
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
     /// Accepted for compatibility
