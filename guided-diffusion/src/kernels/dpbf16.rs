@@ -83,7 +83,7 @@ unsafe fn gemm_blocks_avx512(
     let a = a.cast::<u32>();
     // u32 words (bf16 pairs) of one packed A tile, and between consecutive 16-row blocks.
     let (tile_words, a_stride) = (TILE_ELEMS / 2, TILE_ELEMS / 2 * kblocks);
-    debug_assert!(DEPTH == 2 * TILE);
+    const { assert!(DEPTH == 2 * TILE) };
     for ib in ib0..ib1 {
         for half in 0..TILE / ROWS {
             let r0 = ib * TILE + half * ROWS;
