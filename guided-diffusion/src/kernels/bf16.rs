@@ -99,7 +99,6 @@ impl Unit {
     /// # Safety
     /// `self` is [`Unit::Amx`] or [`Unit::Avx512Bf16`], which the CPU has; the rest is the
     /// contract of `amx::gemm_blocks`.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_blocks(
         self,
         ib0: usize,
@@ -335,7 +334,6 @@ fn pack_pair(r0: &[f32], r1: &[f32], p: usize, nb: usize, kb: usize, out: &mut [
 /// `dst` must be valid for writes of `m` rows of `n` floats at row stride `ldc` and not
 /// written by anyone else meanwhile; `rhs` must have the weight's `k` rows of `n` values;
 /// `bias` has one value per row of `W`; `unit` is one the CPU has.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     unit: Unit,
     w: &PackedWeight,

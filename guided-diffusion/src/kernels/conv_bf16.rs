@@ -71,7 +71,6 @@ pub struct Cache {
 /// With `flipped`, `w` is the weight of the convolution this one is the input gradient of
 /// (`[c, co, kh, kw]`), read flipped and transposed (as `conv_cpu::input_grad` does). `unit`:
 /// what multiplies (the policy's choice, one the CPU has).
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cv: &Conv,
     x: &[f32],

@@ -44,7 +44,6 @@ const ROWS: usize = 8;
 /// `bias` has at least `m` values; `dst` is valid for the writes described (and reads, with
 /// `Start::Dst`) and not accessed by anyone else meanwhile.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_blocks(
     ib0: usize,
     ib1: usize,
@@ -66,7 +65,6 @@ pub unsafe fn gemm_blocks(
 /// As [`gemm_blocks`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_blocks_avx512(
     ib0: usize,
     ib1: usize,
@@ -176,7 +174,6 @@ fn bh(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
 /// # Safety
 /// Never safe to call; it panics.
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_blocks(
     _ib0: usize,
     _ib1: usize,
