@@ -145,8 +145,8 @@ pub struct SamplingArgs {
 #[command(rename_all = "snake_case")]
 pub struct SamplerArgs {
     /// ddpm, ddim, dpm-solver or dpm-solver++, or a whole spec ("dpm-solver++ steps=20
-    /// order=3") [default: ddpm, ddim with --use_ddim True; dpm-solver++ with 20 steps for the
-    /// built-in model]
+    /// order=3") [default: ddpm, ddim with --use_ddim True; for the built-in model
+    /// "dpm-solver++20 clip_denoised=true", DPM-Solver++(2M), 20 steps, x_0 clamped]
     #[arg(long)]
     pub sampler: Option<String>,
     /// DDIM instead of ancestral (DDPM) sampling (the reference's flag; = --sampler ddim)

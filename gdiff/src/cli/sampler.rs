@@ -9,8 +9,9 @@ use guided_diffusion::samplers::SamplerSpec;
 use crate::cli::args::SamplerArgs;
 
 /// The sampler of the built-in model when no sampler flag is given: the best fast setting
-/// measured on it (models/fashion-mnist/README.md).
-pub const BUILTIN_SAMPLER: &str = "dpm-solver++20";
+/// measured on it (models/fashion-mnist/README.md). The clamp of x_0 is what a briefly trained
+/// pixel model needs: without it (or thresholding) the solver's samples saturate.
+pub const BUILTIN_SAMPLER: &str = "dpm-solver++20 clip_denoised=true";
 
 /// The sampler the flags describe. `default` is the spec used when no flag names a sampler
 /// (`ddpm` for the reference's behaviour); `clip_denoised` is the --clip_denoised flag.
@@ -33,7 +34,12 @@ pub fn sampler_spec(
         (None, None) => {
             // A flag of the reference's samplers alone means the reference's default, DDPM.
             let d = if timestep_respacing.is_some() || a.eta.is_some() { "ddpm" } else { default };
-            SamplerSpec::parse_raw(d).context("the default sampler")?
+            let (name, mut params) = SamplerSpec::parse_raw(d).context("the default sampler")?;
+            // A correction of x_0 the user chose replaces the default's.
+            if a.thresholding == Some(true) {
+                params.remove("clip_denoised");
+            }
+            (name, params)
         }
     };
     // The name is checked first, so that a bad one is not reported as a flag that does not apply.
@@ -155,10 +161,17 @@ mod tests {
         // The built-in default applies only without sampler flags.
         assert_eq!(
             sampler_spec(&args(), None, None, BUILTIN_SAMPLER).unwrap().to_string(),
-            "dpm-solver++20"
+            "dpm-solver++20 clip_denoised=true"
         );
         let a = SamplerArgs { eta: Some(0.5), ..args() };
         assert!(sampler_spec(&a, None, None, BUILTIN_SAMPLER).is_err(), "eta on ddpm");
+        let a = SamplerArgs { thresholding: Some(true), steps: Some(10), ..args() };
+        assert_eq!(
+            sampler_spec(&a, None, None, BUILTIN_SAMPLER).unwrap().to_string(),
+            "dpm-solver++10 thresholding=true"
+        );
+        let e = sampler_spec(&args(), None, Some(false), BUILTIN_SAMPLER).unwrap().to_string();
+        assert_eq!(e, "dpm-solver++20");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::commands::sample::builtin_model;
 #[command(rename_all = "snake_case")]
 pub struct SweepArgs {
     /// A diffusion model to sweep as NAME=PATH (repeat the flag for several)
-    /// [default: the built-in conditional and unconditional Fashion-MNIST models]
+    /// [default: the built-in Fashion-MNIST model]
     #[arg(long = "model")]
     pub models: Vec<String>,
     /// Noise-aware classifier that guides [default: the built-in one]
@@ -177,12 +177,8 @@ fn parse_models(specs: &[String]) -> Result<Vec<(String, PathBuf)>> {
     if specs.is_empty() {
         let dir = builtin_model()
             .context("no --model given and no built-in models found (models/fashion-mnist)")?;
-        let mut models = vec![("builtin".to_string(), dir.join("model.safetensors"))];
-        let uncond = dir.join("unconditional.safetensors");
-        if uncond.exists() {
-            models.push(("unconditional".into(), uncond));
-        }
-        return Ok(models);
+        // Its unconditional model is its null class: `--guidance classifier-uncond`.
+        return Ok(vec![("builtin".to_string(), dir.join("model.safetensors"))]);
     }
     let mut seen = HashSet::new();
     specs
