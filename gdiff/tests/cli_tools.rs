@@ -3,7 +3,7 @@
 mod support;
 
 use candle_core::Tensor;
-use support::{gdiff, golden_arg as golden};
+use support::{gdiff, golden_arg as golden, UNET_B_FLAGS};
 
 /// (success, stdout, stderr) of `gdiff args`.
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -20,23 +20,6 @@ fn ok(args: &[&str]) -> String {
     assert!(s, "gdiff {args:?} failed: {err}");
     out
 }
-
-const UNET_B_FLAGS: &[&str] = &[
-    "--image_size",
-    "32",
-    "--num_channels",
-    "32",
-    "--num_res_blocks",
-    "1",
-    "--channel_mult",
-    "1,1",
-    "--attention_resolutions",
-    "16",
-    "--num_heads",
-    "2",
-    "--use_scale_shift_norm",
-    "False",
-];
 
 #[test]
 fn cli_convert_inspect_round_trip() {

@@ -7,27 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod support;
-use support::golden_arg as golden;
+use support::{golden_arg as golden, UNET_B_FLAGS};
 
 /// Virtual memory cap of every run, KiB (the tiny models need well under 1 GiB).
 const CAP_KB: u64 = 3 << 20;
-
-const UNET_B: &[&str] = &[
-    "--image_size",
-    "32",
-    "--num_channels",
-    "32",
-    "--num_res_blocks",
-    "1",
-    "--channel_mult",
-    "1,1",
-    "--attention_resolutions",
-    "16",
-    "--num_heads",
-    "2",
-    "--use_scale_shift_norm",
-    "False",
-];
 
 struct Run {
     code: Option<i32>,
@@ -217,7 +200,7 @@ fn hostile_cli_flags_and_side_files_are_refused() {
                 .iter()
                 .map(|x| x.to_string())
                 .collect();
-        v.extend(UNET_B.iter().map(|x| x.to_string()));
+        v.extend(UNET_B_FLAGS.iter().map(|x| x.to_string()));
         v.extend(["--timestep_respacing", "2", "--quiet", "--output", "o.npz"].map(String::from));
         v.extend(extra.iter().map(|x| x.to_string()));
         v

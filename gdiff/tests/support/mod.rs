@@ -14,6 +14,24 @@ pub fn golden_arg(name: &str) -> String {
     golden(name).to_str().expect("a UTF-8 path").to_string()
 }
 
+/// The network flags of the golden `model_unet_b.pt` (32 channels, one block, two levels).
+pub const UNET_B_FLAGS: &[&str] = &[
+    "--image_size",
+    "32",
+    "--num_channels",
+    "32",
+    "--num_res_blocks",
+    "1",
+    "--channel_mult",
+    "1,1",
+    "--attention_resolutions",
+    "16",
+    "--num_heads",
+    "2",
+    "--use_scale_shift_norm",
+    "False",
+];
+
 /// A fresh scratch directory for the test `tag` of this process.
 pub fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gdiff-test-{tag}-{}", std::process::id()));
