@@ -137,6 +137,17 @@ fn sample_args(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Runs `gdiff <what>` in one process and under `mpirun -np 2`, each writing into its own
+/// directory under `tmp` (`args` gets the directory), and checks the files are equal.
+fn one_and_two_ranks_write_the_same(tmp: &Path, args: impl Fn(&Path) -> Vec<String>, what: &str) {
+    let (one, two) = (tmp.join("one"), tmp.join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    ok(&single(&args(&one)), &format!("gdiff {what}"));
+    ok(&mpirun(2, &args(&two), &[]), &format!("mpirun -np 2 gdiff {what}"));
+    assert_same_outputs(&one, &two);
+}
+
 /// Classifier-guided sampling, 10 samples in batches of 2 over 2 ranks (3 + 2 batches).
 #[test]
 fn mpi_sample_equals_one_process() {
@@ -144,12 +155,7 @@ fn mpi_sample_equals_one_process() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    std::fs::create_dir_all(&one).unwrap();
-    std::fs::create_dir_all(&two).unwrap();
-    ok(&single(&sample_args(&one)), "gdiff sample");
-    ok(&mpirun(2, &sample_args(&two), &[]), "mpirun -np 2 gdiff sample");
-    assert_same_outputs(&one, &two);
+    one_and_two_ranks_write_the_same(tmp.path(), sample_args, "sample");
 }
 
 /// Super-resolution of 5 low-resolution images in batches of 2 over 2 ranks.
@@ -209,12 +215,7 @@ fn mpi_super_res_equals_one_process() {
         ]);
         v
     };
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    std::fs::create_dir_all(&one).unwrap();
-    std::fs::create_dir_all(&two).unwrap();
-    ok(&single(&args(&one)), "gdiff super-res");
-    ok(&mpirun(2, &args(&two), &[]), "mpirun -np 2 gdiff super-res");
-    assert_same_outputs(&one, &two);
+    one_and_two_ranks_write_the_same(tmp.path(), args, "super-res");
 }
 
 /// Bits per dimension of 5 images in batches of 2 over 2 ranks: the same terms up to the
