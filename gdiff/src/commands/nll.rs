@@ -13,10 +13,9 @@ use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, Loader
 use guided_diffusion::load::Checkpoint;
 use guided_diffusion::models::NetConfig;
 use guided_diffusion::sample::PerSampleNoise;
-use guided_diffusion::train::resolve_log_dir;
 
 use crate::cli::args::{parse_bool, DiffusionArgs, ModelArgs};
-use crate::cli::{output, resolve, shard};
+use crate::cli::{env, output, resolve, shard};
 use guided_diffusion::dist::{bytes_to_f64s, f64s_to_bytes, rank_batches, Distributed};
 
 #[derive(Args, Debug)]
@@ -83,7 +82,7 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     }
     let mut data = Loader::new(ds, lc)?;
     let mut dir = if root {
-        resolve_log_dir(a.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
+        env::log_dir(a.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
     } else {
         Vec::new()
     };

@@ -26,12 +26,12 @@ use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{defaults, Net, NetConfig};
 use guided_diffusion::train::ckpt::meta;
 use guided_diffusion::train::{
-    parse_ema_rates, resolve_log_dir, ClassifierObjective, DiffusionObjective, Distributed,
-    LabelDropout, Logger, MicroScaling, Objective, ParamSet, RunLock, TrainConfig, TrainLoop,
+    parse_ema_rates, ClassifierObjective, DiffusionObjective, Distributed, LabelDropout, Logger,
+    MicroScaling, Objective, ParamSet, RunLock, TrainConfig, TrainLoop,
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
-use crate::cli::{output, policy, resolve};
+use crate::cli::{env, output, policy, resolve};
 
 /// Flags every training command shares.
 #[derive(Args, Debug, Clone)]
@@ -227,7 +227,7 @@ fn rank_setup(
     dist: &dyn Distributed,
 ) -> Result<(std::path::PathBuf, Logger, Option<RunLock>)> {
     let mut dir = if dist.rank() == 0 {
-        resolve_log_dir(c.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
+        env::log_dir(c.log_dir.as_deref()).to_string_lossy().into_owned().into_bytes()
     } else {
         Vec::new()
     };

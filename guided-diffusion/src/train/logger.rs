@@ -14,15 +14,14 @@ use std::path::{Path, PathBuf};
 use crate::data::files::write_atomic;
 use crate::{Error, Result};
 
-/// `explicit`, else `$OPENAI_LOGDIR`, else `<tmp>/openai-YYYY-MM-DD-HH-MM-SS-ffffff`.
-pub fn resolve_log_dir(explicit: Option<&str>) -> PathBuf {
-    if let Some(d) = explicit.filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
+/// The run's directory: `explicit` (`--log_dir`), else `default` (the reference's logger reads
+/// `$OPENAI_LOGDIR`; a program passes it here, the library reads no environment), else
+/// `<tmp>/openai-YYYY-MM-DD-HH-MM-SS-ffffff`. An empty path counts as none.
+pub fn resolve_log_dir(explicit: Option<&Path>, default: Option<&Path>) -> PathBuf {
+    match [explicit, default].into_iter().flatten().find(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(timestamp_dir_name(std::time::SystemTime::now())),
     }
-    if let Some(d) = std::env::var_os("OPENAI_LOGDIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    std::env::temp_dir().join(timestamp_dir_name(std::time::SystemTime::now()))
 }
 
 /// `openai-%Y-%m-%d-%H-%M-%S-%f` (UTC).
@@ -324,4 +323,20 @@ fn progress_line(kvs: &BTreeMap<String, f64>) -> String {
         }
     }
     parts.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_log_dir_takes_explicit_then_default_then_a_stamped_temp_dir() {
+        let (a, b, empty) = (Path::new("runs/a"), Path::new("runs/b"), Path::new(""));
+        assert_eq!(resolve_log_dir(Some(a), Some(b)), a);
+        assert_eq!(resolve_log_dir(None, Some(b)), b);
+        assert_eq!(resolve_log_dir(Some(empty), Some(b)), b, "an empty --log_dir is none");
+        let tmp = resolve_log_dir(Some(empty), Some(empty));
+        assert_eq!(tmp.parent(), Some(std::env::temp_dir().as_path()));
+        assert!(tmp.file_name().unwrap().to_string_lossy().starts_with("openai-"), "{tmp:?}");
+    }
 }

@@ -1,0 +1,18 @@
+//! The environment variables that stand in for settings the library takes as values: the
+//! library reads no environment, so gdiff reads these here and passes what they say.
+//!
+//! - `OPENAI_LOGDIR`: the log directory when `--log_dir` is not given (the reference's logger).
+//!
+//! The kernel switches (`GD_*`) are read in [`super::policy`].
+use std::path::{Path, PathBuf};
+
+use guided_diffusion::train::resolve_log_dir;
+
+/// The reference's variable for the log directory.
+pub const LOG_DIR_ENV: &str = "OPENAI_LOGDIR";
+
+/// `--log_dir`, else a non-empty `$OPENAI_LOGDIR`, else `<tmp>/openai-<UTC stamp>`.
+pub fn log_dir(flag: Option<&str>) -> PathBuf {
+    let env = std::env::var_os(LOG_DIR_ENV).map(PathBuf::from);
+    resolve_log_dir(flag.map(Path::new), env.as_deref())
+}
