@@ -205,3 +205,47 @@ fn cli_super_res_upsamples_base_samples() {
     let l: Vec<i64> = a.iter().find(|(n, _)| n == "arr_1").unwrap().1.to_vec1().unwrap();
     assert_eq!(l, vec![7, 2], "labels come from the base samples");
 }
+
+/// gdiff reads `$OPENAI_LOGDIR` (no `--log_dir`) and `$FASHION_MNIST_DIR` and passes them to the
+/// library, which reads no environment.
+#[test]
+fn cli_nll_takes_its_log_and_data_directories_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fm, logs, empty) = (dir.path().join("fm"), dir.path().join("logs"), dir.path().join("e"));
+    std::fs::create_dir_all(&fm).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    for name in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        let installed = std::path::Path::new("/usr/share/datasets/fashion-mnist").join(name);
+        std::os::unix::fs::symlink(installed, fm.join(name)).unwrap();
+    }
+    let src = golden("model_unet_b.pt");
+    let mut args = vec![
+        "nll",
+        "--data_dir",
+        "fashion-mnist:test",
+        "--model_path",
+        &src[..],
+        "--timestep_respacing",
+        "2",
+        "--num_samples",
+        "1",
+        "--quiet",
+    ];
+    args.extend_from_slice(UNET_B_FLAGS);
+    let nll = |data: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gdiff"))
+            .args(&args)
+            .env("OPENAI_LOGDIR", &logs)
+            .env("FASHION_MNIST_DIR", data)
+            .output()
+            .expect("gdiff runs")
+    };
+    let o = nll(&fm);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(logs.join("vb_terms.npz").is_file(), "the terms go to $OPENAI_LOGDIR");
+    let o = nll(&empty);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an empty $FASHION_MNIST_DIR must fail");
+    let want = empty.join("t10k-images-idx3-ubyte.gz").display().to_string();
+    assert!(e.contains(&want) && e.contains("FASHION_MNIST_DIR"), "{e}");
+}

@@ -87,6 +87,11 @@ fn data_fashion_mnist_missing_files_error_names_path_and_apt() {
     let e = FashionMnist::open(opts).err().unwrap().to_string();
     assert!(e.contains("train-images-idx3-ubyte.gz"), "{e}");
     assert!(e.contains("apt-get install dataset-fashion-mnist"), "{e}");
+    // The directory a `DataSpec` names reaches the data set.
+    let mut spec = DataSpec::new("fashion-mnist:test", 32);
+    spec.fashion_mnist_dir = Some(tmp.path().to_path_buf());
+    let e = open_dataset(&spec).err().unwrap().to_string();
+    assert!(e.contains(&tmp.path().join("t10k-images-idx3-ubyte.gz").display().to_string()), "{e}");
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! library reads no environment, so gdiff reads these here and passes what they say.
 //!
 //! - `OPENAI_LOGDIR`: the log directory when `--log_dir` is not given (the reference's logger).
+//! - `FASHION_MNIST_DIR`: where Fashion-MNIST's files are, when not in Debian's place.
 //!
 //! The kernel switches (`GD_*`) are read in [`super::policy`].
 use std::path::{Path, PathBuf};
 
+use guided_diffusion::data::{fashion_mnist, DataSpec};
 use guided_diffusion::train::resolve_log_dir;
 
 /// The reference's variable for the log directory.
@@ -15,4 +17,12 @@ pub const LOG_DIR_ENV: &str = "OPENAI_LOGDIR";
 pub fn log_dir(flag: Option<&str>) -> PathBuf {
     let env = std::env::var_os(LOG_DIR_ENV).map(PathBuf::from);
     resolve_log_dir(flag.map(Path::new), env.as_deref())
+}
+
+/// `DataSpec::new(data_dir, image_size)` with Fashion-MNIST's directory from
+/// `$FASHION_MNIST_DIR`, if set (else the library's [`fashion_mnist::DEFAULT_DIR`]).
+pub fn data_spec(data_dir: &str, image_size: usize) -> DataSpec {
+    let mut spec = DataSpec::new(data_dir, image_size);
+    spec.fashion_mnist_dir = std::env::var_os(fashion_mnist::DIR_ENV).map(PathBuf::from);
+    spec
 }

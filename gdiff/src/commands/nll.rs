@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
-use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
+use guided_diffusion::data::{open_dataset, BatchSource, Loader, LoaderConfig};
 use guided_diffusion::load::Checkpoint;
 use guided_diffusion::models::NetConfig;
 use guided_diffusion::sample::PerSampleNoise;
@@ -67,7 +67,7 @@ fn run_with(a: &NllArgs, dist: &dyn Distributed) -> Result<()> {
     let model = ckpt.into_network(&NetConfig::UNet(ucfg.clone()))?;
     let model = crate::cli::policy::prepare(model, crate::cli::policy::from_env());
     let diffusion = resolve::diffusion_config(&a.diffusion, emb, ucfg.learns_sigma())?.build()?;
-    let mut spec = DataSpec::new(&a.data_dir, ucfg.trunk.image_size);
+    let mut spec = env::data_spec(&a.data_dir, ucfg.trunk.image_size);
     spec.class_cond = ucfg.num_classes.is_some();
     spec.channels = ucfg.trunk.in_channels;
     let mut lc = LoaderConfig::new(a.batch_size, a.seed);

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use guided_diffusion::checkpoint::write_atomic;
-use guided_diffusion::data::{open_dataset, rng, DataSpec};
+use guided_diffusion::data::{open_dataset, rng};
 use guided_diffusion::eval::judge::score;
 use guided_diffusion::eval::{FeatureMatrix, FidStatistics, Judge, JudgedMetrics};
 use guided_diffusion::load::Checkpoint;
@@ -30,9 +30,9 @@ use guided_diffusion::samplers::SamplerSpec;
 use guided_diffusion::train::logger::format_g;
 use rand::seq::SliceRandom;
 
-use crate::cli::output;
 use crate::cli::plot::{write_panels, Panel, Series};
 use crate::cli::sampler::parse_interval;
+use crate::cli::{env, output};
 use crate::commands::sample::builtin_model;
 
 #[derive(Args, Debug)]
@@ -250,7 +250,7 @@ fn load_reference(
     batch: usize,
 ) -> Result<Reference> {
     let size = judge.image_size();
-    let mut ds = DataSpec::new(spec, size);
+    let mut ds = env::data_spec(spec, size);
     ds.class_cond = true;
     ds.random_flip = false;
     ds.channels = channels;

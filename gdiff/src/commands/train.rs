@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use candle_nn::VarMap;
 use clap::Args;
 use guided_diffusion::checkpoint::{CONFIG_KEY, DIFFUSION_KEY};
-use guided_diffusion::data::{open_dataset, BatchSource, DataSpec, Loader, LoaderConfig};
+use guided_diffusion::data::{open_dataset, BatchSource, Loader, LoaderConfig};
 use guided_diffusion::diffusion::create_named_schedule_sampler;
 use guided_diffusion::dist::init_from_env;
 use guided_diffusion::models::init::seeded_var_builder;
@@ -162,7 +162,7 @@ pub struct TrainClassifierArgs {
 }
 
 fn data_classes(c: &CommonTrainArgs, image_size: usize, channels: usize) -> Result<Option<usize>> {
-    let mut spec = DataSpec::new(&c.data_dir, image_size);
+    let mut spec = env::data_spec(&c.data_dir, image_size);
     spec.class_cond = true;
     spec.channels = channels;
     Ok(open_dataset(&spec)?.classes().map(|l| l.len()))
@@ -270,7 +270,7 @@ fn open_rank_loader(
     device: &candle_core::Device,
     dist: &dyn Distributed,
 ) -> Result<Loader> {
-    let mut spec = DataSpec::new(d.data_dir, d.image_size);
+    let mut spec = env::data_spec(d.data_dir, d.image_size);
     spec.class_cond = d.class_cond;
     spec.random_crop = d.random_crop;
     spec.random_flip = c.random_flip;

@@ -19,7 +19,8 @@ use crate::{bail, Result};
 
 /// Where Debian installs the files.
 pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
-/// Environment variable overriding [`DEFAULT_DIR`].
+/// The environment variable gdiff reads for [`FashionMnistOptions::dir`]. The library never
+/// reads it; the error for missing files names it, for gdiff's users.
 pub const DIR_ENV: &str = "FASHION_MNIST_DIR";
 /// Class names in label order.
 pub const CLASS_NAMES: [&str; 10] = [
@@ -67,7 +68,7 @@ pub struct FashionMnistOptions {
     pub random_flip: bool,
     pub rank: usize,
     pub world_size: usize,
-    /// Directory of the four `.gz` files; `None`: `$FASHION_MNIST_DIR`, else [`DEFAULT_DIR`].
+    /// Directory of the four `.gz` files; `None`: [`DEFAULT_DIR`].
     pub dir: Option<PathBuf>,
 }
 
@@ -86,11 +87,6 @@ impl FashionMnistOptions {
             dir: None,
         }
     }
-}
-
-/// The directory used when none is given.
-pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
 /// Shared, sharded Fashion-MNIST images.
@@ -133,7 +129,7 @@ impl FashionMnist {
         if opts.fit == Fit::Pad && opts.image_size < NATIVE_SIZE {
             bail!("Fashion-MNIST: cannot pad 28x28 to {0}x{0}; use resizing", opts.image_size);
         }
-        let dir = opts.dir.clone().unwrap_or_else(default_dir);
+        let dir = opts.dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
         let (img_name, lbl_name) = file_names(opts.split);
         let (img_path, lbl_path) = (dir.join(img_name), dir.join(lbl_name));
         require(&img_path)?;

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod resize;
 pub mod rng;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use dataset::{Dataset, FolderDataset, FolderOptions, Item};
@@ -45,6 +46,9 @@ pub struct DataSpec {
     pub channels: usize,
     /// Fashion-MNIST only: pad or resize.
     pub fit: Fit,
+    /// Fashion-MNIST only: the directory of its four `.gz` files; `None`:
+    /// [`fashion_mnist::DEFAULT_DIR`] (gdiff fills it from `$FASHION_MNIST_DIR`).
+    pub fashion_mnist_dir: Option<PathBuf>,
     pub rank: usize,
     pub world_size: usize,
 }
@@ -59,6 +63,7 @@ impl DataSpec {
             random_flip: true,
             channels: 3,
             fit: Fit::Auto,
+            fashion_mnist_dir: None,
             rank: 0,
             world_size: 1,
         }
@@ -87,7 +92,7 @@ pub fn open_dataset(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
             random_flip: spec.random_flip,
             rank: spec.rank,
             world_size: spec.world_size,
-            dir: None,
+            dir: spec.fashion_mnist_dir.clone(),
         })?),
         None => Arc::new(FolderDataset::open(
             d,
