@@ -249,3 +249,27 @@ fn cli_nll_takes_its_log_and_data_directories_from_the_environment() {
     let want = empty.join("t10k-images-idx3-ubyte.gz").display().to_string();
     assert!(e.contains(&want) && e.contains("FASHION_MNIST_DIR"), "{e}");
 }
+
+/// gdiff reads the MPI launcher's world size from the environment: a binary built without the
+/// `mpi` feature refuses to run as one of several ranks (each would work alone).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn cli_refuses_an_mpi_launch_without_mpi_support() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = golden("model_unet_b.pt");
+    let mut args = vec!["nll", "--data_dir", "fashion-mnist:test", "--model_path", &src[..]];
+    args.extend_from_slice(UNET_B_FLAGS);
+    args.extend_from_slice(&["--log_dir", dir.path().to_str().unwrap()]);
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gdiff"))
+            .args(&args)
+            .env_remove("OMPI_COMM_WORLD_SIZE")
+            .env_remove("PMI_SIZE")
+            .env_remove("PMIX_SIZE")
+            .env(var, "2")
+            .output()
+            .expect("gdiff runs");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("built without MPI support"), "{var}: {e}");
+    }
+}

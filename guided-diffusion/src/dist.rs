@@ -20,10 +20,12 @@
 //!     --batch_size 16 --log_dir runs/fm ...        # as root add --allow-run-as-root
 //! ```
 //!
-//! [`init_from_env`] picks MPI when the process was started by an MPI launcher. `--batch_size`
-//! is per rank, as in the reference: the global batch is `N * batch_size`. Data: every rank
-//! reads the same shuffled sequence of global batches of `N * batch_size` items and keeps rows
-//! `[rank * b, (rank + 1) * b)`, decoding only those ([`crate::data::LoaderConfig::rows`]); step randomness (timesteps, noise) is drawn
+//! [`init`] picks MPI when the process was started by an MPI launcher: the program reads the
+//! world size the launcher announced in the environment and passes it (gdiff's `cli::env`; the
+//! library reads no environment). `--batch_size` is per rank, as in the reference: the global
+//! batch is `N * batch_size`. Data: every rank reads the same shuffled sequence of global
+//! batches of `N * batch_size` items and keeps rows `[rank * b, (rank + 1) * b)`, decoding only
+//! those ([`crate::data::LoaderConfig::rows`]); step randomness (timesteps, noise) is drawn
 //! per sample from the sample's global row ([`crate::train::StepContext::row_rng`]). Hence
 //! `N` ranks with batch `b` compute the same update, up to floating-point summation order, as
 //! one process with batch `N * b` and the same seed — and the ranks never see the same sample
@@ -31,7 +33,7 @@
 //! rank 0 writes logs and checkpoints (the others get a null logger) and every rank resumes
 //! from the same checkpoint directory, which must therefore be shared (`--log_dir`).
 //!
-//! Launched by `mpirun` but built without the feature, [`init_from_env`] fails rather than
+//! Launched by `mpirun` but built without the feature, [`init`] fails rather than
 //! letting `N` independent copies train and overwrite each other's checkpoints.
 use candle_core::{Device, Tensor};
 
@@ -133,21 +135,14 @@ pub fn rank_batches(
     (rank..num_batches).step_by(world_size.max(1))
 }
 
-/// The world size an MPI launcher announced in the environment (OpenMPI, MPICH/PMI, PMIx),
-/// if any.
-pub fn launcher_world_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().and_then(|v| v.trim().parse().ok()))
-}
-
 /// Whether this binary was built with the `mpi` feature.
 pub const MPI_ENABLED: bool = cfg!(feature = "mpi");
 
 /// MPI when started by an MPI launcher and built with the `mpi` feature, else one process.
+/// `launched` is the world size the launcher announced (in the environment: OpenMPI's
+/// `OMPI_COMM_WORLD_SIZE`, MPICH's `PMI_SIZE`, PMIx's `PMIX_SIZE`), `None` when not launched.
 /// Call once per process, and keep the result for the whole run (dropping it finalizes MPI).
-pub fn init_from_env() -> Result<Box<dyn Distributed>> {
-    let launched = launcher_world_size();
+pub fn init(launched: Option<usize>) -> Result<Box<dyn Distributed>> {
     #[cfg(feature = "mpi")]
     if launched.is_some() {
         return Ok(Box::new(mpi::Mpi::init()?));
@@ -175,6 +170,17 @@ mod tests {
         let v = [0.5, -2.0, f64::MAX];
         assert_eq!(bytes_to_f64s(&f64s_to_bytes(&v)).unwrap(), v);
         assert!(bytes_to_f64s(&[0; 7]).is_err());
+    }
+
+    #[test]
+    fn init_is_one_process_unless_a_launcher_announced_ranks() {
+        assert_eq!(init(None).unwrap().world_size(), 1);
+        #[cfg(not(feature = "mpi"))]
+        {
+            assert_eq!(init(Some(1)).unwrap().world_size(), 1);
+            let e = init(Some(2)).err().unwrap().to_string();
+            assert!(e.contains("2 ranks") && e.contains("--features mpi"), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - `OPENAI_LOGDIR`: the log directory when `--log_dir` is not given (the reference's logger).
 //! - `FASHION_MNIST_DIR`: where Fashion-MNIST's files are, when not in Debian's place.
+//! - `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE`, `PMIX_SIZE`: the world size an MPI launcher announced
+//!   (OpenMPI, MPICH/PMI, PMIx), for `guided_diffusion::dist::init`.
 //!
 //! The kernel switches (`GD_*`) are read in [`super::policy`].
 use std::path::{Path, PathBuf};
@@ -25,4 +27,11 @@ pub fn data_spec(data_dir: &str, image_size: usize) -> DataSpec {
     let mut spec = DataSpec::new(data_dir, image_size);
     spec.fashion_mnist_dir = std::env::var_os(fashion_mnist::DIR_ENV).map(PathBuf::from);
     spec
+}
+
+/// The world size an MPI launcher announced in the environment, if any.
+pub fn launcher_world_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().and_then(|v| v.trim().parse().ok()))
 }

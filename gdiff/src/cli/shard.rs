@@ -1,16 +1,17 @@
-//! Sampling across MPI ranks: each rank's part of a run ([`Samples`] of its batches) is packed,
+//! MPI ranks: this process's place in the job ([`init`], for every command), and sampling
+//! across the ranks: each rank's part of a run ([`Samples`] of its batches) is packed,
 //! gathered on rank 0 in one collective and put back in global batch order, so rank 0 writes
 //! the same files one process would. A rank that fails ends the whole job (`MPI_Abort`) with
 //! its rank and error on stderr, never leaving the others waiting.
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use guided_diffusion::dist::{init_from_env, Distributed};
+use guided_diffusion::dist::{self, Distributed};
 use guided_diffusion::sample::{Samples, Shard};
 
 /// This process's place in the job: MPI when launched by `mpirun` (binary built with the `mpi`
-/// feature), else one process.
+/// feature), else one process. Call once per process and keep the result for the whole run.
 pub fn init() -> Result<Box<dyn Distributed>> {
-    Ok(init_from_env()?)
+    Ok(dist::init(super::env::launcher_world_size())?)
 }
 
 /// The shard of `dist`.

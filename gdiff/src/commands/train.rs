@@ -21,7 +21,6 @@ use clap::Args;
 use guided_diffusion::checkpoint::{CONFIG_KEY, DIFFUSION_KEY};
 use guided_diffusion::data::{open_dataset, BatchSource, Loader, LoaderConfig};
 use guided_diffusion::diffusion::create_named_schedule_sampler;
-use guided_diffusion::dist::init_from_env;
 use guided_diffusion::models::init::seeded_var_builder;
 use guided_diffusion::models::{defaults, Net, NetConfig};
 use guided_diffusion::train::ckpt::meta;
@@ -31,7 +30,7 @@ use guided_diffusion::train::{
 };
 
 use crate::cli::args::{parse_bool, ClassifierArgs, DiffusionArgs, ModelArgs};
-use crate::cli::{env, output, policy, resolve};
+use crate::cli::{env, output, policy, resolve, shard};
 
 /// Flags every training command shares.
 #[derive(Args, Debug, Clone)]
@@ -321,7 +320,7 @@ fn fresh_net(
 fn train_diffusion(a: &TrainArgs, small: Option<(usize, usize)>) -> Result<()> {
     let c = &a.common;
     check_common(c)?;
-    let dist = init_from_env()?;
+    let dist = shard::init()?;
     let device = output::device(&c.device)?;
     let mut margs = a.model.clone();
     let image_size =
@@ -416,7 +415,7 @@ pub fn run_train_super_res(a: &TrainSuperResArgs) -> Result<()> {
 pub fn run_train_classifier(a: &TrainClassifierArgs) -> Result<()> {
     let c = &a.common;
     check_common(c)?;
-    let dist = init_from_env()?;
+    let dist = shard::init()?;
     let device = output::device(&c.device)?;
     let num_classes = match a.num_classes {
         Some(n) => Some(n),
