@@ -152,7 +152,8 @@ pub struct SamplerArgs {
     /// DDIM instead of ancestral (DDPM) sampling (the reference's flag; = --sampler ddim)
     #[arg(long, value_parser = parse_bool)]
     pub use_ddim: Option<bool>,
-    /// Sampling steps: DDPM/DDIM respacing ("250", "ddim25"), or DPM-Solver's model evaluations
+    /// Sampling steps: a number. DDPM/DDIM respace to N steps (--timestep_respacing takes the
+    /// reference's strings, "250" or "ddim25"); DPM-Solver's model evaluations
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM stochasticity in [0, 1] (0 = deterministic) [default: 0]
