@@ -3,7 +3,8 @@
 
 Reads the runs' progress.csv files (written by `gdiff train` / `gdiff train-classifier`) and a
 CSV of judge scores against the training step (columns step, weights, accuracy, fd; made from
-`gdiff guidance-sweep` results), and writes two PNGs. Needs matplotlib.
+`gdiff guidance-sweep` results; weights "real" is the real images' row, drawn as a line), and
+writes two PNGs. Needs matplotlib.
 
 Usage: plot_training.py MODEL_RUN_DIR CLASSIFIER_RUN_DIR QUALITY_CSV OUT_DIR
 """
@@ -38,7 +39,8 @@ def smooth(v, k=5):
 def main(model_dir, clf_dir, quality_csv, out_dir):
     m = rows(f"{model_dir}/progress.csv")
     c = rows(f"{clf_dir}/progress.csv")
-    q = rows(quality_csv)
+    with open(quality_csv) as f:  # several weights per step: no de-duplication by step here
+        q = list(csv.DictReader(f))
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     step = col(m, "step")
@@ -62,19 +64,25 @@ def main(model_dir, clf_dir, quality_csv, out_dir):
     fig.savefig(f"{out_dir}/training_curves.png", dpi=100)
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for w in sorted({r["weights"] for r in q}):
+    for w in sorted({r["weights"] for r in q} - {"real"}):
         rs = sorted((r for r in q if r["weights"] == w), key=lambda r: float(r["step"]))
         s = [float(r["step"]) for r in rs]
         ax[0].plot(s, [100 * float(r["accuracy"]) for r in rs], "o-", label=w)
         ax[1].plot(s, [float(r["fd"]) for r in rs], "o-", label=w)
-    real = [r for r in q if r["weights"] == "real"]
+    # The real images' row (same sample count, held-out test images) as a horizontal line.
+    for r in (r for r in q if r["weights"] == "real"):
+        ax[0].axhline(100 * float(r["accuracy"]), color="k", ls="--", label="real test images")
+        ax[1].axhline(float(r["fd"]), color="k", ls="--", label="real test images")
     ax[0].set_ylabel("judge accuracy (%)")
     ax[1].set_ylabel("FD (judge features)")
     ax[1].set_yscale("log")
     for a in ax:
         a.set_xlabel("training step")
         a.legend(fontsize=8)
-    fig.suptitle("samples against steps trained (DDIM 20 steps, classifier-free scale 2, 100 samples)")
+    fig.suptitle(
+        "samples against steps trained (DPM-Solver++(2M) 20 steps with the clamp, "
+        "classifier-free scale 2, 200 samples)"
+    )
     fig.tight_layout()
     fig.savefig(f"{out_dir}/quality_vs_steps.png", dpi=100)
 
