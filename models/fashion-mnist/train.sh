@@ -10,13 +10,16 @@
 # so the script can be stopped and rerun; resuming is bitwise the same as not stopping.
 # Needs Debian's dataset-fashion-mnist. Usage:
 #   models/fashion-mnist/train.sh [WORK_DIR]     (then copy the files as printed at the end)
-# SHIP_STEP and CLF_STEP (multiples of 500 and 1000) choose the shipped checkpoints.
+# SHIP_STEP and CLF_STEP (multiples of 500 and 1000) choose the shipped checkpoints; the
+# diffusion model's learning rate is constant to COOL_FROM, then anneals linearly to 0 at
+# SHIP_STEP (the reference's --lr_anneal_steps, which also ends the run there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-fashion-mnist-runs}
 cargo build --release -p gdiff
 gdiff=target/release/gdiff
-SHIP_STEP=${SHIP_STEP:-4000}
+SHIP_STEP=${SHIP_STEP:-10000}
+COOL_FROM=${COOL_FROM:-8000}
 CLF_STEP=${CLF_STEP:-4000}
 export RAYON_NUM_THREADS=1
 mkdir -p "$work"
@@ -46,8 +49,10 @@ $gdiff train-classifier $clf --classifier_width 32 --classifier_depth 2 --noised
     --lr 1e-3 --iterations 1000 --eval_interval 50 --save_interval 100 --log_interval 25 --seed 3 \
     --random_flip True --log_dir "$work/judge" >> "$work/judge.log" 2>&1 ) &
 wait "$model_pid"
-# Phase 2: a fast EMA (0.995) is added for the short run; it starts from the model at 2500.
-$gdiff train $unet --ema_rate 0.999,0.9995,0.995 --max_steps "$SHIP_STEP" --log_dir "$work/model" >> "$work/model.log" 2>&1
+# Phase 2: a fast EMA (0.995) is added; it starts from the model at 2500. Constant lr to COOL_FROM.
+$gdiff train $unet --ema_rate 0.999,0.9995,0.995 --max_steps "$COOL_FROM" --log_dir "$work/model" >> "$work/model.log" 2>&1
+# Phase 3: the cool-down: lr = 3e-4 * (1 - step / SHIP_STEP), from 6e-5 at 8000 to 0 at 10000.
+$gdiff train $unet --ema_rate 0.999,0.9995,0.995 --lr_anneal_steps "$SHIP_STEP" --log_dir "$work/model" >> "$work/model.log" 2>&1
 wait
 step=$(printf %06d "$SHIP_STEP")
 echo "cp $work/model/ema_0.995_$step.safetensors models/fashion-mnist/model.safetensors"
