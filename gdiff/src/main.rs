@@ -109,8 +109,9 @@ fn one_line(text: &str) -> String {
 }
 
 fn main() {
-    // Keep freed tensor memory for reuse (see guided_diffusion::kernels::malloc).
-    cli::policy::tune_malloc();
+    // Keep freed tensor memory for reuse, and candle's idle workers off rayon's cores
+    // (guided_diffusion::kernels::{malloc, pools}); before any thread starts.
+    cli::policy::tune_process();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -34,7 +34,7 @@ fn time_frozen(x: &Tensor, w: &Tensor, b: &Tensor, bf16: bool, winograd: bool) -
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let peak = common::peak_gflops();
     println!("threads {}, f32 peak {peak:.0} GFLOP/s; per conv: direct ms, Winograd ms, effective GFLOP/s and % of peak, speed-up", rayon::current_num_threads());
     let shapes: &[(&str, usize, usize, usize, usize)] = &[

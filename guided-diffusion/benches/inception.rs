@@ -114,7 +114,7 @@ fn layers() -> Vec<Layer> {
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let batch: usize =
         std::env::var("GD_PROFILE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
     let dev = Device::Cpu;

@@ -168,7 +168,7 @@ fn attn_row(label: &str, b: usize, heads: usize, ch: usize, t: usize, reps: (usi
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     println!(
         "threads {}; each op: candle ms, fast ms, candle GF/s, fast GF/s, speed-up (medians)",
         rayon::current_num_threads()

@@ -61,7 +61,7 @@ fn cfg_classes(cfg: &NetConfig) -> bool {
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let small = common::small_flags();
     bench("fashion-mnist small (32ch)", NetConfig::UNet(small.to_config().unwrap()), 32, 5);
     let mid = common::mid_flags();

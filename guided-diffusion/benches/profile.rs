@@ -211,7 +211,7 @@ fn model_times(net: &Net, c: usize, b: usize) -> (f64, f64) {
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let b: usize =
         std::env::var("GD_PROFILE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let ops = small_model_ops(b);

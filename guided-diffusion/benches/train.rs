@@ -61,7 +61,7 @@ fn bench(name: &str, flags: &ModelFlags, batch: usize, steps: usize) {
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let only = std::env::var("GD_TRAIN_BENCH").ok();
     let on = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
     if on("small") {

@@ -597,7 +597,7 @@ fn selection(big: bool) -> Vec<&'static str> {
 }
 
 fn main() {
-    common::tune_malloc();
+    common::tune_process();
     let big = common::flag("GD_BENCH_BIG");
     let threads = rayon::current_num_threads();
     let policy = common::policy();

@@ -61,12 +61,15 @@ pub fn policy() -> guided_diffusion::kernels::KernelPolicy {
     p.with_precision(if bf16 { Precision::Bf16 } else { Precision::F32 })
 }
 
-/// Tunes glibc's malloc as `gdiff` does, unless `GD_MALLOC=default`.
-pub fn tune_malloc() {
+/// The process-wide settings `gdiff` makes: glibc's malloc (unless `GD_MALLOC=default`) and
+/// candle-core's worker spin limit (unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set).
+pub fn tune_process() {
+    use guided_diffusion::kernels::{malloc, pools};
     let keep = std::env::var("GD_MALLOC").ok();
-    if !guided_diffusion::kernels::malloc::keep_default(keep.as_deref()) {
-        guided_diffusion::kernels::malloc::tune();
+    if !malloc::keep_default(keep.as_deref()) {
+        malloc::tune();
     }
+    pools::tune(std::env::var(pools::SPIN_LIMIT_VAR).ok().as_deref());
 }
 
 /// `true` when the environment variable is set to anything but `0` / empty.

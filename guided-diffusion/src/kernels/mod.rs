@@ -20,6 +20,8 @@
 //!   SiLU, forward and backward in one op each.
 //! - [`malloc`]: glibc malloc settings that keep freed tensor memory for reuse (opt-in, for
 //!   programs).
+//! - [`pools`]: how long candle-core's own worker threads spin beside rayon's (opt-in, for
+//!   programs).
 //! - [`reduce`]: per-channel sums (bias gradients).
 //! - [`softmax`]: softmax over the last axis, forward and backward one pass each.
 //! - [`attention`]: QKV attention with strided gemms and an in-place softmax, forward and
@@ -62,6 +64,7 @@ pub mod forms;
 pub mod group_norm;
 pub mod malloc;
 pub mod policy;
+pub mod pools;
 pub mod reduce;
 pub mod softmax;
 pub mod update;
