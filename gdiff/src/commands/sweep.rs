@@ -6,7 +6,8 @@
 //! judge's feature space, and reports: accuracy on the asked class, Fréchet distance to the
 //! reference set, k-NN precision and recall (k = 3) against an equally large reference subset,
 //! and the cost (network evaluations per sample, classifier evaluations, seconds). A row for
-//! held-out real images shows what "perfect" looks like at this sample size. Writes results.md
+//! held-out real images (left out of the reference statistics) shows what "perfect" looks like
+//! at this sample size. Writes results.md
 //! / .csv / .json, one grid per setting, tradeoff.png (metrics against the scale), cost.png
 //! (against the sampling time) and steps.png (against the number of network evaluations);
 //! `--append` extends an earlier sweep in the same folder.
@@ -230,6 +231,7 @@ struct Row {
 
 /// The reference set as the judge sees it.
 struct Reference {
+    /// Of the reference set less the held-out images.
     stats: FidStatistics,
     /// Equal-size subset for precision/recall.
     pr_subset: FeatureMatrix,
@@ -273,7 +275,6 @@ fn load_reference(
     let x = Tensor::from_vec(pixels, (len, channels, size, size), &Device::Cpu)?;
     let verdict = judge.judge_scaled(&x, batch)?;
     let judge_accuracy = verdict.accuracy(&labels)?;
-    let stats = FidStatistics::from_features(&verdict.features)?;
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(&mut r);
     let pick = |idx: &[usize]| -> Result<FeatureMatrix> {
@@ -284,6 +285,15 @@ fn load_reference(
         Ok(m)
     };
     let held = &order[n..2 * n];
+    // The statistics leave the held-out images out: the real row is then scored against images
+    // it is not part of, as every sample set is (with them in, the built-in judge's real row
+    // at 1,000 of the 10,000 Fashion-MNIST test images had FD 0.0014; without, 0.0017).
+    let mut in_stats = vec![true; len];
+    for &i in held {
+        in_stats[i] = false;
+    }
+    let rest: Vec<usize> = (0..len).filter(|&i| in_stats[i]).collect();
+    let stats = FidStatistics::from_features(&pick(&rest)?)?;
     Ok(Reference {
         stats,
         pr_subset: pick(&order[..n])?,
@@ -307,7 +317,7 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
     let mut md = String::new();
     md.push_str(&format!(
         "{} samples per setting (classes cycled); reference: {} ({} images; the judge is {:.1}% accurate on it).\n\
-         FD: Fréchet distance in the judge's feature space to the whole reference set; precision and recall: k-NN manifolds (k = 3) \
+         FD: Fréchet distance in the judge's feature space to the reference set less the real images' row; precision and recall: k-NN manifolds (k = 3) \
          against {} reference images. Scale: the classifier scale (classifier, classifier-uncond), the classifier-free scale \
          (cfg; 1 = conditional) or both (cfg+classifier). NFE: the sampler's network evaluations per sample; model evals: \
          images through the diffusion network per sample (classifier-free guidance runs a double batch); classifier evals: \
