@@ -334,13 +334,14 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
     for r in rows {
         let m = &r.metrics;
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}% | {:.3} | {:.3} | {:.3} | {} | {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1}% | {} | {:.3} | {:.3} | {} | {} | {} | {:.0} | {:.0} |\n",
             r.model,
             r.sampler,
             r.guidance,
             fmt_scale(r.scale),
             100.0 * m.accuracy,
-            m.fd,
+            // Three significant digits: the real row's FD is a few thousandths.
+            format_g(m.fd, 3),
             m.precision,
             m.recall,
             format_g(r.nfe, 4),
@@ -737,10 +738,10 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                     let nfe = out.nfe_per_batch.iter().sum::<usize>() as f64
                         / out.nfe_per_batch.len().max(1) as f64;
                     log(format!(
-                        "{name} {} {guidance} scale {scale}: accuracy {:.1}%, FD {:.3}, precision {:.3}, recall {:.3} ({sample_seconds:.0} s sampling, {seconds:.0} s)",
+                        "{name} {} {guidance} scale {scale}: accuracy {:.1}%, FD {}, precision {:.3}, recall {:.3} ({sample_seconds:.0} s sampling, {seconds:.0} s)",
                         sp.name,
                         100.0 * metrics.accuracy,
-                        metrics.fd,
+                        format_g(metrics.fd, 3),
                         metrics.precision,
                         metrics.recall
                     ));
