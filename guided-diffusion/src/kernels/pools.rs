@@ -8,8 +8,8 @@
 //! from the rayon kernel that usually comes next. In the small model's training step at two
 //! threads (AMD EPYC Zen 4, `benches/workloads.rs` `train_step_small`, 2026-11-30) the step
 //! took 0.325-0.433 s with the default limit (median 0.342 s, five alternating runs) and
-//! 0.320-0.347 s with [`SPIN_LIMIT`] (median 0.333 s): about 3% faster and without the slow
-//! tail. Forward-only workloads did not move. At one thread candle starts no workers, so the
+//! 0.320-0.347 s with [`SPIN_LIMIT`] (median 0.333 s): about 3% faster, and the slowest run
+//! much less slow. Forward-only workloads did not move. At one thread candle starts no workers, so the
 //! setting does nothing.
 //!
 //! candle-core reads the variable once, when its pool starts; a program sets it first thing in
