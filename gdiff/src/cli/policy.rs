@@ -70,13 +70,8 @@ pub fn prepare(mut net: Net, policy: KernelPolicy) -> Net {
     net
 }
 
-/// The process-wide settings, first thing in `main`: glibc's malloc keeps freed tensor memory
-/// (`GD_MALLOC=default` leaves it as it is), and candle-core's workers spin briefly beside
-/// rayon's (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, when set, is left as it is).
+/// The process-wide settings, first thing in `main` (`kernels::tune_process`, from the
+/// environment).
 pub fn tune_process() {
-    use guided_diffusion::kernels::{malloc, pools};
-    if !malloc::keep_default(var("GD_MALLOC").as_deref()) {
-        malloc::tune();
-    }
-    pools::tune(var(pools::SPIN_LIMIT_VAR).as_deref());
+    guided_diffusion::kernels::tune_process(var);
 }

@@ -61,15 +61,9 @@ pub fn policy() -> guided_diffusion::kernels::KernelPolicy {
     p.with_precision(if bf16 { Precision::Bf16 } else { Precision::F32 })
 }
 
-/// The process-wide settings `gdiff` makes: glibc's malloc (unless `GD_MALLOC=default`) and
-/// candle-core's worker spin limit (unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set).
+/// The process-wide settings `gdiff` makes (`kernels::tune_process`, from the environment).
 pub fn tune_process() {
-    use guided_diffusion::kernels::{malloc, pools};
-    let keep = std::env::var("GD_MALLOC").ok();
-    if !malloc::keep_default(keep.as_deref()) {
-        malloc::tune();
-    }
-    pools::tune(std::env::var(pools::SPIN_LIMIT_VAR).ok().as_deref());
+    guided_diffusion::kernels::tune_process(|k| std::env::var(k).ok());
 }
 
 /// `true` when the environment variable is set to anything but `0` / empty.

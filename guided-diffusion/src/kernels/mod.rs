@@ -79,3 +79,15 @@ pub use policy::{KernelPolicy, Precision};
 pub use reduce::channel_sum;
 pub use softmax::softmax_last;
 pub use upsample::{sum_pool2x, upsample_nearest2x};
+
+/// The process-wide settings a program makes first thing in `main`, before any thread starts
+/// (the library never makes them on its own): glibc's malloc keeps freed tensor memory
+/// ([`malloc`], unless `GD_MALLOC=default`), and candle-core's idle workers spin only briefly
+/// beside rayon's ([`pools`], unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set). `lookup` reads the
+/// program's environment, as for [`KernelPolicy::from_vars`].
+pub fn tune_process(lookup: impl Fn(&str) -> Option<String>) {
+    if !malloc::keep_default(lookup("GD_MALLOC").as_deref()) {
+        malloc::tune();
+    }
+    pools::tune(lookup(pools::SPIN_LIMIT_VAR).as_deref());
+}
