@@ -76,22 +76,22 @@ impl Method {
 }
 
 impl SkipType {
-    const NAMES: [&'static str; 3] = ["time_uniform", "logSNR", "time_quadratic"];
-    fn name(self) -> &'static str {
+    pub(crate) const NAMES: [&'static str; 3] = ["time_uniform", "logSNR", "time_quadratic"];
+    pub(crate) fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
-    fn from_name(s: &str) -> Self {
+    pub(crate) fn from_name(s: &str) -> Self {
         [Self::TimeUniform, Self::LogSnr, Self::TimeQuadratic]
             [Self::NAMES.iter().position(|n| *n == s).unwrap_or(0)]
     }
 }
 
 impl SolverType {
-    const NAMES: [&'static str; 2] = ["dpmsolver", "taylor"];
-    fn name(self) -> &'static str {
+    pub(crate) const NAMES: [&'static str; 2] = ["dpmsolver", "taylor"];
+    pub(crate) fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
-    fn from_name(s: &str) -> Self {
+    pub(crate) fn from_name(s: &str) -> Self {
         if s == "taylor" {
             Self::Taylor
         } else {
@@ -177,7 +177,7 @@ struct Eval {
 }
 
 /// `sum_i c_i * T_i`, computed term by term from the left.
-fn comb(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
+pub(crate) fn comb(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
     let mut acc = (terms[0].1 * terms[0].0)?;
     for &(c, t) in &terms[1..] {
         acc = (acc + (t * c)?)?;
@@ -213,6 +213,12 @@ impl DpmSolver {
 
     pub fn config(&self) -> &DpmSolverConfig {
         &self.config
+    }
+
+    /// Starts a new count of network evaluations (the stochastic form counts through this
+    /// solver's model calls).
+    pub(crate) fn reset_nfe(&mut self) {
+        self.nfe = 0;
     }
 
     pub fn schedule(&self) -> &VpSchedule {
@@ -308,7 +314,7 @@ impl DpmSolver {
 
     /// `data_prediction_fn`: x_0 from the noise prediction, with its correction if one is on
     /// (dynamic thresholding, or the clamp to [-1, 1]).
-    fn data_prediction(&mut self, den: &Denoiser, x: &Tensor, t: f64) -> Result<Tensor> {
+    pub(crate) fn data_prediction(&mut self, den: &Denoiser, x: &Tensor, t: f64) -> Result<Tensor> {
         let noise = self.noise_prediction(den, x, t)?;
         let ns = &self.schedule;
         let (alpha_t, sigma_t) = (ns.marginal_alpha(t), ns.marginal_std(t));
@@ -871,7 +877,7 @@ pub fn dynamic_thresholding(x0: &Tensor, ratio: f64, max_val: f64) -> Result<Ten
 }
 
 /// Checks a configuration before anything runs.
-fn check_config(c: &DpmSolverConfig) -> Result<()> {
+pub(crate) fn check_config(c: &DpmSolverConfig) -> Result<()> {
     if c.steps == 0 || c.steps > super::ddpm::MAX_STEPS {
         bail!("steps={}: expected 1..={}", c.steps, super::ddpm::MAX_STEPS);
     }

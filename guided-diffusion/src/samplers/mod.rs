@@ -11,6 +11,8 @@
 //!   score correction.
 //! - [`dpm_solver`]: DPM-Solver and DPM-Solver++ (Lu et al. 2022), all methods of the official
 //!   `dpm_solver_pytorch.py`, on the [`vp_schedule`] of the official code.
+//! - [`sde_dpm_solver`]: SDE-DPM-Solver++ ("DPM++ 2M SDE"), the multistep DPM-Solver++ on the
+//!   reverse SDE: a noise draw per step, on the same time grid and model adapter.
 //! - [`spec`]: [`SamplerSpec`], the one type that parses and prints a sampler ("ddim25",
 //!   "dpm-solver++ steps=20 order=2") and builds it; its registry lists every sampler.
 //!
@@ -29,6 +31,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod denoiser;
 pub mod dpm_solver;
+pub mod sde_dpm_solver;
 pub mod spec;
 pub mod vp_schedule;
 
@@ -37,6 +40,7 @@ pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use denoiser::Denoiser;
 pub use dpm_solver::{DpmSolver, DpmSolverConfig};
+pub use sde_dpm_solver::SdeDpmSolver;
 pub use spec::SamplerSpec;
 pub use vp_schedule::VpSchedule;
 
@@ -100,7 +104,8 @@ pub trait Sampler {
     fn nfe(&self) -> usize;
 
     /// Runs from `x_t` (x_T) to x_0. `noise` feeds stochastic samplers (one draw per step for
-    /// DDPM and DDIM, as the reference); deterministic solvers draw nothing.
+    /// DDPM and DDIM, as the reference; one per step for SDE-DPM-Solver++); deterministic
+    /// solvers draw nothing.
     fn sample(
         &mut self,
         denoiser: &Denoiser,

@@ -41,6 +41,7 @@ static KINDS: &[&dyn SamplerKind] = &[
     &super::ddim::KIND,
     &super::dpm_solver::DPM_SOLVER,
     &super::dpm_solver::DPM_SOLVER_PP,
+    &super::sde_dpm_solver::SDE_DPM_SOLVER_PP,
 ];
 
 /// The registry: every kind of sampler.
