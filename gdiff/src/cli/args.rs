@@ -144,9 +144,11 @@ pub struct SamplingArgs {
 #[derive(Args, Debug, Clone, Default)]
 #[command(rename_all = "snake_case")]
 pub struct SamplerArgs {
-    /// ddpm, ddim, dpm-solver or dpm-solver++, or a whole spec ("dpm-solver++ steps=20
-    /// order=3") [default: ddpm, ddim with --use_ddim True; for the built-in model
-    /// "dpm-solver++20 clip_denoised=true", DPM-Solver++(2M), 20 steps, x_0 clamped]
+    /// ddpm, ddim, dpm-solver, dpm-solver++ or sde-dpm-solver++, or a whole spec ("dpm-solver++
+    /// steps=20 order=3") [default: ddpm, ddim with --use_ddim True; for the built-in model
+    /// "sde-dpm-solver++20 clip_denoised=true", SDE-DPM-Solver++(2M), 20 steps, x_0 clamped,
+    /// or its ODE form "dpm-solver++20 clip_denoised=true" with --method, --atol, --rtol or
+    /// --order 3]
     #[arg(long)]
     pub sampler: Option<String>,
     /// DDIM instead of ancestral (DDPM) sampling (the reference's flag; = --sampler ddim)

@@ -1,6 +1,7 @@
 //! `gdiff sample`: `image_sample.py` and `classifier_sample.py` in one, with any sampler
-//! (`--sampler ddpm|ddim|dpm-solver|dpm-solver++`), classifier guidance (`--classifier_scale`
-//! with a classifier), classifier-free guidance (`--cfg_scale`), both, and a guidance interval.
+//! (`--sampler ddpm|ddim|dpm-solver|dpm-solver++|sde-dpm-solver++`), classifier guidance
+//! (`--classifier_scale` with a classifier), classifier-free guidance (`--cfg_scale`), both, and
+//! a guidance interval.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};

@@ -32,7 +32,7 @@ use guided_diffusion::train::logger::format_g;
 use rand::seq::SliceRandom;
 
 use crate::cli::plot::{write_panels, Panel, Series};
-use crate::cli::sampler::parse_interval;
+use crate::cli::sampler::{parse_interval, BUILTIN_SAMPLER};
 use crate::cli::{env, output};
 use crate::commands::sample::builtin_model;
 
@@ -53,8 +53,9 @@ pub struct SweepArgs {
     #[arg(long, default_value = "0,0.5,1,2,4,8")]
     pub scales: String,
     /// Samplers as specs (ddim25, ddpm250, dpm-solver++20, "dpm-solver++ steps=10 order=3"),
-    /// comma-separated (";"-separated when a spec holds a comma)
-    #[arg(long, default_value = "dpm-solver++20")]
+    /// comma-separated (";"-separated when a spec holds a comma) [default: the built-in model's,
+    /// "sde-dpm-solver++20 clip_denoised=true"]
+    #[arg(long, default_value = BUILTIN_SAMPLER, hide_default_value = true)]
     pub samplers: String,
     /// Guidance kinds, comma-separated: classifier (classifier guidance of the model as
     /// trained), classifier-uncond (classifier guidance of the null-class branch of a
