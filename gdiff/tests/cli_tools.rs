@@ -77,19 +77,25 @@ fn cli_convert_inspect_round_trip() {
 
 #[test]
 fn cli_same_seed_same_samples_whatever_the_batch_size() {
+    // The stochastic samplers: DDPM (one draw per step) and SDE-DPM-Solver++ (likewise).
+    for sampler in [["--timestep_respacing", "4"], ["--sampler", "sde-dpm-solver++4"]] {
+        same_samples_whatever_the_batch_size(&sampler);
+    }
+}
+
+fn same_samples_whatever_the_batch_size(sampler: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
+    let (model, config) = (golden("model_unet_a.safetensors"), golden("model_unet_a.json"));
     let run = |batch: &str, name: &str| {
         let npz = dir.path().join(name);
-        ok(&[
+        let mut args = vec![
             "sample",
             "--model_path",
-            &golden("model_unet_a.safetensors"),
+            &model,
             "--model_config",
-            &golden("model_unet_a.json"),
+            &config,
             "--noise_schedule",
             "cosine",
-            "--timestep_respacing",
-            "4",
             "--num_samples",
             "3",
             "--batch_size",
@@ -100,7 +106,9 @@ fn cli_same_seed_same_samples_whatever_the_batch_size() {
             npz.to_str().unwrap(),
             "--no_grid",
             "--quiet",
-        ]);
+        ];
+        args.extend_from_slice(sampler);
+        ok(&args);
         let a = Tensor::read_npz(&npz).unwrap();
         let img: Vec<u8> = a
             .iter()
@@ -124,7 +132,7 @@ fn cli_same_seed_same_samples_whatever_the_batch_size() {
     let max = a.iter().zip(&b).map(|(x, y)| (*x as i32 - *y as i32).abs()).max().unwrap();
     assert!(
         max <= 1 && differ * 1000 <= a.len(),
-        "batch size changed the samples: {differ} pixels, max {max} levels"
+        "{sampler:?}: batch size changed the samples: {differ} pixels, max {max} levels"
     );
 }
 
