@@ -63,26 +63,36 @@ def main(model_dir, clf_dir, quality_csv, out_dir):
     fig.tight_layout()
     fig.savefig(f"{out_dir}/training_curves.png", dpi=100)
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for w in sorted({r["weights"] for r in q} - {"real"}):
-        rs = sorted((r for r in q if r["weights"] == w), key=lambda r: float(r["step"]))
-        s = [float(r["step"]) for r in rs]
-        ax[0].plot(s, [100 * float(r["accuracy"]) for r in rs], "o-", label=w)
-        ax[1].plot(s, [float(r["fd"]) for r in rs], "o-", label=w)
-    # The real images' row (same sample count, held-out test images) as a horizontal line.
-    for r in (r for r in q if r["weights"] == "real"):
-        ax[0].axhline(100 * float(r["accuracy"]), color="k", ls="--", label="real test images")
-        ax[1].axhline(float(r["fd"]), color="k", ls="--", label="real test images")
-    ax[0].set_ylabel("judge accuracy (%)")
-    ax[1].set_ylabel("FD (judge features)")
-    ax[1].set_yscale("log")
-    for a in ax:
-        a.set_xlabel("training step")
-        a.legend(fontsize=8)
-    fig.suptitle(
-        "samples against steps trained (DPM-Solver++(2M) 20 steps with the clamp, "
-        "classifier-free scale 2, 200 samples)"
-    )
+    # Top row: DPM-Solver++(2M) as an ODE solver at classifier-free scale 2 (the rows measured
+    # while training); bottom row: the SDE solver, the built-in default since 2026-11-30, guided
+    # and unguided (weights labelled "SDE solver, ...").
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.4))
+    titles = [
+        "DPM-Solver++(2M), ODE, 20 steps with the clamp, classifier-free scale 2",
+        "SDE-DPM-Solver++(2M), 20 steps with the clamp (the default)",
+    ]
+    for row, (ax, title) in enumerate(zip(axes, titles)):
+        sde = row == 1
+        for w in sorted({r["weights"] for r in q} - {"real"}):
+            if w.startswith("SDE solver") != sde:
+                continue
+            rs = sorted((r for r in q if r["weights"] == w), key=lambda r: float(r["step"]))
+            s = [float(r["step"]) for r in rs]
+            label = w.removeprefix("SDE solver, ")
+            ax[0].plot(s, [100 * float(r["accuracy"]) for r in rs], "o-", label=label)
+            ax[1].plot(s, [float(r["fd"]) for r in rs], "o-", label=label)
+        # The real images' row (same sample count, held-out test images) as a horizontal line.
+        for r in (r for r in q if r["weights"] == "real"):
+            ax[0].axhline(100 * float(r["accuracy"]), color="k", ls="--", label="real test images")
+            ax[1].axhline(float(r["fd"]), color="k", ls="--", label="real test images")
+        ax[0].set_ylabel("judge accuracy (%)")
+        ax[1].set_ylabel("FD (judge features)")
+        ax[1].set_yscale("log")
+        ax[0].set_title(title, fontsize=9, loc="left")
+        for a in ax:
+            a.set_xlabel("training step")
+            a.legend(fontsize=7)
+    fig.suptitle("samples against steps trained (200 class-balanced samples against the test set)")
     fig.tight_layout()
     fig.savefig(f"{out_dir}/quality_vs_steps.png", dpi=100)
 
