@@ -3,8 +3,8 @@
 //!
 //! Layers, data flowing down only:
 //! - [`sample`], [`train`], [`eval`]: the loops users run.
-//! - [`samplers`]: DDPM, DDIM and DPM-Solver(++), each a value owning its time grid, asking one
-//!   denoiser (network + guidance); [`samplers::SamplerSpec`] names them.
+//! - [`samplers`]: DDPM, DDIM, DPM-Solver(++) and SDE-DPM-Solver++, each a value owning its
+//!   time grid, asking one denoiser (network + guidance); [`samplers::SamplerSpec`] names them.
 //! - [`diffusion`], [`guidance`]: the Gaussian diffusion process (schedules, respacing, losses)
 //!   and the guidance terms a sampler takes as a value.
 //! - [`load`]: networks from checkpoint files: a checkpoint read once into its tensors and what
