@@ -76,22 +76,22 @@ impl Method {
 }
 
 impl SkipType {
-    pub(crate) const NAMES: [&'static str; 3] = ["time_uniform", "logSNR", "time_quadratic"];
-    pub(crate) fn name(self) -> &'static str {
+    const NAMES: [&'static str; 3] = ["time_uniform", "logSNR", "time_quadratic"];
+    fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
-    pub(crate) fn from_name(s: &str) -> Self {
+    fn from_name(s: &str) -> Self {
         [Self::TimeUniform, Self::LogSnr, Self::TimeQuadratic]
             [Self::NAMES.iter().position(|n| *n == s).unwrap_or(0)]
     }
 }
 
 impl SolverType {
-    pub(crate) const NAMES: [&'static str; 2] = ["dpmsolver", "taylor"];
-    pub(crate) fn name(self) -> &'static str {
+    const NAMES: [&'static str; 2] = ["dpmsolver", "taylor"];
+    fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
-    pub(crate) fn from_name(s: &str) -> Self {
+    fn from_name(s: &str) -> Self {
         if s == "taylor" {
             Self::Taylor
         } else {
@@ -219,6 +219,17 @@ impl DpmSolver {
     /// solver's model calls).
     pub(crate) fn reset_nfe(&mut self) {
         self.nfe = 0;
+    }
+
+    /// The end of a run: with `denoise_to_zero`, one more data prediction at t = 1/N (the last
+    /// grid time) is the result; otherwise x as the last step left it.
+    pub(crate) fn finish(&mut self, denoiser: &Denoiser, x: Tensor) -> Result<Tensor> {
+        if !self.config.denoise_to_zero {
+            return Ok(x);
+        }
+        let x0 = self.data_prediction(denoiser, &x, self.schedule.t_min())?;
+        super::check_finite(&x0, self.num_steps().unwrap_or(0), self.num_steps())?;
+        Ok(x0)
     }
 
     pub fn schedule(&self) -> &VpSchedule {
@@ -628,15 +639,7 @@ impl DpmSolver {
         let mut prev: VecDeque<Eval> = VecDeque::with_capacity(order);
         prev.push_back(self.model_fn(den, &x, ts[0])?);
         for (step, &t) in ts.iter().enumerate().skip(1) {
-            // Warm-up steps use the orders available; then `order`, lowered at the end below
-            // 10 steps ("we only use lower order for steps < 10").
-            let step_order = if step < order {
-                step
-            } else if self.config.lower_order_final && steps < 10 {
-                order.min(steps + 1 - step)
-            } else {
-                order
-            };
+            let step_order = multistep_order(step, order, steps, self.config.lower_order_final);
             let x_new = self.multistep_update(&x, &prev, t, step_order)?;
             let last = prev.back().expect("the history holds the previous step");
             let pred = if callback.is_some() { Some(self.pred_xstart(&x, last)?) } else { None };
@@ -845,12 +848,7 @@ impl Sampler for DpmSolver {
             }
             Method::Adaptive => self.sample_adaptive(denoiser, &x, &mut callback)?,
         };
-        if self.config.denoise_to_zero {
-            let x0 = self.data_prediction(denoiser, &x, self.schedule.t_min())?;
-            super::check_finite(&x0, self.num_steps().unwrap_or(0), self.num_steps())?;
-            return Ok(x0);
-        }
-        Ok(x)
+        self.finish(denoiser, x)
     }
 }
 
@@ -916,6 +914,59 @@ pub(crate) fn check_config(c: &DpmSolverConfig) -> Result<()> {
     Ok(())
 }
 
+/// Reads the options the ODE solver shares with its SDE form ([`super::sde_dpm_solver`]) into
+/// `c`; `orders` says which orders the kind takes, for the parse error.
+pub(crate) fn read_shared(
+    r: &mut ParamReader,
+    c: &mut DpmSolverConfig,
+    orders: &str,
+) -> Result<()> {
+    c.steps = r.value("steps", c.steps, "a positive integer")?;
+    c.order = r.value("order", c.order, orders)?;
+    c.skip_type = SkipType::from_name(r.choice("skip_type", "time_uniform", &SkipType::NAMES)?);
+    c.solver_type =
+        SolverType::from_name(r.choice("solver_type", "dpmsolver", &SolverType::NAMES)?);
+    c.lower_order_final = r.bool("lower_order_final", c.lower_order_final)?;
+    c.thresholding = r.bool("thresholding", c.thresholding)?;
+    c.thresholding_ratio = r.float("thresholding_ratio", c.thresholding_ratio, 0.0, 1.0)?;
+    c.thresholding_max = r.float("thresholding_max", c.thresholding_max, 0.0, f64::MAX)?;
+    c.clip_denoised = r.bool("clip_denoised", c.clip_denoised)?;
+    c.denoise_to_zero = r.bool("denoise_to_zero", c.denoise_to_zero)?;
+    Ok(())
+}
+
+/// Writes the shared options of [`read_shared`] that differ from the defaults `d` (the step
+/// count is each kind's own business).
+pub(crate) fn write_shared(w: &mut ParamWriter, c: &DpmSolverConfig, d: &DpmSolverConfig) {
+    w.put("order", c.order, d.order);
+    w.put("skip_type", c.skip_type.name(), d.skip_type.name());
+    w.put("solver_type", c.solver_type.name(), d.solver_type.name());
+    w.put("lower_order_final", c.lower_order_final, d.lower_order_final);
+    w.put("thresholding", c.thresholding, d.thresholding);
+    w.put("thresholding_ratio", c.thresholding_ratio, d.thresholding_ratio);
+    w.put("thresholding_max", c.thresholding_max, d.thresholding_max);
+    w.put("clip_denoised", c.clip_denoised, d.clip_denoised);
+    w.put("denoise_to_zero", c.denoise_to_zero, d.denoise_to_zero);
+}
+
+/// The order of multistep step `step` (1-based) of `steps`: the orders available during the
+/// warm-up, then `order`, lowered at the last steps below 10 steps ("we only use lower order
+/// for steps < 10", as the official code).
+pub(crate) fn multistep_order(
+    step: usize,
+    order: usize,
+    steps: usize,
+    lower_order_final: bool,
+) -> usize {
+    if step < order {
+        step
+    } else if lower_order_final && steps < 10 {
+        order.min(steps + 1 - step)
+    } else {
+        order
+    }
+}
+
 /// The kinds `dpm-solver` and `dpm-solver++`.
 pub(crate) struct DpmKind(Algorithm);
 pub(crate) static DPM_SOLVER: DpmKind = DpmKind(Algorithm::DpmSolver);
@@ -952,18 +1003,7 @@ impl DpmKind {
         let mut c = DpmSolverConfig::new(self.0);
         let given = |k: &str| params.contains_key(k);
         c.method = Method::from_name(r.choice("method", "multistep", &Method::NAMES)?);
-        c.steps = r.value("steps", c.steps, "a positive integer")?;
-        c.order = r.value("order", c.order, "1, 2 or 3")?;
-        c.skip_type =
-            SkipType::from_name(r.choice("skip_type", "time_uniform", &SkipType::NAMES)?);
-        c.solver_type =
-            SolverType::from_name(r.choice("solver_type", "dpmsolver", &SolverType::NAMES)?);
-        c.lower_order_final = r.bool("lower_order_final", c.lower_order_final)?;
-        c.thresholding = r.bool("thresholding", c.thresholding)?;
-        c.thresholding_ratio = r.float("thresholding_ratio", c.thresholding_ratio, 0.0, 1.0)?;
-        c.thresholding_max = r.float("thresholding_max", c.thresholding_max, 0.0, f64::MAX)?;
-        c.clip_denoised = r.bool("clip_denoised", c.clip_denoised)?;
-        c.denoise_to_zero = r.bool("denoise_to_zero", c.denoise_to_zero)?;
+        read_shared(&mut r, &mut c, "1, 2 or 3")?;
         c.atol = r.float("atol", c.atol, 0.0, f64::MAX)?;
         c.rtol = r.float("rtol", c.rtol, 0.0, f64::MAX)?;
         // Keys that mean nothing for the chosen method are mistakes, not silent no-ops.
@@ -1011,16 +1051,8 @@ impl SamplerKind for DpmKind {
             // Always shown: the step count is what a reader of a spec wants first.
             w.put_opt("steps", Some(c.steps));
         }
-        w.put("order", c.order, d.order);
+        write_shared(&mut w, &c, &d);
         w.put("method", c.method.name(), d.method.name());
-        w.put("skip_type", c.skip_type.name(), d.skip_type.name());
-        w.put("solver_type", c.solver_type.name(), d.solver_type.name());
-        w.put("lower_order_final", c.lower_order_final, d.lower_order_final);
-        w.put("thresholding", c.thresholding, d.thresholding);
-        w.put("thresholding_ratio", c.thresholding_ratio, d.thresholding_ratio);
-        w.put("thresholding_max", c.thresholding_max, d.thresholding_max);
-        w.put("clip_denoised", c.clip_denoised, d.clip_denoised);
-        w.put("denoise_to_zero", c.denoise_to_zero, d.denoise_to_zero);
         w.put("atol", c.atol, d.atol);
         w.put("rtol", c.rtol, d.rtol);
         Ok(w.done())

@@ -27,7 +27,10 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use super::dpm_solver::{comb, Algorithm, DpmSolver, DpmSolverConfig, SkipType, SolverType};
+use super::dpm_solver::{
+    comb, multistep_order, read_shared, write_shared, Algorithm, DpmSolver, DpmSolverConfig,
+    SolverType,
+};
 use super::spec::{ParamReader, ParamWriter, Params, SamplerKind};
 use super::{finish_step, Denoiser, Sampler, StepCallback, StepInfo};
 use crate::diffusion::{DiffusionConfig, NoiseSource};
@@ -121,28 +124,20 @@ impl Sampler for SdeDpmSolver {
         let mut prev: VecDeque<Eval> = VecDeque::with_capacity(order);
         prev.push_back(Eval { t: ts[0], value: self.ode.data_prediction(denoiser, &x, ts[0])? });
         for (step, &t) in ts.iter().enumerate().skip(1) {
-            // As the ODE solver: warm-up orders, then `order`, lowered at the end below 10
-            // steps.
-            let step_order = if step < order {
-                step
-            } else if lower_order_final && steps < 10 {
-                order.min(steps + 1 - step)
-            } else {
-                order
-            };
+            let step_order = multistep_order(step, order, steps, lower_order_final);
             let z = noise.randn(x.shape(), x.device())?.to_dtype(x.dtype())?;
             let x_new = self.update(&x, &prev, t, step_order, &z)?;
             let last = prev.back().expect("the history holds the previous step");
             let t_model = self.ode.model_time(last.t);
             let pred = last.value.clone();
             x = x_new;
-            if prev.len() == order {
-                prev.pop_front();
-            }
             // The final step needs no model value.
-            let value =
-                if step < steps { self.ode.data_prediction(denoiser, &x, t)? } else { x.clone() };
-            prev.push_back(Eval { t, value });
+            if step < steps {
+                if prev.len() == order {
+                    prev.pop_front();
+                }
+                prev.push_back(Eval { t, value: self.ode.data_prediction(denoiser, &x, t)? });
+            }
             let info = StepInfo {
                 index: step - 1,
                 num_steps: steps,
@@ -153,12 +148,7 @@ impl Sampler for SdeDpmSolver {
             };
             finish_step(&mut callback, info, Some(steps))?;
         }
-        if self.config().denoise_to_zero {
-            let x0 = self.ode.data_prediction(denoiser, &x, t_min)?;
-            super::check_finite(&x0, steps, Some(steps))?;
-            return Ok(x0);
-        }
-        Ok(x)
+        self.ode.finish(denoiser, x)
     }
 }
 
@@ -200,18 +190,7 @@ impl SdeKind {
     fn read(&self, params: &Params) -> Result<DpmSolverConfig> {
         let mut r = ParamReader::new(self, params)?;
         let mut c = DpmSolverConfig::new(Algorithm::DpmSolverPP);
-        c.steps = r.value("steps", c.steps, "a positive integer")?;
-        c.order = r.value("order", c.order, "1 or 2")?;
-        c.skip_type =
-            SkipType::from_name(r.choice("skip_type", "time_uniform", &SkipType::NAMES)?);
-        c.solver_type =
-            SolverType::from_name(r.choice("solver_type", "dpmsolver", &SolverType::NAMES)?);
-        c.lower_order_final = r.bool("lower_order_final", c.lower_order_final)?;
-        c.thresholding = r.bool("thresholding", c.thresholding)?;
-        c.thresholding_ratio = r.float("thresholding_ratio", c.thresholding_ratio, 0.0, 1.0)?;
-        c.thresholding_max = r.float("thresholding_max", c.thresholding_max, 0.0, f64::MAX)?;
-        c.clip_denoised = r.bool("clip_denoised", c.clip_denoised)?;
-        c.denoise_to_zero = r.bool("denoise_to_zero", c.denoise_to_zero)?;
+        read_shared(&mut r, &mut c, "1 or 2")?;
         for key in ["thresholding_ratio", "thresholding_max"] {
             if params.contains_key(key) && !c.thresholding {
                 bail!("{key} does not apply here: it needs thresholding=true");
@@ -238,15 +217,7 @@ impl SamplerKind for SdeKind {
         let d = DpmSolverConfig::new(Algorithm::DpmSolverPP);
         let mut w = ParamWriter::default();
         w.put_opt("steps", Some(c.steps));
-        w.put("order", c.order, d.order);
-        w.put("skip_type", c.skip_type.name(), d.skip_type.name());
-        w.put("solver_type", c.solver_type.name(), d.solver_type.name());
-        w.put("lower_order_final", c.lower_order_final, d.lower_order_final);
-        w.put("thresholding", c.thresholding, d.thresholding);
-        w.put("thresholding_ratio", c.thresholding_ratio, d.thresholding_ratio);
-        w.put("thresholding_max", c.thresholding_max, d.thresholding_max);
-        w.put("clip_denoised", c.clip_denoised, d.clip_denoised);
-        w.put("denoise_to_zero", c.denoise_to_zero, d.denoise_to_zero);
+        write_shared(&mut w, &c, &d);
         Ok(w.done())
     }
     fn build(&self, params: &Params, diffusion: &DiffusionConfig) -> Result<Box<dyn Sampler>> {

@@ -1,5 +1,6 @@
-"""Expected values of tests/samplers_sde.rs: SDE-DPM-Solver++(2M) as the authors' diffusers
-scheduler computes it (`DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")`, diffusers
+"""Expected values of tests/samplers_properties.rs
+(second_order_sde_matches_the_authors_diffusers_scheduler): SDE-DPM-Solver++(2M) as the authors'
+diffusers scheduler computes it (`DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")`, diffusers
 0.30.0), driven on this crate's time grid: the official DPM-Solver's discrete NoiseScheduleVP of
 the linear schedule (float32), 12 time-uniform steps from t = 1 to 1/1000. The scheduler's own
 `set_timesteps` is bypassed: its `sigmas` are set to sigma_t / alpha_t at those times, so that
