@@ -97,8 +97,9 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub null_class: Option<usize>,
     /// Guide only at timesteps in [LO, HI] of the original process (e.g. 0,700), using the
-    /// conditional output alone elsewhere (Kynkäänniemi et al. 2024). On the built-in model,
-    /// 0,500 at scale 2 keeps the samples as diverse as real images (models/fashion-mnist)
+    /// conditional output alone elsewhere (Kynkäänniemi et al. 2024) [default: 0,500 on the
+    /// built-in model, where it keeps the samples as diverse as real images
+    /// (models/fashion-mnist); every step otherwise]
     #[arg(long)]
     pub guidance_interval: Option<String>,
     /// Labels to sample, cycled over the samples, e.g. "3,7" [default: random]

@@ -15,7 +15,8 @@ use guided_diffusion::sample::{
 
 use crate::cli::args::{ClassifierArgs, DiffusionArgs, ModelArgs, SamplingArgs};
 use crate::cli::sampler::{
-    check_builds, check_scale, parse_interval, sampler_spec, BUILTIN_SAMPLER,
+    check_builds, check_scale, parse_interval, sampler_spec, BUILTIN_GUIDANCE_INTERVAL,
+    BUILTIN_SAMPLER,
 };
 use crate::cli::{output, policy, resolve, shard};
 use guided_diffusion::dist::Distributed;
@@ -357,7 +358,18 @@ fn run_with(a: &SampleArgs, dist: &dyn Distributed) -> Result<()> {
     };
     let classifier =
         load_classifier(&clf_args, ucfg.trunk.image_size, real_classes, &device, policy)?;
-    let g = guidance_flags(&a.sampling, &info, ucfg.num_classes, classifier.is_some())?;
+    let mut g = guidance_flags(&a.sampling, &info, ucfg.num_classes, classifier.is_some())?;
+    let guided = g.classifier_free.is_some() || classifier.is_some();
+    if builtin && guided && g.interval.is_none() {
+        g.interval = Some(BUILTIN_GUIDANCE_INTERVAL);
+        if !a.sampling.quiet && dist.rank() == 0 {
+            let (lo, hi) = BUILTIN_GUIDANCE_INTERVAL;
+            eprintln!(
+                "guiding at timesteps t in [{lo}, {hi}] only, the built-in model's default \
+                 (--guidance_interval 0,1000 guides at every step)"
+            );
+        }
+    }
     let num_classes =
         ucfg.num_classes.or_else(|| classifier.as_ref().and_then(|(c, _, _)| c.num_classes()));
     let classes = match &a.sampling.classes {
