@@ -181,6 +181,8 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
         "0,4",
         "--samplers",
         "ddim10",
+        "--guidance_interval",
+        "0,500;0,700",
         "--num_samples",
         "20",
         "--batch_size",
@@ -198,21 +200,35 @@ fn guidance_sweep_writes_tables_grids_and_plot() {
         rows[0],
         "model,sampler,guidance,scale,accuracy,fd,precision,recall,nfe,model_evals,classifier_evals,sample_seconds,seconds"
     );
-    assert_eq!(rows.len(), 4, "{csv}");
+    assert_eq!(rows.len(), 8, "{csv}");
     assert!(rows[1].starts_with("real test images,-,-,-,"), "{csv}");
     assert!(
         rows[2].starts_with("conditional,ddim10,classifier,0,")
             && rows[3].starts_with("conditional,ddim10,classifier,4,"),
         "{csv}"
     );
-    // DDIM-10: 10 network evaluations per sample; the classifier only when guiding.
-    let cost = |r: &str| -> Vec<f64> {
-        r.split(',').skip(8).take(3).map(|x| x.parse().unwrap()).collect()
+    // Every interval of the list is a setting of its own; its label holds a comma, so the CSV
+    // quotes it.
+    for (i, iv) in ["[0,500]", "[0,700]"].iter().enumerate() {
+        assert!(
+            rows[4 + 2 * i].starts_with(&format!("conditional,ddim10,\"classifier {iv}\",0,"))
+                && rows[5 + 2 * i]
+                    .starts_with(&format!("conditional,ddim10,\"classifier {iv}\",4,")),
+            "{csv}"
+        );
+    }
+    // The last nine fields are numbers: accuracy to seconds.
+    let numbers = |r: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = r.rsplit(',').take(9).map(|x| x.parse().unwrap()).collect();
+        v.reverse();
+        v
     };
+    // DDIM-10: 10 network evaluations per sample; the classifier only when guiding.
+    let cost = |r: &str| -> Vec<f64> { numbers(r)[4..7].to_vec() };
     assert_eq!(cost(rows[2]), vec![10.0, 10.0, 0.0], "{csv}");
     assert_eq!(cost(rows[3]), vec![10.0, 10.0, 10.0], "{csv}");
     for r in &rows[1..] {
-        let f: Vec<f64> = r.split(',').skip(4).map(|x| x.parse().unwrap()).collect();
+        let f = numbers(r);
         assert!(f[0] >= 0.0 && f[0] <= 1.0 && f[1] >= 0.0 && f[1].is_finite(), "{r}");
         assert!((0.0..=1.0).contains(&f[2]) && (0.0..=1.0).contains(&f[3]), "{r}");
     }
@@ -236,8 +252,9 @@ fn guidance_sweep_rejects_bad_input() {
     let d = dir.to_str().unwrap();
     let clf = models().join("classifier.safetensors");
     let clf = clf.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--samplers", "plms10"], "--samplers"),
+        (&["--guidance_interval", "0,500;700"], "--guidance_interval \"700\""),
         (&["--judge_path", clf, "--classifier_path", clf], "independent"),
         (&["--model", "nameless"], "NAME=PATH"),
         (&["--model", "x=/no/such.safetensors"], "/no/such.safetensors"),

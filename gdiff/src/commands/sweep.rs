@@ -63,7 +63,8 @@ pub struct SweepArgs {
     /// same scale). The scale is the classifier scale, the cfg scale, or both
     #[arg(long, default_value = "classifier")]
     pub guidance: String,
-    /// Also run every guidance kind limited to the timesteps [LO, HI] (e.g. 0,700)
+    /// Also run every guidance kind limited to the timesteps [LO, HI] (e.g. 0,700); several
+    /// intervals separated by ";" ("0,400;0,500;0,600") sweep the interval too
     #[arg(long)]
     pub guidance_interval: Option<String>,
     /// Samples per setting (classes cycled, so balanced)
@@ -350,9 +351,9 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
         ));
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1}\n",
-            r.model,
-            r.sampler,
-            r.guidance,
+            csv_field(&r.model),
+            csv_field(&r.sampler),
+            csv_field(&r.guidance),
             fmt_scale(r.scale),
             m.accuracy,
             m.fd,
@@ -379,6 +380,16 @@ fn write_tables(out: &Path, rows: &[Row], reference: &Reference, args: &SweepArg
     write_atomic(&out.join("results.csv"), csv.as_bytes())?;
     write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     Ok(())
+}
+
+/// A CSV field as RFC 4180 writes it: quoted when it holds a comma, a quote or a line break
+/// (an interval's label, `cfg [0,500]`, or a sampler spec), its quotes doubled.
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
 }
 
 /// The rows of an earlier sweep in `out` (for `--append`), checked to be comparable. Rows of
@@ -564,7 +575,10 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     }
     let samplers = parse_samplers(&a.samplers)?;
     let kinds = Kind::parse_list(&a.guidance)?;
-    let interval = a.guidance_interval.as_deref().map(parse_interval).transpose()?;
+    let intervals: Vec<(f64, f64)> = match a.guidance_interval.as_deref() {
+        None => Vec::new(),
+        Some(list) => list.split(';').map(parse_interval).collect::<Result<_>>()?,
+    };
     guided_diffusion::limits::check_num_samples("--num_samples", a.num_samples)?;
     guided_diffusion::limits::check_batch_size("--batch_size", a.batch_size)?;
     let clf_path = builtin_file(&a.classifier_path, "classifier.safetensors", "--classifier_path")?;
@@ -638,7 +652,9 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     let channels = loaded.first().map(|l| l.3.trunk.in_channels).unwrap_or(1);
     let kinds_limits: Vec<(Kind, Option<(f64, f64)>)> = kinds
         .iter()
-        .flat_map(|&k| std::iter::once((k, None)).chain(interval.map(|i| (k, Some(i)))))
+        .flat_map(|&k| {
+            std::iter::once((k, None)).chain(intervals.iter().map(move |&i| (k, Some(i))))
+        })
         .collect();
     let reference = load_reference(
         &a.reference,
