@@ -97,7 +97,7 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub null_class: Option<usize>,
     /// Guide only at timesteps in [LO, HI] of the original process (e.g. 0,700), using the
-    /// conditional output alone elsewhere (Kynkäänniemi et al. 2024) [default: 0,500 on the
+    /// conditional output alone elsewhere (Kynkäänniemi et al. 2024) [default: 0,400 on the
     /// built-in model, where it keeps the samples as diverse as real images
     /// (models/fashion-mnist); every step otherwise]
     #[arg(long)]
