@@ -18,8 +18,8 @@ cd "$(dirname "$0")/../.."
 work=${1:-fashion-mnist-runs}
 cargo build --release -p gdiff
 gdiff=target/release/gdiff
-SHIP_STEP=${SHIP_STEP:-15000}
-COOL_FROM=${COOL_FROM:-10000}
+SHIP_STEP=${SHIP_STEP:-21000}
+COOL_FROM=${COOL_FROM:-16000}
 CLF_STEP=${CLF_STEP:-4000}
 export RAYON_NUM_THREADS=1
 mkdir -p "$work"
@@ -51,7 +51,7 @@ $gdiff train-classifier $clf --classifier_width 32 --classifier_depth 2 --noised
 wait "$model_pid"
 # Phase 2: a fast EMA (0.995) is added; it starts from the model at 2500. Constant lr to COOL_FROM.
 $gdiff train $unet --ema_rate 0.999,0.9995,0.995 --max_steps "$COOL_FROM" --log_dir "$work/model" >> "$work/model.log" 2>&1
-# Phase 3: the cool-down: lr = 3e-4 * (1 - step / SHIP_STEP), from 1e-4 at 10000 to 0 at 15000.
+# Phase 3: the cool-down: lr = 3e-4 * (1 - step / SHIP_STEP), from 7.1e-5 at 16000 to 0 at 21000.
 $gdiff train $unet --ema_rate 0.999,0.9995,0.995 --lr_anneal_steps "$SHIP_STEP" --log_dir "$work/model" >> "$work/model.log" 2>&1
 wait
 step=$(printf %06d "$SHIP_STEP")

@@ -19,8 +19,8 @@ pub const BUILTIN_ODE_SAMPLER: &str = "dpm-solver++20 clip_denoised=true";
 /// The guidance interval of the built-in model when guidance is asked for and no
 /// `--guidance_interval` is given: guide at timesteps t <= 400 of 1000 only (Kynkäänniemi et
 /// al. 2024). Guiding this model at high noise as well drops the ambiguous shirt / T-shirt /
-/// pullover / coat shapes, leaving its samples less diverse than real images (2.7-4.7x their
-/// Fréchet distance in the judge's features at scale 2); limited to the second half of the
+/// pullover / coat shapes, leaving its samples less diverse than real images (2.9-4.7x their
+/// Fréchet distance in the judge's features at scale 2); limited to the last 40% of the
 /// process, guidance at scale 2 keeps the real images' diversity and still sharpens the class.
 /// Of [0,400], [0,500] and [0,600], measured on 500 samples (models/fashion-mnist/README.md,
 /// "Targets"), all keep the FD at the real images' level; 400 puts the judge's accuracy
