@@ -169,6 +169,21 @@ fn adaptive_solver_reports_its_evaluations() {
     }
 }
 
+/// A spec parses, prints, and parses back to the same value, which prints the same.
+fn assert_round_trips(s: &str) {
+    let spec: SamplerSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+    let printed = spec.to_string();
+    let again: SamplerSpec = printed.parse().unwrap();
+    assert_eq!(spec, again, "{s} -> {printed}");
+    assert_eq!(again.to_string(), printed);
+}
+
+/// A spec is refused with an error that says `says`.
+fn assert_refused(bad: &str, says: &str) {
+    let e = bad.parse::<SamplerSpec>().unwrap_err().to_string();
+    assert!(e.contains(says), "{bad:?}: {e}");
+}
+
 #[test]
 fn specs_round_trip_and_refuse_what_does_not_apply() {
     for s in [
@@ -185,11 +200,7 @@ fn specs_round_trip_and_refuse_what_does_not_apply() {
         "dpm-solver++15 thresholding=true thresholding_ratio=0.99 denoise_to_zero=true",
         "dpm-solver++5 lower_order_final=false method=multistep",
     ] {
-        let spec: SamplerSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
-        let printed = spec.to_string();
-        let again: SamplerSpec = printed.parse().unwrap();
-        assert_eq!(spec, again, "{s} -> {printed}");
-        assert_eq!(again.to_string(), printed);
+        assert_round_trips(s);
     }
     // Defaults are left out: the same sampler prints the same.
     let a: SamplerSpec = "dpm-solver++ steps=20 order=2 method=multistep".parse().unwrap();
@@ -214,8 +225,7 @@ fn specs_round_trip_and_refuse_what_does_not_apply() {
         ("", "empty"),
         ("dpm-solver++ steps=99999999999", "steps=99999999999"),
     ] {
-        let e = bad.parse::<SamplerSpec>().unwrap_err().to_string();
-        assert!(e.contains(says), "{bad:?}: {e}");
+        assert_refused(bad, says);
     }
 }
 
@@ -422,9 +432,7 @@ fn sde_specs_round_trip_and_refuse_what_does_not_apply() {
         "sde-dpm-solver++15 thresholding=true thresholding_ratio=0.99 denoise_to_zero=true",
         "sde-dpm-solver++5 lower_order_final=false",
     ] {
-        let spec: SamplerSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
-        let again: SamplerSpec = spec.to_string().parse().unwrap();
-        assert_eq!(spec, again, "{s}");
+        assert_round_trips(s);
     }
     let a: SamplerSpec = "sde-dpm-solver++ steps=20 order=2".parse().unwrap();
     assert_eq!(a.to_string(), "sde-dpm-solver++20");
@@ -437,8 +445,7 @@ fn sde_specs_round_trip_and_refuse_what_does_not_apply() {
         ("sde-dpm-solver++ thresholding=true clip_denoised=true", "two corrections"),
         ("sde-dpm-solver++0", "steps=0"),
     ] {
-        let e = bad.parse::<SamplerSpec>().unwrap_err().to_string();
-        assert!(e.contains(says), "{bad:?}: {e}");
+        assert_refused(bad, says);
     }
 }
 
